@@ -1,0 +1,1 @@
+"""Settings, connections, key names, the event log and the consumer-group runner."""

@@ -1,0 +1,57 @@
+"""Redis client factories: standalone or cluster, normal or for blocking reads.
+
+redis-py 8 gives every command a 5 s socket timeout by default, so an
+`XREADGROUP ... BLOCK` longer than that fails with TimeoutError; blocking readers get
+their own client with no socket timeout (and a blocked read holds its pool connection).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+Redis: TypeAlias = "aioredis.Redis"
+AnyRedis: TypeAlias = "aioredis.Redis | RedisCluster"
+
+COMMAND_TIMEOUT_S = 5.0
+HEALTH_CHECK_S = 5
+
+
+def connect(
+    url: str,
+    *,
+    cluster: bool = False,
+    blocking: bool = False,
+    max_connections: int | None = None,
+    decode_responses: bool = False,
+) -> Any:
+    """A client for `url`. `blocking=True` disables the socket timeout for BLOCK reads.
+
+    Returns `redis.asyncio.Redis` (or `RedisCluster` with `cluster=True`); bytes replies
+    unless `decode_responses`. Connections are opened lazily, on first command.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": None if blocking else COMMAND_TIMEOUT_S,
+        "socket_connect_timeout": COMMAND_TIMEOUT_S,
+        "health_check_interval": HEALTH_CHECK_S,
+        "decode_responses": decode_responses,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+    }
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    if max_connections is not None:
+        options["max_connections"] = max_connections
+    return aioredis.Redis.from_url(url, **options)
+
+
+async def ping(url: str, *, cluster: bool = False) -> None:
+    """Raise redis.ConnectionError (or TimeoutError) if `url` does not answer PING."""
+    client = connect(url, cluster=cluster)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()

@@ -1,0 +1,170 @@
+"""One typed settings object, read once from the `LIVEFEED_*` environment by entry points.
+
+Library code never reads the environment: it takes constructor arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+Delivery = Literal["streams", "pubsub"]
+
+
+class SettingsError(ValueError):
+    """A setting is wrong; the message names it and says the fix."""
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    database_url: str | None = None
+    delivery: Delivery = "streams"
+    prefix: str = "lf"
+    secret: str | None = None
+    webhook_secret: str | None = None
+    data_dir: str = ".livefeed"
+    feed_maxlen: int = 10_000
+    max_deliveries: int = 5
+    batch_size: int = 100
+    flush_ms: int = 500
+    claim_idle_ms: int = 30_000
+    dedupe_ttl_s: int = 7 * 24 * 3600
+    send_queue: int = 1_000
+    drain_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+    def __repr__(self) -> str:
+        shown = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in _SECRETS and value is not None:
+                value = "***"
+            elif name in _URLS and value is not None:
+                value = _hide_password(value)
+            shown.append(f"{name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def signing_secret(self) -> str:
+        """`LIVEFEED_SECRET`, else a secret generated once and kept in the data dir.
+
+        The CLI (`livefeed token`) and the servers of `livefeed up` read the same file,
+        so tokens minted locally work against the embedded default.
+        """
+        if self.secret:
+            return self.secret
+        path = self.data_path / "secret"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        return value
+
+
+_SECRETS = frozenset({"secret", "webhook_secret"})
+_URLS = frozenset({"redis_url", "database_url"})
+ENV_PREFIX = "LIVEFEED_"
+# Names that differ between the environment and the struct (the env keeps the contract's names).
+_ENV_NAMES = {"dedupe_ttl_s": "DEDUPE_TTL", "drain_timeout_s": "DRAIN_TIMEOUT"}
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + _ENV_NAMES.get(field, field.upper())
+
+
+def flag_name(field: str) -> str:
+    return "--" + env_name(field)[len(ENV_PREFIX) :].lower().replace("_", "-")
+
+
+def field_names() -> tuple[str, ...]:
+    return Settings.__struct_fields__
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from `env` (default: os.environ), then `overrides` (CLI flags), validated."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    for name in field_names():
+        value = env.get(env_name(name))
+        if value not in (None, ""):
+            raw[name] = value
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None
+    validate(settings)
+    return settings
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    # msgspec says "... - at `$.delivery`"; name the environment variable instead.
+    if "at `$." in message:
+        field = message.rsplit("at `$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
+        if field in field_names():
+            detail = message.rsplit(" - at ", 1)[0]
+            hint = _HINTS.get(field, "")
+            return f"{env_name(field)} ({flag_name(field)}): {detail}{hint}"
+    return message
+
+
+_HINTS = {
+    "delivery": "; use 'streams' (default) or 'pubsub' (comparison baseline)",
+    "redis_cluster": "; use true or false",
+}
+
+
+def validate(s: Settings) -> None:
+    if s.redis_url is not None:
+        scheme = urlsplit(s.redis_url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(
+                f"{env_name('redis_url')}={_hide_password(s.redis_url)!r}: expected "
+                "redis://host:port/db, rediss://... or unix:///path; unset it to use "
+                "the embedded Redis"
+            )
+    if s.database_url is not None:
+        scheme = urlsplit(s.database_url).scheme
+        if scheme not in ("postgresql", "postgres"):
+            raise SettingsError(
+                f"{env_name('database_url')}={_hide_password(s.database_url)!r}: expected "
+                "postgresql://user@host:port/db; unset it to use the embedded PostgreSQL"
+            )
+    if not s.prefix or any(c in s.prefix for c in "{}* \t"):
+        raise SettingsError(
+            f"{env_name('prefix')}={s.prefix!r}: use letters, digits, ':', '-' or '_'"
+        )
+    for name in ("feed_maxlen", "max_deliveries", "batch_size", "flush_ms", "send_queue"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"{env_name(name)} must be a positive integer")
+    if s.redis_cluster and s.redis_url is None:
+        raise SettingsError(
+            f"{env_name('redis_cluster')}=true needs {env_name('redis_url')} "
+            "(the embedded Redis is a single node)"
+        )

@@ -1,0 +1,1 @@
+"""The Starlette app: ingest, WebSocket and SSE delivery, history, admin, metrics, page."""

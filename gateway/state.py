@@ -1,0 +1,26 @@
+"""Resources one gateway process holds for its lifetime, reachable as `app.state.lf`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import asyncpg
+
+from core.eventlog import EventLog
+from core.keys import Keys
+from core.settings import Settings
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    keys: Keys
+    redis: Any
+    pool: asyncpg.Pool
+    log: EventLog
+    signing_secret: str
+    # Set when SIGTERM arrives: live streams (WebSocket and SSE) end themselves.
+    draining: anyio.Event = field(default_factory=anyio.Event)
+    extras: dict[str, Any] = field(default_factory=dict)

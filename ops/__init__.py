@@ -1,0 +1,1 @@
+"""The `livefeed` CLI, process runner, compare harness, benchmarks and deployment files."""

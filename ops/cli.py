@@ -1,0 +1,104 @@
+"""`livefeed`: one entry point for every role and operator task.
+
+Every command reads the same settings: `LIVEFEED_*` environment variables, overridden by
+the flag of the same name (`LIVEFEED_REDIS_URL` -> `--redis-url`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from core import settings as settings_mod
+from core.settings import Settings, SettingsError
+
+# Modules that add one or more subcommands with `register(subparsers)`, in help order.
+COMMAND_MODULES = (
+    "ops.up",
+    "ops.basic",
+)
+
+Command = Callable[[argparse.Namespace, Settings], "int | None | Awaitable[int | None]"]
+
+
+def _settings_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group(
+        "settings", "each also read from the environment variable named in brackets"
+    )
+    for name in settings_mod.field_names():
+        flag = settings_mod.flag_name(name)
+        env = settings_mod.env_name(name)
+        if name == "redis_cluster":
+            group.add_argument(flag, dest=f"setting_{name}", default=None,
+                               choices=["true", "false"], help=f"[{env}]")
+        else:
+            group.add_argument(flag, dest=f"setting_{name}", default=None, metavar="VALUE",
+                               help=f"[{env}]")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livefeed",
+        description="Newsletters from webhooks to a live, gap-free feed in the browser.",
+        epilog="Run `livefeed up` to start everything on embedded Redis and PostgreSQL.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parent = _settings_parent()
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub, parent)
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key[len("setting_") :]: value
+        for key, value in vars(args).items()
+        if key.startswith("setting_") and value is not None
+    }
+    return settings_mod.load(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        print(f"livefeed: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Command = args.func
+    try:
+        if inspect.iscoroutinefunction(func):
+            result = anyio.run(func, args, settings, backend_options=_loop_options())
+        else:
+            result = func(args, settings)
+    except SettingsError as exc:
+        print(f"livefeed: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+def _loop_options() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""`livefeed up` (every role in one process) and `livefeed gateway`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+import anyio
+
+from core import auth, db
+from core.settings import Settings
+from gateway.app import create_app
+from ops import runtime, serve
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "up", parents=[parent], help="run everything: gateway and consumers (embedded default)",
+        description="Run the gateway, the persist and fanout consumers in one process. With "
+        "no LIVEFEED_REDIS_URL / LIVEFEED_DATABASE_URL it starts a real Redis and PostgreSQL "
+        "from pip packages under the data dir and says so.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    p.set_defaults(func=up)
+
+    p = sub.add_parser(
+        "gateway", parents=[parent], help="run a gateway (HTTP ingest, WebSocket, SSE, admin)",
+        description="Serve ingest, live delivery, history, admin and metrics. Several gateways "
+        "may run against one Redis; any client can land on any of them.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    p.set_defaults(func=gateway)
+
+
+def banner(settings: Settings, url: str, embedded: list[str]) -> str:
+    secret = settings.signing_secret()
+    demo = auth.mint(secret, "demo")
+    admin = auth.mint(secret, "admin", admin=True)
+    lines = [
+        "",
+        "livefeed is up",
+        *[f"  embedded  {what}" for what in embedded],
+        f"  redis     {settings.redis_url}",
+        f"  database  {settings.database_url}",
+        f"  delivery  {settings.delivery}",
+        "",
+        f"  feed page  {url}/?token={demo}",
+        f"  admin      {url}/admin?token={admin}",
+        f"  metrics    {url}/metrics",
+        "",
+        "  send a few newsletters to the demo user:  livefeed send --user demo --count 5",
+        "  Ctrl-C to stop",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def up(args: argparse.Namespace, settings: Settings) -> int:
+    embedded = [name for name, url in (("Redis", settings.redis_url),
+                                       ("PostgreSQL", settings.database_url)) if url is None]
+    with runtime.embedded_servers(settings) as resolved:
+        await runtime.preflight(resolved)
+        assert resolved.database_url and resolved.redis_url
+        await db.migrate_dsn(resolved.database_url)
+        url = f"http://{args.host}:{args.port}"
+        notes = [f"{name} under {resolved.data_path.resolve()}" for name in embedded]
+        runtime.write_runtime(resolved, runtime.Runtime(
+            redis_url=resolved.redis_url, database_url=resolved.database_url,
+            gateway_url=url, pid=os.getpid()))
+        try:
+            print(banner(resolved, url, notes), flush=True)
+            stopping = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                for role in _consumer_roles():
+                    tg.start_soon(role, resolved, stopping)
+                await serve.serve(create_app(resolved), host=args.host, port=args.port,
+                                  log_level="info", on_stop=stopping.set)
+                stopping.set()
+        finally:
+            runtime.clear_runtime(resolved)
+    return 0
+
+
+def _consumer_roles() -> list[Any]:
+    """Consumer coroutines `up` runs beside the gateway.
+
+    Each is `async def role(settings, stopping: anyio.Event)` and returns once it has
+    drained after `stopping` is set.
+    """
+    return []
+
+
+async def gateway(args: argparse.Namespace, settings: Settings) -> int:
+    settings = runtime.attach(settings)
+    await runtime.preflight(settings)
+    await serve.serve(create_app(settings), host=args.host, port=args.port,
+                      log_level=settings.log_level)
+    return 0

@@ -1,0 +1,122 @@
+"""Shared fixtures: real Redis and PostgreSQL, isolated per test by prefix and schema."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from core import db, redis_client
+from core.keys import Keys
+from core.settings import Settings
+from tests import servers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every coroutine test runs on anyio's asyncio backend without a marker on each.
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.add_marker(pytest.mark.anyio)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with servers.redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with servers.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix no other test (or concurrent test run) uses."""
+    return f"lft{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+async def redis(redis_url: str, keys: Keys) -> AsyncIterator[Any]:
+    """A client for the test Redis; every key of this test's prefix is deleted afterwards."""
+    client = redis_client.connect(redis_url)
+    try:
+        yield client
+    finally:
+        for pattern in keys.patterns():
+            batch = [k async for k in client.scan_iter(match=pattern, count=1000)]
+            for i in range(0, len(batch), 500):
+                await client.delete(*batch[i : i + 500])
+        await client.aclose()
+
+
+@pytest.fixture
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    """A DSN whose connections live in a fresh, migrated schema, dropped afterwards."""
+    schema = f"lft_{uuid.uuid4().hex[:12]}"
+    dsn = servers.with_search_path(postgres_url, schema)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        await db.migrate_dsn(dsn)
+        yield dsn
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await admin.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(database_url, min_size=1, max_size=5)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+def settings_factory(
+    redis_url: str, database_url: str, prefix: str, tmp_path: Any
+) -> Callable[..., Settings]:
+    """Settings for this test's servers, prefix and schema; keyword arguments override."""
+
+    def make(**overrides: Any) -> Settings:
+        base = Settings(
+            redis_url=redis_url,
+            database_url=database_url,
+            prefix=prefix,
+            secret="test-secret",
+            webhook_secret="test-webhook-secret",
+            data_dir=str(tmp_path / "data"),
+        )
+        return msgspec.structs.replace(base, **overrides)
+
+    return make
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The `LIVEFEED_*` environment that reproduces `settings` in a child process."""
+    from core.settings import env_name
+
+    env: dict[str, str] = {}
+    for name in settings.__struct_fields__:
+        value = getattr(settings, name)
+        if value is not None:
+            env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from core import settings as settings_mod
+from core.settings import SettingsError
+
+
+def test_defaults_match_the_contract() -> None:
+    s = settings_mod.load({})
+    assert (s.delivery, s.prefix, s.data_dir) == ("streams", "lf", ".livefeed")
+    assert s.feed_maxlen == 10_000
+    assert s.redis_url is None and s.database_url is None
+
+
+def test_environment_then_flags() -> None:
+    env = {"LIVEFEED_DELIVERY": "pubsub", "LIVEFEED_FEED_MAXLEN": "50",
+           "LIVEFEED_REDIS_CLUSTER": "false", "LIVEFEED_PREFIX": "x"}
+    s = settings_mod.load(env, prefix="y")
+    assert (s.delivery, s.feed_maxlen, s.redis_cluster, s.prefix) == ("pubsub", 50, False, "y")
+
+
+def test_repr_hides_secrets_and_passwords() -> None:
+    s = settings_mod.load({
+        "LIVEFEED_SECRET": "s3cret", "LIVEFEED_WEBHOOK_SECRET": "whsec-42",
+        "LIVEFEED_DATABASE_URL": "postgresql://u:pw@h/db",
+    })
+    shown = repr(s)
+    assert "s3cret" not in shown and "whsec-42" not in shown and "pw@" not in shown
+    assert "postgresql://u:***@h/db" in shown
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"LIVEFEED_DELIVERY": "kafka"}, ["LIVEFEED_DELIVERY", "'streams'"]),
+        ({"LIVEFEED_REDIS_URL": "http://x"}, ["LIVEFEED_REDIS_URL", "redis://"]),
+        ({"LIVEFEED_DATABASE_URL": "mysql://x"}, ["LIVEFEED_DATABASE_URL", "postgresql://"]),
+        ({"LIVEFEED_FEED_MAXLEN": "many"}, ["LIVEFEED_FEED_MAXLEN"]),
+        ({"LIVEFEED_BATCH_SIZE": "0"}, ["LIVEFEED_BATCH_SIZE"]),
+        ({"LIVEFEED_PREFIX": "a{b}"}, ["LIVEFEED_PREFIX"]),
+        ({"LIVEFEED_REDIS_CLUSTER": "true"}, ["LIVEFEED_REDIS_URL"]),
+    ],
+)
+def test_a_wrong_setting_is_named_with_its_fix(env: dict[str, str], names: list[str]) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings_mod.load(env)
+    message = str(info.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+
+
+def test_signing_secret_is_generated_once_and_kept(tmp_path: object) -> None:
+    s = settings_mod.load({"LIVEFEED_DATA_DIR": str(tmp_path)})
+    first = s.signing_secret()
+    assert len(first) >= 32
+    assert settings_mod.load({"LIVEFEED_DATA_DIR": str(tmp_path)}).signing_secret() == first
+    assert settings_mod.load({"LIVEFEED_SECRET": "given"}).signing_secret() == "given"
