@@ -1,0 +1,52 @@
+"""Prometheus metrics of every livefeed process (prometheus-client's default registry).
+
+Defined once here so ingest, consumers and gateways count under the same names; each
+process exposes its own (`/metrics` on gateways, `--metrics-port` on consumers).
+Stream lengths, lag and pending are read from Redis when scraped (see the admin views).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INGEST_EVENTS = Counter(
+    "livefeed_ingest_events", "Events received by POST /v1/events, by outcome",
+    ["outcome"],  # accepted | duplicate | rejected
+)
+INGEST_REQUESTS = Counter(
+    "livefeed_ingest_requests", "Ingest requests by HTTP status", ["status"]
+)
+
+BATCH_SIZE = Histogram(
+    "livefeed_batch_size", "Entries handled per consumer batch", ["group"],
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+BATCH_SECONDS = Histogram(
+    "livefeed_batch_seconds", "Time to do one batch's work (e.g. the Postgres write)", ["group"],
+)
+ENTRIES_ACKED = Counter("livefeed_entries_acked", "Entries acked after their work", ["group"])
+ENTRIES_DEAD = Counter("livefeed_dead_letters", "Entries moved to the dead-letter stream",
+                       ["group"])
+ENTRIES_VANISHED = Counter(
+    "livefeed_entries_vanished", "Pending entries whose payload was trimmed or deleted (acked)",
+    ["group"],
+)
+ENTRIES_CLAIMED = Counter("livefeed_entries_claimed", "Stale entries claimed from other consumers",
+                          ["group"])
+TRANSIENT_FAILURES = Counter(
+    "livefeed_transient_failures", "Batches retried after a transient failure (e.g. DB down)",
+    ["group"],
+)
+
+CLIENTS = Gauge("livefeed_clients", "Connected clients on this gateway", ["transport"])
+FRAMES_SENT = Counter("livefeed_frames_sent", "Frames sent to clients", ["type"])
+REPLAYS = Counter("livefeed_replays", "Reconnects that replayed missed events")
+REPLAYED_EVENTS = Counter("livefeed_replayed_events", "Events sent during replays")
+RESETS = Counter("livefeed_resets", "Reset frames sent (history not replayable)", ["reason"])
+SLOW_CLOSES = Counter("livefeed_slow_client_closes", "Clients closed with 4008 (too slow)")
+PUBSUB_RECONNECTS = Counter("livefeed_pubsub_reconnects", "Pub/sub listener reconnects")
+DELIVERY_SECONDS = Histogram(
+    "livefeed_delivery_seconds",
+    "Ingest-to-gateway-send latency of live events (from the stream id's timestamp)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
