@@ -107,6 +107,15 @@ class EventLog:
             for (eid, _, _), sid in zip(events, ids, strict=True)
         ]
 
+    async def reappend(self, event_id: str, user: str, data: bytes) -> str:
+        """Append again, bypassing the seen marker (`dead retry`): the marker is still set
+        for an event that was accepted once; the consumers' own idempotency (ON CONFLICT,
+        fanned markers) keeps the retry from doubling anything already done."""
+        sid = await self.redis.xadd(
+            self.keys.ingest, {"event_id": event_id, "user": user, "data": data}
+        )
+        return _s(sid)
+
     async def fan_out(self, events: Sequence[tuple[str, str, bytes]]) -> list[Fanned]:
         """XADD each (event id, user, payload) to its user's feed and PUBLISH it, pipelined.
 

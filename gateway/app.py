@@ -1,10 +1,17 @@
-"""The gateway application factory."""
+"""The gateway application factory.
+
+Each feature module owns its routes (`routes() -> list[BaseRoute]`) and, if it holds
+resources, a `lifespan(state)` async context manager; this is the one place they are put
+together, in FEATURES order.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator
+from types import ModuleType
 from typing import Any
 
 from starlette.applications import Starlette
@@ -20,44 +27,50 @@ from gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
+FEATURES: tuple[str, ...] = ()
+
 
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def routes() -> list[BaseRoute]:
-    # Each feature module owns its routes; this is the one place they are put together.
-    out: list[BaseRoute] = [Route("/healthz", healthz)]
-    return out
+def _features() -> list[ModuleType]:
+    return [importlib.import_module(name) for name in FEATURES]
 
 
 def create_app(settings: Settings) -> Starlette:
     """The gateway for `settings`; Redis and PostgreSQL URLs must be resolved already."""
     if settings.redis_url is None or settings.database_url is None:
         raise ValueError("create_app needs resolved redis_url and database_url")
+    features = _features()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         assert settings.redis_url is not None and settings.database_url is not None
         keys = Keys(settings.prefix, cluster=settings.redis_cluster)
         redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
-        pool = await db.create_pool(settings.database_url)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(redis.aclose)
+            pool = await db.create_pool(settings.database_url)
+            stack.push_async_callback(pool.close)
             state = GatewayState(
                 settings=settings,
                 keys=keys,
                 redis=redis,
                 pool=pool,
-                log=EventLog(
-                    redis, keys, feed_maxlen=settings.feed_maxlen,
-                    dedupe_ttl_s=settings.dedupe_ttl_s,
-                ),
+                log=EventLog(redis, keys, feed_maxlen=settings.feed_maxlen,
+                             dedupe_ttl_s=settings.dedupe_ttl_s),
                 signing_secret=settings.signing_secret(),
             )
             app.state.lf = state
+            for feature in features:
+                if hasattr(feature, "lifespan"):
+                    await stack.enter_async_context(feature.lifespan(state))
             yield {}
-        finally:
-            await pool.close()
-            await redis.aclose()
+            state.draining.set()
 
-    return Starlette(routes=routes(), lifespan=lifespan)
+    routes: list[BaseRoute] = [Route("/healthz", healthz)]
+    for feature in features:
+        if hasattr(feature, "routes"):
+            routes += feature.routes()
+    return Starlette(routes=routes, lifespan=lifespan)
