@@ -1,0 +1,126 @@
+"""Dead letters: list, show, retry into the ingest stream, drop; on Redis 7 and 6.2."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from core.deadletters import DeadLetters
+from core.eventlog import EventLog
+from core.keys import PERSIST_GROUP, Keys
+from schemas.admin import DeadLetter
+from schemas.event import encode_event
+from tests.core.test_inspect import any_redis_url, both, event, r, redis62_url
+
+__all__ = ["any_redis_url", "r", "redis62_url"]  # fixtures shared with test_inspect
+
+
+def log_of(r: Any, keys: Keys) -> EventLog:
+    return EventLog(r, keys, feed_maxlen=100, dedupe_ttl_s=60)
+
+
+async def bury(r: Any, keys: Keys, data: bytes, *, error: str = "boom",
+               group: str = PERSIST_GROUP, source_id: str = "1-1") -> str:
+    """A dead letter exactly as the group runner writes one (the DeadLetter fields)."""
+    letter = DeadLetter(source_id=source_id, group=group, consumer="persist-1", error=error,
+                        deliveries=5, data=data.decode(), failed_at_ms=int(time.time() * 1000))
+    fields = msgspec.to_builtins(letter)
+    sid = await r.xadd(keys.dead, {k: str(v) for k, v in fields.items()})
+    return str(sid.decode())
+
+
+async def poisoned(r: Any, keys: Keys, subject: str = "Poison") -> tuple[str, str, bytes]:
+    """An event accepted by ingest (seen marker set), then given up on by a group."""
+    ev = event("bob", subject)
+    data = encode_event(ev)
+    [appended] = await log_of(r, keys).append([(str(ev.id), ev.user_id, data)])
+    assert appended.stream_id is not None
+    dead_id = await bury(r, keys, data, error="ValueError: bad sender",
+                         source_id=appended.stream_id)
+    await r.xdel(keys.ingest, appended.stream_id)  # as if trimmed after the ack
+    return dead_id, str(ev.id), data
+
+
+@both
+async def test_list_and_show(r: Any, keys: Keys) -> None:
+    dead_id, event_id, data = await poisoned(r, keys)
+    other = await bury(r, keys, b"not json at all", group="fanout", error="DecodeError")
+    dl = DeadLetters(r, keys, log_of(r, keys))
+
+    listing = await dl.letters()
+    assert listing.total == 2
+    first, second = listing.letters
+    assert (first.id, first.group, first.error, first.deliveries) == (
+        dead_id, PERSIST_GROUP, "ValueError: bad sender", 5)
+    assert (first.event_id, first.user, first.preview) == (
+        event_id, "bob", "news@example.com: Poison")
+    assert first.data is None  # the list stays small
+    assert (second.id, second.event_id, second.preview) == (other, None, "not json at all")
+    assert [x.id for x in (await dl.letters(group="fanout")).letters] == [other]
+    assert [x.id for x in (await dl.letters(limit=1)).letters] == [dead_id]
+    assert [x.id for x in (await dl.letters(after=dead_id)).letters] == [other]
+
+    shown = await dl.show(dead_id)
+    assert shown is not None and shown.data == data.decode()
+    assert await dl.show("1-1") is None
+    assert await dl.show("junk") is None
+
+
+@both
+async def test_retry_puts_the_original_back_into_ingest(r: Any, keys: Keys) -> None:
+    dead_id, event_id, data = await poisoned(r, keys)
+    dl = DeadLetters(r, keys, log_of(r, keys))
+    [action] = await dl.retry([dead_id])
+    assert action.outcome == "retried" and action.ingest_id is not None
+    # Back in the ingest stream byte for byte, despite the seen marker of its first arrival.
+    rows = await r.xrange(keys.ingest)
+    assert [(sid.decode(), f) for sid, f in rows] == [
+        (action.ingest_id, {b"event_id": event_id.encode(), b"user": b"bob", b"data": data})]
+    assert await dl.count() == 0
+    [again] = await dl.retry([dead_id])
+    assert again.outcome == "missing"
+    assert await r.xlen(keys.ingest) == 1
+
+
+@both
+async def test_retry_refuses_a_payload_that_is_no_event(r: Any, keys: Keys) -> None:
+    junk = await bury(r, keys, b"{\"half\": ")
+    dl = DeadLetters(r, keys, log_of(r, keys))
+    [action] = await dl.retry([junk])
+    assert action.outcome == "invalid" and "drop" in (action.reason or "")
+    assert await dl.count() == 1 and await r.xlen(keys.ingest) == 0
+
+
+@both
+async def test_retry_all_with_progress(r: Any, keys: Keys) -> None:
+    ids = [(await poisoned(r, keys, f"Poison {i}"))[0] for i in range(3)]
+    dl = DeadLetters(r, keys, log_of(r, keys))
+    seen: list[tuple[int, int]] = []
+    actions = await dl.retry(await dl.all_ids(), progress=lambda d, t: seen.append((d, t)))
+    assert [a.id for a in actions] == ids and {a.outcome for a in actions} == {"retried"}
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert await dl.count() == 0 and await r.xlen(keys.ingest) == 3
+
+
+@both
+async def test_drop(r: Any, keys: Keys) -> None:
+    a, _, _ = await poisoned(r, keys, "A")
+    b, _, _ = await poisoned(r, keys, "B")
+    dl = DeadLetters(r, keys, log_of(r, keys))
+    actions = await dl.drop([a, "9-9", "junk"])
+    assert [(x.id, x.outcome) for x in actions] == [(a, "dropped"), ("9-9", "missing"),
+                                                    ("junk", "missing")]
+    assert [x.id for x in (await dl.letters()).letters] == [b]
+    assert await r.xlen(keys.ingest) == 0  # drop never re-appends
+
+
+@both
+async def test_malformed_letters_still_show(r: Any, keys: Keys) -> None:
+    a = (await r.xadd(keys.dead, {"note": "hand-written"})).decode()
+    b = (await r.xadd(keys.dead, {"data": "x", "deliveries": "many"})).decode()
+    dl = DeadLetters(r, keys, log_of(r, keys))
+    letters = (await dl.letters()).letters
+    assert [(x.id, x.deliveries, x.group, x.preview) for x in letters] == [
+        (a, 0, "", None), (b, 0, "", "x")]
