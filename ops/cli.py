@@ -23,6 +23,7 @@ from core.settings import Settings, SettingsError
 COMMAND_MODULES = (
     "ops.up",
     "ops.basic",
+    "ops.operate",
 )
 
 Command = Callable[[argparse.Namespace, Settings], "int | None | Awaitable[int | None]"]
