@@ -23,7 +23,9 @@ from core.settings import Settings, SettingsError
 COMMAND_MODULES = (
     "ops.up",
     "ops.basic",
+    "ops.consumers",
     "ops.operate",
+    "ops.bench.command",
 )
 
 Command = Callable[[argparse.Namespace, Settings], "int | None | Awaitable[int | None]"]

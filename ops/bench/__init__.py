@@ -1,0 +1,1 @@
+"""`livefeed bench`: figures beside baselines measured in the same run."""

@@ -1,0 +1,150 @@
+"""Load-generator process: many WebSocket clients, frame counts and latencies.
+
+Run as `python -m ops.bench.clients`; reads one JSON `Spec` line on stdin, connects,
+prints `ready <n> <failed>`, then `progress <frames>` lines every 50 ms; on a `stop`
+line it prints `result <json>` and exits. Separate processes keep the load generator
+off the gateway's event loop (though on 2 cores they still share the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Literal
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+PREFIX = "bench t="
+
+
+class Spec(msgspec.Struct):
+    url: str  # ws://host:port/v1/ws
+    tokens: list[str]
+    mode: Literal["count", "latency"] = "count"
+    last_id: str | None = None
+
+
+class Outcome(msgspec.Struct):
+    frames: int
+    events: int
+    latencies_us: list[float]
+    closed: dict[str, int]
+    recovered_s: list[float]
+
+
+class _Data(msgspec.Struct):
+    preview: str | None = None
+
+
+class _Frame(msgspec.Struct):
+    type: str
+    data: _Data | None = None
+
+
+_decode = msgspec.json.Decoder(_Frame).decode
+
+
+def sent_at(ns: int) -> str:
+    """The preview that carries the send time (CLOCK_MONOTONIC is system-wide on Linux)."""
+    return f"{PREFIX}{ns}"
+
+
+class Clients:
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.frames = 0
+        self.events = 0
+        self.latencies: list[float] = []
+        self.closed: dict[str, int] = {}
+        self.recovered: list[float] = []
+        self.conns: list[ClientConnection] = []
+        self.failed = 0
+
+    async def open(self, token: str, sem: asyncio.Semaphore) -> ClientConnection | None:
+        url = f"{self.spec.url}?token={token}"
+        if self.spec.last_id:
+            url += f"&last_id={self.spec.last_id}"
+        async with sem:
+            try:
+                start = time.perf_counter()
+                ws = await connect(url, max_size=None, open_timeout=60, ping_interval=None,
+                                   compression=None, max_queue=None)
+                await ws.recv()  # hello
+            except (OSError, ConnectionClosed, TimeoutError):
+                self.failed += 1
+                return None
+        if self.spec.last_id:
+            await self._until_recovered(ws, start)
+        return ws
+
+    async def _until_recovered(self, ws: ClientConnection, start: float) -> None:
+        while True:
+            raw = await ws.recv(decode=False)
+            self.frames += 1
+            kind = _decode(raw).type
+            if kind == "event":
+                self.events += 1
+            elif kind in ("recovered", "reset"):
+                self.recovered.append(time.perf_counter() - start)
+                return
+
+    async def listen(self, ws: ClientConnection) -> None:
+        latency = self.spec.mode == "latency"
+        try:
+            async for raw in ws:
+                self.frames += 1
+                if latency:
+                    frame = _decode(raw)
+                    if frame.type == "event" and frame.data and frame.data.preview and \
+                            frame.data.preview.startswith(PREFIX):
+                        t = int(frame.data.preview[len(PREFIX):].split()[0])
+                        self.latencies.append((time.monotonic_ns() - t) / 1000)
+                        self.events += 1
+        except ConnectionClosed as exc:
+            code = str(exc.rcvd.code if exc.rcvd else "none")
+            self.closed[code] = self.closed.get(code, 0) + 1
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def main() -> None:
+    loop = asyncio.get_running_loop()
+    spec = msgspec.json.decode(await loop.run_in_executor(None, sys.stdin.readline), type=Spec)
+    clients = Clients(spec)
+    sem = asyncio.Semaphore(64)
+    opened = await asyncio.gather(*(clients.open(t, sem) for t in spec.tokens))
+    conns = [ws for ws in opened if ws is not None]
+    _out(f"ready {len(conns)} {clients.failed}")
+    tasks = [asyncio.create_task(clients.listen(ws)) for ws in conns]
+
+    async def progress() -> None:
+        while True:
+            _out(f"progress {clients.frames}")
+            await asyncio.sleep(0.05)
+
+    reporter = asyncio.create_task(progress())
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() not in ("stop", ""):
+        pass
+    reporter.cancel()
+    outcome = Outcome(frames=clients.frames, events=clients.events,
+                      latencies_us=clients.latencies, closed=clients.closed,
+                      recovered_s=clients.recovered)
+    _out("result " + msgspec.json.encode(outcome).decode())
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())

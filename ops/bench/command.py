@@ -1,0 +1,82 @@
+"""`livefeed bench [NAME...] [--quick] [--json PATH] [--profile DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+
+from core.settings import Settings
+from ops import runtime
+from ops.bench import report
+from ops.bench.runner import Benchmark, Context, run_one
+
+BENCHMARKS = ("persist", "ingest", "e2e", "fanout", "replay")
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "bench", parents=[parent], help="measure throughput, latency, fan-out, memory, replay",
+        description="Run benchmarks against LIVEFEED_REDIS_URL / LIVEFEED_DATABASE_URL (else "
+        "embedded servers started for the run), each in its own key prefix and schema, "
+        "removed afterwards. Every figure is shown beside a baseline measured in the same "
+        "run, as a ratio, with its goal.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes, under a minute: proves the benchmarks run (CI smoke)")
+    p.add_argument("--json", dest="json_path", type=Path, default=None,
+                   help="also write the results as JSON to this file")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="sample the gateway/consumer processes with py-spy (PATH or $PY_SPY) "
+                   "into collapsed-stack files in DIR")
+    p.set_defaults(func=bench)
+
+
+def _benchmark(name: str) -> Benchmark:
+    run: Benchmark = importlib.import_module(f"ops.bench.{name}").run
+    return run
+
+
+async def bench(args: argparse.Namespace, settings: Settings) -> int:
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"livefeed bench: unknown benchmark {', '.join(unknown)}; choose from "
+              f"{', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    with tempfile.TemporaryDirectory(prefix="livefeed-bench-") as tmp:
+        workdir = Path(tmp)
+        # Embedded servers (if any) live in the temp dir: never in a running `up`'s data dir.
+        local = msgspec.structs.replace(settings, data_dir=str(workdir / "servers"))
+        with runtime.embedded_servers(local) as resolved:
+            await runtime.preflight(resolved)
+            assert resolved.redis_url and resolved.database_url
+            machine = await report.describe_machine(resolved.redis_url, resolved.database_url)
+            ctx = Context(settings=resolved, quick=args.quick, workdir=workdir / "run",
+                          profile_dir=args.profile)
+            results = {}
+            for name in names:
+                console.print(f"[dim]running {name}...[/dim]")
+                results[name] = await run_one(name, _benchmark(name), ctx)
+            machine.load_after = os.getloadavg()
+            rep = report.Report(machine=machine, quick=args.quick, benchmarks=results)
+            report.render(rep, console)
+            if args.json_path is not None:
+                args.json_path.write_bytes(report.to_json(rep))
+            failed = [n for n, r in results.items() if r.error]
+            if failed:
+                print(f"livefeed bench: failed: {', '.join(failed)}", file=sys.stderr)
+                return 1
+    return 0

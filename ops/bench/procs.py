@@ -1,0 +1,145 @@
+"""Child processes of a benchmark: gateways, consumers, baselines; their RSS and profiles."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from core.embedded import free_port
+from core.settings import Settings, env_name
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
+    for name in settings.__struct_fields__:
+        value = getattr(settings, name)
+        if value is not None:
+            env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+class Child:
+    """One child process with its output in a log file under the run's work dir."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        with open(log, "wb") as out:
+            self.popen = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")[-3000:]
+        return ""
+
+
+def livefeed(args: list[str], settings: Settings, log: Path,
+             extra_env: dict[str, str] | None = None) -> Child:
+    env = {**settings_env(settings), **(extra_env or {})}
+    return Child([sys.executable, "-m", "ops.cli", *args], env, log)
+
+
+def wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"{child.log.name} exited at start:\n{child.tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not up after {timeout:.0f}s:\n{child.tail()}")
+
+
+@contextlib.contextmanager
+def gateway(settings: Settings, workdir: Path, name: str = "gateway",
+            extra_env: dict[str, str] | None = None) -> Iterator[tuple[Child, int]]:
+    """A real `livefeed gateway` process; yields it and its port once /healthz answers."""
+    port = free_port()
+    child = livefeed(["gateway", "--port", str(port)], settings,
+                     workdir / f"{name}-{port}.log", extra_env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", child)
+        yield child, port
+    finally:
+        child.stop()
+
+
+@contextlib.contextmanager
+def consumer(settings: Settings, workdir: Path, group: str) -> Iterator[Child]:
+    child = livefeed(["consumer", group], settings, workdir / f"consumer-{group}.log")
+    try:
+        time.sleep(0.2)
+        if not child.alive():
+            raise RuntimeError(f"livefeed consumer {group} exited at start:\n{child.tail()}")
+        yield child
+    finally:
+        child.stop()
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of `pid` in KiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def py_spy() -> str | None:
+    """py-spy if installed (PATH, or PY_SPY=/path/to/py-spy)."""
+    return os.environ.get("PY_SPY") or shutil.which("py-spy")
+
+
+@contextlib.contextmanager
+def profiled(pid: int, profile_dir: Path | None, name: str) -> Iterator[None]:
+    """Sample `pid` with py-spy while the block runs (no-op without --profile/py-spy).
+
+    Writes `<name>.txt`: collapsed stacks (flamegraph.pl / speedscope input).
+    """
+    exe = py_spy()
+    if profile_dir is None or exe is None:
+        yield
+        return
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    out = profile_dir / f"{name}.txt"
+    proc = subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking",
+         "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

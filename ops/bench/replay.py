@@ -1,0 +1,72 @@
+"""`replay`: time from reconnect (with a last id) to the `recovered` frame, M missed events.
+
+The baseline is the bare read of the same M feed entries with paged XRANGE from Python:
+what any replay has to do at least, without encoding or sending a frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core import auth, redis_client
+from core.eventlog import EventLog
+from core.keys import Keys
+from ops.bench import data, loadgen, procs
+from ops.bench.clients import Spec
+from ops.bench.runner import BenchResult, Context, Timer, row
+
+PAGE = 500
+
+
+async def _fill(log: EventLog, user: str, count: int) -> str:
+    """Fan out an anchor event and then `count` more to `user`; the anchor's feed id."""
+    evs = data.triples(data.events(count + 1, [user], seed=count))
+    anchor = (await log.fan_out(evs[:1]))[0].feed_id
+    for i in range(1, len(evs), 1000):
+        await log.fan_out(evs[i : i + 1000])
+    return anchor
+
+
+async def _xrange_floor(redis: Any, key: str, after: str, count: int) -> float:
+    got = 0
+    with Timer() as t:
+        cursor = after
+        while got < count:
+            rows = await redis.xrange(key, min=f"({cursor}", count=PAGE)
+            if not rows:
+                break
+            got += len(rows)
+            cursor = rows[-1][0].decode()
+    if got != count:
+        raise RuntimeError(f"XRANGE read {got} of {count} entries")
+    return t.seconds
+
+
+async def run(ctx: Context, result: BenchResult) -> None:
+    sizes = [1_000] if ctx.quick else [1_000, 10_000]
+    async with ctx.namespace(feed_maxlen=max(sizes) * 2) as s:
+        assert s.redis_url and s.secret
+        keys = Keys(s.prefix)
+        redis = redis_client.connect(s.redis_url)
+        try:
+            log = EventLog(redis, keys, feed_maxlen=s.feed_maxlen, dedupe_ttl_s=s.dedupe_ttl_s)
+            anchors = {m: await _fill(log, f"replay{m}", m) for m in sizes}
+            floors = {m: await _xrange_floor(redis, keys.feed(f"replay{m}"), anchors[m], m)
+                      for m in sizes}
+        finally:
+            await redis.aclose()
+        with procs.gateway(s, ctx.workdir, "replay-gateway") as (gw, port):
+            url = f"ws://127.0.0.1:{port}/v1/ws"
+            for m in sizes:
+                spec = Spec(url, [auth.mint(s.secret, f"replay{m}")], last_id=anchors[m])
+                with procs.profiled(gw.pid, ctx.profile_dir, f"replay-{m}"):
+                    async with loadgen.clients([spec]) as gens:
+                        outcome = await gens[0].stop()
+                if outcome.events != m or not outcome.recovered_s:
+                    raise RuntimeError(f"replay of {m}: got {outcome.events} events, "
+                                       f"recovered frames {len(outcome.recovered_s)}")
+                seconds = outcome.recovered_s[0]
+                result.rows.append(row(f"replay {m:,} missed events", seconds * 1000, "ms",
+                                       f"paged XRANGE ({PAGE}) only", floors[m] * 1000))
+    ctx.note("time from the WebSocket connect (with last_id) to the `recovered` frame, "
+             "in a separate client process; includes connect, auth and hello")
