@@ -23,7 +23,6 @@ from core.settings import Settings, SettingsError
 COMMAND_MODULES = (
     "ops.up",
     "ops.basic",
-    "ops.consumers",
     "ops.operate",
     "ops.bench.command",
 )
