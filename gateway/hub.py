@@ -1,0 +1,239 @@
+"""The gateway's one pub/sub connection: live frames of the users connected to this process.
+
+A user's channel is subscribed while at least one local session of that user is open
+(reference-counted across tabs) and unsubscribed when the last one leaves. A single
+reader task owns the connection; sessions are called back synchronously and never block
+it. Pub/sub is only the live wire: when the link fails or goes silent, the hub reconnects
+with backoff, subscribes again and asks every session to re-sync from its feed stream,
+so a lost link costs a delay, never an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import anyio
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from core import metrics
+from core.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+PING_INTERVAL_S = 5.0
+JOIN_TIMEOUT_S = 5.0
+_PING = b"lf-hub"
+_LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Listener(Protocol):
+    """A local session as the hub sees it. Both calls must return without blocking."""
+
+    def on_live(self, frame: bytes) -> None: ...
+
+    def on_resync(self) -> None: ...
+
+
+class _Sub:
+    __slots__ = ("listeners", "confirmed", "resync")
+
+    def __init__(self) -> None:
+        self.listeners: set[Listener] = set()
+        self.confirmed = anyio.Event()
+        self.resync = False
+
+
+class StaleLink(Exception):
+    """The pub/sub connection stopped answering PINGs."""
+
+
+class Hub:
+    """One pub/sub connection per gateway process, shared by all its sessions."""
+
+    def __init__(self, redis_url: str, keys: Keys, *, ping_interval_s: float = PING_INTERVAL_S,
+                 name: str | None = None) -> None:
+        self.keys = keys
+        self.ping_interval_s = ping_interval_s
+        # Scoped by prefix so operators (and tests) can find and kill exactly this link.
+        self.name = name or f"{keys.prefix}-hub-{os.getpid()}-{secrets.token_hex(3)}"
+        # No retries and no redis-py health check: redis-py would silently reconnect and
+        # resubscribe, hiding the messages lost meanwhile; we must see every failure.
+        self._client: Any = aioredis.Redis.from_url(
+            redis_url, socket_timeout=None, socket_connect_timeout=5.0,
+            retry=Retry(NoBackoff(), 0), client_name=self.name,
+        )
+        self._pubsub: Any = None
+        self._subs: dict[str, _Sub] = {}
+        # Subs waiting for Redis to confirm their SUBSCRIBE, per channel, in command order.
+        self._pending: dict[bytes, deque[_Sub]] = {}
+        self._lock = anyio.Lock()
+        self.healthy = False
+        self.connected_once = anyio.Event()
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def local_users(self) -> int:
+        return len(self._subs)
+
+    async def join(self, user: str, listener: Listener) -> bool:
+        """Count `listener` in for `user`. Returns True once the channel is subscribed, False
+        after JOIN_TIMEOUT_S with the link down; either way the listener is asked to re-sync
+        when a new link confirms the channel."""
+        async with self._lock:
+            sub = self._subs.get(user)
+            if sub is None:
+                sub = self._subs[user] = _Sub()
+                if self._pubsub is not None and self.healthy:
+                    await self._subscribe([(user, sub)])
+            sub.listeners.add(listener)
+        with anyio.move_on_after(JOIN_TIMEOUT_S):
+            await sub.confirmed.wait()
+        return sub.confirmed.is_set()
+
+    async def leave(self, user: str, listener: Listener) -> None:
+        async with self._lock:
+            sub = self._subs.get(user)
+            if sub is None:
+                return
+            sub.listeners.discard(listener)
+            if sub.listeners:
+                return
+            del self._subs[user]
+            if self._pubsub is not None and self.healthy:
+                with contextlib.suppress(*_LINK_ERRORS):
+                    await self._pubsub.unsubscribe(self.keys.live(user))
+
+    async def _subscribe(self, subs: list[tuple[str, _Sub]]) -> None:
+        channels = []
+        for user, sub in subs:
+            channel = self.keys.live(user).encode()
+            self._pending.setdefault(channel, deque()).append(sub)
+            channels.append(channel)
+        try:
+            await self._pubsub.subscribe(*channels)
+        except _LINK_ERRORS as exc:
+            # The reader sees the same failure, reconnects and subscribes everyone again.
+            logger.info("SUBSCRIBE failed (%r); waiting for the reader to reconnect", exc)
+
+    # -- the reader -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Own the connection until cancelled: read, dispatch, reconnect with backoff."""
+        backoff = 0.05
+        first = True
+        while True:
+            try:
+                await self._open()
+                if not first:
+                    metrics.PUBSUB_RECONNECTS.inc()
+                    logger.warning("pub/sub link back; re-syncing %d users", len(self._subs))
+                first = False
+                backoff = 0.05
+                self.connected_once.set()
+                await self._read()
+            except (*_LINK_ERRORS, StaleLink) as exc:
+                if self.healthy:
+                    logger.warning("pub/sub link lost: %r", exc)
+            finally:
+                self.healthy = False
+                await self._drop()
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _open(self) -> None:
+        pubsub = self._client.pubsub()
+        async with self._lock:
+            self._pubsub = pubsub
+            await pubsub.ping(_PING)
+            subs = list(self._subs.items())
+            # Every user subscribed on a new link re-syncs once Redis confirms the channel:
+            # whatever was published while the link was down is in their feed stream.
+            for _, sub in subs:
+                sub.resync = True
+            if subs:
+                await self._subscribe(subs)
+            self.healthy = True
+
+    async def _drop(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        self._pending.clear()
+        if pubsub is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(*_LINK_ERRORS):
+                await pubsub.aclose()
+
+    async def _read(self) -> None:
+        pubsub = self._pubsub
+        last_rx = anyio.current_time()
+        last_ping = last_rx
+        while True:
+            msg = await pubsub.get_message(timeout=min(1.0, self.ping_interval_s))
+            now = anyio.current_time()
+            if msg is not None:
+                last_rx = now
+                self._dispatch(msg)
+            if now - last_rx > 2 * self.ping_interval_s + 1:
+                raise StaleLink(f"no reply for {now - last_rx:.1f}s")
+            if now - last_ping >= self.ping_interval_s and now - last_rx >= self.ping_interval_s:
+                last_ping = now
+                async with self._lock:
+                    await pubsub.ping(_PING)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "message":
+            channel = msg["channel"]
+            try:
+                user = self.keys.user_of_live(channel)
+            except ValueError:
+                return
+            sub = self._subs.get(user)
+            if sub is not None:
+                for listener in list(sub.listeners):
+                    listener.on_live(msg["data"])
+        elif kind == "subscribe":
+            pending = self._pending.get(msg["channel"])
+            if not pending:
+                return
+            sub = pending.popleft()
+            if not pending:
+                del self._pending[msg["channel"]]
+            sub.confirmed.set()
+            if sub.resync:
+                sub.resync = False
+                for listener in list(sub.listeners):
+                    listener.on_resync()
+
+    async def aclose(self) -> None:
+        await self._drop()
+        with contextlib.suppress(*_LINK_ERRORS):
+            await self._client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(state: Any) -> AsyncIterator[None]:
+    """Start the process's hub (as `state.extras["hub"]`) and stop it on the way out."""
+    assert state.settings.redis_url is not None
+    hub = Hub(state.settings.redis_url, state.keys)
+    state.extras["hub"] = hub
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            with anyio.move_on_after(JOIN_TIMEOUT_S):
+                await hub.connected_once.wait()
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await hub.aclose()

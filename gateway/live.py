@@ -1,0 +1,268 @@
+"""One client's live session, shared by the WebSocket and SSE transports.
+
+Gap-free, duplicate-free delivery: the session is subscribed (through the hub) before it
+reads the feed stream, buffers live frames while it replays the stream after the client's
+last id in pages, then flushes the buffered frames newer than what it sent and goes live.
+Every event frame passes one cursor check (its stream id must be greater than the last one
+sent), so a frame that arrives both ways is sent once. A pub/sub re-sync from the hub runs
+the same catch-up from the cursor.
+
+Slow clients: live frames go through a bounded queue; when it is full the session ends
+with close code 4008 and the client replays on reconnect. Replay pages are read only as
+fast as the client takes them, so memory stays bounded whatever the client does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal, Protocol
+
+import anyio
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from core import metrics
+from core.eventlog import EventLog, parse_stream_id
+from core.settings import Delivery
+from schemas import frames
+
+logger = logging.getLogger(__name__)
+
+PAGE = 250
+SLOW_CLOSE = 4008
+FrameType = Literal["hello", "event", "recovered", "reset"]
+StreamId = tuple[int, int]
+
+_EVENT_HEAD = b'{"type":"event","id":"'
+_Item = tuple[str | None, bytes] | None  # None: re-sync from the feed stream
+
+
+class Transport(Protocol):
+    """Writes one frame to the client; awaits while the client is not reading."""
+
+    async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None: ...
+
+
+class HubLike(Protocol):
+    async def join(self, user: str, listener: Session) -> bool: ...
+
+    async def leave(self, user: str, listener: Session) -> None: ...
+
+
+def frame_id(frame: bytes) -> str | None:
+    """The feed id of a published `event` frame, without decoding its payload."""
+    if frame.startswith(_EVENT_HEAD):
+        end = frame.find(b'"', len(_EVENT_HEAD))
+        if end > 0:
+            return frame[len(_EVENT_HEAD) : end].decode()
+    try:
+        decoded = frames.decode_frame(frame)
+    except msgspec.DecodeError:
+        return None
+    return decoded.id if isinstance(decoded, frames.EventFrame) else None
+
+
+class Session:
+    """Delivery to one connected client of `user` until cancelled or too slow."""
+
+    def __init__(self, *, user: str, log: EventLog, hub: HubLike, transport: Transport,
+                 last_id: str | None, mode: Delivery = "streams", queue_size: int = 1000,
+                 page: int = PAGE) -> None:
+        self.user = user
+        self.log = log
+        self.hub = hub
+        self.transport = transport
+        self.last_id = last_id or None
+        self.mode = mode
+        self.page = page
+        self.queue_size = queue_size
+        self.close_code: int | None = None
+        self.sent_events = 0
+        self._send: MemoryObjectSendStream[_Item]
+        self._recv: MemoryObjectReceiveStream[_Item]
+        self._send, self._recv = anyio.create_memory_object_stream[_Item](queue_size)
+        self._scope = anyio.CancelScope()
+        self._cursor: StreamId | None = None
+        self._cursor_id: str | None = None
+        # Live frames that arrive while the feed stream is being replayed.
+        self._syncing = mode == "streams"
+        self._buffer: list[tuple[StreamId, str, bytes]] = []
+        self._overflow = False
+
+    # -- called by the hub (must not block) -----------------------------------------------
+
+    def on_live(self, frame: bytes) -> None:
+        if self.mode == "pubsub":
+            self._enqueue((frame_id(frame), frame))
+            return
+        fid = frame_id(frame)
+        parsed = parse_stream_id(fid) if fid is not None else None
+        if fid is None or parsed is None:
+            logger.warning("dropping a live message of %s that is no event frame", self.user)
+            return
+        if self._syncing:
+            if len(self._buffer) >= self.queue_size:
+                # Everything published is in the feed stream too: read it from there.
+                self._buffer.clear()
+                self._overflow = True
+            else:
+                self._buffer.append((parsed, fid, frame))
+            return
+        if self._cursor is not None and parsed <= self._cursor:
+            return
+        self._set_cursor(parsed, fid)
+        self._enqueue((fid, frame))
+
+    def on_resync(self) -> None:
+        if self.mode != "streams":
+            return
+        self._syncing = True
+        self._enqueue(None)
+
+    def _enqueue(self, item: _Item) -> None:
+        try:
+            self._send.send_nowait(item)
+        except anyio.WouldBlock:
+            self._too_slow()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def _too_slow(self) -> None:
+        if self.close_code is None:
+            logger.info("client of %s too slow (%d frames queued): closing", self.user,
+                        self.queue_size)
+            metrics.SLOW_CLOSES.inc()
+            self.close_code = SLOW_CLOSE
+        self._scope.cancel()
+
+    # -- the session's own task -----------------------------------------------------------
+
+    async def run(self) -> int | None:
+        """Deliver until cancelled; returns SLOW_CLOSE if the client could not keep up."""
+        with self._scope:
+            try:
+                await self.hub.join(self.user, self)
+                await self._start()
+                async with self._recv:
+                    async for item in self._recv:
+                        if item is None:
+                            await self._sync(initial=False)
+                        else:
+                            await self._write_live(*item)
+            finally:
+                self._send.close()
+                with anyio.CancelScope(shield=True):
+                    await self.hub.leave(self.user, self)
+        return self.close_code
+
+    async def _start(self) -> None:
+        hello = frames.encode_frame(frames.Hello(user=self.user, mode=self.mode))
+        if self.mode == "pubsub":
+            await self._write("hello", None, hello)
+            return
+        if self.last_id is not None:
+            await self._write("hello", None, hello)
+            await self._sync(initial=True)
+            return
+        # No last id: live from the current end of the feed (recorded, so a re-sync after a
+        # pub/sub loss replays from here; SSE clients get it as their Last-Event-ID).
+        last = await self.log.last_feed_id(self.user)
+        self._move_cursor(last)
+        await self._write("hello", last, hello)
+        await self._sync(initial=False)
+
+    async def _sync(self, *, initial: bool) -> None:
+        """Replay the feed after the cursor (or the client's last id), then go live."""
+        self._syncing = True
+        replayed = 0
+        reset = False
+        if initial:
+            assert self.last_id is not None
+            if parse_stream_id(self.last_id) is None:
+                reset = True
+                await self._reset("unknown_id")
+            else:
+                self._move_cursor(self.last_id)
+        while True:
+            if self._cursor_id is None:
+                entries, problem = await self.log.read_feed(self.user, "0-0", self.page), None
+            else:
+                entries, problem = await self.log.resume(self.user, self._cursor_id, self.page)
+            if problem is not None:
+                reset = True
+                await self._reset(problem)
+                continue
+            for entry in entries:
+                self._move_cursor(entry.feed_id)
+                await self._write("event", entry.feed_id,
+                                  frames.event_frame(entry.feed_id, entry.data))
+            replayed += len(entries)
+            if len(entries) == self.page:
+                continue
+            if initial and not reset:
+                initial = False
+                metrics.REPLAYS.inc()
+                recovered = frames.Recovered(count=replayed, last_id=self._cursor_id)
+                await self._write("recovered", self._cursor_id, frames.encode_frame(recovered))
+            # Flush what was published meanwhile; each write may let more arrive.
+            while self._buffer and not self._overflow:
+                buffered, self._buffer = self._buffer, []
+                for parsed, fid, frame in buffered:
+                    if self._cursor is None or parsed > self._cursor:
+                        self._cursor, self._cursor_id = parsed, fid
+                        await self._write_live(fid, frame)
+            if self._overflow:
+                self._overflow = False
+                continue
+            break
+        if replayed:
+            metrics.REPLAYED_EVENTS.inc(replayed)
+        # No await between the last empty-buffer check and this switch: nothing slips by.
+        self._syncing = False
+
+    async def _reset(self, problem: str) -> None:
+        metrics.RESETS.labels(problem).inc()
+        logger.info("reset for %s: %s", self.user, problem)
+        last = await self.log.last_feed_id(self.user)
+        self._move_cursor(last)
+        frame = frames.encode_frame(frames.Reset(reason=problem))  # type: ignore[arg-type]
+        await self._write("reset", last, frame)
+
+    def _move_cursor(self, fid: str | None) -> None:
+        parsed = parse_stream_id(fid) if fid is not None else None
+        if parsed is None:
+            self._cursor = self._cursor_id = None
+        else:
+            self._cursor, self._cursor_id = parsed, fid
+
+    def _set_cursor(self, parsed: StreamId, fid: str) -> None:
+        self._cursor, self._cursor_id = parsed, fid
+
+    async def _write_live(self, fid: str | None, frame: bytes) -> None:
+        if fid is not None:
+            parsed = parse_stream_id(fid)
+            if parsed is not None:
+                metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - parsed[0] / 1000))
+        await self._write("event", fid, frame)
+
+    async def _write(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
+        await self.transport.send(kind, feed_id, frame)
+        metrics.FRAMES_SENT.labels(kind).inc()
+        if kind == "event":
+            self.sent_events += 1
+
+
+async def first_wins(*roles: Callable[[], Awaitable[object]]) -> None:
+    """Run `roles` concurrently until one of them returns; the others are cancelled."""
+
+    async def run(role: Callable[[], Awaitable[object]], scope: anyio.CancelScope) -> None:
+        try:
+            await role()
+        finally:
+            scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for role in roles:
+            tg.start_soon(run, role, tg.cancel_scope)

@@ -1,0 +1,88 @@
+"""`GET /v1/ws?token=..&last_id=..`: live delivery over WebSocket (JSON text frames).
+
+Close codes: 4001 bad or expired token, 4008 client too slow (it reconnects and
+replays), 1012 gateway draining.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import anyio
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from core import auth, metrics
+from gateway.live import FrameType, Session, first_wins
+from gateway.state import GatewayState
+
+logger = logging.getLogger(__name__)
+
+BAD_TOKEN = 4001
+DRAINING = 1012
+CLOSE_TIMEOUT_S = 5.0
+
+
+class WebSocketTransport:
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
+        await self.websocket.send_text(frame.decode())
+
+
+async def live_ws(websocket: WebSocket) -> None:
+    state: GatewayState = websocket.app.state.lf
+    # Accept first: a close before the handshake reaches the client as HTTP 403, not 4001.
+    await websocket.accept()
+    try:
+        claims = auth.verify(state.signing_secret, websocket.query_params.get("token"))
+    except auth.InvalidToken:
+        await websocket.close(BAD_TOKEN, "bad or expired token")
+        return
+    if state.draining.is_set():
+        await websocket.close(DRAINING, "gateway draining")
+        return
+    session = Session(
+        user=claims.user, log=state.log, hub=state.extras["hub"],
+        transport=WebSocketTransport(websocket),
+        last_id=websocket.query_params.get("last_id"), mode=state.settings.delivery,
+        queue_size=state.settings.send_queue,
+    )
+    close_code: int | None = None
+    gone = False
+
+    async def receive() -> None:
+        nonlocal gone
+        # Client messages carry nothing; reading them notices the disconnect.
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+        gone = True
+
+    async def drain() -> None:
+        nonlocal close_code
+        await state.draining.wait()
+        close_code = DRAINING
+
+    async def deliver() -> None:
+        nonlocal close_code, gone
+        try:
+            close_code = await session.run()
+        except (WebSocketDisconnect, OSError):
+            gone = True
+
+    metrics.CLIENTS.labels("ws").inc()
+    try:
+        await first_wins(receive, drain, deliver)
+    finally:
+        metrics.CLIENTS.labels("ws").dec()
+    if not gone:
+        with anyio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(
+            WebSocketDisconnect, OSError, RuntimeError
+        ):
+            await websocket.close(close_code or 1000)
+
+
+def routes() -> list[BaseRoute]:
+    return [WebSocketRoute("/v1/ws", live_ws)]
