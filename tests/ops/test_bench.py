@@ -1,0 +1,52 @@
+"""`livefeed bench --quick` runs every benchmark end to end (speed is never asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops.bench.command import BENCHMARKS
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_bench_reports_every_benchmark(redis_url: str, postgres_url: str,
+                                             tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
+    env |= {"LIVEFEED_REDIS_URL": redis_url, "LIVEFEED_DATABASE_URL": postgres_url,
+            "LIVEFEED_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, "-m", "ops.cli", "bench", "--quick", "--json",
+                           str(out)], env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    assert report["quick"] is True
+    machine = report["machine"]
+    for field in ("cpu", "cores", "memory_gb", "python", "redis", "postgres", "commit", "date"):
+        assert machine[field], field
+    assert set(report["benchmarks"]) == set(BENCHMARKS)
+    for name, bench in report["benchmarks"].items():
+        assert bench["error"] is None, (name, bench["error"])
+        assert bench["rows"], name
+        for row in bench["rows"]:
+            assert row["value"] > 0 and row["baseline"] > 0, (name, row)
+            assert math.isclose(row["ratio"], row["value"] / row["baseline"]), (name, row)
+            assert row["baseline_name"] and row["unit"], (name, row)
+            if row["goal"] is not None:
+                assert isinstance(row["passed"], bool), (name, row)
+    assert "livefeed bench --quick" in proc.stdout
+
+
+def test_unknown_benchmark_is_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
+    proc = subprocess.run([sys.executable, "-m", "ops.cli", "bench", "nosuch"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown benchmark nosuch" in proc.stderr
