@@ -1,0 +1,342 @@
+"""The consumer-group runner: read batches, hand them to a handler, ack what was done.
+
+Invariants: an entry is acked only after its handler succeeded (or it was dead-lettered
+in the same MULTI); a transient failure (database or Redis unreachable) is retried in
+process without re-reading, so it burns no delivery count; a restarted consumer reads its
+own pending entries before new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import asyncpg
+import redis.exceptions
+
+from core import metrics, retention
+from core.groupstream import Entry, GroupStream, Raw, to_entry
+from core.keys import Keys
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Failures that say nothing about the entries: retry the same batch later.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.TryAgainError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,
+)
+# Redis being away must not end a consumer: it waits and carries on.
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError, redis.exceptions.TryAgainError,
+)
+
+
+_DOWN: Any = object()
+
+
+class Handler(Protocol):
+    async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
+        """Do the work of `entries`; return {entry id: error} for poison entries.
+
+        Raise one of TRANSIENT_ERRORS to have the whole batch retried later.
+        """
+        ...
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    batch_size: int = 100
+    linger_ms: int = 0  # wait up to this long for a batch to fill (persist: flush_ms)
+    block_ms: int = 1000
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    trim_every_s: float | None = 5.0
+    backoff_base_s: float = 0.1
+    backoff_cap_s: float = 5.0
+    drain_timeout_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, linger: bool) -> RunnerConfig:
+        """`linger`: let batches fill for up to LIVEFEED_FLUSH_MS (persist), or hand over
+        whatever one read returned (fanout: latency first)."""
+        return cls(
+            batch_size=settings.batch_size,
+            linger_ms=settings.flush_ms if linger else 0,
+            block_ms=1000,
+            claim_idle_ms=settings.claim_idle_ms,
+            max_deliveries=settings.max_deliveries,
+            drain_timeout_s=settings.drain_timeout_s,
+        )
+
+    @property
+    def claim_every_s(self) -> float:
+        return min(max(self.claim_idle_ms / 2000, 0.05), 5.0)
+
+    @property
+    def keepalive_s(self) -> float:
+        return max(self.claim_idle_ms / 3000, 0.02)
+
+
+class GroupRunner:
+    """Runs one consumer of `group` on the ingest stream until `stopping` is set."""
+
+    def __init__(self, redis: Any, keys: Keys, group: str, handler: Handler, *,
+                 consumer: str | None = None, reader: Any = None,
+                 config: RunnerConfig | None = None) -> None:
+        self.group = group
+        self.handler = handler
+        self.config = config or RunnerConfig()
+        self.keys = keys
+        self.stream = GroupStream(redis, keys, group, consumer or default_consumer_name(),
+                                  reader=reader)
+        self._next_claim = 0.0
+        self._next_trim = 0.0
+        self._stopping = anyio.Event()
+
+    @property
+    def consumer(self) -> str:
+        return self.stream.consumer
+
+    async def run(self, stopping: anyio.Event) -> None:
+        self._stopping = stopping
+        logger.info("consumer %s of group %s starting", self.consumer, self.group)
+        while await self._safely(self.stream.ensure_groups) is _DOWN:
+            if stopping.is_set():
+                return
+        cursor = "0"  # our own pending entries first: a restart resumes its unfinished work
+        while not stopping.is_set():
+            own = await self._safely(self.stream.read, cursor, self.config.batch_size, None)
+            if own is _DOWN:
+                continue
+            if not own:
+                break
+            cursor = own[-1].id
+            await self._safely(self._process, own, True)
+        while not stopping.is_set():
+            await self._safely(self._maintain)
+            batch = await self._safely(self._collect)
+            if batch and batch is not _DOWN:
+                await self._safely(self._process, batch, False)
+        await self._release()
+
+    async def _safely(self, step: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """`step(*args)`'s result; if Redis is away, log, wait (interruptibly), return _DOWN."""
+        try:
+            return await step(*args)
+        except REDIS_DOWN as exc:
+            logger.warning("group %s: Redis unavailable (%s); retrying", self.group, exc)
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            logger.warning("group %s: stream or group vanished; recreating", self.group)
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.stream.ensure_groups()
+            return _DOWN
+        with anyio.move_on_after(1.0):
+            await self._stopping.wait()
+        return _DOWN
+
+    async def _collect(self) -> list[Raw]:
+        cfg = self.config
+        entries = await self.stream.read(">", cfg.batch_size, cfg.block_ms)
+        if not entries or cfg.linger_ms <= 0:
+            return entries
+        deadline = time.monotonic() + cfg.linger_ms / 1000
+        while len(entries) < cfg.batch_size and not self._stopping.is_set():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms < 1:
+                break
+            more = await self.stream.read(">", cfg.batch_size - len(entries), remaining_ms)
+            if not more:
+                break
+            entries += more
+        return entries
+
+    async def _maintain(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + self.config.claim_every_s
+            await self._claim_stale()
+        trim_every = self.config.trim_every_s
+        if trim_every is not None and now >= self._next_trim:
+            self._next_trim = now + trim_every
+            trimmed = await retention.trim_acked(self.stream.redis, self.keys)
+            if trimmed:
+                logger.debug("trimmed %d acked entries from %s", trimmed, self.keys.ingest)
+
+    async def _claim_stale(self) -> None:
+        """XAUTOCLAIM entries idle past claim_idle_ms (dead consumers', or our own failed
+        ones) and handle them; a bounded number of pages per call."""
+        start = "0-0"
+        for _ in range(10):
+            claimed = await self.stream.autoclaim(
+                self.config.claim_idle_ms, start, self.config.batch_size
+            )
+            vanished = list(claimed.deleted)
+            if claimed.nil_seen:
+                vanished += await self.stream.ack_vanished_own()
+            self._count_vanished(vanished)
+            if claimed.entries:
+                metrics.ENTRIES_CLAIMED.labels(self.group).inc(len(claimed.entries))
+                logger.info("group %s: claimed %d stale entries", self.group,
+                            len(claimed.entries))
+                await self._process(claimed.entries, True)
+            if claimed.cursor in ("0-0", "0") or self._stopping.is_set():
+                return
+            start = claimed.cursor
+
+    def _count_vanished(self, ids: Sequence[str]) -> None:
+        if ids:
+            metrics.ENTRIES_VANISHED.labels(self.group).inc(len(ids))
+            logger.warning("group %s: %d pending entries had no payload (trimmed or "
+                           "deleted); acked", self.group, len(ids))
+
+    async def _process(self, raws: list[Raw], history: bool) -> None:
+        """Handle one batch and settle every entry: ack, dead-letter, or leave pending."""
+        gone = [r.id for r in raws if not r.fields]
+        if gone:
+            await self.stream.ack(gone)
+            self._count_vanished(gone)
+        by_id = {r.id: r for r in raws if r.fields}
+        failures: dict[str, str] = {}
+        entries: list[Entry] = []
+        for raw in by_id.values():
+            parsed = to_entry(raw)
+            if isinstance(parsed, str):
+                failures[raw.id] = parsed
+            else:
+                entries.append(parsed)
+        deliveries: dict[str, int] = {}
+        if history and entries:
+            # Delivered more than max_deliveries times and still pending: every attempt
+            # ended without an outcome (e.g. it crashed its consumer). Do not try again.
+            deliveries = await self.stream.deliveries([e.id for e in entries])
+            over = {e.id for e in entries
+                    if deliveries.get(e.id, 1) > self.config.max_deliveries}
+            for i in over:
+                failures[i] = f"no outcome after {deliveries[i] - 1} deliveries"
+            entries = [e for e in entries if e.id not in over]
+        if entries:
+            metrics.BATCH_SIZE.labels(self.group).observe(len(entries))
+            result = await self._handle(entries)
+            if result is None:
+                return  # stopping: leave the batch pending, ack nothing undone
+            failures.update({i: err for i, err in result.items() if i in by_id})
+            done = [e.id for e in entries if e.id not in failures]
+            await self._ack_done(done)
+        if failures:
+            await self._settle_failures(by_id, failures, deliveries)
+
+    async def _ack_done(self, ids: list[str]) -> None:
+        try:
+            acked = await self.stream.ack(ids)
+        except REDIS_DOWN as exc:
+            # Left pending: redelivered later, and the handlers are idempotent.
+            logger.warning("group %s: ack of %d entries failed (%s)", self.group, len(ids), exc)
+            return
+        metrics.ENTRIES_ACKED.labels(self.group).inc(acked)
+
+    async def _settle_failures(self, by_id: dict[str, Raw], failures: dict[str, str],
+                               known: dict[str, int]) -> None:
+        counts = {**await self.stream.deliveries(list(failures)), **known}
+        letters = []
+        for i, error in failures.items():
+            n = counts.get(i)
+            if n is None:
+                continue  # no longer ours to settle (acked or deleted meanwhile)
+            if n >= self.config.max_deliveries:
+                letters.append(self.stream.letter(by_id[i], error, n))
+            else:
+                logger.warning("group %s: entry %s failed (delivery %d of %d): %s",
+                               self.group, i, n, self.config.max_deliveries, error)
+        if letters:
+            await self.stream.dead_letter(letters)
+            metrics.ENTRIES_DEAD.labels(self.group).inc(len(letters))
+            for letter, _ in letters:
+                logger.error("group %s: entry %s dead-lettered after %d deliveries: %s",
+                             self.group, letter.source_id, letter.deliveries, letter.error)
+
+    async def _handle(self, entries: list[Entry]) -> dict[str, str] | None:
+        """The handler's failures, retrying transient errors; None if stopped first."""
+        result: dict[str, str] | None = None
+        ids = [e.id for e in entries]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keepalive, ids)
+            tg.start_soon(self._drain_guard, tg.cancel_scope)
+            result = await self._handle_retrying(entries)
+            tg.cancel_scope.cancel()
+        return result
+
+    async def _handle_retrying(self, entries: list[Entry]) -> dict[str, str] | None:
+        delay = self.config.backoff_base_s
+        while True:
+            started = time.perf_counter()
+            try:
+                failures = await self.handler.handle(entries)
+            except TRANSIENT_ERRORS as exc:
+                metrics.TRANSIENT_FAILURES.labels(self.group).inc()
+                logger.warning("group %s: batch of %d failed transiently (%s: %s); retrying "
+                               "in %.1fs", self.group, len(entries), type(exc).__name__, exc,
+                               delay)
+                if self._stopping.is_set():
+                    return None
+                with anyio.move_on_after(delay):
+                    await self._stopping.wait()
+                if self._stopping.is_set():
+                    return None
+                delay = min(delay * 2, self.config.backoff_cap_s)
+                continue
+            except Exception as exc:  # the batch boundary: a handler bug fails the batch
+                logger.exception("group %s: handler failed on a batch of %d", self.group,
+                                 len(entries))
+                return {e.id: f"{type(exc).__name__}: {exc}" for e in entries}
+            metrics.BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
+            return failures
+
+    async def _keepalive(self, ids: list[str]) -> None:
+        while True:
+            await anyio.sleep(self.config.keepalive_s)
+            try:
+                await self.stream.keepalive(ids)
+            except REDIS_DOWN as exc:
+                logger.debug("keepalive failed: %s", exc)
+
+    async def _drain_guard(self, scope: anyio.CancelScope) -> None:
+        """After a stop request, give the in-flight batch drain_timeout_s, then abandon it
+        (it stays pending and is redelivered)."""
+        await self._stopping.wait()
+        await anyio.sleep(self.config.drain_timeout_s)
+        logger.warning("group %s: batch still running %.0fs after stop; leaving it pending",
+                       self.group, self.config.drain_timeout_s)
+        scope.cancel()
+
+    async def _release(self) -> None:
+        try:
+            left = await self.stream.release()
+        except REDIS_DOWN as exc:
+            logger.warning("group %s: could not leave the group cleanly: %s", self.group, exc)
+            return
+        logger.info("consumer %s of group %s stopped%s", self.consumer, self.group,
+                    " and left the group" if left else " (owns pending entries)")

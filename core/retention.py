@@ -1,0 +1,61 @@
+"""Ingest stream retention: trim only what every consumer group has acknowledged.
+
+The safe MINID is the minimum over groups of (oldest pending id, else last-delivered id):
+everything below it was delivered to every group and acked by it. Entries that a group
+has not read yet, or read and not acked, are never trimmed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from core.groupstream import ensure_group
+from core.keys import GROUPS, Keys
+
+logger = logging.getLogger(__name__)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def safe_minid(redis: Any, keys: Keys, groups: Sequence[str] = GROUPS) -> str | None:
+    """The lowest id any of `groups` still needs, or None if a group is missing."""
+    info = {_s(g["name"]): g for g in await redis.xinfo_groups(keys.ingest)}
+    lowest: tuple[int, int] | None = None
+    for group in groups:
+        if group not in info:
+            return None
+        summary = await redis.xpending(keys.ingest, group)
+        if summary.get("pending"):
+            needed = _s(summary["min"])
+        else:
+            # Everything up to last-delivered is acked; the next unread entry is above it.
+            needed = _s(info[group]["last-delivered-id"])
+        parsed = _id(needed)
+        if lowest is None or parsed < lowest:
+            lowest = parsed
+    if lowest is None:
+        return None
+    return f"{lowest[0]}-{lowest[1]}"
+
+
+async def trim_acked(redis: Any, keys: Keys, groups: Sequence[str] = GROUPS, *,
+                     approximate: bool = True) -> int:
+    """XTRIM MINID the ingest stream below what every group has acked; returns entries
+    removed. Creates missing groups first (at id 0), so an absent group cannot make its
+    unread entries look trimmable."""
+    for group in groups:
+        await ensure_group(redis, keys.ingest, group)
+    minid = await safe_minid(redis, keys, groups)
+    if minid is None or minid == "0-0":
+        return 0
+    # `~` trims whole radix-tree nodes only: never more than asked, far cheaper.
+    return int(await redis.xtrim(keys.ingest, minid=minid, approximate=approximate))

@@ -1,0 +1,297 @@
+"""The consumer-group runner against real Redis 7 and the embedded Redis 6.2."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from prometheus_client import REGISTRY
+
+from core import redis_client
+from core.embedded import EmbeddedRedis
+from core.groups import GroupRunner, RunnerConfig
+from core.groupstream import Entry, parse_autoclaim
+from core.keys import Keys
+
+# Marked here, not only by conftest after collection: anyio's plugin otherwise rebuilds the
+# callspec of parametrized async tests and drops their parameters.
+pytestmark = pytest.mark.anyio
+GROUP = "persist"
+both = pytest.mark.parametrize("backend", ["redis7", "redis6.2"], indirect=True)
+
+
+@pytest.fixture(scope="module")
+def redis62_url() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="lf-r62-") as d, EmbeddedRedis(
+        Path(d), persist=False
+    ) as server:
+        yield server.url
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, redis_url: str) -> tuple[str, str]:
+    """(version, url): Redis 7 (the shared server) or 6.2 (embedded)."""
+    if request.param == "redis7":
+        return "7", redis_url
+    return "6.2", request.getfixturevalue("redis62_url")
+
+
+@pytest.fixture
+async def r(backend: tuple[str, str], keys: Keys) -> AsyncIterator[Any]:
+    """A client on the backend's Redis; this test's keys are deleted afterwards."""
+    version, url = backend
+    client = redis_client.connect(url)
+    info = await client.info("server")
+    assert info["redis_version"].startswith(version)
+    try:
+        yield client
+    finally:
+        for pattern in keys.patterns():
+            found = [k async for k in client.scan_iter(match=pattern)]
+            if found:
+                await client.delete(*found)
+        await client.aclose()
+
+
+class Recorder:
+    """A handler that records batches; fails `poison` event ids; raises while `down`."""
+
+    def __init__(self, poison: Sequence[str] = ()) -> None:
+        self.batches: list[list[str]] = []
+        self.poison = set(poison)
+        self.down = False
+        self.attempts = 0
+        self.hang = False
+
+    @property
+    def handled(self) -> list[str]:
+        return [i for b in self.batches for i in b]
+
+    async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
+        self.attempts += 1
+        if self.hang:
+            await anyio.sleep_forever()
+        if self.down:
+            raise ConnectionRefusedError("database down")
+        self.batches.append([e.event_id for e in entries])
+        return {e.id: f"cannot store {e.event_id}" for e in entries if e.event_id in self.poison}
+
+
+def cfg(**kw: Any) -> RunnerConfig:
+    base: dict[str, Any] = dict(batch_size=10, block_ms=50, claim_idle_ms=200,
+                                max_deliveries=3, trim_every_s=None, backoff_base_s=0.05,
+                                backoff_cap_s=0.2, drain_timeout_s=5)
+    return RunnerConfig(**{**base, **kw})
+
+
+async def add(r: Any, keys: Keys, *event_ids: str) -> list[str]:
+    out = []
+    for eid in event_ids:
+        sid = await r.xadd(keys.ingest, {"event_id": eid, "user": "u", "data": b'{"x":1}'})
+        out.append(sid.decode())
+    return out
+
+
+async def read_as(r: Any, keys: Keys, consumer: str, count: int) -> list[str]:
+    """Deliver `count` new entries to `consumer` and never ack them (a consumer that dies)."""
+    reply = await r.xreadgroup(GROUP, consumer, {keys.ingest: ">"}, count=count)
+    return [i.decode() for i, _ in reply[0][1]] if reply else []
+
+
+async def ensure(r: Any, keys: Keys) -> None:
+    await r.xgroup_create(keys.ingest, GROUP, id="0", mkstream=True)
+
+
+async def eventually(cond: Callable[[], Any], timeout: float = 20) -> None:
+    with anyio.fail_after(timeout):
+        while not await cond():
+            await anyio.sleep(0.02)
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(f"livefeed_{name}_total", {"group": GROUP}) or 0.0
+
+
+async def pending_count(r: Any, keys: Keys) -> int:
+    return int((await r.xpending(keys.ingest, GROUP))["pending"])
+
+
+class Running:
+    """A runner in a task group; `stop()` sets its stopping event and waits for it."""
+
+    def __init__(self, runner: GroupRunner, tg: Any) -> None:
+        self.runner, self.stopping, self.done = runner, anyio.Event(), anyio.Event()
+        tg.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            await self.runner.run(self.stopping)
+        finally:
+            self.done.set()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        with anyio.fail_after(20):
+            await self.done.wait()
+
+
+def runner(r: Any, keys: Keys, handler: Any, consumer: str, **kw: Any) -> GroupRunner:
+    return GroupRunner(r, keys, GROUP, handler, consumer=consumer, config=cfg(**kw))
+
+
+@both
+async def test_own_pending_entries_come_first_then_acked_and_consumer_leaves(
+    backend: Any, r: Any, keys: Keys
+) -> None:
+    await ensure(r, keys)
+    await add(r, keys, "a", "b", "c")
+    assert len(await read_as(r, keys, "c1", 2)) == 2  # delivered to c1, which then "crashed"
+    await add(r, keys, "d")
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        run = Running(runner(r, keys, rec, "c1", claim_idle_ms=60_000), tg)
+        await eventually(lambda: _true(len(rec.handled) == 4))
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await run.stop()
+    assert rec.batches[0] == ["a", "b"]  # its own pending, before anything new
+    assert sorted(rec.handled) == ["a", "b", "c", "d"]
+    assert await r.xinfo_consumers(keys.ingest, GROUP) == []  # left the group: owns nothing
+    # retention needs every group to exist: the runner created both
+    names = {g["name"] for g in await r.xinfo_groups(keys.ingest)}
+    assert names == {b"persist", b"fanout"}
+
+
+@both
+async def test_claims_stale_entries_of_a_dead_consumer(backend: Any, r: Any, keys: Keys) -> None:
+    await ensure(r, keys)
+    await add(r, keys, *[f"e{i}" for i in range(25)])
+    dead = await read_as(r, keys, "dead", 25)
+    claimed_before = metric("entries_claimed")
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        run = Running(runner(r, keys, rec, "alive", claim_idle_ms=100), tg)
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await run.stop()
+    assert sorted(rec.handled) == sorted(f"e{i}" for i in range(25))
+    assert len(dead) == 25 and metric("entries_claimed") - claimed_before == 25
+
+
+@both
+async def test_poison_entry_is_dead_lettered_after_max_deliveries(backend: Any, r: Any, keys: Keys) -> None:
+    await ensure(r, keys)
+    ids = await add(r, keys, "ok1", "bad", "ok2")
+    dead_before = metric("dead_letters")
+    rec = Recorder(poison=["bad"])
+    async with anyio.create_task_group() as tg:
+        run = Running(runner(r, keys, rec, "c1", max_deliveries=3, claim_idle_ms=100), tg)
+        await eventually(lambda: _is(r.xlen(keys.dead), 1))
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await run.stop()
+    assert rec.handled.count("ok1") == 1 and rec.handled.count("ok2") == 1
+    assert rec.handled.count("bad") == 3  # tried max_deliveries times, then given up
+    [(_, fields)] = await r.xrange(keys.dead)
+    assert fields[b"source_id"].decode() == ids[1]
+    assert fields[b"group"] == b"persist" and fields[b"consumer"] == b"c1"
+    assert fields[b"error"] == b"cannot store bad"
+    assert fields[b"deliveries"] == b"3" and fields[b"data"] == b'{"x":1}'
+    assert fields[b"event_id"] == b"bad" and int(fields[b"failed_at_ms"]) > 0
+    assert metric("dead_letters") - dead_before == 1
+
+
+@both
+async def test_malformed_and_worn_out_entries_skip_the_handler(backend: Any, r: Any, keys: Keys) -> None:
+    await ensure(r, keys)
+    await r.xadd(keys.ingest, {"junk": "1"})
+    [worn] = await add(r, keys, "worn")
+    await read_as(r, keys, "c1", 2)
+    for _ in range(2):  # delivered three times already, never settled (crashed consumers)
+        await r.xreadgroup(GROUP, "c1", {keys.ingest: "0"})
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        run = Running(runner(r, keys, rec, "c1", max_deliveries=2, claim_idle_ms=100), tg)
+        await eventually(lambda: _is(r.xlen(keys.dead), 2))
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await run.stop()
+    assert rec.handled == []
+    errors = {f[b"source_id"].decode(): f[b"error"].decode() for _, f in await r.xrange(keys.dead)}
+    assert errors[worn].startswith("no outcome after")
+    assert any(e.startswith("malformed entry: missing field(s) event_id, user, data")
+               for e in errors.values())
+
+
+@both
+async def test_transient_failure_keeps_entries_pending_without_burning_deliveries(
+    backend: Any, r: Any, keys: Keys
+) -> None:
+    await ensure(r, keys)
+    await add(r, keys, "a", "b")
+    rec = Recorder()
+    rec.down = True
+    other = Recorder()
+    async with anyio.create_task_group() as tg:
+        first = Running(runner(r, keys, rec, "c1", claim_idle_ms=300), tg)
+        await eventually(lambda: _true(rec.attempts >= 1))
+        # a second consumer would claim entries idle past 300 ms: the keepalive prevents it
+        second = Running(runner(r, keys, other, "c2", claim_idle_ms=300), tg)
+        await eventually(lambda: _true(rec.attempts >= 12))  # well past 300 ms of retries
+        rows = await r.xpending_range(keys.ingest, GROUP, min="-", max="+", count=10)
+        assert [(x["consumer"], x["times_delivered"]) for x in rows] == [(b"c1", 1)] * 2
+        assert other.handled == []
+        rec.down = False
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await first.stop()
+        await second.stop()
+    assert rec.handled == ["a", "b"] and other.handled == []
+
+
+@both
+async def test_stop_leaves_an_unfinished_batch_pending(backend: Any, r: Any, keys: Keys) -> None:
+    await ensure(r, keys)
+    await add(r, keys, "a", "b")
+    rec = Recorder()
+    rec.hang = True
+    async with anyio.create_task_group() as tg:
+        run = Running(runner(r, keys, rec, "c1", drain_timeout_s=0.3, claim_idle_ms=60_000), tg)
+        await eventually(lambda: _true(rec.attempts == 1))
+        await run.stop()
+    assert await pending_count(r, keys) == 2  # nothing acked that was not done
+    consumers = await r.xinfo_consumers(keys.ingest, GROUP)
+    assert [(c["name"], c["pending"]) for c in consumers] == [(b"c1", 2)]
+
+
+@both
+async def test_vanished_pending_entries_are_acked_and_counted(backend: Any, r: Any, keys: Keys) -> None:
+    """After a trim/XDEL a pending entry has no payload: on restart (own pending, id 0)
+    and when claimed (Redis 7 reports deleted ids; 6.2 returns nil entries)."""
+    await ensure(r, keys)
+    ids = await add(r, keys, "a", "b", "c", "d", "e", "f")
+    await read_as(r, keys, "me", 3)  # a b c: my own pending
+    await read_as(r, keys, "dead", 3)  # d e f: a dead consumer's
+    await r.xdel(keys.ingest, ids[1], ids[4])
+    before = metric("entries_vanished")
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        run = Running(runner(r, keys, rec, "me", claim_idle_ms=100), tg)
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await run.stop()
+    assert sorted(rec.handled) == ["a", "c", "d", "f"]
+    assert metric("entries_vanished") - before == 2
+
+
+def test_parse_autoclaim_both_reply_shapes() -> None:
+    v62 = parse_autoclaim([b"0-0", [(b"1-0", {b"k": b"v"}), (None, None)]])
+    assert [e.id for e in v62.entries] == ["1-0"] and v62.nil_seen and v62.deleted == []
+    v7 = parse_autoclaim([b"5-0", [(b"1-0", {b"k": b"v"})], [b"2-0"]])
+    assert v7.cursor == "5-0" and v7.deleted == ["2-0"] and not v7.nil_seen
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _is(awaitable: Any, expected: Any) -> bool:
+    return bool(await awaitable == expected)
