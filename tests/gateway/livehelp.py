@@ -1,0 +1,104 @@
+"""Helpers for the live-delivery tests: events into feed streams, gateway processes, clients."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from core import auth
+from core.eventlog import EventLog
+from core.settings import Settings
+from schemas.event import Event, encode_event
+from tests.procs import Proc, start_gateway
+
+SECRET = "test-secret"
+
+
+def token(user: str, **kw: Any) -> str:
+    return auth.mint(SECRET, user, **kw)
+
+
+def event(user: str, i: int, *, preview: str | None = None) -> tuple[str, str, bytes]:
+    eid = uuid.uuid4()
+    ev = Event(user_id=user, subject=f"subject {i}", sender=f"sender{i}@example.com",
+               received_at=datetime.now(UTC), id=eid, preview=preview)
+    return str(eid), user, encode_event(ev)
+
+
+async def publish(log: EventLog, user: str, n: int, *, start: int = 0,
+                  preview: str | None = None) -> list[str]:
+    """Fan `n` events out to `user` (feed stream + live channel), as the fanout consumer does;
+    returns their feed ids in order."""
+    ids: list[str] = []
+    for lo in range(0, n, 200):
+        batch = [event(user, start + i, preview=preview) for i in range(lo, min(n, lo + 200))]
+        ids += [f.feed_id for f in await log.fan_out(batch)]
+    return ids
+
+
+def ws_url(base: str, user: str, last_id: str | None = None, tok: str | None = None) -> str:
+    url = base.replace("http://", "ws://") + f"/v1/ws?token={tok or token(user)}"
+    return url + (f"&last_id={last_id}" if last_id else "")
+
+
+class WsClient:
+    """A real `websockets` client that keeps every frame it received."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.frames: list[dict[str, Any]] = []
+
+    @classmethod
+    async def open(cls, url: str, **kw: Any) -> WsClient:
+        return cls(await websockets.connect(url, open_timeout=20, **kw))
+
+    def events(self) -> list[str]:
+        return [f["id"] for f in self.frames if f["type"] == "event"]
+
+    def types(self) -> list[str]:
+        return [f["type"] for f in self.frames]
+
+    async def until(self, done: Callable[[WsClient], bool], timeout: float = 60) -> None:
+        with anyio.fail_after(timeout):
+            while not done(self):
+                self.frames.append(json.loads(await self.conn.recv()))
+
+    async def until_events(self, n: int, timeout: float = 60) -> None:
+        await self.until(lambda c: len(c.events()) >= n, timeout)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+def assert_exact(got: list[str], want: list[str]) -> None:
+    """Same ids, same order, no duplicates; the message says what differs."""
+    assert len(got) == len(set(got)), f"duplicates: {len(got) - len(set(got))}"
+    missing = [i for i in want if i not in set(got)]
+    extra = [i for i in got if i not in set(want)]
+    assert not missing and not extra, f"missing {missing[:5]}.. extra {extra[:5]}.."
+    assert got == want, "same ids, wrong order"
+
+
+@pytest.fixture
+def gateway_factory(settings_factory: Callable[..., Settings],
+                    tmp_path: Path) -> Iterator[Callable[..., tuple[Proc, str]]]:
+    """Start real `livefeed gateway` processes for this test's servers; all killed after."""
+    procs: list[Proc] = []
+
+    def start(port: int | None = None, **overrides: Any) -> tuple[Proc, str]:
+        proc, url = start_gateway(settings_factory(**overrides), tmp_path / "logs", port=port)
+        procs.append(proc)
+        return proc, url
+
+    yield start
+    for p in procs:
+        p.kill()

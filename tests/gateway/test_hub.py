@@ -1,0 +1,112 @@
+"""The hub's one pub/sub connection: reference counts, and a killed link loses nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from core import metrics
+from core.eventlog import EventLog
+from core.keys import Keys
+from gateway.hub import Hub
+from gateway.live import Session
+from tests.gateway.livehelp import assert_exact, publish
+from tests.gateway.test_live import Recorder
+
+pytestmark = pytest.mark.anyio
+
+
+class Counting:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.resyncs = 0
+
+    def on_live(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def on_resync(self) -> None:
+        self.resyncs += 1
+
+
+@pytest.fixture
+async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
+    h = Hub(redis_url, keys, ping_interval_s=1.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.run)
+        with anyio.fail_after(10):
+            await h.connected_once.wait()
+        yield h
+        tg.cancel_scope.cancel()
+    await h.aclose()
+
+
+async def numsub(redis: Any, channel: str) -> int:
+    return int((await redis.pubsub_numsub(channel))[0][1])
+
+
+async def wait_for(check: Any, timeout: float = 20) -> None:
+    with anyio.fail_after(timeout):
+        while not await check():
+            await anyio.sleep(0.02)
+
+
+async def test_channel_is_subscribed_while_a_user_has_a_session(redis: Any, keys: Keys,
+                                                                hub: Hub) -> None:
+    tab1, tab2, other = Counting(), Counting(), Counting()
+    channel = keys.live("alice")
+    assert await hub.join("alice", tab1) is True
+    assert await hub.join("alice", tab2) is True
+    assert await hub.join("bob", other) is True
+    assert await numsub(redis, channel) == 1  # one connection, however many tabs
+    await redis.publish(channel, b"x")
+    await wait_for(lambda: _true(len(tab1.frames) == len(tab2.frames) == 1))
+    assert other.frames == []
+    await hub.leave("alice", tab1)
+    assert await numsub(redis, channel) == 1
+    await hub.leave("alice", tab2)
+    await wait_for(lambda: _eq(numsub(redis, channel), 0))
+    assert await numsub(redis, keys.live("bob")) == 1
+    assert hub.local_users() == 1
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _eq(value: Any, want: int) -> bool:
+    return bool(await value == want)
+
+
+async def kill_hub_link(redis: Any, hub: Hub) -> None:
+    """CLIENT KILL the hub's own connection only (found by its CLIENT SETNAME)."""
+    clients = await redis.client_list()
+    ids = [c["id"] for c in clients if c.get("name") == hub.name]
+    assert len(ids) == 1, clients
+    await redis.execute_command("CLIENT", "KILL", "ID", ids[0])
+
+
+async def test_killed_link_reconnects_and_resyncs_without_loss(redis: Any, keys: Keys,
+                                                              hub: Hub) -> None:
+    log = EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
+    rec = Recorder()
+    session = Session(user="alice", log=log, hub=hub, transport=rec, last_id=None)
+    before = metrics.PUBSUB_RECONNECTS._value.get()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await rec.until(lambda r: r.types() == ["hello"])
+        first = await publish(log, "alice", 20)
+        await rec.until(lambda r: len(r.events()) >= 20)
+        await kill_hub_link(redis, hub)
+        # Published while the link is down: only the feed stream has these.
+        gap = await publish(log, "alice", 50, start=20)
+        await wait_for(lambda: _true(hub.healthy and
+                                     metrics.PUBSUB_RECONNECTS._value.get() > before))
+        after = await publish(log, "alice", 20, start=70)
+        await rec.until(lambda r: len(r.events()) >= 90)
+        await anyio.sleep(0.3)
+        tg.cancel_scope.cancel()
+    assert_exact(rec.events(), first + gap + after)
+    assert await numsub(redis, keys.live("alice")) == 0

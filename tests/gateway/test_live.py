@@ -1,0 +1,178 @@
+"""Session logic against the real Redis and a real hub, with a recording transport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from core.eventlog import EventLog
+from core.keys import Keys
+from gateway.hub import Hub
+from gateway.live import SLOW_CLOSE, FrameType, Session, frame_id
+from schemas.frames import event_frame
+from tests.gateway.livehelp import assert_exact, publish
+
+# Marked here too: anyio's plugin otherwise drops the parameters of parametrized async tests.
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """A transport that keeps (type, sse id, frame) and can be made to stall."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.stalled = False
+
+    async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
+        while self.stalled:
+            await anyio.sleep(3600)
+        self.frames.append((kind, feed_id, json.loads(frame)))
+
+    def events(self) -> list[str]:
+        return [f["id"] for k, _, f in self.frames if k == "event"]
+
+    def types(self) -> list[str]:
+        return [k for k, _, _ in self.frames]
+
+    async def until(self, done: Callable[[Recorder], bool], timeout: float = 30) -> None:
+        with anyio.fail_after(timeout):
+            while not done(self):
+                await anyio.sleep(0.01)
+
+
+@pytest.fixture
+async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
+    h = Hub(redis_url, keys)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.run)
+        with anyio.fail_after(10):
+            await h.connected_once.wait()
+        yield h
+        tg.cancel_scope.cancel()
+    await h.aclose()
+
+
+def make_log(redis: Any, keys: Keys, maxlen: int = 10_000) -> EventLog:
+    return EventLog(redis, keys, feed_maxlen=maxlen, dedupe_ttl_s=600)
+
+
+def session(log: EventLog, hub: Hub, rec: Recorder, last_id: str | None, **kw: Any) -> Session:
+    return Session(user="alice", log=log, hub=hub, transport=rec, last_id=last_id, **kw)
+
+
+def test_frame_id_reads_the_published_frame() -> None:
+    assert frame_id(event_frame("17-3", b'{"a":1}')) == "17-3"
+    assert frame_id(b'{"id":"5-1","type":"event","data":{}}') == "5-1"
+    assert frame_id(b"not json") is None
+
+
+async def test_replays_missed_events_while_new_ones_arrive(redis: Any, keys: Keys,
+                                                           hub: Hub) -> None:
+    log = make_log(redis, keys)
+    seen = await publish(log, "alice", 3)
+    missed = await publish(log, "alice", 500, start=3)
+    rec = Recorder()
+    s = session(log, hub, rec, seen[-1], page=50)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        # Events keep coming while the replay runs: none may be lost or doubled.
+        during = []
+        for i in range(10):
+            during += await publish(log, "alice", 5, start=1000 + 5 * i)
+            await anyio.sleep(0.005)
+        await rec.until(lambda r: len(r.events()) >= 550)
+        after = await publish(log, "alice", 5, start=2000)
+        await rec.until(lambda r: len(r.events()) >= 555)
+        await anyio.sleep(0.2)
+        tg.cancel_scope.cancel()
+    assert_exact(rec.events(), missed + during + after)
+    assert rec.types()[0] == "hello"
+    assert rec.types().count("recovered") == 1
+    at = rec.types().index("recovered")
+    recovered = rec.frames[at][2]
+    assert recovered["count"] == rec.types()[:at].count("event") >= 500
+    assert recovered["last_id"] == rec.events()[recovered["count"] - 1]
+
+
+async def test_without_last_id_starts_live_at_the_end(redis: Any, keys: Keys, hub: Hub) -> None:
+    log = make_log(redis, keys)
+    old = await publish(log, "alice", 5)
+    rec = Recorder()
+    s = session(log, hub, rec, None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        await rec.until(lambda r: r.types() == ["hello"])
+        assert rec.frames[0][1] == old[-1]  # the SSE id: where a reconnect resumes from
+        new = await publish(log, "alice", 7, start=5)
+        await rec.until(lambda r: len(r.events()) >= 7)
+        tg.cancel_scope.cancel()
+    assert_exact(rec.events(), new)
+
+
+@pytest.mark.parametrize("case", ["trimmed", "unknown_id", "garbage", "stream_lost"])
+async def test_unreplayable_history_resets_then_goes_live(redis: Any, keys: Keys, hub: Hub,
+                                                          case: str) -> None:
+    log = make_log(redis, keys, maxlen=10)
+    if case == "stream_lost":
+        last_id, reason = "1700000000000-0", "stream_lost"
+    else:
+        ids = await publish(log, "alice", 400)
+        if case == "trimmed":
+            last_id, reason = ids[0], "trimmed"
+            assert await redis.xlen(keys.feed("alice")) < 400
+        elif case == "unknown_id":
+            last_id, reason = ids[-1].split("-")[0] + "-999999", "unknown_id"
+        else:
+            last_id, reason = "yesterday", "unknown_id"
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session(log, hub, rec, last_id).run)
+        await rec.until(lambda r: "reset" in r.types())
+        live = await publish(log, "alice", 3, start=900)
+        await rec.until(lambda r: len(r.events()) >= 3)
+        tg.cancel_scope.cancel()
+    assert rec.types()[:2] == ["hello", "reset"]
+    assert rec.frames[1][2] == {"type": "reset", "reason": reason}
+    assert "recovered" not in rec.types()
+    assert_exact(rec.events(), live)
+
+
+async def test_slow_client_is_closed_with_4008(redis: Any, keys: Keys, hub: Hub) -> None:
+    log = make_log(redis, keys)
+    rec = Recorder()
+    s = session(log, hub, rec, None, queue_size=5)
+    result: list[int | None] = []
+
+    async def run() -> None:
+        result.append(await s.run())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await rec.until(lambda r: r.types() == ["hello"])
+        rec.stalled = True
+        await publish(log, "alice", 20)
+        with anyio.fail_after(20):
+            while not result:
+                await anyio.sleep(0.01)
+    assert result == [SLOW_CLOSE]
+    assert hub.local_users() == 0
+
+
+async def test_pubsub_mode_forwards_live_frames_without_replay(redis: Any, keys: Keys,
+                                                               hub: Hub) -> None:
+    log = make_log(redis, keys)
+    old = await publish(log, "alice", 5)
+    rec = Recorder()
+    s = session(log, hub, rec, old[0], mode="pubsub")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        await rec.until(lambda r: r.types() == ["hello"])
+        new = await publish(log, "alice", 3, start=5)
+        await rec.until(lambda r: len(r.events()) >= 3)
+        tg.cancel_scope.cancel()
+    assert rec.frames[0][2] == {"type": "hello", "user": "alice", "mode": "pubsub"}
+    assert rec.events() == new
