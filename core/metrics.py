@@ -50,3 +50,15 @@ DELIVERY_SECONDS = Histogram(
     "Ingest-to-gateway-send latency of live events (from the stream id's timestamp)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+
+# Read from Redis when a gateway's /metrics is scraped (cached briefly: gateway/metrics.py).
+STREAM_LENGTH = Gauge("livefeed_stream_length", "Entries in a stream", ["stream"])
+GROUP_LAG = Gauge("livefeed_group_lag", "Entries not yet delivered to the group", ["group"])
+GROUP_PENDING = Gauge("livefeed_group_pending", "Entries delivered, not acked", ["group"])
+GROUP_CONSUMERS = Gauge("livefeed_group_consumers", "Consumers known to the group", ["group"])
+GROUP_OLDEST_PENDING = Gauge(
+    "livefeed_group_oldest_pending_seconds", "Age of the group's oldest pending entry", ["group"],
+)
+SCRAPE_REDIS_ERRORS = Counter(
+    "livefeed_scrape_redis_errors", "Scrapes whose stream figures could not be read from Redis",
+)

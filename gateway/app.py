@@ -27,7 +27,7 @@ from gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
-FEATURES: tuple[str, ...] = ()
+FEATURES: tuple[str, ...] = ("gateway.admin", "gateway.metrics", "gateway.health")
 
 
 async def healthz(request: Request) -> JSONResponse:

@@ -120,4 +120,22 @@ class GatewayView(msgspec.Struct, frozen=True):
 
     clients: dict[str, int]  # by transport
     hub: str  # healthy | unhealthy | absent
-    sessions: int | None = None
+    users: int | None = None  # users with a live subscription on this gateway
+
+
+class ClaimRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of POST /admin/api/claim; `min_idle` is a duration such as `60s`."""
+
+    group: str
+    min_idle: str
+    to: str | None = None
+    dry_run: bool = False
+    limit: int = 1000
+
+
+class DeadRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of POST /admin/api/dead/retry and /drop: explicit ids, or `all` (of `group`)."""
+
+    ids: list[str] = []
+    all: bool = False
+    group: str | None = None

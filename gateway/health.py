@@ -1,0 +1,72 @@
+"""`/readyz`: this gateway can do its work (Redis and PostgreSQL answer, pub/sub is alive).
+
+`/healthz` (the process is up) stays in gateway/app.py: it must answer even when every
+dependency is down, so a restart is never triggered by Redis being away.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import asyncpg
+import redis.exceptions
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from gateway.state import GatewayState
+
+CHECK_TIMEOUT_S = 1.0
+
+
+async def _redis(state: GatewayState) -> str:
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT_S):
+            await state.redis.ping()
+    except TimeoutError:
+        return f"no answer within {CHECK_TIMEOUT_S}s"
+    except (redis.exceptions.RedisError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+async def _postgres(state: GatewayState) -> str:
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT_S):
+            async with state.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+    except TimeoutError:
+        return f"no answer within {CHECK_TIMEOUT_S}s"
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+def _hub(state: GatewayState) -> str | None:
+    hub: Any = state.extras.get("hub")
+    if hub is None:
+        return None
+    return "ok" if getattr(hub, "healthy", False) else "pub/sub link down (reconnecting)"
+
+
+async def readyz(request: Request) -> JSONResponse:
+    state: GatewayState = request.app.state.lf
+    checks: dict[str, str] = {}
+
+    async def run(name: str, check: Any) -> None:
+        checks[name] = await check(state)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "redis", _redis)
+        tg.start_soon(run, "postgres", _postgres)
+    hub = _hub(state)
+    if hub is not None:
+        checks["pubsub"] = hub
+    failed = sorted(name for name, result in checks.items() if result != "ok")
+    return JSONResponse({"ready": not failed, "failed": failed, "checks": checks},
+                        status_code=503 if failed else 200)
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/readyz", readyz)]

@@ -1,0 +1,90 @@
+"""`/metrics`: Prometheus exposition of this process's metrics (core/metrics.py), with the
+stream figures (lengths, group lag and pending) read from Redis at scrape time.
+
+The Redis read is cached for `CACHE_S`, so several scrapers (or a fast one) cost Redis
+one round of XINFO per interval, not one per scrape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+import redis.exceptions
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from core import metrics
+from core.inspect import Inspector
+from gateway.state import GatewayState
+
+logger = logging.getLogger(__name__)
+
+CACHE_S = 2.0
+READ_TIMEOUT_S = 2.0
+
+
+class StreamFigures:
+    """Refreshes the stream gauges from Redis at most once per `cache_s`."""
+
+    def __init__(self, inspector: Inspector, cache_s: float = CACHE_S) -> None:
+        self.inspector = inspector
+        self.cache_s = cache_s
+        self._lock = anyio.Lock()
+        self._at: float | None = None
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            now = anyio.current_time()
+            if self._at is not None and now - self._at < self.cache_s:
+                return
+            self._at = now
+            try:
+                with anyio.fail_after(READ_TIMEOUT_S):
+                    await self._read()
+            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+                metrics.SCRAPE_REDIS_ERRORS.inc()
+                logger.warning("metrics: cannot read stream figures from Redis: %r", exc)
+
+    async def _read(self) -> None:
+        ins = self.inspector
+        keys = ins.keys
+        now = await ins.now_ms()
+        ingest = await ins.stream("ingest", keys.ingest)
+        dead = await ins.stream("dead", keys.dead)
+        groups = await ins.groups(now_ms=now)
+        metrics.STREAM_LENGTH.labels("ingest").set(ingest.length)
+        metrics.STREAM_LENGTH.labels("dead").set(dead.length)
+        # Groups can disappear (XGROUP DESTROY): start from no series, not stale ones.
+        for gauge in (metrics.GROUP_LAG, metrics.GROUP_PENDING, metrics.GROUP_CONSUMERS,
+                      metrics.GROUP_OLDEST_PENDING):
+            gauge.clear()
+        for g in groups:
+            if g.lag is not None:
+                metrics.GROUP_LAG.labels(g.name).set(g.lag)
+            metrics.GROUP_PENDING.labels(g.name).set(g.pending)
+            metrics.GROUP_CONSUMERS.labels(g.name).set(len(g.consumers))
+            age = g.oldest_pending_age_ms
+            metrics.GROUP_OLDEST_PENDING.labels(g.name).set(age / 1000 if age else 0)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(state: GatewayState) -> AsyncIterator[None]:
+    state.extras["stream_figures"] = StreamFigures(Inspector(state.redis, state.keys))
+    yield
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    state: GatewayState = request.app.state.lf
+    figures: StreamFigures | None = state.extras.get("stream_figures")
+    if figures is not None:
+        await figures.refresh()
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/metrics", metrics_endpoint)]

@@ -1,0 +1,163 @@
+"""The admin API: token checks, and the operator views and actions over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from core import auth, metrics
+from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from core.settings import Settings
+from gateway import app as app_mod
+from tests.core.test_deadletters import poisoned
+from tests.core.test_inspect import groups, ingest, make_stale
+
+MINE = ("gateway.admin", "gateway.metrics", "gateway.health")
+
+
+@contextlib.asynccontextmanager
+async def app_client(settings: Settings, features: Sequence[str] = MINE,
+                     ) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
+    """The gateway app in process, its lifespan running, with only `features` plugged in
+    (the admin features do not depend on the others)."""
+    saved = app_mod.FEATURES
+    app_mod.FEATURES = tuple(features)
+    try:
+        app = app_mod.create_app(settings)
+    finally:
+        app_mod.FEATURES = saved
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            yield client, app
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory(secret="admin-test-secret-long-enough-for-hs256!")
+
+
+@pytest.fixture
+def admin(settings: Settings) -> dict[str, str]:
+    return bearer(auth.mint(settings.signing_secret(), "ops", admin=True))
+
+
+ENDPOINTS = [("GET", "/admin/api/status"), ("GET", "/admin/api/pending"),
+             ("GET", "/admin/api/dead"), ("GET", "/admin/api/gateway"),
+             ("GET", "/admin/api/dead/1-1"), ("POST", "/admin/api/dead/retry"),
+             ("POST", "/admin/api/dead/drop"), ("POST", "/admin/api/claim")]
+
+
+async def test_every_endpoint_needs_an_admin_token(settings: Settings, redis: Any) -> None:
+    secret = settings.signing_secret()
+    user = auth.mint(secret, "alice")
+    forged = auth.mint("another-secret-" + "x" * 32, "ops", admin=True)
+    expired = auth.mint(secret, "ops", admin=True, ttl_s=-10)
+    async with app_client(settings) as (client, _):
+        for method, path in ENDPOINTS:
+            none = await client.request(method, path)
+            assert none.status_code == 401, path
+            assert none.headers["www-authenticate"] == "Bearer"
+            for bad in (forged, expired, "junk"):
+                assert (await client.request(method, path, headers=bearer(bad))).status_code \
+                    == 401, path
+            denied = await client.request(method, path, headers=bearer(user))
+            assert denied.status_code == 403, path
+            assert (await client.request(method, f"{path}?token={user}")).status_code == 403
+        ok = await client.get("/admin/api/status", params={"token": auth.mint(
+            secret, "ops", admin=True)})
+        assert ok.status_code == 200
+        # The page itself is static; it fetches the data with the token from its URL.
+        page = await client.get("/admin")
+        assert page.status_code == 200 and "livefeed admin" in page.text
+        assert (await client.get("/admin/admin.js")).status_code == 200
+
+
+async def test_status_pending_and_claim(settings: Settings, admin: dict[str, str],
+                                        redis: Any, keys: Keys) -> None:
+    ids = await ingest(redis, keys, 5)
+    await groups(redis, keys)
+    await redis.xreadgroup(PERSIST_GROUP, "persist-dead", {keys.ingest: ">"}, count=2)
+    await make_stale(redis, keys, PERSIST_GROUP, "persist-dead", 300_000)
+    async with app_client(settings) as (client, _):
+        status = (await client.get("/admin/api/status", headers=admin)).json()
+        lag = {g["name"]: (g["pending"], g["lag"]) for g in status["groups"]}
+        assert lag == {PERSIST_GROUP: (2, 3), FANOUT_GROUP: (0, 5)}
+
+        r = await client.get("/admin/api/pending", headers=admin,
+                             params={"group": PERSIST_GROUP, "min_idle": "1m"})
+        assert [(e["id"], e["consumer"], e["deliveries"]) for e in r.json()["entries"]] == [
+            (ids[0], "persist-dead", 1), (ids[1], "persist-dead", 1)]
+        assert (await client.get("/admin/api/pending", headers=admin,
+                                 params={"group": "nope"})).status_code == 404
+        assert (await client.get("/admin/api/pending", headers=admin,
+                                 params={"min_idle": "soon"})).status_code == 400
+        assert (await client.get("/admin/api/pending", headers=admin,
+                                 params={"limit": "0"})).status_code == 400
+
+        body = {"group": PERSIST_GROUP, "min_idle": "60s", "to": "persist-2"}
+        dry = await client.post("/admin/api/claim", headers=admin, json={**body, "dry_run": True})
+        assert dry.status_code == 200 and len(dry.json()["entries"]) == 2
+        moved = await client.post("/admin/api/claim", headers=admin, json=body)
+        assert [e["id"] for e in moved.json()["entries"]] == ids[:2]
+        owners = await redis.xpending_range(keys.ingest, PERSIST_GROUP, min="-", max="+",
+                                            count=10)
+        assert {o["consumer"] for o in owners} == {b"persist-2"}
+        assert (await client.post("/admin/api/claim", headers=admin,
+                                  json={"group": PERSIST_GROUP})).status_code == 400
+        assert (await client.post("/admin/api/claim", headers=admin,
+                                  content=b"{")).status_code == 400
+
+
+async def test_dead_letters_over_http(settings: Settings, admin: dict[str, str],
+                                      redis: Any, keys: Keys) -> None:
+    first, event_id, data = await poisoned(redis, keys, "Poison A")
+    second, _, _ = await poisoned(redis, keys, "Poison B")
+    async with app_client(settings) as (client, _):
+        listing = (await client.get("/admin/api/dead", headers=admin)).json()
+        assert [d["id"] for d in listing["letters"]] == [first, second]
+        shown = (await client.get(f"/admin/api/dead/{first}", headers=admin)).json()
+        assert shown["data"] == data.decode() and shown["error"] == "ValueError: bad sender"
+        assert (await client.get("/admin/api/dead/1-1", headers=admin)).status_code == 404
+
+        assert (await client.post("/admin/api/dead/retry", headers=admin,
+                                  json={})).status_code == 400
+        retried = await client.post("/admin/api/dead/retry", headers=admin, json={"ids": [first]})
+        assert [(a["id"], a["outcome"]) for a in retried.json()] == [(first, "retried")]
+        [(_, fields)] = await redis.xrange(keys.ingest)
+        assert fields[b"event_id"] == event_id.encode() and fields[b"data"] == data
+
+        dropped = await client.post("/admin/api/dead/drop", headers=admin, json={"all": True})
+        assert [(a["id"], a["outcome"]) for a in dropped.json()] == [(second, "dropped")]
+        assert (await client.get("/admin/api/dead", headers=admin)).json()["total"] == 0
+
+
+class FakeHub:
+    healthy = True
+
+    def local_users(self) -> int:
+        return 3
+
+
+async def test_gateway_connections(settings: Settings, admin: dict[str, str],
+                                   redis: Any) -> None:
+    async with app_client(settings) as (client, app):
+        view = (await client.get("/admin/api/gateway", headers=admin)).json()
+        assert view["hub"] == "absent" and view["users"] is None
+        metrics.CLIENTS.labels("ws").inc(2)
+        try:
+            app.state.lf.extras["hub"] = FakeHub()
+            view = (await client.get("/admin/api/gateway", headers=admin)).json()
+        finally:
+            metrics.CLIENTS.labels("ws").dec(2)
+        assert view["hub"] == "healthy" and view["users"] == 3
+        assert view["clients"]["ws"] >= 2

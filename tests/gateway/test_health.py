@@ -1,0 +1,44 @@
+"""`/readyz` follows Redis (an embedded one this test stops), PostgreSQL and the pub/sub hub."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from core.embedded import EmbeddedRedis
+from core.settings import Settings
+from tests.gateway.test_admin import MINE, app_client
+
+
+async def test_readyz_turns_unready_when_redis_stops(
+        settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    try:
+        settings = settings_factory(redis_url=server.url)
+        async with app_client(settings, (*MINE, "gateway.hub")) as (client, _):
+            with anyio.fail_after(30):  # the hub connects in the background
+                while (r := await client.get("/readyz")).status_code != 200:
+                    await anyio.sleep(0.1)
+            assert r.json() == {"ready": True, "failed": [], "checks": {
+                "redis": "ok", "postgres": "ok", "pubsub": "ok"}}
+
+            server.stop()
+            r = await client.get("/readyz")
+            assert r.status_code == 503
+            body = r.json()
+            assert "redis" in body["failed"] and body["checks"]["postgres"] == "ok"
+            with anyio.fail_after(30):  # the hub notices its link is gone
+                while "pubsub" not in (await client.get("/readyz")).json()["failed"]:
+                    await anyio.sleep(0.1)
+            assert (await client.get("/healthz")).status_code == 200  # alive, not ready
+    finally:
+        server.stop()
+
+
+async def test_readyz_without_a_hub(settings_factory: Callable[..., Settings]) -> None:
+    async with app_client(settings_factory()) as (client, _):
+        r = await client.get("/readyz")
+        assert r.status_code == 200
+        assert r.json()["checks"] == {"redis": "ok", "postgres": "ok"}

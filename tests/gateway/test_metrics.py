@@ -1,0 +1,53 @@
+"""`/metrics`: Prometheus text with the stream figures read from Redis at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from core.settings import Settings
+from gateway import metrics as gw_metrics
+from tests.core.test_inspect import groups, ingest
+from tests.gateway.test_admin import app_client
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_scrape_reports_streams_lag_and_pending(
+        settings_factory: Callable[..., Settings], redis: Any, keys: Keys) -> None:
+    await ingest(redis, keys, 7)
+    await groups(redis, keys)
+    await redis.xreadgroup(PERSIST_GROUP, "p1", {keys.ingest: ">"}, count=3)
+    async with app_client(settings_factory()) as (client, app):
+        r = await client.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        got = samples(r.text)
+        assert got[("livefeed_stream_length", (("stream", "ingest"),))] == 7
+        assert got[("livefeed_stream_length", (("stream", "dead"),))] == 0
+        assert got[("livefeed_group_lag", (("group", PERSIST_GROUP),))] == 4
+        assert got[("livefeed_group_lag", (("group", FANOUT_GROUP),))] == 7
+        assert got[("livefeed_group_pending", (("group", PERSIST_GROUP),))] == 3
+        assert got[("livefeed_group_consumers", (("group", PERSIST_GROUP),))] == 1
+        # The process metrics every role counts are in the same exposition.
+        for name in ("livefeed_ingest_events_total", "livefeed_batch_size",
+                     "livefeed_delivery_seconds", "livefeed_frames_sent_total"):
+            assert f"# TYPE {name.removesuffix('_total')}" in r.text
+
+        # Within the cache interval a scrape does not go back to Redis...
+        figures: gw_metrics.StreamFigures = app.state.lf.extras["stream_figures"]
+        figures.cache_s = 3600
+        await redis.xack(keys.ingest, PERSIST_GROUP,
+                         *[row["message_id"] for row in await redis.xpending_range(
+                             keys.ingest, PERSIST_GROUP, min="-", max="+", count=10)])
+        cached = samples((await client.get("/metrics")).text)
+        assert cached[("livefeed_group_pending", (("group", PERSIST_GROUP),))] == 3
+        # ...and after it, it does.
+        figures.cache_s = 0
+        fresh = samples((await client.get("/metrics")).text)
+        assert fresh[("livefeed_group_pending", (("group", PERSIST_GROUP),))] == 0
