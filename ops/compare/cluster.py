@@ -1,0 +1,304 @@
+"""A throwaway livefeed deployment for one cell: real `livefeed gateway` and `livefeed
+consumer` processes on a fresh namespace (its own `LIVEFEED_PREFIX` and its own Postgres
+schema through `?search_path=`), torn down with every key and the schema afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import httpx
+import redis.exceptions
+
+from core import db, redis_client
+from core.embedded import free_port
+from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from core.settings import Settings, env_name
+from ops.faultproxy import FaultProxy
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 40.0
+CONSUMER_GROUPS = (PERSIST_GROUP, FANOUT_GROUP)
+
+
+class ClusterError(RuntimeError):
+    """A process did not come up; the message carries the tail of its log."""
+
+
+class Process:
+    """One `livefeed ...` child process with its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> Process:
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts}: livefeed {' '.join(self.args)}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "ops.cli", *self.args], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no ack, no goodbye."""
+        if self.popen is not None and self.alive():
+            self.popen.send_signal(signal.SIGKILL)
+        if self.popen is not None:
+            self.popen.wait()
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+
+def namespace() -> tuple[str, str]:
+    """A fresh (key prefix, schema) pair."""
+    tag = uuid.uuid4().hex[:10]
+    return f"lfc{tag}", f"lfc_{tag}"
+
+
+def with_params(dsn: str, **params: str) -> str:
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    query.update(params)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def tcp_target(dsn: str) -> tuple[str, int] | None:
+    """Host and port of a TCP DSN; None for a Unix-socket DSN (`?host=/dir`)."""
+    parts = urlsplit(dsn)
+    host = dict(parse_qsl(parts.query)).get("host") or parts.hostname
+    if not host or host.startswith("/"):
+        return None
+    return host, parts.port or 5432
+
+
+class Cluster:
+    """Processes for one cell. Use `async with`; everything is killed and dropped on exit."""
+
+    def __init__(self, base: Settings, *, mode: str, log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        if base.redis_url is None or base.database_url is None:
+            raise ValueError("Cluster needs resolved redis_url and database_url")
+        self.base = base
+        self.mode = mode
+        self.log_dir = log_dir
+        self.prefix, self.schema = namespace()
+        self.keys = Keys(self.prefix, cluster=base.redis_cluster)
+        self.secret = uuid.uuid4().hex
+        self.webhook_secret = uuid.uuid4().hex
+        self.dsn = with_params(base.database_url, search_path=self.schema)
+        self.extra_env = env or {}
+        self.proxy: FaultProxy | None = None
+        self.gateways: list[Process] = []
+        self.gateway_urls: list[str] = []
+        self.consumers: list[Process] = []
+        self.redis: Any = redis_client.connect(base.redis_url, cluster=base.redis_cluster)
+
+    def _env(self, dsn: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
+        for name in self.base.__struct_fields__:
+            value = getattr(self.base, name)
+            if value is not None:
+                env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+        env.update({
+            env_name("database_url"): dsn,
+            env_name("delivery"): self.mode,
+            env_name("prefix"): self.prefix,
+            env_name("secret"): self.secret,
+            env_name("webhook_secret"): self.webhook_secret,
+            env_name("data_dir"): str(self.log_dir / "data"),
+        })
+        env.update(self.extra_env)
+        return env
+
+    async def __aenter__(self) -> Cluster:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        await db.migrate_dsn(self.dsn)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for proc in [*self.gateways, *self.consumers]:
+            proc.kill()
+        if self.proxy is not None:
+            await self.proxy.aclose()
+        with anyio.CancelScope(shield=True):
+            await self._drop_namespace()
+
+    async def _drop_namespace(self) -> None:
+        try:
+            for pattern in self.keys.patterns():
+                batch = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
+                for i in range(0, len(batch), 500):
+                    await self.redis.delete(*batch[i : i + 500])
+        except (redis.exceptions.RedisError, OSError) as exc:
+            logger.warning("could not delete keys of %s: %s", self.prefix, exc)
+        finally:
+            await self.redis.aclose()
+        assert self.base.database_url is not None
+        try:
+            conn = await asyncpg.connect(self.base.database_url, timeout=10)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            logger.warning("could not drop schema %s: %s", self.schema, exc)
+            return
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    async def start(self, *, gateways: int = 1, consumers: bool = True,
+                    db_proxy: bool = False) -> None:
+        """Start the processes concurrently; return once every one of them is ready."""
+        dsn = self.dsn
+        if db_proxy:
+            target = tcp_target(self.dsn)
+            if target is None:
+                raise ClusterError("the database is reached over a Unix socket; the fault "
+                                   "proxy forwards TCP only")
+            self.proxy = await FaultProxy(*target).start()
+            dsn = self.proxy.url_for(self.dsn)
+        env = self._env(dsn)
+        for _ in range(gateways):
+            port = free_port()
+            self.gateways.append(Process(f"gateway-{port}", ["gateway", "--port", str(port)],
+                                         env, self.log_dir).start())
+            self.gateway_urls.append(f"http://127.0.0.1:{port}")
+        if consumers:
+            for group in CONSUMER_GROUPS:
+                self.consumers.append(Process(
+                    group, ["consumer", group, "--name", f"compare-{group}"], env,
+                    self.log_dir).start())
+        with anyio.fail_after(START_TIMEOUT_S):
+            async with anyio.create_task_group() as tg:
+                for proc, url in zip(self.gateways, self.gateway_urls, strict=True):
+                    tg.start_soon(self._wait_http, proc, f"{url}/healthz")
+                for proc in self.consumers:
+                    tg.start_soon(self._wait_consumer, proc, proc.name)
+
+    async def _wait_http(self, proc: Process, url: str) -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                self._check_alive(proc)
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        return
+                await anyio.sleep(0.1)
+
+    async def _wait_consumer(self, proc: Process, group: str, since: float | None = None) -> None:
+        """Ready once Redis lists the consumer in its group, having read after `since`."""
+        name = f"compare-{group}"
+        while True:
+            self._check_alive(proc)
+            with contextlib.suppress(redis.exceptions.ResponseError):
+                listed = await self.redis.xinfo_consumers(self.keys.ingest, group)
+                for c in listed:
+                    if _text(c.get("name")) != name:
+                        continue
+                    if since is None or int(c.get("idle", 0)) <= (time.monotonic() - since) * 1000:
+                        return
+            await anyio.sleep(0.05)
+
+    def _check_alive(self, proc: Process) -> None:
+        if not proc.alive():
+            raise ClusterError(f"{proc.name} exited at start:\n{proc.tail()}")
+
+    # -- faults ------------------------------------------------------------------------
+
+    def kill_gateway(self, index: int) -> None:
+        self.gateways[index].kill()
+
+    async def pending(self) -> dict[str, int]:
+        """Entries delivered to each group and not acked yet."""
+        out: dict[str, int] = {}
+        for group in CONSUMER_GROUPS:
+            with contextlib.suppress(redis.exceptions.ResponseError):
+                info = await self.redis.xpending(self.keys.ingest, group)
+                out[group] = int(info["pending"])
+        return out
+
+    def kill_consumers(self) -> None:
+        for proc in self.consumers:
+            proc.kill()
+
+    async def restart_consumers(self) -> None:
+        since = time.monotonic()
+        for proc in self.consumers:
+            proc.start()
+        with anyio.fail_after(START_TIMEOUT_S):
+            for proc in self.consumers:
+                await self._wait_consumer(proc, proc.name, since)
+
+    async def kill_pubsub(self) -> int:
+        """CLIENT KILL the gateways' pub/sub connections of this namespace; how many.
+
+        Only this cell's links: the hub names its connection `<prefix>-hub-<pid>-...`, so
+        other users of a shared Redis keep theirs.
+        """
+        head = f"{self.prefix}-hub-"
+        killed = 0
+        for client in await self.redis.client_list(_type="pubsub"):
+            name = _text(client.get("name") or "")
+            if name.startswith(head):
+                with contextlib.suppress(redis.exceptions.ResponseError):
+                    killed += int(await self.redis.client_kill_filter(_id=client["id"]))
+        return killed
+
+    # -- results -----------------------------------------------------------------------
+
+    async def rows(self) -> dict[str, int]:
+        """Rows in `newsletters` per event id, read directly (not through the proxy)."""
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        try:
+            records = await conn.fetch(
+                "SELECT id::text AS id, count(*) AS n FROM newsletters GROUP BY id")
+        finally:
+            await conn.close()
+        return {r["id"]: int(r["n"]) for r in records}
+
+    async def row_count(self) -> int:
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM newsletters"))
+        finally:
+            await conn.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def monotonic_clock() -> Any:
+    """A clock starting at 0 now: the cell's timebase."""
+    t0 = time.monotonic()
+    return lambda: time.monotonic() - t0

@@ -1,0 +1,189 @@
+"""Running cells: one (scenario, mode) on a fresh cluster, then the whole matrix.
+
+A cell: start the processes, connect every client and wait for its `hello`, run the load
+and the scenario script side by side, let the system settle (until every client has every
+accepted event of its user and Postgres every row, or nothing moved for a while), then
+count. The seed fixes event ids, user picks and the scenario's choices; both modes of a
+scenario get the same ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import msgspec
+
+from core import auth
+from core.settings import Settings
+from ops.compare.clients import FeedClient, NotReady
+from ops.compare.cluster import Cluster, ClusterError, monotonic_clock, tcp_target
+from ops.compare.load import Auth, LoadGenerator
+from ops.compare.measure import CellResult, ClientCount, count_clients, summarize
+from ops.compare.records import ClientLog, Sent
+from ops.compare.scenarios import Context, Scenario
+
+logger = logging.getLogger(__name__)
+
+# With nothing new arriving for this long, what is missing stays missing. Streams mode
+# waits longer: the persist consumer backs off up to 5 s while the database is away.
+QUIET_S = {"pubsub": 2.0, "streams": 12.0}
+STOP_TIMEOUT_S = 5.0
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class Params:
+    duration: float = 8.0
+    clients: int = 8
+    rate: float = 200.0
+    seed: int = 1
+    settle_s: float = 45.0
+    auth: Auth = "admin"
+
+
+@dataclass
+class CellRun:
+    """A cell's result and the raw records it was counted from (for tests and debugging)."""
+
+    result: CellResult
+    sent: list[Sent]
+    logs: list[ClientLog]
+    counts: list[ClientCount]
+
+
+def users_for(clients: int) -> list[str]:
+    """Two clients (tabs) per user: fan-out to several connections of one user is covered."""
+    return [f"user{i}" for i in range(max(1, clients // 2))]
+
+
+async def run_cell(base: Settings, scenario: Scenario, mode: str, params: Params,
+                   log_dir: Path, progress: Progress | None = None) -> CellRun:
+    cell = CellResult(scenario=scenario.name, mode=mode, seed=params.seed,
+                      duration_s=params.duration, clients=params.clients, rate=params.rate)
+    run = CellRun(result=cell, sent=[], logs=[], counts=[])
+    assert base.database_url is not None
+    if scenario.db_proxy and tcp_target(base.database_url) is None:
+        cell.skipped = ("the database is reached over a Unix socket (embedded PostgreSQL) and "
+                        "the fault proxy forwards TCP only; set LIVEFEED_DATABASE_URL to a "
+                        "TCP server to run it")
+        return run
+    try:
+        await _run(run, base, scenario, mode, params, log_dir, progress or _no_progress)
+    except* (ClusterError, NotReady, TimeoutError) as group:
+        cell.failed = "; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions)
+        logger.warning("%s/%s failed: %s (logs in %s)", scenario.name, mode, cell.failed,
+                       log_dir)
+    return run
+
+
+def _no_progress(fraction: float, status: str) -> None:
+    pass
+
+
+async def _run(run: CellRun, base: Settings, scenario: Scenario, mode: str, params: Params,
+               log_dir: Path, progress: Progress) -> None:
+    rng = random.Random(f"{params.seed}:{scenario.name}")
+    clock = monotonic_clock()
+    progress(0.0, "starting processes")
+    async with Cluster(base, mode=mode, log_dir=log_dir, env=dict(scenario.env)) as cluster:
+        await cluster.start(gateways=scenario.gateways, consumers=mode == "streams",
+                            db_proxy=scenario.db_proxy)
+        users = users_for(params.clients)
+        clients = [
+            FeedClient(f"client{i}", users[i % len(users)], auth.mint(cluster.secret,
+                       users[i % len(users)]), cluster.gateway_urls, clock=clock, mode=mode,
+                       first_gateway=i % scenario.gateways,
+                       small_buffer=i >= params.clients - scenario.slow_clients)
+            for i in range(params.clients)
+        ]
+        run.logs = [c.log for c in clients]
+        urls = cluster.gateway_urls
+        targets = urls[scenario.load_gateway:] + urls[: scenario.load_gateway]
+        load = LoadGenerator(
+            targets, users, rate=params.rate, duration=params.duration,
+            seed=rng.getrandbits(64), clock=clock, auth_mode=params.auth,
+            secret=cluster.secret, webhook_secret=cluster.webhook_secret,
+            preview_chars=scenario.preview_chars,
+        )
+        run.sent = load.sent
+        async with anyio.create_task_group() as ctg:
+            for c in clients:
+                ctg.start_soon(c.run)
+            progress(0.0, "connecting clients")
+            async with anyio.create_task_group() as tg:
+                for c in clients:
+                    tg.start_soon(c.wait_ready)
+            ctx = Context(cluster=cluster, clients=clients, load=load, clock=clock,
+                          started=clock(), duration=params.duration, rng=rng)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load.run)
+                tg.start_soon(scenario.script, ctx)
+                tg.start_soon(_report_progress, ctx, progress)
+                await load.done.wait()
+            run.result.timeline = ctx.marks
+            progress(1.0, "settling")
+            await _settle(ctx, cluster, mode, params.settle_s)
+            with anyio.move_on_after(STOP_TIMEOUT_S):
+                async with anyio.create_task_group() as tg:
+                    for c in clients:
+                        tg.start_soon(c.stop)
+            ctg.cancel_scope.cancel()
+        rows = await cluster.rows()
+    run.counts = count_clients(run.logs, run.sent)
+    summarize(run.result, run.sent, run.counts, rows)
+    run.result.errors = dict(load.errors)
+    run.result.timeline = ctx.marks
+
+
+async def _report_progress(ctx: Context, progress: Progress) -> None:
+    """Tick the progress display until the load is done."""
+    while True:
+        frames = sum(len(c.log.received) for c in ctx.clients)
+        done = min(1.0, (ctx.clock() - ctx.started) / ctx.duration)
+        progress(done, f"accepted {ctx.load.accepted}, frames {frames}")
+        if ctx.load.done.is_set():
+            return
+        await anyio.sleep(0.25)
+
+
+async def _settle(ctx: Context, cluster: Cluster, mode: str, limit_s: float) -> None:
+    """Wait until nothing is missing, or nothing moved for QUIET_S, or `limit_s` passed."""
+    accepted = ctx.load.accepted
+    quiet = QUIET_S.get(mode, 2.0)
+    last_state: tuple[int, int] | None = None
+    last_change = ctx.clock()
+    with anyio.move_on_after(limit_s):
+        while True:
+            rows = await cluster.row_count()
+            if ctx.missing() == 0 and rows >= accepted:
+                return
+            state = (sum(len(c.log.received) for c in ctx.clients), rows)
+            if state != last_state:
+                last_state, last_change = state, ctx.clock()
+            elif ctx.clock() - last_change >= quiet:
+                return
+            await anyio.sleep(0.1)
+
+
+async def run_matrix(base: Settings, scenarios: Sequence[Scenario], modes: Sequence[str],
+                     params: Params, log_root: Path,
+                     on_cell: Callable[[str, str], Progress] | None = None) -> list[CellRun]:
+    """Every scenario in every mode, one after the other, each on its own namespace."""
+    runs: list[CellRun] = []
+    for scenario in scenarios:
+        for mode in modes:
+            progress = on_cell(scenario.name, mode) if on_cell else None
+            log_dir = log_root / f"{scenario.name}-{mode}"
+            runs.append(await run_cell(base, scenario, mode, params, log_dir, progress))
+    return runs
+
+
+def to_json(runs: Sequence[CellRun], params: Params) -> bytes:
+    doc = {"params": params.__dict__, "cells": [r.result for r in runs]}
+    return msgspec.json.format(msgspec.json.encode(doc))

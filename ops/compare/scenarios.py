@@ -1,0 +1,192 @@
+"""The fault scenarios: each a named script that runs beside the load, seeded, the same in
+both delivery modes. Times are fractions of the cell's load duration, so a short test
+matrix and a long report run the same script.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from core.settings import env_name
+from ops.compare.clients import FeedClient
+from ops.compare.cluster import Cluster
+from ops.compare.load import LoadGenerator
+from ops.compare.records import Mark
+
+QUIESCE_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Context:
+    """What a scenario script may act on while the load runs."""
+
+    cluster: Cluster
+    clients: Sequence[FeedClient]
+    load: LoadGenerator
+    clock: Callable[[], float]
+    started: float  # the cell clock when the load began
+    duration: float
+    rng: random.Random
+    marks: list[Mark] = field(default_factory=list)
+
+    def mark(self, what: str) -> None:
+        self.marks.append(Mark(t=self.clock(), what=what))
+
+    async def at(self, fraction: float) -> None:
+        """Sleep until `fraction` of the load duration has passed."""
+        await anyio.sleep(max(0.0, self.started + fraction * self.duration - self.clock()))
+
+    def missing(self) -> int:
+        """Accepted events that connected clients of their user have not received yet."""
+        by_user: dict[str, set[str]] = {}
+        for s in self.load.sent:
+            if s.accepted:
+                by_user.setdefault(s.user, set()).add(s.event_id)
+        return sum(len(by_user.get(c.log.user, set()) - c.seen)
+                   for c in self.clients if not c.away)
+
+    async def quiesce(self, timeout: float = QUIESCE_TIMEOUT_S) -> bool:
+        """Wait (bounded) until connected clients have every accepted event of their user."""
+        with anyio.move_on_after(timeout):
+            while self.missing():
+                await anyio.sleep(0.02)
+            return True
+        return False
+
+
+Script = Callable[[Context], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    script: Script
+    gateways: int = 1
+    env: Mapping[str, str] = field(default_factory=dict)
+    db_proxy: bool = False
+    preview_chars: int = 80
+    slow_clients: int = 0  # the last n clients get small socket buffers
+    load_gateway: int = 0  # the gateway the load posts to (it stays up)
+
+
+async def steady(ctx: Context) -> None:
+    """No fault: the baseline of each mode."""
+
+
+async def client_reconnect(ctx: Context) -> None:
+    """Half the clients (seeded pick) drop at 25% for 30% of the run, then come back with
+    their last id. The load pauses at both edges until what was posted is answered (and,
+    before the drop, delivered), so every event falls clearly before, inside or after each
+    client's away window, and the harness logs that window per client."""
+    away = ctx.rng.sample(list(ctx.clients), max(1, len(ctx.clients) // 2))
+    window = max(1.0, 0.3 * ctx.duration)
+    await ctx.at(0.25)
+    async with ctx.load.hold():
+        await ctx.quiesce()
+        async with anyio.create_task_group() as tg:
+            for c in away:
+                tg.start_soon(c.drop)
+    ctx.mark(f"{len(away)} clients disconnect for {window:.1f}s")
+    await anyio.sleep(window)
+    async with ctx.load.hold():
+        async with anyio.create_task_group() as tg:
+            for c in away:
+                tg.start_soon(c.come_back)
+    ctx.mark(f"{len(away)} clients back with their last id")
+
+
+async def gateway_restart(ctx: Context) -> None:
+    """Two gateways, clients split between them, load posted to the second. At 40% the
+    first is SIGKILLed; its clients reconnect to the second with their last id."""
+    await ctx.at(0.4)
+    ctx.cluster.kill_gateway(0)
+    moved = sum(1 for c in ctx.clients if c.gateway == ctx.cluster.gateway_urls[0])
+    ctx.mark(f"SIGKILL gateway 0 ({moved} clients on it)")
+
+
+async def consumer_crash(ctx: Context) -> None:
+    """At 30% and 65%: wait (up to 2 s) until a batch is read and not acked yet, SIGKILL
+    the persist and fanout consumers, leave them dead for 10% of the run, restart them
+    under the same names (they re-read their own pending entries)."""
+    for fraction in (0.3, 0.65):
+        await ctx.at(fraction)
+        if not ctx.cluster.consumers:
+            ctx.mark("no consumers in pubsub mode: nothing to kill")
+            return
+        pending = await ctx.cluster.pending()
+        with anyio.move_on_after(2.0):
+            while not any(pending.values()):
+                await anyio.sleep(0.005)
+                pending = await ctx.cluster.pending()
+        ctx.cluster.kill_consumers()
+        shown = ", ".join(f"{g} {n}" for g, n in pending.items())
+        ctx.mark(f"SIGKILL persist and fanout (pending: {shown})")
+        await anyio.sleep(max(0.5, 0.1 * ctx.duration))
+        await ctx.cluster.restart_consumers()
+        ctx.mark("consumers restarted")
+
+
+async def db_outage(ctx: Context) -> None:
+    """PostgreSQL unreachable through the fault proxy from 25% for 35% of the run: open
+    connections are reset, new ones dropped; then the link is restored."""
+    proxy = ctx.cluster.proxy
+    assert proxy is not None
+    await ctx.at(0.25)
+    proxy.cut()
+    ctx.mark("database link cut")
+    await ctx.at(0.6)
+    proxy.restore()
+    ctx.mark("database link restored")
+
+
+async def slow_client(ctx: Context) -> None:
+    """The last client (small socket buffer) reads one frame per 200 ms from 20% to 70% of
+    the run; the gateways' send queue is 32 frames and events are ~1.7 KB, so the gateway
+    closes it with 4008 within a second or so and it reconnects."""
+    slow = ctx.clients[-1]
+    await ctx.at(0.2)
+    slow.read_delay = 0.2
+    ctx.mark(f"{slow.log.name} reads one frame per 200 ms")
+    await ctx.at(0.7)
+    slow.read_delay = 0.0
+    ctx.mark(f"{slow.log.name} reads at full speed")
+
+
+async def pubsub_drop(ctx: Context) -> None:
+    """At 30%, 55% and 80%: CLIENT KILL the gateway's pub/sub connection (by id, found by
+    the hub's client name, so a shared Redis's other clients are untouched)."""
+    for fraction in (0.3, 0.55, 0.8):
+        await ctx.at(fraction)
+        killed = await ctx.cluster.kill_pubsub()
+        ctx.mark(f"CLIENT KILL of {killed} pub/sub link(s)")
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("steady", "no fault", steady),
+        Scenario("client-reconnect", "half the clients away for 30% of the run",
+                 client_reconnect),
+        Scenario("gateway-restart", "SIGKILL one of two gateways", gateway_restart,
+                 gateways=2, load_gateway=1),
+        Scenario("consumer-crash", "SIGKILL persist and fanout twice, restart",
+                 consumer_crash),
+        Scenario("db-outage", "PostgreSQL unreachable for 35% of the run", db_outage,
+                 db_proxy=True),
+        Scenario("slow-client", "one client reads too slowly (send queue 32)", slow_client,
+                 env={env_name("send_queue"): "32"}, preview_chars=1500, slow_clients=1),
+        Scenario("pubsub-drop", "CLIENT KILL the gateway's pub/sub link 3 times", pubsub_drop),
+    )
+}
+
+
+def describe(name: str) -> str:
+    """The scenario's documentation: its summary and its script's docstring."""
+    s = SCENARIOS[name]
+    return f"{s.summary}. {' '.join((s.script.__doc__ or '').split())}"
