@@ -16,7 +16,7 @@ from rich.console import Console
 
 from core.settings import Settings
 from ops import runtime
-from ops.bench import report
+from ops.bench import procs, report
 from ops.bench.runner import Benchmark, Context, run_one
 
 BENCHMARKS = ("persist", "ingest", "e2e", "fanout", "replay")
@@ -55,6 +55,10 @@ async def bench(args: argparse.Namespace, settings: Settings) -> int:
               f"{', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.profile is not None and procs.py_spy() is None:
+        print("livefeed bench: --profile needs py-spy: `pip install py-spy`, or set PY_SPY to "
+              "its path", file=sys.stderr)
+        return 2
     console = Console(width=None if sys.stdout.isatty() else 160)
     with tempfile.TemporaryDirectory(prefix="livefeed-bench-") as tmp:
         workdir = Path(tmp)

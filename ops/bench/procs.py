@@ -128,10 +128,11 @@ def profiled(pid: int, profile_dir: Path | None, name: str) -> Iterator[None]:
         return
     profile_dir.mkdir(parents=True, exist_ok=True)
     out = profile_dir / f"{name}.txt"
+    log = open(profile_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking",
          "--output", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         time.sleep(0.3)
@@ -143,3 +144,4 @@ def profiled(pid: int, profile_dir: Path | None, name: str) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
