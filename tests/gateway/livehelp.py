@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -20,7 +19,7 @@ from core.settings import Settings
 from schemas.event import Event, encode_event
 from tests.procs import Proc, start_gateway
 
-SECRET = "test-secret"
+SECRET = "live-test-secret-long-enough-for-hs256!"
 
 
 def token(user: str, **kw: Any) -> str:
@@ -88,17 +87,23 @@ def assert_exact(got: list[str], want: list[str]) -> None:
     assert got == want, "same ids, wrong order"
 
 
-@pytest.fixture
-def gateway_factory(settings_factory: Callable[..., Settings],
-                    tmp_path: Path) -> Iterator[Callable[..., tuple[Proc, str]]]:
-    """Start real `livefeed gateway` processes for this test's servers; all killed after."""
-    procs: list[Proc] = []
+class Gateways:
+    """Real `livefeed gateway` processes for one test's servers; all killed on exit."""
 
-    def start(port: int | None = None, **overrides: Any) -> tuple[Proc, str]:
-        proc, url = start_gateway(settings_factory(**overrides), tmp_path / "logs", port=port)
-        procs.append(proc)
+    def __init__(self, settings_factory: Callable[..., Settings], log_dir: Path) -> None:
+        self.settings_factory = settings_factory
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+
+    def start(self, port: int | None = None, **overrides: Any) -> tuple[Proc, str]:
+        settings = self.settings_factory(secret=SECRET, **overrides)
+        proc, url = start_gateway(settings, self.log_dir, port=port)
+        self.procs.append(proc)
         return proc, url
 
-    yield start
-    for p in procs:
-        p.kill()
+    def __enter__(self) -> Gateways:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.kill()
