@@ -182,7 +182,7 @@ async def api_dead_drop(request: Request) -> Response:
 
 def gateway_view(state: GatewayState) -> GatewayView:
     """This process's connections, from the CLIENTS gauge and the pub/sub hub if present."""
-    clients: dict[str, int] = {}
+    clients: dict[str, int] = {"ws": 0, "sse": 0}
     for family in REGISTRY.collect():
         if family.name == "livefeed_clients":
             for sample in family.samples:

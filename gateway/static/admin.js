@@ -43,7 +43,8 @@ function ms(v) {
 
 function table(headers, rows, empty) {
   if (!rows.length) return el("div", { class: "empty" }, empty);
-  const head = el("tr", {}, ...headers.map(([label]) => el("th", {}, label)));
+  const head = el("tr", {}, ...headers.map(([label, cls]) =>
+    el("th", { class: cls === "num" ? "num" : "" }, label)));
   const body = rows.map((row) => el("tr", {}, ...row.map((cell, i) => {
     const cls = headers[i][1] || "";
     return cell instanceof Node ? el("td", { class: cls }, cell) : el("td", { class: cls }, cell);
