@@ -145,7 +145,7 @@ def runner(r: Any, keys: Keys, handler: Any, consumer: str, **kw: Any) -> GroupR
 
 @both
 async def test_own_pending_entries_come_first_then_acked_and_consumer_leaves(
-    backend: Any, r: Any, keys: Keys
+    r: Any, keys: Keys
 ) -> None:
     await ensure(r, keys)
     await add(r, keys, "a", "b", "c")
@@ -166,7 +166,7 @@ async def test_own_pending_entries_come_first_then_acked_and_consumer_leaves(
 
 
 @both
-async def test_claims_stale_entries_of_a_dead_consumer(backend: Any, r: Any, keys: Keys) -> None:
+async def test_claims_stale_entries_of_a_dead_consumer(r: Any, keys: Keys) -> None:
     await ensure(r, keys)
     await add(r, keys, *[f"e{i}" for i in range(25)])
     dead = await read_as(r, keys, "dead", 25)
@@ -181,7 +181,7 @@ async def test_claims_stale_entries_of_a_dead_consumer(backend: Any, r: Any, key
 
 
 @both
-async def test_poison_entry_is_dead_lettered_after_max_deliveries(backend: Any, r: Any, keys: Keys) -> None:
+async def test_poison_entry_is_dead_lettered_after_max_deliveries(r: Any, keys: Keys) -> None:
     await ensure(r, keys)
     ids = await add(r, keys, "ok1", "bad", "ok2")
     dead_before = metric("dead_letters")
@@ -203,7 +203,7 @@ async def test_poison_entry_is_dead_lettered_after_max_deliveries(backend: Any, 
 
 
 @both
-async def test_malformed_and_worn_out_entries_skip_the_handler(backend: Any, r: Any, keys: Keys) -> None:
+async def test_malformed_and_worn_out_entries_skip_the_handler(r: Any, keys: Keys) -> None:
     await ensure(r, keys)
     await r.xadd(keys.ingest, {"junk": "1"})
     [worn] = await add(r, keys, "worn")
@@ -225,7 +225,7 @@ async def test_malformed_and_worn_out_entries_skip_the_handler(backend: Any, r: 
 
 @both
 async def test_transient_failure_keeps_entries_pending_without_burning_deliveries(
-    backend: Any, r: Any, keys: Keys
+    r: Any, keys: Keys
 ) -> None:
     await ensure(r, keys)
     await add(r, keys, "a", "b")
@@ -249,7 +249,7 @@ async def test_transient_failure_keeps_entries_pending_without_burning_deliverie
 
 
 @both
-async def test_stop_leaves_an_unfinished_batch_pending(backend: Any, r: Any, keys: Keys) -> None:
+async def test_stop_leaves_an_unfinished_batch_pending(r: Any, keys: Keys) -> None:
     await ensure(r, keys)
     await add(r, keys, "a", "b")
     rec = Recorder()
@@ -264,7 +264,7 @@ async def test_stop_leaves_an_unfinished_batch_pending(backend: Any, r: Any, key
 
 
 @both
-async def test_vanished_pending_entries_are_acked_and_counted(backend: Any, r: Any, keys: Keys) -> None:
+async def test_vanished_pending_entries_are_acked_and_counted(r: Any, keys: Keys) -> None:
     """After a trim/XDEL a pending entry has no payload: on restart (own pending, id 0)
     and when claimed (Redis 7 reports deleted ids; 6.2 returns nil entries)."""
     await ensure(r, keys)

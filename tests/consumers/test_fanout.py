@@ -1,0 +1,101 @@
+"""The fanout consumer against the real Redis: feeds, live frames, idempotent redelivery."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import anyio
+
+from consumers.fanout import FanoutHandler
+from core.eventlog import EventLog
+from core.groups import GroupRunner, RunnerConfig
+from core.groupstream import Entry, ensure_group
+from core.keys import FANOUT_GROUP, Keys
+from schemas.event import Event, decode_event, encode_event
+from schemas.frames import EventFrame, decode_frame
+
+
+def event(i: int, user: str) -> Event:
+    return Event(id=uuid.uuid4(), user_id=user, subject=f"Digest #{i}",
+                 sender="news@example.com", received_at=dt.datetime.now(dt.UTC))
+
+
+def make_log(redis: Any, keys: Keys) -> EventLog:
+    return EventLog(redis, keys, feed_maxlen=1000, dedupe_ttl_s=60)
+
+
+async def run_until_settled(redis: Any, keys: Keys, log: EventLog, dead: int = 0) -> None:
+    runner = GroupRunner(redis, keys, FANOUT_GROUP, FanoutHandler(log), consumer="f1",
+                         config=RunnerConfig(batch_size=20, block_ms=50, claim_idle_ms=150,
+                                             max_deliveries=1, trim_every_s=None))
+    stopping = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run, stopping)
+        with anyio.fail_after(30):
+            while True:
+                pending = (await redis.xpending(keys.ingest, FANOUT_GROUP))["pending"]
+                lag = await redis.xinfo_groups(keys.ingest)
+                read_all = all(g["lag"] == 0 for g in lag if g["name"] == b"fanout")
+                if pending == 0 and read_all and await redis.xlen(keys.dead) == dead:
+                    break
+                await anyio.sleep(0.05)
+        stopping.set()
+
+
+def feed_event_ids(rows: list[Any]) -> list[str]:
+    return [str(decode_event(fields[b"data"]).id) for _, fields in rows]
+
+
+async def test_each_event_reaches_its_users_feed_and_channel_once(redis: Any, keys: Keys) -> None:
+    log = make_log(redis, keys)
+    await ensure_group(redis, keys.ingest, FANOUT_GROUP)
+    events = [event(i, f"u{i % 3}") for i in range(60)]
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.live("u0"))
+    await pubsub.get_message(timeout=1)
+    await log.append([(str(e.id), e.user_id, encode_event(e)) for e in events])
+    await run_until_settled(redis, keys, log)
+    for u in ("u0", "u1", "u2"):
+        got = feed_event_ids(await redis.xrange(keys.feed(u)))
+        assert got == [str(e.id) for e in events if e.user_id == u]
+    frames = []
+    with anyio.move_on_after(2):
+        while len(frames) < 21:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if msg:
+                frames.append(decode_frame(msg["data"]))
+    await pubsub.aclose()
+    assert all(isinstance(f, EventFrame) for f in frames)
+    feed_ids = [i.decode() for i, _ in await redis.xrange(keys.feed("u0"))]
+    assert [f.id for f in frames if isinstance(f, EventFrame)] == feed_ids  # 20, once each
+
+
+async def test_redelivered_entries_are_not_fanned_out_twice(redis: Any, keys: Keys) -> None:
+    log = make_log(redis, keys)
+    events = [event(i, "alice") for i in range(5)]
+    handler = FanoutHandler(log)
+    entries = [Entry(f"1-{i}", str(e.id), e.user_id, encode_event(e))
+               for i, e in enumerate(events)]
+    assert await handler.handle(entries) == {}
+    assert await handler.handle(entries[2:]) == {}  # e.g. the ack was lost, then claimed
+    assert feed_event_ids(await redis.xrange(keys.feed("alice"))) == [str(e.id) for e in events]
+
+
+async def test_poison_entries_are_isolated(redis: Any, keys: Keys) -> None:
+    log = make_log(redis, keys)
+    await ensure_group(redis, keys.ingest, FANOUT_GROUP)
+    good = [event(i, "alice") for i in range(4)]
+    await log.append([(str(e.id), e.user_id, encode_event(e)) for e in good[:2]])
+    await redis.xadd(keys.ingest, {"event_id": "x", "user": "alice", "data": b"not json"})
+    # a key of the wrong type makes this user's fanout script fail: only this entry
+    await redis.set(keys.feed("broken"), "a string, not a stream")
+    wrong = event(9, "broken")
+    await log.append([(str(wrong.id), "broken", encode_event(wrong))])
+    await log.append([(str(e.id), e.user_id, encode_event(e)) for e in good[2:]])
+    await run_until_settled(redis, keys, log, dead=2)
+    assert feed_event_ids(await redis.xrange(keys.feed("alice"))) == [str(e.id) for e in good]
+    errors = {f[b"event_id"]: f[b"error"] for _, f in await redis.xrange(keys.dead)}
+    assert errors[b"x"].startswith(b"undecodable payload")
+    assert b"WRONGTYPE" in errors[str(wrong.id).encode()]

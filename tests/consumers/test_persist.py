@@ -1,0 +1,195 @@
+"""The persist consumer against the real Redis and PostgreSQL (and a fault proxy)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from consumers.persist import PersistHandler, insert_batch, to_row, write_isolating
+from core import db
+from core.eventlog import EventLog
+from core.groups import GroupRunner, RunnerConfig
+from core.groupstream import Entry, ensure_group
+from core.keys import PERSIST_GROUP, Keys
+from ops.faultproxy import FaultProxy
+from schemas.event import Event, encode_event
+
+# Marked here too: anyio's plugin drops the parameters of tests it is told about only
+# after collection (as tests/conftest.py does).
+pytestmark = pytest.mark.anyio
+
+
+def event(i: int, user: str = "alice", subject: str | None = None) -> Event:
+    return Event(id=uuid.uuid4(), user_id=user, subject=subject or f"Digest #{i}",
+                 sender="news@example.com", received_at=dt.datetime.now(dt.UTC),
+                 category="news" if i % 2 else None)
+
+
+async def append(redis: Any, keys: Keys, events: Sequence[Event]) -> list[str]:
+    await ensure_group(redis, keys.ingest, PERSIST_GROUP)
+    log = EventLog(redis, keys, feed_maxlen=100, dedupe_ttl_s=60)
+    done = await log.append([(str(e.id), e.user_id, encode_event(e)) for e in events])
+    return [a.stream_id for a in done if a.stream_id]
+
+
+def config(**kw: Any) -> RunnerConfig:
+    base: dict[str, Any] = dict(batch_size=50, block_ms=50, claim_idle_ms=300,
+                                max_deliveries=2, trim_every_s=None, backoff_base_s=0.05,
+                                backoff_cap_s=0.2)
+    return RunnerConfig(**{**base, **kw})
+
+
+async def rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT id, subject, stream_id FROM newsletters ORDER BY stream_id")
+
+
+async def eventually(cond: Any, timeout: float = 30) -> None:
+    with anyio.fail_after(timeout):
+        while not await cond():
+            await anyio.sleep(0.05)
+
+
+def transient_count() -> float:
+    return REGISTRY.get_sample_value("livefeed_transient_failures_total",
+                                     {"group": PERSIST_GROUP}) or 0.0
+
+
+async def test_batch_insert_is_idempotent(pool: asyncpg.Pool) -> None:
+    batch = [to_row(event(i), f"1-{i}") for i in range(20)]
+    assert await insert_batch(pool, batch) == 20
+    assert await insert_batch(pool, batch[5:] + [to_row(event(99), "2-0")]) == 1
+    assert await pool.fetchval("SELECT count(*) FROM newsletters") == 21
+
+
+async def test_a_rejected_row_is_isolated_and_the_rest_written(pool: asyncpg.Pool) -> None:
+    good = [(f"1-{i}", to_row(event(i), f"1-{i}")) for i in range(12)]
+    bad = ("1-99", to_row(event(99, subject="NUL \u0000 inside"), "1-99"))
+    failures = await write_isolating(pool, good[:7] + [bad] + good[7:])
+    assert list(failures) == ["1-99"]
+    assert "CharacterNotInRepertoire" in failures["1-99"]
+    assert await pool.fetchval("SELECT count(*) FROM newsletters") == 12
+
+
+class Spy(PersistHandler):
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.sizes: list[int] = []
+
+    async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
+        self.sizes.append(len(entries))
+        return await super().handle(entries)
+
+
+async def run_until(runner: GroupRunner, cond: Any, timeout: float = 30) -> None:
+    stopping = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run, stopping)
+        try:
+            await eventually(cond, timeout)
+        finally:
+            stopping.set()
+
+
+async def test_batches_flush_at_size_or_after_flush_ms(
+    redis: Any, keys: Keys, pool: asyncpg.Pool
+) -> None:
+    events = [event(i) for i in range(25)]
+    ids = await append(redis, keys, events)
+    spy = Spy(pool)
+    runner = GroupRunner(redis, keys, PERSIST_GROUP, spy, consumer="p1",
+                         config=config(batch_size=10, linger_ms=300))
+
+    async def written() -> bool:
+        return len(await rows(pool)) == 25
+
+    await run_until(runner, written)
+    assert spy.sizes == [10, 10, 5]  # the last one flushed when flush_ms passed
+    got = await rows(pool)
+    assert [r["stream_id"] for r in got] == sorted(ids)
+    assert {r["id"] for r in got} == {e.id for e in events}
+
+
+async def test_poison_entries_end_in_dead_letters_and_their_batch_is_written(
+    redis: Any, keys: Keys, pool: asyncpg.Pool
+) -> None:
+    events = [event(i) for i in range(10)]
+    events.insert(4, event(4, subject="NUL \u0000 byte"))
+    await append(redis, keys, events)
+    junk = (await redis.xadd(keys.ingest, {"event_id": "j", "user": "u", "data": b"{nope"}))
+    runner = GroupRunner(redis, keys, PERSIST_GROUP, PersistHandler(pool), consumer="p1",
+                         config=config(max_deliveries=2, claim_idle_ms=200))
+
+    async def settled() -> bool:
+        pending = (await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]
+        return bool(await redis.xlen(keys.dead) == 2 and pending == 0)
+
+    await run_until(runner, settled)
+    assert len(await rows(pool)) == 10
+    dead = {f[b"event_id"]: f for _, f in await redis.xrange(keys.dead)}
+    nul = dead[str(events[4].id).encode()]
+    assert b"CharacterNotInRepertoire" in nul[b"error"] and nul[b"deliveries"] == b"2"
+    assert nul[b"group"] == b"persist"
+    assert dead[b"j"][b"error"].startswith(b"undecodable payload")
+    assert dead[b"j"][b"source_id"] == junk and dead[b"j"][b"data"] == b"{nope"
+
+
+async def test_database_outage_keeps_entries_pending_then_drains(
+    redis: Any, keys: Keys, pool: asyncpg.Pool, database_url: str
+) -> None:
+    target = urlsplit(database_url)
+    assert target.hostname and target.port, "the fault proxy needs PostgreSQL over TCP"
+    async with FaultProxy(target.hostname, target.port) as proxy:
+        through = await db.create_pool(proxy.url_for(database_url), min_size=0, max_size=2)
+        try:
+            proxy.cut()
+            events = [event(i, user=f"u{i % 3}") for i in range(120)]
+            await append(redis, keys, events)
+            runners = [
+                GroupRunner(redis, keys, PERSIST_GROUP, PersistHandler(through),
+                            consumer=name, config=config(claim_idle_ms=300, max_deliveries=2))
+                for name in ("p1", "p2")
+            ]
+            stopping = anyio.Event()
+            before = transient_count()
+            async with anyio.create_task_group() as tg:
+                for runner in runners:
+                    tg.start_soon(runner.run, stopping)
+
+                async def retried_a_while() -> bool:  # each retry ~0.2 s: several claim_idle
+                    return transient_count() - before >= 20
+
+                await eventually(retried_a_while)
+                pending = await redis.xpending_range(keys.ingest, PERSIST_GROUP, min="-",
+                                                     max="+", count=1000)
+                # both consumers hold a batch; none was claimed by the other (the keepalive)
+                # and no delivery was burned by the retries
+                assert {p["consumer"] for p in pending} == {b"p1", b"p2"}
+                assert {p["times_delivered"] for p in pending} == {1}
+                assert len(pending) == 100 and len(await rows(pool)) == 0
+                proxy.restore()
+
+                async def drained() -> bool:
+                    left = (await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]
+                    return bool(left == 0 and len(await rows(pool)) == 120)
+
+                await eventually(drained)
+                stopping.set()
+            assert await redis.xlen(keys.dead) == 0
+            assert {r["id"] for r in await rows(pool)} == {e.id for e in events}
+        finally:
+            await through.close()
+
+
+@pytest.mark.parametrize("rows_per_batch", [1, 7])
+async def test_write_isolating_with_only_bad_rows(pool: asyncpg.Pool, rows_per_batch: int) -> None:
+    bad = [(f"1-{i}", to_row(event(i, subject="\u0000"), f"1-{i}"))
+           for i in range(rows_per_batch)]
+    assert set(await write_isolating(pool, bad)) == {b[0] for b in bad}
