@@ -27,7 +27,8 @@ from gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
-FEATURES: tuple[str, ...] = ("gateway.admin", "gateway.metrics", "gateway.health")
+FEATURES: tuple[str, ...] = ("gateway.ingest", "gateway.admin", "gateway.metrics",
+                             "gateway.health")
 
 
 async def healthz(request: Request) -> JSONResponse:

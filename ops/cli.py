@@ -23,6 +23,7 @@ from core.settings import Settings, SettingsError
 COMMAND_MODULES = (
     "ops.up",
     "ops.basic",
+    "ops.consumers",
     "ops.operate",
     "ops.bench.command",
 )

@@ -93,7 +93,9 @@ def _consumer_roles() -> list[Any]:
     Each is `async def role(settings, stopping: anyio.Event)` and returns once it has
     drained after `stopping` is set.
     """
-    return []
+    from consumers import fanout, persist
+
+    return [persist.run, fanout.run]
 
 
 async def gateway(args: argparse.Namespace, settings: Settings) -> int:

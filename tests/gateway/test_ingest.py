@@ -1,0 +1,175 @@
+"""POST /v1/events in process (httpx.ASGITransport), in both delivery modes."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+import msgspec
+import pytest
+
+from core import auth
+from core.keys import Keys
+from core.settings import Settings
+from gateway.app import create_app
+from ops.faultproxy import FaultProxy
+from schemas.event import MAX_BATCH_EVENTS, MAX_BODY_BYTES
+
+pytestmark = pytest.mark.anyio
+modes = pytest.mark.parametrize("mode", ["streams", "pubsub"])
+WEBHOOK = "test-webhook-secret"
+SECRET = "ingest-test-secret-long-enough-for-hs256!"
+
+
+def event(**over: Any) -> dict[str, Any]:
+    base = {"user_id": "alice", "subject": "Weekly digest", "sender": "news@example.com",
+            "received_at": dt.datetime.now(dt.UTC).isoformat()}
+    return {**base, **over}
+
+
+def signed(body: bytes) -> dict[str, str]:
+    return {"x-livefeed-signature": auth.sign_body(WEBHOOK, body),
+            "content-type": "application/json"}
+
+
+@contextlib.asynccontextmanager
+async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            yield client
+
+
+@pytest.fixture
+async def gateway(settings_factory: Callable[..., Settings]) -> Any:
+    """`await gateway(mode)` -> client, closed at the end of the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(mode: str, **over: Any) -> httpx.AsyncClient:
+            settings = settings_factory(delivery=mode, secret=SECRET, **over)
+            return await stack.enter_async_context(client_for(settings))
+
+        yield make
+
+
+async def post(client: httpx.AsyncClient, payload: Any) -> httpx.Response:
+    body = msgspec.json.encode(payload)
+    return await client.post("/v1/events", content=body, headers=signed(body))
+
+
+@modes
+async def test_accepts_events_and_reports_duplicates(
+    mode: str, gateway: Any, redis: Any, keys: Keys, pool: Any
+) -> None:
+    client = await gateway(mode)
+    known = str(uuid.uuid4())
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.live("alice"))
+    await pubsub.get_message(timeout=1)
+    r = await post(client, [event(id=known), event(user_id="bob")])
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["ids"][0] == known and len(body["ids"]) == 2
+    assert body["accepted"] == body["ids"] and body["duplicates"] == []
+    again = await post(client, [event(id=known), event(id=known)])
+    assert again.status_code == 202
+    assert again.json() == {"ids": [known, known], "accepted": [], "duplicates": [known, known]}
+    if mode == "streams":
+        rows = await redis.xrange(keys.ingest)
+        assert [f[b"event_id"].decode() for _, f in rows] == body["ids"]
+        assert rows[1][1][b"user"] == b"bob"
+    else:
+        ids = {str(r["id"]) for r in await pool.fetch("SELECT id FROM newsletters")}
+        assert ids == set(body["ids"])
+        assert await redis.exists(keys.ingest) == 0
+        msg = None
+        with anyio.move_on_after(3):
+            while msg is None:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        assert msg is not None
+        assert msgspec.json.decode(msg["data"])["data"]["id"] == known
+    await pubsub.aclose()
+
+
+@modes
+async def test_auth(mode: str, gateway: Any) -> None:
+    client = await gateway(mode)
+    body = msgspec.json.encode(event())
+    secret = SECRET
+    cases = {
+        "none": {},
+        "bad signature": {"x-livefeed-signature": "sha256=" + "0" * 64},
+        "signature of another body": signed(b"{}"),
+        "user token": {"authorization": f"Bearer {auth.mint(secret, 'alice')}"},
+        "token of another secret": {"authorization": f"Bearer {auth.mint('another-secret-' + 'x' * 32, 'a', admin=True)}"},
+    }
+    for name, headers in cases.items():
+        r = await client.post("/v1/events", content=body, headers=headers)
+        assert r.status_code == 401, name
+    admin = {"authorization": f"Bearer {auth.mint(secret, 'ops', admin=True)}"}
+    assert (await client.post("/v1/events", content=body, headers=admin)).status_code == 202
+    assert (await client.post("/v1/events", content=body, headers=signed(body))).status_code == 202
+
+
+@modes
+async def test_bad_input(mode: str, gateway: Any) -> None:
+    client = await gateway(mode)
+    r = await client.post("/v1/events", content=b"{not json", headers=signed(b"{not json"))
+    assert r.status_code == 400 and r.json()["error"] == "not_json"
+    r = await post(client, [event(), event(user_id="no spaces allowed")])
+    assert r.status_code == 422 and r.json()["path"] == "$[1].user_id"
+    r = await post(client, event(subject="x" * 999))
+    assert r.status_code == 422 and r.json()["path"] == "$.subject"
+    r = await post(client, event(extra="field"))
+    assert r.status_code == 422
+    r = await post(client, [])
+    assert r.status_code == 422
+    r = await post(client, [event()] * (MAX_BATCH_EVENTS + 1))
+    assert r.status_code == 413 and r.json()["error"] == "too_many"
+
+
+@modes
+async def test_body_size_is_capped_whatever_content_length_says(mode: str, gateway: Any) -> None:
+    client = await gateway(mode)
+    big = b"[" + b" " * MAX_BODY_BYTES + b"]"
+    r = await client.post("/v1/events", content=big, headers=signed(big))
+    assert r.status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: streamed, then cut off
+        for _ in range(20):
+            yield b" " * 65536
+
+    r = await client.post("/v1/events", content=chunks(), headers=signed(b""))
+    assert r.status_code == 413
+
+
+@modes
+async def test_unavailable_backend_answers_503_and_a_retry_is_safe(
+    mode: str, gateway: Any, redis_url: str, database_url: str, redis: Any, keys: Keys,
+    pool: Any
+) -> None:
+    url = redis_url if mode == "streams" else database_url
+    target = urlsplit(url)
+    assert target.hostname and target.port
+    async with FaultProxy(target.hostname, target.port) as proxy:
+        over = ({"redis_url": proxy.url_for(redis_url)} if mode == "streams"
+                else {"database_url": proxy.url_for(database_url)})
+        client = await gateway(mode, **over)
+        payload = [event(id=str(uuid.uuid4())) for _ in range(3)]
+        proxy.cut()
+        r = await post(client, payload)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        proxy.restore()
+        r = await post(client, payload)
+        assert r.status_code == 202 and len(r.json()["accepted"]) == 3
+    if mode == "streams":
+        assert await redis.xlen(keys.ingest) == 3
+    else:
+        assert await pool.fetchval("SELECT count(*) FROM newsletters") == 3
