@@ -37,13 +37,16 @@ class _SseTransport:
     def __init__(self, send: Send) -> None:
         self._send = send
         self._lock = anyio.Lock()
+        # Sent with the first frame: a block of its own is an empty event to some clients.
+        self._head = f"retry: {RETRY_MS}\n".encode()
 
     async def write(self, chunk: bytes) -> None:
         async with self._lock:
             await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
-        await self.write(sse_chunk(kind, feed_id, frame))
+        head, self._head = self._head, b""
+        await self.write(head + sse_chunk(kind, feed_id, frame))
 
 
 class SseStream(Response):
@@ -53,6 +56,8 @@ class SseStream(Response):
                  keepalive_s: float = KEEPALIVE_S) -> None:
         super().__init__(media_type="text/event-stream",
                          headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        # A stream has no length (Response set one for its empty body).
+        self.raw_headers = [h for h in self.raw_headers if h[0] != b"content-length"]
         self.state = state
         self.user = user
         self.last_id = last_id
@@ -67,7 +72,6 @@ class SseStream(Response):
             queue_size=state.settings.send_queue,
         )
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await transport.write(f"retry: {RETRY_MS}\n\n".encode())
 
         async def disconnected() -> None:
             while (await receive())["type"] != "http.disconnect":

@@ -1,0 +1,125 @@
+"""`/v1/sse` against real gateway processes, read with httpx streaming and httpx-sse."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from core.eventlog import EventLog
+from core.keys import Keys
+from core.settings import Settings
+from tests.gateway.livehelp import Gateways, assert_exact, publish, token
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture
+def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Gateways]:
+    with Gateways(settings_factory, tmp_path / "logs") as g:
+        yield g
+
+
+def make_log(redis: Any, keys: Keys) -> EventLog:
+    return EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
+
+
+class SseReader:
+    """Collects server-sent events of one stream in a background task."""
+
+    def __init__(self) -> None:
+        self.events: list[ServerSentEvent] = []
+        self.ended = anyio.Event()
+
+    async def read(self, client: httpx.AsyncClient, url: str, headers: dict[str, str],
+                   started: anyio.Event) -> None:
+        async with aconnect_sse(client, "GET", url, headers=headers) as source:
+            assert source.response.status_code == 200
+            assert source.response.headers["content-type"].startswith("text/event-stream")
+            started.set()
+            async for sse in source.aiter_sse():
+                self.events.append(sse)
+        self.ended.set()
+
+    def of(self, kind: str) -> list[ServerSentEvent]:
+        return [e for e in self.events if e.event == kind]
+
+    def ids(self) -> list[str]:
+        return [e.id for e in self.of("event")]
+
+    async def until(self, done: Callable[[SseReader], bool], timeout: float = 60) -> None:
+        with anyio.fail_after(timeout):
+            while not done(self):
+                await anyio.sleep(0.02)
+
+
+async def test_bad_token_is_401(gateways: Gateways) -> None:
+    _, url = gateways.start()
+    async with httpx.AsyncClient(timeout=10) as client:
+        for bad in ("", "x.y.z", token("alice", ttl_s=-5)):
+            r = await client.get(f"{url}/v1/sse", params={"token": bad})
+            assert r.status_code == 401
+
+
+@pytest.mark.parametrize("via", ["header", "query"])
+async def test_last_event_id_replays_missed_events_then_live(
+    gateways: Gateways, redis: Any, keys: Keys, via: str
+) -> None:
+    _, url = gateways.start()
+    log = make_log(redis, keys)
+    seen = await publish(log, "alice", 3)
+    missed = await publish(log, "alice", 500, start=3)
+    query = f"{url}/v1/sse?token={token('alice')}"
+    headers = {"last-event-id": seen[-1]} if via == "header" else {}
+    if via == "query":
+        query += f"&last_id={seen[-1]}"
+    reader = SseReader()
+    started = anyio.Event()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader.read, client, query, headers, started)
+            await reader.until(lambda r: bool(r.of("recovered")))
+            live = await publish(log, "alice", 5, start=503)
+            await reader.until(lambda r: len(r.ids()) >= 505)
+            tg.cancel_scope.cancel()
+    assert_exact(reader.ids(), missed + live)
+    assert reader.events[0].event == "hello"
+    assert json.loads(reader.events[0].data) == {"type": "hello", "user": "alice",
+                                                 "mode": "streams"}
+    for e in reader.of("event"):
+        frame = json.loads(e.data)
+        assert frame["type"] == "event" and frame["id"] == e.id
+        assert frame["data"]["user_id"] == "alice"
+    recovered = json.loads(reader.of("recovered")[0].data)
+    assert recovered == {"type": "recovered", "count": 500, "last_id": missed[-1]}
+
+
+async def test_fresh_stream_gives_the_resume_point_and_sigterm_ends_it(
+    gateways: Gateways, redis: Any, keys: Keys
+) -> None:
+    proc, url = gateways.start()
+    log = make_log(redis, keys)
+    old = await publish(log, "alice", 2)
+    reader = SseReader()
+    started = anyio.Event()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader.read, client, f"{url}/v1/sse?token={token('alice')}", {},
+                          started)
+            await reader.until(lambda r: bool(r.of("hello")))
+            # The hello carries the current end as its SSE id: a browser's EventSource
+            # resumes from there even if it drops before its first event.
+            assert reader.of("hello")[0].id == old[-1]
+            new = await publish(log, "alice", 3, start=2)
+            await reader.until(lambda r: len(r.ids()) >= 3)
+            code = await anyio.to_thread.run_sync(proc.terminate)
+            with anyio.fail_after(20):
+                await reader.ended.wait()
+    assert code == 0
+    assert_exact(reader.ids(), new)
