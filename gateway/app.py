@@ -27,8 +27,9 @@ from gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
-FEATURES: tuple[str, ...] = ("gateway.ingest", "gateway.admin", "gateway.metrics",
-                             "gateway.health")
+FEATURES: tuple[str, ...] = ("gateway.ingest", "gateway.hub", "gateway.ws", "gateway.sse",
+                             "gateway.history", "gateway.page", "gateway.admin",
+                             "gateway.metrics", "gateway.health")
 
 
 async def healthz(request: Request) -> JSONResponse:
