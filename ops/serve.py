@@ -56,9 +56,10 @@ def draining_hook(app: Any) -> Callable[[], None]:
 
 
 async def serve(app: Any, *, host: str, port: int, log_level: str = "warning",
-                on_stop: Callable[[], None] | None = None) -> None:
-    """Serve `app` until SIGTERM/SIGINT, then drain: sockets close, SSE streams end."""
-    server = Server(uvicorn_config(app, host=host, port=port, log_level=log_level))
+                on_stop: Callable[[], None] | None = None, fd: int | None = None) -> None:
+    """Serve `app` until SIGTERM/SIGINT, then drain: sockets close, SSE streams end.
+    `fd`: serve on this inherited listening socket instead (`gateway --workers`)."""
+    server = Server(uvicorn_config(app, host=host, port=port, log_level=log_level, fd=fd))
     drain = draining_hook(app)
 
     def stop() -> None:

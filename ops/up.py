@@ -35,6 +35,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway processes sharing the port (default 1)")
+    p.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # set by --workers for children
     p.set_defaults(func=gateway)
 
 
@@ -101,6 +104,10 @@ def _consumer_roles() -> list[Any]:
 async def gateway(args: argparse.Namespace, settings: Settings) -> int:
     settings = runtime.attach(settings)
     await runtime.preflight(settings)
+    if args.workers > 1:
+        from ops import workers
+
+        return await workers.run(args, settings)
     await serve.serve(create_app(settings), host=args.host, port=args.port,
-                      log_level=settings.log_level)
+                      log_level=settings.log_level, fd=args.fd)
     return 0

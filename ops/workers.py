@@ -1,0 +1,107 @@
+"""`livefeed gateway --workers N`: N gateway processes sharing one listening socket.
+
+The parent binds the port once and hands the socket to each child (`--fd`), so the kernel
+spreads connections over them and a dying child loses no queued connection. SIGTERM is
+forwarded: every child drains (WebSockets 1012, SSE streams end) and the parent waits.
+A child that dies on its own is restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import anyio
+
+from core.settings import Settings, env_name
+
+logger = logging.getLogger(__name__)
+
+RESTART_DELAY_S = 1.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The `LIVEFEED_*` environment that gives a child exactly these settings."""
+    env: dict[str, str] = {}
+    for name in settings.__struct_fields__:
+        value = getattr(settings, name)
+        if value is not None:
+            env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Workers:
+    def __init__(self, count: int, sock: socket.socket, settings: Settings) -> None:
+        self.count = count
+        self.sock = sock
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")},
+                    **settings_env(settings)}
+        self.drain_timeout_s = settings.drain_timeout_s
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.stopping = False
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        fd = self.sock.fileno()
+        return subprocess.Popen(
+            [sys.executable, "-m", "ops.cli", "gateway", "--fd", str(fd)],
+            env=self.env, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+        )
+
+    async def supervise(self) -> None:
+        self.children = [self.spawn() for _ in range(self.count)]
+        logger.info("gateway workers: %s", [c.pid for c in self.children])
+        while not self.stopping:
+            for i, child in enumerate(self.children):
+                if child.poll() is not None and not self.stopping:
+                    logger.warning("gateway worker %d exited with %s; restarting", child.pid,
+                                   child.returncode)
+                    await anyio.sleep(RESTART_DELAY_S)
+                    self.children[i] = self.spawn()
+            await anyio.sleep(0.2)
+
+    async def stop(self) -> int:
+        self.stopping = True
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        with anyio.move_on_after(self.drain_timeout_s + 5):
+            while any(c.poll() is None for c in self.children):
+                await anyio.sleep(0.05)
+        worst = 0
+        for child in self.children:
+            if child.poll() is None:
+                logger.error("gateway worker %d ignored SIGTERM; killing it", child.pid)
+                child.kill()
+                child.wait()
+            worst = worst or (child.returncode or 0)
+        return worst
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    sock = listen(args.host, args.port)
+    workers = Workers(args.workers, sock, settings)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(workers.supervise)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            tg.cancel_scope.cancel()
+        return await workers.stop()
+    finally:
+        sock.close()
