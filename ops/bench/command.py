@@ -16,7 +16,7 @@ from rich.console import Console
 
 from core.settings import Settings
 from ops import runtime
-from ops.bench import procs, report
+from ops.bench import procs, profile, report
 from ops.bench.runner import Benchmark, Context, run_one
 
 BENCHMARKS = ("persist", "ingest", "e2e", "fanout", "replay")
@@ -77,6 +77,10 @@ async def bench(args: argparse.Namespace, settings: Settings) -> int:
             machine.load_after = os.getloadavg()
             rep = report.Report(machine=machine, quick=args.quick, benchmarks=results)
             report.render(rep, console)
+            if args.profile is not None:
+                console.print(f"[bold]profiles[/bold] (py-spy, in {args.profile}):")
+                for line in profile.summaries(args.profile):
+                    console.print(f"  {line}", highlight=False)
             if args.json_path is not None:
                 args.json_path.write_bytes(report.to_json(rep))
             failed = [n for n, r in results.items() if r.error]

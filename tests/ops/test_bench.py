@@ -50,3 +50,16 @@ def test_unknown_benchmark_is_refused(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2
     assert "unknown benchmark nosuch" in proc.stderr
+
+
+def test_profile_summary_ranks_innermost_frames(tmp_path: Path) -> None:
+    from ops.bench.profile import summarize
+
+    path = tmp_path / "p.txt"
+    path.write_text(
+        "main (/x/ops/cli.py:1);send (/v/site-packages/uvicorn/ws.py:9) 30\n"
+        "main (/x/ops/cli.py:1);decode (/x/schemas/event.py:5) 10\n"
+    )
+    total, frames = summarize(path)
+    assert total == 40
+    assert frames == [("send (uvicorn/ws.py)", 75.0), ("decode (schemas/event.py)", 25.0)]
