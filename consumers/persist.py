@@ -136,7 +136,10 @@ async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = N
                              reader=reader, config=config)
         await runner.run(stopping)
     finally:
-        await pool.close()
+        # A connection broken by an outage can keep a graceful close waiting forever.
+        with anyio.move_on_after(5):
+            await pool.close()
+        pool.terminate()
         await reader.aclose()
         await client.aclose()
 

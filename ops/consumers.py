@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 import prometheus_client
 
 from consumers import fanout, persist
@@ -38,7 +39,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 async def consumer(args: argparse.Namespace, settings: Settings) -> int:
     settings = runtime.attach(settings)
-    await runtime.preflight(settings)
+    # Redis must answer now; PostgreSQL may be down: persist waits for it, fanout never needs it.
+    await runtime.preflight(msgspec.structs.replace(settings, database_url=None))
     if args.metrics_port is not None:
         prometheus_client.start_http_server(args.metrics_port, addr="127.0.0.1")
     stopping = anyio.Event()
