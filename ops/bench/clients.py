@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 PREFIX = "bench t="
 
@@ -33,6 +33,7 @@ class Outcome(msgspec.Struct):
     latencies_us: list[float]
     closed: dict[str, int]
     recovered_s: list[float]
+    connect_errors: dict[str, int]
 
 
 class _Data(msgspec.Struct):
@@ -62,20 +63,28 @@ class Clients:
         self.recovered: list[float] = []
         self.conns: list[ClientConnection] = []
         self.failed = 0
+        self.errors: dict[str, int] = {}
 
     async def open(self, token: str, sem: asyncio.Semaphore) -> ClientConnection | None:
+        """Connect and wait for the hello; a real client retries, so do we (3 tries)."""
         url = f"{self.spec.url}?token={token}"
         if self.spec.last_id:
             url += f"&last_id={self.spec.last_id}"
-        async with sem:
-            try:
-                start = time.perf_counter()
-                ws = await connect(url, max_size=None, open_timeout=60, ping_interval=None,
-                                   compression=None, max_queue=None)
-                await ws.recv()  # hello
-            except (OSError, ConnectionClosed, TimeoutError):
-                self.failed += 1
-                return None
+        for attempt in range(3):
+            async with sem:
+                try:
+                    start = time.perf_counter()
+                    ws = await connect(url, max_size=None, open_timeout=60, ping_interval=None,
+                                       compression=None, max_queue=None)
+                    await ws.recv()  # hello
+                    break
+                except (OSError, ConnectionClosed, TimeoutError, InvalidStatus) as exc:
+                    reason = f"{type(exc).__name__}: {exc}"[:120]
+                    self.errors[reason] = self.errors.get(reason, 0) + 1
+            await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            self.failed += 1
+            return None
         if self.spec.last_id:
             await self._until_recovered(ws, start)
         return ws
@@ -120,6 +129,8 @@ async def main() -> None:
     sem = asyncio.Semaphore(64)
     opened = await asyncio.gather(*(clients.open(t, sem) for t in spec.tokens))
     conns = [ws for ws in opened if ws is not None]
+    if clients.errors:
+        sys.stderr.write(f"clients: connect errors (retried) {clients.errors}\n")
     _out(f"ready {len(conns)} {clients.failed}")
     tasks = [asyncio.create_task(clients.listen(ws)) for ws in conns]
 
@@ -134,7 +145,7 @@ async def main() -> None:
     reporter.cancel()
     outcome = Outcome(frames=clients.frames, events=clients.events,
                       latencies_us=clients.latencies, closed=clients.closed,
-                      recovered_s=clients.recovered)
+                      recovered_s=clients.recovered, connect_errors=clients.errors)
     _out("result " + msgspec.json.encode(outcome).decode())
     for t in tasks:
         t.cancel()

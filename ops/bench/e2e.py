@@ -138,6 +138,9 @@ async def _mode(ctx: Context, s: Settings, users: list[str], rate: int,
                     if loadgen.total_frames(gens) - base >= sent:
                         break
             outcomes = [await g.stop() for g in gens]
+        retried = sum(sum(o.connect_errors.values()) for o in outcomes)
+        if retried:
+            ctx.note(f"{s.delivery}: {retried} client connects failed once and were retried")
         if errors:
             ctx.note(f"{s.delivery}: ingest answered non-202 statuses {errors}")
     latencies = [x for o in outcomes for x in o.latencies_us]
