@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
+import pytest
 
 from core.embedded import EmbeddedRedis
 from core.settings import Settings
+from ops.faultproxy import FaultProxy
 from tests.gateway.test_admin import MINE, app_client
 
 
@@ -42,3 +45,22 @@ async def test_readyz_without_a_hub(settings_factory: Callable[..., Settings]) -
         r = await client.get("/readyz")
         assert r.status_code == 200
         assert r.json()["checks"] == {"redis": "ok", "postgres": "ok"}
+
+
+async def test_readyz_names_postgres_when_it_is_cut_off(
+        settings_factory: Callable[..., Settings], database_url: str) -> None:
+    target = urlsplit(database_url)
+    if target.hostname is None:
+        pytest.skip("PostgreSQL is reached over a Unix socket here: no TCP link to cut")
+    async with FaultProxy(target.hostname, target.port or 5432) as proxy:
+        settings = settings_factory(database_url=proxy.url_for(database_url))
+        async with app_client(settings) as (client, _):
+            assert (await client.get("/readyz")).status_code == 200
+            proxy.cut()
+            r = await client.get("/readyz")
+            assert r.status_code == 503
+            assert r.json()["failed"] == ["postgres"] and r.json()["checks"]["redis"] == "ok"
+            proxy.restore()
+            with anyio.fail_after(30):  # the pool opens a new connection
+                while (await client.get("/readyz")).status_code != 200:
+                    await anyio.sleep(0.1)
