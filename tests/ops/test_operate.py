@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import anyio
+import asyncpg
+import pytest
+from redis import exceptions as redis_exceptions
+
+from core.eventlog import EventLog
 from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from core.settings import Settings
+from schemas.event import encode_event
 from tests.conftest import settings_env
 from tests.core.test_deadletters import poisoned
-from tests.core.test_inspect import groups, ingest, make_stale
+from tests.core.test_inspect import event, groups, ingest, make_stale
+from tests.procs import Proc, running
 
 
 def livefeed(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -126,3 +136,134 @@ async def test_dead_retry_all(redis: Any, keys: Keys,
     assert done.returncode == 0, done.stderr
     assert "3 of 3 retried" in done.stdout
     assert await redis.xlen(keys.dead) == 0 and await redis.xlen(keys.ingest) == 3
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, proc: Proc | None = None,
+                   timeout: float = 60) -> None:
+    deadline = anyio.current_time() + timeout
+    while not await check():
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"{proc.name} exited while waiting for {what}:\n"
+                                 f"{proc.output()}")
+        if anyio.current_time() > deadline:
+            raise AssertionError(f"no {what} after {timeout}s"
+                                 + (f"\n{proc.output()}" if proc else ""))
+        await anyio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_crashed_consumer_entries_are_claimed_and_completed(
+        redis: Any, keys: Keys, settings_factory: Callable[..., Settings], tmp_path: Path,
+        database_url: str) -> None:
+    """A real `livefeed consumer persist` is SIGKILLed holding entries; `pending` shows them
+    with their owner, `claim` moves them to another consumer name, and a consumer started
+    under that name completes them (its own pending first) and acks them."""
+    # Consumers here never claim by themselves: only the operator's claim moves entries.
+    settings = settings_factory(claim_idle_ms=600_000, flush_ms=50)
+    first = Proc(["consumer", "persist", "--name", "persist-a"], settings, tmp_path,
+                 name="persist-a").start()
+    second = Proc(["consumer", "persist", "--name", "persist-b"], settings, tmp_path,
+                  name="persist-b")
+    with running(first, second):
+        async def consumers() -> set[str]:
+            if not await redis.exists(keys.ingest):
+                return set()
+            with contextlib.suppress(redis_exceptions.ResponseError):
+                return {c["name"].decode() for c in
+                        await redis.xinfo_consumers(keys.ingest, PERSIST_GROUP)}
+            return set()
+
+        await wait_for(lambda: _has(consumers(), "persist-a"), "consumer persist-a", first)
+        # Hold the table so persist-a's INSERT waits: its entries stay pending, as in a
+        # crash in the middle of a batch.
+        lock = await asyncpg.connect(database_url)
+        try:
+            tx = lock.transaction()
+            await tx.start()
+            await lock.execute("LOCK TABLE newsletters IN ACCESS EXCLUSIVE MODE")
+            ids = await ingest(redis, keys, 5)
+
+            async def held() -> bool:
+                summary = await redis.xpending(keys.ingest, PERSIST_GROUP)
+                return int(summary["pending"]) == 5
+
+            await wait_for(held, "5 pending entries in persist-a", first)
+            first.kill()
+            await tx.rollback()
+        finally:
+            await lock.close()
+
+        stale = as_json(settings, "pending", "--group", PERSIST_GROUP)
+        assert [(e["id"], e["consumer"], e["deliveries"]) for e in stale["entries"]] == [
+            (i, "persist-a", 1) for i in ids]
+        moved = as_json(settings, "claim", "--group", PERSIST_GROUP, "--min-idle", "1ms",
+                        "--to", "persist-b")
+        assert [(e["id"], e["consumer"]) for e in moved["entries"]] == [
+            (i, "persist-a") for i in ids]
+        now_b = as_json(settings, "pending", "--group", PERSIST_GROUP)
+        assert {(e["consumer"], e["deliveries"]) for e in now_b["entries"]} == {("persist-b", 2)}
+
+        second.start()
+
+        async def drained() -> bool:
+            return int((await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]) == 0
+
+        await wait_for(drained, "persist-b acking the claimed entries", second)
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetchval("SELECT count(*) FROM newsletters")
+        finally:
+            await conn.close()
+        assert rows == 5
+        status = as_json(settings, "status")
+        persist = next(g for g in status["groups"] if g["name"] == PERSIST_GROUP)
+        assert (persist["pending"], persist["lag"]) == (0, 0)
+        assert second.terminate() == 0
+
+
+async def _has(names: Awaitable[set[str]], name: str) -> bool:
+    return name in await names
+
+
+@pytest.mark.slow
+async def test_poison_entry_dead_lettered_then_retried_once_fixed(
+        redis: Any, keys: Keys, settings_factory: Callable[..., Settings], tmp_path: Path,
+        database_url: str) -> None:
+    """A row PostgreSQL refuses becomes a dead letter under a real persist consumer; once
+    the cause is fixed, `dead retry` brings it back and it is persisted."""
+    db = await asyncpg.connect(database_url)
+    try:
+        await db.execute("ALTER TABLE newsletters ADD CONSTRAINT no_pills "
+                         "CHECK (subject <> 'Poison pill')")
+        settings = settings_factory(claim_idle_ms=200, max_deliveries=2, flush_ms=50)
+        consumer = Proc(["consumer", "persist", "--name", "persist-1"], settings, tmp_path,
+                        name="persist-1").start()
+        with running(consumer):
+            log = EventLog(redis, keys, feed_maxlen=100, dedupe_ttl_s=60)
+            events = [event("carol", s) for s in ("Fine 1", "Poison pill", "Fine 2")]
+            await log.append([(str(e.id), e.user_id, encode_event(e)) for e in events])
+
+            async def buried() -> bool:
+                return int(await redis.xlen(keys.dead)) == 1
+
+            await wait_for(buried, "a dead letter", consumer)
+            [letter] = as_json(settings, "dead", "list")["letters"]
+            assert letter["event_id"] == str(events[1].id)
+            assert letter["group"] == PERSIST_GROUP and "no_pills" in letter["error"]
+            assert letter["preview"] == "news@example.com: Poison pill"
+            assert await db.fetchval("SELECT count(*) FROM newsletters") == 2
+
+            await db.execute("ALTER TABLE newsletters DROP CONSTRAINT no_pills")  # the fix
+            done = livefeed(settings, "dead", "retry", letter["id"])
+            assert done.returncode == 0, done.stdout + done.stderr
+
+            async def persisted() -> bool:
+                return int(await db.fetchval("SELECT count(*) FROM newsletters")) == 3
+
+            await wait_for(persisted, "the retried event in PostgreSQL", consumer)
+            assert await db.fetchval("SELECT subject FROM newsletters WHERE id = $1",
+                                     events[1].id) == "Poison pill"
+            assert as_json(settings, "dead", "list")["total"] == 0
+            assert consumer.terminate() == 0
+    finally:
+        await db.close()
