@@ -27,9 +27,12 @@ logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 15.0
 MAX_BACKOFF_S = 1.0
-# A slow reader's socket: a small kernel buffer and a short frame queue, so the gateway
-# feels the backpressure within a few frames instead of megabytes.
+# A slow reader's socket: a small receive buffer, an internet-sized MSS and a short frame
+# queue. On loopback (MSS 64 KB) the gateway's send buffer would autotune to megabytes and
+# absorb minutes of backlog; with a 1200-byte MSS it stays small, as it does for a real
+# browser, so the gateway's send queue fills within seconds.
 SLOW_RCVBUF = 4096
+SLOW_MSS = 1200
 SLOW_MAX_QUEUE = 2
 
 
@@ -82,8 +85,12 @@ class FeedClient:
         return not self._want_up.is_set()
 
     @property
+    def gateway_index(self) -> int:
+        return self._gw % len(self.gateways)
+
+    @property
     def gateway(self) -> str:
-        return self.gateways[self._gw % len(self.gateways)]
+        return self.gateways[self.gateway_index]
 
     async def run(self) -> None:
         backoff = 0.05
@@ -134,6 +141,7 @@ class FeedClient:
         if self.small_buffer:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SLOW_MSS)
             sock.setblocking(False)
             parts = urlsplit(base)
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -99,6 +100,9 @@ async def compare(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     scenarios = [SCENARIOS[n] for n in dict.fromkeys(args.scenario or list(SCENARIOS))]
     modes = list(dict.fromkeys(args.mode or MODES))
+    # One line per posted batch would bury the progress display.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     err = Console(stderr=True)
     with _servers(settings) as resolved, _log_root(args.logs) as logs:
         await runtime.preflight(resolved)
@@ -109,7 +113,10 @@ async def compare(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         sys.stdout.write(to_json(runs, params).decode() + "\n")
     else:
-        Console().print(report.table(cells))
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=170)
+        out.print(report.table(cells))
     if args.report is not None:
         shown = {"duration": f"{params.duration:g}s", "clients": params.clients,
                  "rate": f"{params.rate:g}/s", "seed": params.seed}

@@ -40,7 +40,8 @@ class Reply(msgspec.Struct):
 
 
 class LoadGenerator:
-    """Posts `rate` events/s spread over `users` for `duration` seconds of load time.
+    """Posts `rate` events/s spread over `users` (evenly, or by `weights`) for `duration`
+    seconds of load time.
 
     `clock()` is the cell's clock. `hold()` pauses the load (after the request in flight
     has been answered) and the paused time does not count towards `duration`.
@@ -59,9 +60,11 @@ class LoadGenerator:
         secret: str,
         webhook_secret: str,
         preview_chars: int = 80,
+        weights: Sequence[float] | None = None,
     ) -> None:
         self.targets = list(targets)
         self.users = list(users)
+        self.weights = list(weights) if weights is not None else None
         self.rate = rate
         self.duration = duration
         self.rng = random.Random(seed)
@@ -89,7 +92,7 @@ class LoadGenerator:
         return [
             Event(
                 id=uuid.UUID(int=self.rng.getrandbits(128), version=4),
-                user_id=self.rng.choice(self.users),
+                user_id=self.rng.choices(self.users, self.weights)[0],
                 subject=f"compare #{start_seq + i}",
                 sender="load@compare.livefeed",
                 received_at=now,

@@ -109,7 +109,7 @@ async def _run(run: CellRun, base: Settings, scenario: Scenario, mode: str, para
             targets, users, rate=params.rate, duration=params.duration,
             seed=rng.getrandbits(64), clock=clock, auth_mode=params.auth,
             secret=cluster.secret, webhook_secret=cluster.webhook_secret,
-            preview_chars=scenario.preview_chars,
+            preview_chars=scenario.preview_chars, weights=_weights(users, params, scenario),
         )
         run.sent = load.sent
         async with anyio.create_task_group() as ctg:
@@ -139,6 +139,15 @@ async def _run(run: CellRun, base: Settings, scenario: Scenario, mode: str, para
     summarize(run.result, run.sent, run.counts, rows)
     run.result.errors = dict(load.errors)
     run.result.timeline = ctx.marks
+
+
+def _weights(users: list[str], params: Params, scenario: Scenario) -> list[float] | None:
+    """Even, unless the scenario sends `hot_share` of the events to the last client's user."""
+    if not scenario.hot_share or len(users) < 2:
+        return None
+    hot = users[(params.clients - 1) % len(users)]
+    rest = (1 - scenario.hot_share) / (len(users) - 1)
+    return [scenario.hot_share if u == hot else rest for u in users]
 
 
 async def _report_progress(ctx: Context, progress: Progress) -> None:

@@ -35,7 +35,8 @@ class Context:
     marks: list[Mark] = field(default_factory=list)
 
     def mark(self, what: str) -> None:
-        self.marks.append(Mark(t=self.clock(), what=what))
+        """Log a step, timed in seconds since the load began."""
+        self.marks.append(Mark(t=round(self.clock() - self.started, 3), what=what))
 
     async def at(self, fraction: float) -> None:
         """Sleep until `fraction` of the load duration has passed."""
@@ -72,6 +73,7 @@ class Scenario:
     db_proxy: bool = False
     preview_chars: int = 80
     slow_clients: int = 0  # the last n clients get small socket buffers
+    hot_share: float = 0.0  # this share of the events goes to the last client's user
     load_gateway: int = 0  # the gateway the load posts to (it stays up)
 
 
@@ -105,9 +107,9 @@ async def gateway_restart(ctx: Context) -> None:
     """Two gateways, clients split between them, load posted to the second. At 40% the
     first is SIGKILLed; its clients reconnect to the second with their last id."""
     await ctx.at(0.4)
+    on_it = sum(1 for c in ctx.clients if c.gateway_index == 0)
     ctx.cluster.kill_gateway(0)
-    moved = sum(1 for c in ctx.clients if c.gateway == ctx.cluster.gateway_urls[0])
-    ctx.mark(f"SIGKILL gateway 0 ({moved} clients on it)")
+    ctx.mark(f"SIGKILL gateway 0 ({on_it} clients on it)")
 
 
 async def consumer_crash(ctx: Context) -> None:
@@ -146,14 +148,16 @@ async def db_outage(ctx: Context) -> None:
 
 
 async def slow_client(ctx: Context) -> None:
-    """The last client (small socket buffer) reads one frame per 200 ms from 20% to 70% of
-    the run; the gateways' send queue is 32 frames and events are ~1.7 KB, so the gateway
-    closes it with 4008 within a second or so and it reconnects."""
+    """The last client (small socket buffer, 1200-byte MSS) reads one frame per 500 ms from
+    15% to 75% of the run. Its user gets 80% of the events (~2.2 KB each) and the gateways'
+    send queue is 16 frames, so its backlog outgrows the gateway's socket buffers (some
+    hundred KB) within a second or two: close 4008, and the client reconnects with its last
+    id, again and again while it stays slow."""
     slow = ctx.clients[-1]
-    await ctx.at(0.2)
-    slow.read_delay = 0.2
-    ctx.mark(f"{slow.log.name} reads one frame per 200 ms")
-    await ctx.at(0.7)
+    await ctx.at(0.15)
+    slow.read_delay = 0.5
+    ctx.mark(f"{slow.log.name} reads one frame per 500 ms")
+    await ctx.at(0.75)
     slow.read_delay = 0.0
     ctx.mark(f"{slow.log.name} reads at full speed")
 
@@ -179,8 +183,9 @@ SCENARIOS: dict[str, Scenario] = {
                  consumer_crash),
         Scenario("db-outage", "PostgreSQL unreachable for 35% of the run", db_outage,
                  db_proxy=True),
-        Scenario("slow-client", "one client reads too slowly (send queue 32)", slow_client,
-                 env={env_name("send_queue"): "32"}, preview_chars=1500, slow_clients=1),
+        Scenario("slow-client", "one client reads too slowly (send queue 16)", slow_client,
+                 env={env_name("send_queue"): "16"}, preview_chars=2000, slow_clients=1,
+                 hot_share=0.8),
         Scenario("pubsub-drop", "CLIENT KILL the gateway's pub/sub link 3 times", pubsub_drop),
     )
 }
