@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "ops.consumers",
     "ops.operate",
     "ops.bench.command",
+    "ops.compare.command",
 )
 
 Command = Callable[[argparse.Namespace, Settings], "int | None | Awaitable[int | None]"]
