@@ -33,6 +33,8 @@ Command = Callable[[argparse.Namespace, Settings], "int | None | Awaitable[int |
 
 
 def _settings_parent() -> argparse.ArgumentParser:
+    # SUPPRESS: an absent flag sets nothing, so a nested subcommand's parser cannot
+    # overwrite a flag given before it (`livefeed dead --prefix x list`).
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group(
         "settings", "each also read from the environment variable named in brackets"
@@ -41,10 +43,10 @@ def _settings_parent() -> argparse.ArgumentParser:
         flag = settings_mod.flag_name(name)
         env = settings_mod.env_name(name)
         if name == "redis_cluster":
-            group.add_argument(flag, dest=f"setting_{name}", default=None,
+            group.add_argument(flag, dest=f"setting_{name}", default=argparse.SUPPRESS,
                                choices=["true", "false"], help=f"[{env}]")
         else:
-            group.add_argument(flag, dest=f"setting_{name}", default=None, metavar="VALUE",
+            group.add_argument(flag, dest=f"setting_{name}", default=argparse.SUPPRESS, metavar="VALUE",
                                help=f"[{env}]")
     return parent
 

@@ -101,7 +101,7 @@ def settings_factory(
             redis_url=redis_url,
             database_url=database_url,
             prefix=prefix,
-            secret="test-secret",
+            secret="conftest-test-secret-long-enough-for-hs256!",
             webhook_secret="test-webhook-secret",
             data_dir=str(tmp_path / "data"),
         )
