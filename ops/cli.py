@@ -46,8 +46,8 @@ def _settings_parent() -> argparse.ArgumentParser:
             group.add_argument(flag, dest=f"setting_{name}", default=argparse.SUPPRESS,
                                choices=["true", "false"], help=f"[{env}]")
         else:
-            group.add_argument(flag, dest=f"setting_{name}", default=argparse.SUPPRESS, metavar="VALUE",
-                               help=f"[{env}]")
+            group.add_argument(flag, dest=f"setting_{name}", default=argparse.SUPPRESS,
+                               metavar="VALUE", help=f"[{env}]")
     return parent
 
 
