@@ -247,7 +247,7 @@ class GroupRunner:
             done = [e.id for e in entries if e.id not in failures]
             await self._ack_done(done)
         if failures:
-            await self._settle_failures(by_id, failures, deliveries)
+            await self._settle_failures(by_id, failures)
 
     async def _ack_done(self, ids: list[str]) -> None:
         try:
@@ -258,9 +258,9 @@ class GroupRunner:
             return
         metrics.ENTRIES_ACKED.labels(self.group).inc(acked)
 
-    async def _settle_failures(self, by_id: dict[str, Raw], failures: dict[str, str],
-                               known: dict[str, int]) -> None:
-        counts = {**await self.stream.deliveries(list(failures)), **known}
+    async def _settle_failures(self, by_id: dict[str, Raw], failures: dict[str, str]) -> None:
+        # Fresh counts: an entry acked or claimed elsewhere meanwhile is not ours to settle.
+        counts = await self.stream.deliveries(list(failures))
         letters = []
         for i, error in failures.items():
             n = counts.get(i)
