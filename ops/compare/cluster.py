@@ -247,9 +247,10 @@ class Cluster:
                 out[group] = int(info["pending"])
         return out
 
-    def kill_consumers(self) -> None:
+    def kill_consumer(self, group: str) -> None:
         for proc in self.consumers:
-            proc.kill()
+            if proc.name == group:
+                proc.kill()
 
     async def restart_consumers(self) -> None:
         since = time.monotonic()

@@ -49,6 +49,8 @@ def note(cell: CellResult) -> str:
         parts.append(f"{cell.resets} resets")
     if cell.unexpected:
         parts.append(f"{cell.unexpected} unexpected")
+    if cell.rows_unexpected:
+        parts.append(f"{cell.rows_unexpected} rows of refused events")
     return ", ".join(parts)
 
 
@@ -110,9 +112,9 @@ def _bar_chart(title: str, scenarios: Sequence[str], modes: Sequence[str],
                cells: Sequence[CellResult], *, log: bool = False, unit: str = "") -> str:
     """Horizontal grouped bars: one group per scenario, one bar per mode."""
     by_key = {(c.scenario, c.mode): c for c in cells}
-    values = [v for c in cells if (v := value(c)) is not None and not (c.skipped or c.failed)]
+    values = [v for c in cells if not (c.skipped or c.failed) and (v := value(c)) is not None]
     top = max(values, default=0.0)
-    bar_h, gap, left, width, right = 16, 12, 150, 420, 170
+    bar_h, gap, left, width, right = 14, 10, 118, 250, 150
     height = 40 + len(scenarios) * (len(modes) * bar_h + gap) + 30
 
     def scale(v: float) -> float:
@@ -132,10 +134,15 @@ def _bar_chart(title: str, scenarios: Sequence[str], modes: Sequence[str],
                    f'text-anchor="end" class="l">{html.escape(s)}</text>')
         for m in modes:
             c = by_key.get((s, m))
-            v = value(c) if c is not None and not (c.skipped or c.failed) else None
+            done = c is not None and not (c.skipped or c.failed)
+            v = value(c) if c is not None and done else None
             w = scale(v) if v is not None else 0.0
-            text = (label(c) if c is not None and v is not None
-                    else ("skipped" if c is not None and c.skipped else "n/a"))
+            if c is None:
+                text = "not run"
+            elif done:
+                text = label(c)
+            else:
+                text = "skipped" if c.skipped else "failed"
             out.append(f'<rect x="{left}" y="{y}" width="{max(w, 1.5):.1f}" '
                        f'height="{bar_h - 3}" fill="{COLORS.get(m, "#777")}">'
                        f'<title>{html.escape(f"{s} / {m}: {text}")}</title></rect>')
@@ -194,6 +201,10 @@ def html_report(cells: Sequence[CellResult], params: dict[str, object],
         _bar_chart("Events lost (% of deliveries owed)", scenarios, modes,
                    lambda c: c.loss_pct, lambda c: f"{c.lost} ({c.loss_pct:.1f}%)", cells,
                    unit="%"),
+        _bar_chart("Events refused by ingest (% of sent)", scenarios, modes,
+                   lambda c: 100.0 * c.rejected / c.sent if c.sent else 0.0,
+                   lambda c: f"{c.rejected} ({100.0 * c.rejected / max(c.sent, 1):.1f}%)",
+                   cells, unit="%"),
         _bar_chart("Duplicates shown to clients", scenarios, modes,
                    lambda c: float(c.duplicated), lambda c: str(c.duplicated), cells),
         _bar_chart("End-to-end latency p50 (ms)", scenarios, modes,

@@ -14,7 +14,7 @@ import anyio
 
 from core.settings import env_name
 from ops.compare.clients import FeedClient
-from ops.compare.cluster import Cluster
+from ops.compare.cluster import CONSUMER_GROUPS, Cluster
 from ops.compare.load import LoadGenerator
 from ops.compare.records import Mark
 
@@ -113,25 +113,32 @@ async def gateway_restart(ctx: Context) -> None:
 
 
 async def consumer_crash(ctx: Context) -> None:
-    """At 30% and 65%: wait (up to 2 s) until a batch is read and not acked yet, SIGKILL
-    the persist and fanout consumers, leave them dead for 10% of the run, restart them
-    under the same names (they re-read their own pending entries)."""
+    """At 30% and 65%: SIGKILL the persist and the fanout consumer, each at a moment it
+    holds a batch it has read and not acked yet (polled, up to 2 s), leave them dead for 10%
+    of the run, restart them under the same names (they re-read their own pending)."""
     for fraction in (0.3, 0.65):
         await ctx.at(fraction)
         if not ctx.cluster.consumers:
             ctx.mark("no consumers in pubsub mode: nothing to kill")
             return
-        pending = await ctx.cluster.pending()
-        with anyio.move_on_after(2.0):
-            while not any(pending.values()):
-                await anyio.sleep(0.005)
-                pending = await ctx.cluster.pending()
-        ctx.cluster.kill_consumers()
-        shown = ", ".join(f"{g} {n}" for g, n in pending.items())
-        ctx.mark(f"SIGKILL persist and fanout (pending: {shown})")
+        held: dict[str, int] = {}
+        async with anyio.create_task_group() as tg:
+            for group in CONSUMER_GROUPS:
+                tg.start_soon(_kill_mid_batch, ctx.cluster, group, held)
+        shown = ", ".join(f"{g} holding {n}" for g, n in held.items())
+        ctx.mark(f"SIGKILL persist and fanout ({shown} unacked)")
         await anyio.sleep(max(0.5, 0.1 * ctx.duration))
         await ctx.cluster.restart_consumers()
         ctx.mark("consumers restarted")
+
+
+async def _kill_mid_batch(cluster: Cluster, group: str, held: dict[str, int]) -> None:
+    pending = 0
+    with anyio.move_on_after(2.0):
+        while not (pending := (await cluster.pending()).get(group, 0)):
+            await anyio.sleep(0.002)
+    cluster.kill_consumer(group)
+    held[group] = pending
 
 
 async def db_outage(ctx: Context) -> None:
