@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from core.eventlog import parse_stream_id
 from core.keys import Keys
 from schemas.admin import (
     ClaimView,
@@ -314,6 +315,7 @@ class Inspector:
         vanished: list[str] = []
         cursor = "0-0"
         target = len(candidates)
+        nil_claimed = False
         while len(moved) < limit:
             reply = await self.redis.xautoclaim(
                 self.keys.ingest, group, to, min_idle_ms, start_id=cursor,
@@ -321,6 +323,11 @@ class Inspector:
             )
             cursor = _s(reply[0])
             for sid_raw, fields in reply[1]:
+                if sid_raw is None:
+                    # Redis 6.2 claims an entry whose payload was deleted as a nil pair,
+                    # keeping it pending under `to`; which ids they were is found below.
+                    nil_claimed = True
+                    continue
                 sid = _s(sid_raw)
                 before = owners.get(sid)
                 moved.append(_entry(
@@ -334,8 +341,25 @@ class Inspector:
                 progress(len(moved) + len(vanished), max(target, len(moved) + len(vanished)))
             if cursor == "0-0":
                 break
+        if nil_claimed:
+            moved = sorted(moved + await self._deleted_among(group, candidates, moved),
+                           key=lambda e: parse_stream_id(e.id) or (0, 0))
         return ClaimView(group=group, to=to, min_idle_ms=min_idle_ms, dry_run=False,
                          entries=moved, vanished=vanished)
+
+    async def _deleted_among(self, group: str, candidates: list[PendingEntry],
+                             moved: list[PendingEntry]) -> list[PendingEntry]:
+        """The candidates XAUTOCLAIM moved without a payload: no longer in the stream."""
+        got = {e.id for e in moved}
+        rest = [e for e in candidates if e.id not in got]
+        if not rest:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for e in rest:
+            pipe.xrange(self.keys.ingest, min=e.id, max=e.id, count=1)
+        found = await pipe.execute()
+        return [_entry(group, e.id, e.consumer, 0, e.deliveries + 1, None)
+                for e, rows in zip(rest, found, strict=True) if not rows]
 
     async def live_consumer(self, group: str, min_idle_ms: int,
                             stale_owners: set[str]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -17,15 +16,9 @@ from core.settings import Settings
 from tests import servers
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every coroutine test runs on anyio's asyncio backend without a marker on each.
-    for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.add_marker(pytest.mark.anyio)
-
-
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
+    # anyio_mode = "auto" (pyproject) runs every coroutine test on this backend.
     return "asyncio"
 
 

@@ -108,7 +108,9 @@ async def test_auth(mode: str, gateway: Any) -> None:
         "bad signature": {"x-livefeed-signature": "sha256=" + "0" * 64},
         "signature of another body": signed(b"{}"),
         "user token": {"authorization": f"Bearer {auth.mint(secret, 'alice')}"},
-        "token of another secret": {"authorization": f"Bearer {auth.mint('another-secret-' + 'x' * 32, 'a', admin=True)}"},
+        "token of another secret": {
+            "authorization": f"Bearer {auth.mint('another-secret-' + 'x' * 32, 'a', admin=True)}"
+        },
     }
     for name, headers in cases.items():
         r = await client.post("/v1/events", content=body, headers=headers)
