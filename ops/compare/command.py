@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console
 
 from core.settings import Settings
 from ops import runtime
 from ops.compare import report
-from ops.compare.run import CellRun, Params, run_matrix, to_json
+from ops.compare.measure import CellResult
+from ops.compare.run import Params, run_matrix, to_json
 from ops.compare.scenarios import SCENARIOS, describe
 
 MODES = ("streams", "pubsub")
@@ -54,6 +56,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="how the load authenticates: admin bearer token or body HMAC")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--report", type=Path, metavar="PATH", help="write an HTML report here")
+    p.add_argument("--from-json", type=Path, metavar="PATH",
+                   help="run nothing: show the table (and --report) of a saved --json output")
     p.add_argument("--logs", type=Path, metavar="DIR",
                    help="keep the processes' logs here (default: a temporary directory)")
     p.set_defaults(func=compare)
@@ -82,12 +86,11 @@ def _log_root(given: Path | None) -> Iterator[Path]:
         yield Path(d)
 
 
-def streams_broken(runs: list[CellRun]) -> bool:
+def streams_broken(cells: list[CellResult]) -> bool:
     return any(
-        r.result.mode == "streams" and not r.result.skipped and (
-            r.result.failed or r.result.lost or r.result.duplicated
-            or r.result.rows_missing or r.result.rows_duplicate)
-        for r in runs
+        c.mode == "streams" and not c.skipped and bool(
+            c.failed or c.lost or c.duplicated or c.rows_missing or c.rows_duplicate)
+        for c in cells
     )
 
 
@@ -100,6 +103,9 @@ async def compare(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     scenarios = [SCENARIOS[n] for n in dict.fromkeys(args.scenario or list(SCENARIOS))]
     modes = list(dict.fromkeys(args.mode or MODES))
+    if args.from_json is not None:
+        saved = msgspec.json.decode(args.from_json.read_bytes(), type=Saved)
+        return show(args, saved.params, saved.cells)
     # One line per posted batch would bury the progress display.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -109,10 +115,20 @@ async def compare(args: argparse.Namespace, settings: Settings) -> int:
         live = report.LiveProgress(err)
         with live.running():
             runs = await run_matrix(resolved, scenarios, modes, params, logs, live.cell)
-    cells = [r.result for r in runs]
     if args.json:
         sys.stdout.write(to_json(runs, params).decode() + "\n")
-    else:
+    return show(args, params, [r.result for r in runs], table=not args.json)
+
+
+class Saved(msgspec.Struct):
+    params: Params
+    cells: list[CellResult]
+
+
+def show(args: argparse.Namespace, params: Params, cells: list[CellResult],
+         table: bool = True) -> int:
+    err = Console(stderr=True)
+    if table:
         out = Console()
         if not out.is_terminal:
             out = Console(width=170)
@@ -120,7 +136,7 @@ async def compare(args: argparse.Namespace, settings: Settings) -> int:
     if args.report is not None:
         shown = {"duration": f"{params.duration:g}s", "clients": params.clients,
                  "rate": f"{params.rate:g}/s", "seed": params.seed}
-        descriptions = {s.name: describe(s.name) for s in scenarios}
+        descriptions = {name: describe(name) for name in dict.fromkeys(c.scenario for c in cells)}
         args.report.write_text(report.html_report(cells, shown, descriptions))
         err.print(f"report written to {args.report}")
-    return BROKEN if streams_broken(runs) else 0
+    return BROKEN if streams_broken(cells) else 0

@@ -109,11 +109,16 @@ class LiveProgress:
 
 def _bar_chart(title: str, scenarios: Sequence[str], modes: Sequence[str],
                value: Callable[[CellResult], float | None], label: Callable[[CellResult], str],
-               cells: Sequence[CellResult], *, log: bool = False, unit: str = "") -> str:
-    """Horizontal grouped bars: one group per scenario, one bar per mode."""
+               cells: Sequence[CellResult], *, log: bool = False, unit: str = "",
+               min_top: float = 0.0, none_is_worst: bool = False) -> str:
+    """Horizontal grouped bars: one group per scenario, one bar per mode.
+
+    `min_top` keeps tiny values from filling the axis; with `none_is_worst` a None value of
+    a cell that ran (never consistent) is drawn as a full, faded bar.
+    """
     by_key = {(c.scenario, c.mode): c for c in cells}
     values = [v for c in cells if not (c.skipped or c.failed) and (v := value(c)) is not None]
-    top = max(values, default=0.0)
+    top = max([*values, min_top])
     bar_h, gap, left, width, right = 14, 10, 118, 250, 150
     height = 40 + len(scenarios) * (len(modes) * bar_h + gap) + 30
 
@@ -137,6 +142,9 @@ def _bar_chart(title: str, scenarios: Sequence[str], modes: Sequence[str],
             done = c is not None and not (c.skipped or c.failed)
             v = value(c) if c is not None and done else None
             w = scale(v) if v is not None else 0.0
+            faded = ""
+            if v is None and done and none_is_worst:
+                w, faded = float(width), ' fill-opacity="0.3"'
             if c is None:
                 text = "not run"
             elif done:
@@ -144,7 +152,7 @@ def _bar_chart(title: str, scenarios: Sequence[str], modes: Sequence[str],
             else:
                 text = "skipped" if c.skipped else "failed"
             out.append(f'<rect x="{left}" y="{y}" width="{max(w, 1.5):.1f}" '
-                       f'height="{bar_h - 3}" fill="{COLORS.get(m, "#777")}">'
+                       f'height="{bar_h - 3}" fill="{COLORS.get(m, "#777")}"{faded}>'
                        f'<title>{html.escape(f"{s} / {m}: {text}")}</title></rect>')
             out.append(f'<text x="{left + max(w, 1.5) + 5:.1f}" y="{y + bar_h - 5}" '
                        f'class="v">{html.escape(text)}</text>')
@@ -172,7 +180,8 @@ h1{font-size:22px} h2{font-size:17px;margin-top:28px}
 svg .t{font-weight:600;font-size:14px} svg .l{font-size:12px} svg .v{font-size:11px;fill:#444}
 table{border-collapse:collapse;font-size:12.5px;margin-top:8px}
 th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top}
-th:nth-child(-n+2),td:nth-child(-n+2),td:last-child{text-align:left}
+th:nth-child(-n+2),td:nth-child(-n+2),th:last-child,td:last-child{text-align:left}
+td:nth-child(-n+2){white-space:nowrap}
 .bad{color:#c0392b;font-weight:600} .ok{color:#1e8449}
 .muted{color:#666;font-size:12.5px} code{background:#f3f3f3;padding:0 3px}
 """
@@ -216,7 +225,8 @@ def html_report(cells: Sequence[CellResult], params: dict[str, object],
         _bar_chart("Rows missing in PostgreSQL", scenarios, modes,
                    lambda c: float(c.rows_missing), lambda c: str(c.rows_missing), cells),
         _bar_chart("Time until all clients consistent (s)", scenarios, modes,
-                   lambda c: c.consistent_after_s, lambda c: consistency(c), cells, unit="s"),
+                   lambda c: c.consistent_after_s, lambda c: consistency(c), cells, unit="s",
+                   min_top=1.0, none_is_worst=True),
     ]
     rows = []
     for c in cells:

@@ -78,7 +78,7 @@ class Scenario:
 
 
 async def steady(ctx: Context) -> None:
-    """No fault: the baseline of each mode."""
+    """Load only, nothing injected: the baseline of each mode."""
 
 
 async def client_reconnect(ctx: Context) -> None:
