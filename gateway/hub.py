@@ -27,6 +27,7 @@ from redis.retry import Retry
 
 from core import metrics
 from core.keys import Keys
+from gateway.live import Sessions
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,10 @@ class Listener(Protocol):
 
 
 class _Sub:
-    __slots__ = ("listeners", "confirmed", "resync")
+    __slots__ = ("channel", "listeners", "confirmed", "resync")
 
-    def __init__(self) -> None:
+    def __init__(self, channel: bytes) -> None:
+        self.channel = channel
         self.listeners: set[Listener] = set()
         self.confirmed = anyio.Event()
         self.resync = False
@@ -74,6 +76,7 @@ class Hub:
         )
         self._pubsub: Any = None
         self._subs: dict[str, _Sub] = {}
+        self._channels: dict[bytes, _Sub] = {}  # the same subs by channel, for dispatch
         # Subs waiting for Redis to confirm their SUBSCRIBE, per channel, in command order.
         self._pending: dict[bytes, deque[_Sub]] = {}
         self._lock = anyio.Lock()
@@ -92,7 +95,8 @@ class Hub:
         async with self._lock:
             sub = self._subs.get(user)
             if sub is None:
-                sub = self._subs[user] = _Sub()
+                channel = self.keys.live(user).encode()
+                sub = self._subs[user] = self._channels[channel] = _Sub(channel)
                 if self._pubsub is not None and self.healthy:
                     await self._subscribe([(user, sub)])
             sub.listeners.add(listener)
@@ -109,16 +113,16 @@ class Hub:
             if sub.listeners:
                 return
             del self._subs[user]
+            del self._channels[sub.channel]
             if self._pubsub is not None and self.healthy:
                 with contextlib.suppress(*_LINK_ERRORS):
                     await self._pubsub.unsubscribe(self.keys.live(user))
 
     async def _subscribe(self, subs: list[tuple[str, _Sub]]) -> None:
         channels = []
-        for user, sub in subs:
-            channel = self.keys.live(user).encode()
-            self._pending.setdefault(channel, deque()).append(sub)
-            channels.append(channel)
+        for _, sub in subs:
+            self._pending.setdefault(sub.channel, deque()).append(sub)
+            channels.append(sub.channel)
         try:
             await self._pubsub.subscribe(*channels)
         except _LINK_ERRORS as exc:
@@ -191,15 +195,12 @@ class Hub:
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
         if kind == "message":
-            channel = msg["channel"]
-            try:
-                user = self.keys.user_of_live(channel)
-            except ValueError:
-                return
-            sub = self._subs.get(user)
+            sub = self._channels.get(msg["channel"])
             if sub is not None:
-                for listener in list(sub.listeners):
-                    listener.on_live(msg["data"])
+                # No copy: listeners never join or leave synchronously from on_live.
+                data = msg["data"]
+                for listener in sub.listeners:
+                    listener.on_live(data)
         elif kind == "subscribe":
             pending = self._pending.get(msg["channel"])
             if not pending:
@@ -221,18 +222,23 @@ class Hub:
 
 @contextlib.asynccontextmanager
 async def lifespan(state: Any) -> AsyncIterator[None]:
-    """Start the process's hub (as `state.extras["hub"]`) and stop it on the way out."""
+    """Start the process's hub (as `state.extras["hub"]`) and the registry of its live
+    sessions (`state.extras["sessions"]`, stopped when `state.draining` is set)."""
     assert state.settings.redis_url is not None
     hub = Hub(state.settings.redis_url, state.keys)
+    sessions = Sessions()
     state.extras["hub"] = hub
+    state.extras["sessions"] = sessions
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
+            tg.start_soon(sessions.drain_on, state.draining)
             with anyio.move_on_after(JOIN_TIMEOUT_S):
                 await hub.connected_once.wait()
             try:
                 yield
             finally:
+                sessions.drain()
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

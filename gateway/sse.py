@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from core import auth, metrics
-from gateway.live import FrameType, Session, first_wins
+from gateway.live import FrameType, Session, run_with
 from gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -73,22 +73,22 @@ class SseStream(Response):
         )
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
 
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        async def keepalive() -> None:
-            while True:
-                await anyio.sleep(self.keepalive_s)
-                await transport.write(b": keep-alive\n\n")
-
-        async def deliver() -> None:
-            await session.run()
+        async def until_gone() -> None:
+            # Waiting for the client's disconnect, with a comment line whenever it idles
+            # that long (proxies close silent streams).
+            with contextlib.suppress(OSError):
+                while True:
+                    with anyio.move_on_after(self.keepalive_s) as idle:
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                    if not idle.cancelled_caught:
+                        return
+                    await transport.write(b": keep-alive\n\n")
 
         metrics.CLIENTS.labels("sse").inc()
         try:
             with contextlib.suppress(OSError):
-                await first_wins(disconnected, state.draining.wait, keepalive, deliver)
+                await run_with(session, state.extras["sessions"], until_gone)
         finally:
             metrics.CLIENTS.labels("sse").dec()
         with anyio.move_on_after(END_TIMEOUT_S), contextlib.suppress(OSError):

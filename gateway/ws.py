@@ -14,21 +14,23 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from core import auth, metrics
-from gateway.live import FrameType, Session, first_wins
+from gateway.live import DRAINING, FrameType, Session, run_with
 from gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
 BAD_TOKEN = 4001
-DRAINING = 1012
 CLOSE_TIMEOUT_S = 5.0
 
 
 class WebSocketTransport:
+    __slots__ = ("websocket",)
+
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
+        # uvicorn's wsproto sends bytes as a binary message: a text frame needs a str.
         await self.websocket.send_text(frame.decode())
 
 
@@ -50,31 +52,21 @@ async def live_ws(websocket: WebSocket) -> None:
         last_id=websocket.query_params.get("last_id"), mode=state.settings.delivery,
         queue_size=state.settings.send_queue,
     )
-    close_code: int | None = None
     gone = False
 
-    async def receive() -> None:
+    async def until_gone() -> None:
         nonlocal gone
         # Client messages carry nothing; reading them notices the disconnect.
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
         gone = True
 
-    async def drain() -> None:
-        nonlocal close_code
-        await state.draining.wait()
-        close_code = DRAINING
-
-    async def deliver() -> None:
-        nonlocal close_code, gone
-        try:
-            close_code = await session.run()
-        except (WebSocketDisconnect, OSError):
-            gone = True
-
     metrics.CLIENTS.labels("ws").inc()
+    close_code: int | None = None
     try:
-        await first_wins(receive, drain, deliver)
+        close_code = await run_with(session, state.extras["sessions"], until_gone)
+    except (WebSocketDisconnect, OSError):
+        gone = True
     finally:
         metrics.CLIENTS.labels("ws").dec()
     if not gone:

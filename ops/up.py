@@ -83,7 +83,8 @@ async def up(args: argparse.Namespace, settings: Settings) -> int:
                 for role in _consumer_roles():
                     tg.start_soon(role, resolved, stopping)
                 await serve.serve(create_app(resolved), host=args.host, port=args.port,
-                                  log_level="info", on_stop=stopping.set)
+                                  log_level="info", on_stop=stopping.set,
+                                  drain_timeout_s=resolved.drain_timeout_s)
                 stopping.set()
         finally:
             runtime.clear_runtime(resolved)
@@ -109,5 +110,6 @@ async def gateway(args: argparse.Namespace, settings: Settings) -> int:
 
         return await workers.run(args, settings)
     await serve.serve(create_app(settings), host=args.host, port=args.port,
-                      log_level=settings.log_level, fd=args.fd)
+                      log_level=settings.log_level, fd=args.fd,
+                      drain_timeout_s=settings.drain_timeout_s)
     return 0
