@@ -10,10 +10,12 @@ so a lost link costs a delay, never an event.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import secrets
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -72,7 +74,7 @@ class Hub:
         # resubscribe, hiding the messages lost meanwhile; we must see every failure.
         self._client: Any = aioredis.Redis.from_url(
             redis_url, socket_timeout=None, socket_connect_timeout=5.0,
-            retry=Retry(NoBackoff(), 0), client_name=self.name,
+            retry=Retry(NoBackoff(), 0), client_name=self.name, protocol=2,
         )
         self._pubsub: Any = None
         self._subs: dict[str, _Sub] = {}
@@ -82,6 +84,7 @@ class Hub:
         self._lock = anyio.Lock()
         self.healthy = False
         self.connected_once = anyio.Event()
+        self._last_rx = 0.0
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -176,21 +179,45 @@ class Hub:
                 await pubsub.aclose()
 
     async def _read(self) -> None:
+        """Block on the link and dispatch; a watchdog pings the link when it idles and ends
+        the read when it stays silent. (A read timeout per message would cost redis-py a
+        timer per message: a large part of the fan-out's CPU.)"""
         pubsub = self._pubsub
-        last_rx = anyio.current_time()
-        last_ping = last_rx
-        while True:
-            msg = await pubsub.get_message(timeout=min(1.0, self.ping_interval_s))
-            now = anyio.current_time()
-            if msg is not None:
-                last_rx = now
-                self._dispatch(msg)
-            if now - last_rx > 2 * self.ping_interval_s + 1:
-                raise StaleLink(f"no reply for {now - last_rx:.1f}s")
-            if now - last_ping >= self.ping_interval_s and now - last_rx >= self.ping_interval_s:
-                last_ping = now
-                async with self._lock:
-                    await pubsub.ping(_PING)
+        self._last_rx = time.monotonic()
+        failure: list[Exception] = []
+        with anyio.CancelScope() as scope:
+            watchdog = asyncio.create_task(self._watch(pubsub, scope, failure))
+            try:
+                while True:
+                    msg = await pubsub.get_message(timeout=None)
+                    self._last_rx = time.monotonic()
+                    if msg is not None:
+                        self._dispatch(msg)
+            finally:
+                watchdog.cancel()
+        raise failure[0] if failure else StaleLink("watchdog ended the read")
+
+    async def _watch(self, pubsub: Any, reader: anyio.CancelScope,
+                     failure: list[Exception]) -> None:
+        interval = self.ping_interval_s
+        last_ping = time.monotonic()
+        try:
+            while True:
+                await anyio.sleep(min(1.0, interval))
+                now = time.monotonic()
+                silent = now - self._last_rx
+                if silent > 2 * interval + 1:
+                    failure.append(StaleLink(f"no reply for {silent:.1f}s"))
+                    break
+                if now - last_ping >= interval and silent >= interval:
+                    last_ping = now
+                    # Bounded: a write stuck on a dead link must not stop the silence check.
+                    with anyio.move_on_after(interval):
+                        async with self._lock:
+                            await pubsub.ping(_PING)
+        except _LINK_ERRORS as exc:
+            failure.append(exc)
+        reader.cancel()
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
