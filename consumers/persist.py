@@ -119,6 +119,29 @@ async def check_table(pool: asyncpg.Pool) -> None:
         logger.warning("PostgreSQL unreachable at start (%s); batches will wait for it", exc)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset for persist: its connections carry no session state (no LISTEN, locks,
+    cursors or SET), so skip the reset query asyncpg otherwise sends on every release,
+    a round trip per batch. (asyncpg still rolls back a transaction left open.)"""
+
+
+async def create_pool(dsn: str) -> asyncpg.Pool:
+    # min_size=0: the consumer starts (and waits) even while the database is down.
+    return await db.create_pool(dsn, min_size=0, max_size=4, command_timeout=60,
+                                reset=_keep_session)
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float = 5.0) -> None:
+    """Close gracefully, but never wait on an unreachable server for long: a closing
+    connection waits for the server to hang up, bounded only by command_timeout."""
+    with anyio.move_on_after(timeout_s) as scope:
+        await pool.close()
+    if scope.cancelled_caught:
+        logger.warning("PostgreSQL did not confirm the close of the pool within %.0fs; "
+                       "connections dropped", timeout_s)
+    pool.terminate()
+
+
 async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = None) -> None:
     """The persist role: one consumer until `stopping` is set, then drain."""
     assert settings.redis_url and settings.database_url
@@ -126,9 +149,7 @@ async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = N
     client: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     reader: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
                                        blocking=True)
-    # min_size=0: the consumer starts (and waits) even while the database is down.
-    pool = await db.create_pool(settings.database_url, min_size=0, max_size=4,
-                                command_timeout=60)
+    pool = await create_pool(settings.database_url)
     try:
         await check_table(pool)
         config = RunnerConfig.from_settings(settings, linger=True)
@@ -136,10 +157,7 @@ async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = N
                              reader=reader, config=config)
         await runner.run(stopping)
     finally:
-        # A connection broken by an outage can keep a graceful close waiting forever.
-        with anyio.move_on_after(5):
-            await pool.close()
-        pool.terminate()
+        await close_pool(pool)
         await reader.aclose()
         await client.aclose()
 
