@@ -100,7 +100,13 @@ class RunnerConfig:
 
 
 class GroupRunner:
-    """Runs one consumer of `group` on the ingest stream until `stopping` is set."""
+    """Runs one consumer of `group` on the ingest stream until `stopping` is set.
+
+    Redis work overlaps the handler's: while batch N is handled, the next batch is read
+    (prefetched) in the same round trip as the ack of batch N-1; a done batch's ack
+    travels with the next read. Entries delivered to us and not yet through `_process`
+    (the batch in the handler, the prefetched one) are kept alive so no one claims them.
+    """
 
     def __init__(self, redis: Any, keys: Keys, group: str, handler: Handler, *,
                  consumer: str | None = None, reader: Any = None,
@@ -114,6 +120,14 @@ class GroupRunner:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._stopping = anyio.Event()
+        self._held: set[str] = set()  # delivered to us, not yet settled: kept alive
+        self._to_ack: list[str] = []  # done; acked with the next read (or flushed)
+        self._next: list[Raw] = []  # prefetched: delivered to us, not yet handled
+        # Prefetch only while the handler succeeds: a consumer whose database is down
+        # holds one batch, not two, and leaves the rest to the other consumers.
+        self._healthy = False
+        self._abandoned = False  # drain_timeout_s passed after stop: start no more work
+        self._work: anyio.CancelScope | None = None
 
     @property
     def consumer(self) -> str:
@@ -122,12 +136,23 @@ class GroupRunner:
     async def run(self, stopping: anyio.Event) -> None:
         self._stopping = stopping
         logger.info("consumer %s of group %s starting", self.consumer, self.group)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keepalive)
+            tg.start_soon(self._drain_guard)
+            try:
+                await self._consume()
+            finally:
+                tg.cancel_scope.cancel()
+        await self._release()
+
+    async def _consume(self) -> None:
+        stopping = self._stopping
         while await self._safely(self.stream.ensure_groups) is _DOWN:
             if stopping.is_set():
                 return
         cursor = "0"  # our own pending entries first: a restart resumes its unfinished work
         while not stopping.is_set():
-            own = await self._safely(self.stream.read, cursor, self.config.batch_size, None)
+            own = await self._safely(self._read, cursor, self.config.batch_size, None)
             if own is _DOWN:
                 continue
             if not own:
@@ -136,10 +161,20 @@ class GroupRunner:
             await self._safely(self._process, own, True)
         while not stopping.is_set():
             await self._safely(self._maintain)
-            batch = await self._safely(self._collect)
-            if batch and batch is not _DOWN:
-                await self._safely(self._process, batch, False)
-        await self._release()
+            if self._next:
+                batch, self._next = self._next, []
+                batch = await self._linger(batch)
+            else:
+                batch = await self._safely(self._collect)
+                if batch is _DOWN or not batch:
+                    continue
+            await self._safely(self._process, batch, False)
+        if self._next and not self._abandoned:
+            # Delivered to us before the stop: finish it rather than leave it waiting
+            # for a restart or a claim (it is left pending if the drain time runs out).
+            batch, self._next = self._next, []
+            await self._safely(self._process, batch, False)
+        await self._safely(self._flush_acks)
 
     async def _safely(self, step: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """`step(*args)`'s result; if Redis is away, log, wait (interruptibly), return _DOWN."""
@@ -158,26 +193,72 @@ class GroupRunner:
             await self._stopping.wait()
         return _DOWN
 
+    async def _read(self, cursor: str, count: int, block_ms: int | None) -> list[Raw]:
+        """Read entries, acking the done ones in the same round trip."""
+        ack, self._to_ack = self._to_ack, []
+        try:
+            acked, raws = await self.stream.ack_and_read(ack, cursor, count, block_ms)
+        except BaseException:
+            self._to_ack = ack + self._to_ack  # XACK is idempotent: resend it later
+            raise
+        if acked:
+            metrics.ENTRIES_ACKED.labels(self.group).inc(acked)
+        self._held.update(r.id for r in raws)
+        return raws
+
     async def _collect(self) -> list[Raw]:
+        entries = await self._read(">", self.config.batch_size, self.config.block_ms)
+        return await self._linger(entries) if entries else entries
+
+    async def _linger(self, entries: list[Raw]) -> list[Raw]:
+        """Let a partial batch fill for up to linger_ms (persist: flush_ms)."""
         cfg = self.config
-        entries = await self.stream.read(">", cfg.batch_size, cfg.block_ms)
-        if not entries or cfg.linger_ms <= 0:
+        if cfg.linger_ms <= 0:
             return entries
         deadline = time.monotonic() + cfg.linger_ms / 1000
         while len(entries) < cfg.batch_size and not self._stopping.is_set():
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms < 1:
                 break
-            more = await self.stream.read(">", cfg.batch_size - len(entries), remaining_ms)
+            try:
+                more = await self._read(">", cfg.batch_size - len(entries), remaining_ms)
+            except REDIS_DOWN as exc:  # handle what we have; no entry is dropped
+                logger.warning("group %s: Redis unavailable while batching (%s)", self.group,
+                               exc)
+                break
             if not more:
                 break
             entries += more
         return entries
 
+    async def _prefetch(self) -> None:
+        """Read the next batch (acking the previous one) while the handler works."""
+        try:
+            self._next = await self._read(">", self.config.batch_size, None)
+        except REDIS_DOWN as exc:
+            logger.debug("group %s: prefetch failed: %s", self.group, exc)
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # the main loop's next read recreates the group
+
+    async def _flush_acks(self) -> None:
+        ids, self._to_ack = self._to_ack, []
+        if not ids:
+            return
+        try:
+            acked = await self.stream.ack(ids)
+        except REDIS_DOWN as exc:
+            # Left pending: redelivered later, and the handlers are idempotent.
+            logger.warning("group %s: ack of %d entries failed (%s)", self.group, len(ids), exc)
+            return
+        metrics.ENTRIES_ACKED.labels(self.group).inc(acked)
+
     async def _maintain(self) -> None:
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + self.config.claim_every_s
+            await self._flush_acks()  # our done entries are not stale: never claim them
             await self._claim_stale()
         trim_every = self.config.trim_every_s
         if trim_every is not None and now >= self._next_trim:
@@ -202,6 +283,7 @@ class GroupRunner:
                 metrics.ENTRIES_CLAIMED.labels(self.group).inc(len(claimed.entries))
                 logger.info("group %s: claimed %d stale entries", self.group,
                             len(claimed.entries))
+                self._held.update(r.id for r in claimed.entries)
                 await self._process(claimed.entries, True)
             if claimed.cursor in ("0-0", "0") or self._stopping.is_set():
                 return
@@ -214,10 +296,16 @@ class GroupRunner:
                            "deleted); acked", self.group, len(ids))
 
     async def _process(self, raws: list[Raw], history: bool) -> None:
+        try:
+            await self._settle(raws, history)
+        finally:
+            self._held.difference_update(r.id for r in raws)
+
+    async def _settle(self, raws: list[Raw], history: bool) -> None:
         """Handle one batch and settle every entry: ack, dead-letter, or leave pending."""
         gone = [r.id for r in raws if not r.fields]
         if gone:
-            await self.stream.ack(gone)
+            self._to_ack += gone
             self._count_vanished(gone)
         by_id = {r.id: r for r in raws if r.fields}
         failures: dict[str, str] = {}
@@ -240,23 +328,14 @@ class GroupRunner:
             entries = [e for e in entries if e.id not in over]
         if entries:
             metrics.BATCH_SIZE.labels(self.group).observe(len(entries))
-            result = await self._handle(entries)
+            prefetch = self._healthy and not history and not self._stopping.is_set()
+            result = await self._handle(entries, prefetch)
             if result is None:
                 return  # stopping: leave the batch pending, ack nothing undone
             failures.update({i: err for i, err in result.items() if i in by_id})
-            done = [e.id for e in entries if e.id not in failures]
-            await self._ack_done(done)
+            self._to_ack += [e.id for e in entries if e.id not in failures]
         if failures:
             await self._settle_failures(by_id, failures)
-
-    async def _ack_done(self, ids: list[str]) -> None:
-        try:
-            acked = await self.stream.ack(ids)
-        except REDIS_DOWN as exc:
-            # Left pending: redelivered later, and the handlers are idempotent.
-            logger.warning("group %s: ack of %d entries failed (%s)", self.group, len(ids), exc)
-            return
-        metrics.ENTRIES_ACKED.labels(self.group).inc(acked)
 
     async def _settle_failures(self, by_id: dict[str, Raw], failures: dict[str, str]) -> None:
         # Fresh counts: an entry acked or claimed elsewhere meanwhile is not ours to settle.
@@ -278,15 +357,22 @@ class GroupRunner:
                 logger.error("group %s: entry %s dead-lettered after %d deliveries: %s",
                              self.group, letter.source_id, letter.deliveries, letter.error)
 
-    async def _handle(self, entries: list[Entry]) -> dict[str, str] | None:
-        """The handler's failures, retrying transient errors; None if stopped first."""
+    async def _handle(self, entries: list[Entry], prefetch: bool) -> dict[str, str] | None:
+        """The handler's failures, retrying transient errors; None if abandoned on stop."""
+        if self._abandoned:
+            return None
         result: dict[str, str] | None = None
-        ids = [e.id for e in entries]
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keepalive, ids)
-            tg.start_soon(self._drain_guard, tg.cancel_scope)
-            result = await self._handle_retrying(entries)
-            tg.cancel_scope.cancel()
+        with anyio.CancelScope() as scope:
+            self._work = scope
+            try:
+                if prefetch:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._prefetch)
+                        result = await self._handle_retrying(entries)
+                else:
+                    result = await self._handle_retrying(entries)
+            finally:
+                self._work = None
         return result
 
     async def _handle_retrying(self, entries: list[Entry]) -> dict[str, str] | None:
@@ -297,6 +383,7 @@ class GroupRunner:
                 failures = await self.handler.handle(entries)
             except TRANSIENT_ERRORS as exc:
                 metrics.TRANSIENT_FAILURES.labels(self.group).inc()
+                self._healthy = False
                 logger.warning("group %s: batch of %d failed transiently (%s: %s); retrying "
                                "in %.1fs", self.group, len(entries), type(exc).__name__, exc,
                                delay)
@@ -309,28 +396,38 @@ class GroupRunner:
                 delay = min(delay * 2, self.config.backoff_cap_s)
                 continue
             except Exception as exc:  # the batch boundary: a handler bug fails the batch
+                self._healthy = False
                 logger.exception("group %s: handler failed on a batch of %d", self.group,
                                  len(entries))
                 return {e.id: f"{type(exc).__name__}: {exc}" for e in entries}
             metrics.BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
+            self._healthy = True
             return failures
 
-    async def _keepalive(self, ids: list[str]) -> None:
+    async def _keepalive(self) -> None:
+        """Reset the idle time of the entries we hold, so no other consumer claims them
+        while a batch waits for a down database (this burns no delivery count)."""
         while True:
             await anyio.sleep(self.config.keepalive_s)
+            if not self._held:
+                continue
             try:
-                await self.stream.keepalive(ids)
+                await self.stream.keepalive(list(self._held))
             except REDIS_DOWN as exc:
                 logger.debug("keepalive failed: %s", exc)
+            except redis.exceptions.ResponseError as exc:
+                logger.warning("group %s: keepalive refused: %s", self.group, exc)
 
-    async def _drain_guard(self, scope: anyio.CancelScope) -> None:
-        """After a stop request, give the in-flight batch drain_timeout_s, then abandon it
+    async def _drain_guard(self) -> None:
+        """After a stop request, give the work in hand drain_timeout_s, then abandon it
         (it stays pending and is redelivered)."""
         await self._stopping.wait()
         await anyio.sleep(self.config.drain_timeout_s)
-        logger.warning("group %s: batch still running %.0fs after stop; leaving it pending",
-                       self.group, self.config.drain_timeout_s)
-        scope.cancel()
+        self._abandoned = True
+        if self._work is not None:
+            logger.warning("group %s: batch still running %.0fs after stop; leaving it "
+                           "pending", self.group, self.config.drain_timeout_s)
+            self._work.cancel()
 
     async def _release(self) -> None:
         try:

@@ -50,11 +50,13 @@ def _s(value: bytes | str) -> str:
 
 def to_entry(raw: Raw) -> Entry | str:
     """The entry, or why it is malformed (a poison entry)."""
-    missing = [f.decode() for f in ENTRY_FIELDS if f not in raw.fields]
-    if missing:
-        return f"malformed entry: missing field(s) {', '.join(missing)}"
     f = raw.fields
-    return Entry(raw.id, _s(f[b"event_id"]), _s(f[b"user"]), f[b"data"])
+    try:
+        event_id, user, data = f[b"event_id"], f[b"user"], f[b"data"]
+    except KeyError:
+        missing = [name.decode() for name in ENTRY_FIELDS if name not in f]
+        return f"malformed entry: missing field(s) {', '.join(missing)}"
+    return Entry(raw.id, _s(event_id), _s(user), data)
 
 
 def parse_read(reply: Any) -> list[Raw]:
@@ -62,7 +64,8 @@ def parse_read(reply: Any) -> list[Raw]:
     if not reply:
         return []
     _stream, rows = reply[0]
-    return [Raw(_s(i), dict(fields or {})) for i, fields in rows]
+    return [Raw(_s(i), fields if type(fields) is dict else dict(fields or {}))
+            for i, fields in rows]
 
 
 def parse_autoclaim(reply: Sequence[Any]) -> Claimed:
@@ -107,6 +110,11 @@ class GroupStream:
         self.group = group
         self.consumer = consumer
 
+    def _client(self, cursor: str, block_ms: int | None) -> Any:
+        """The blocking reader for a read that blocks; otherwise the client with a socket
+        timeout, so a read that should return at once cannot hang forever."""
+        return self.reader if cursor == ">" and block_ms is not None else self.redis
+
     async def ensure_groups(self) -> None:
         """Create this group and every known group (retention needs all of them) at id 0."""
         for group in dict.fromkeys((*GROUPS, self.group)):
@@ -114,11 +122,26 @@ class GroupStream:
 
     async def read(self, cursor: str, count: int, block_ms: int | None) -> list[Raw]:
         """XREADGROUP: `>` for new entries, or an id for our own pending ones after it."""
-        reply = await self.reader.xreadgroup(
+        reply = await self._client(cursor, block_ms).xreadgroup(
             self.group, self.consumer, {self.stream: cursor}, count=count,
             block=block_ms if cursor == ">" else None,
         )
         return parse_read(reply)
+
+    async def ack_and_read(self, ack: Sequence[str], cursor: str, count: int,
+                           block_ms: int | None) -> tuple[int, list[Raw]]:
+        """XACK `ack`, then `read(cursor, count, block_ms)`, in one round trip.
+
+        Returns (entries acked, entries read). Redis runs the XACK before the read blocks.
+        """
+        if not ack:
+            return 0, await self.read(cursor, count, block_ms)
+        pipe = self._client(cursor, block_ms).pipeline(transaction=False)
+        pipe.xack(self.stream, self.group, *ack)
+        pipe.xreadgroup(self.group, self.consumer, {self.stream: cursor}, count=count,
+                        block=block_ms if cursor == ">" else None)
+        acked, reply = await pipe.execute()
+        return int(acked), parse_read(reply)
 
     async def ack(self, ids: Sequence[str]) -> int:
         if not ids:

@@ -263,6 +263,108 @@ async def test_stop_leaves_an_unfinished_batch_pending(r: Any, keys: Keys) -> No
     assert [(c["name"], c["pending"]) for c in consumers] == [(b"c1", 2)]
 
 
+class Gated(Recorder):
+    """Handles its first batch at once; from the second on, waits for `gate` (or fails
+    transiently while `outage`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.outage = False
+
+    async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
+        if self.attempts >= 1:
+            if self.outage:
+                self.attempts += 1
+                raise ConnectionRefusedError("database down")
+            self.attempts += 1
+            await self.gate.wait()
+            self.attempts -= 1
+        return await super().handle(entries)
+
+
+async def owners(r: Any, keys: Keys) -> list[tuple[str, bytes, int]]:
+    """(event id, consumer, deliveries) of every pending entry, in stream order."""
+    rows = await r.xpending_range(keys.ingest, GROUP, min="-", max="+", count=100)
+    by_id = {i.decode(): f[b"event_id"].decode() for i, f in await r.xrange(keys.ingest)}
+    return [(by_id[x["message_id"].decode()], x["consumer"], x["times_delivered"])
+            for x in rows]
+
+
+@both
+async def test_stop_finishes_the_prefetched_batch_and_reads_nothing_more(
+    r: Any, keys: Keys
+) -> None:
+    await ensure(r, keys)
+    ids = await add(r, keys, "a", "b", "c", "d", "e", "f")
+    rec = Gated()
+    async with anyio.create_task_group() as tg:
+        run = Running(runner(r, keys, rec, "c1", batch_size=2, claim_idle_ms=60_000), tg)
+        # [a b] done; [c d] in the handler; [e f] prefetched meanwhile, held by c1
+        await eventually(lambda: _true(rec.attempts == 2))
+        await eventually(lambda: _is(pending_count(r, keys), 4))
+        assert [o[:2] for o in await owners(r, keys)] == [(e, b"c1") for e in "cdef"]
+        await add(r, keys, "g", "h")
+        run.stopping.set()
+        rec.gate.set()
+        await run.stop()
+    assert rec.batches == [["a", "b"], ["c", "d"], ["e", "f"]]  # each once, in order
+    assert await pending_count(r, keys) == 0  # the last acks were flushed at stop
+    [group] = [g for g in await r.xinfo_groups(keys.ingest) if g["name"] == b"persist"]
+    assert group["last-delivered-id"].decode() == ids[-1]  # g, h: never read after stop
+    assert await r.xinfo_consumers(keys.ingest, GROUP) == []
+
+
+@both
+async def test_abandoned_and_prefetched_batches_stay_pending_for_the_restart(
+    r: Any, keys: Keys
+) -> None:
+    await ensure(r, keys)
+    await add(r, keys, "a", "b", "c", "d", "e", "f")
+    rec = Gated()
+    async with anyio.create_task_group() as tg:
+        run = Running(runner(r, keys, rec, "c1", batch_size=2, claim_idle_ms=60_000,
+                             drain_timeout_s=0.3), tg)
+        await eventually(lambda: _true(rec.attempts == 2))
+        await eventually(lambda: _is(pending_count(r, keys), 4))
+        await run.stop()  # the handler never returns: abandoned after drain_timeout_s
+    assert rec.batches == [["a", "b"]]
+    # nothing acked that was not done, the prefetched batch neither lost nor acked
+    assert await owners(r, keys) == [(e, b"c1", 1) for e in "cdef"]
+    again = Recorder()
+    async with anyio.create_task_group() as tg:
+        run = Running(runner(r, keys, again, "c1", batch_size=2, claim_idle_ms=60_000), tg)
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await run.stop()
+    assert again.batches == [["c", "d"], ["e", "f"]]  # own pending first (id 0), once each
+    assert await r.xinfo_consumers(keys.ingest, GROUP) == []
+
+
+@both
+async def test_a_prefetched_batch_is_kept_alive_while_the_handler_retries(
+    r: Any, keys: Keys
+) -> None:
+    await ensure(r, keys)
+    await add(r, keys, "a", "b", "c", "d", "e", "f")
+    rec = Gated()
+    rec.outage = True  # from the second batch on
+    other = Recorder()
+    async with anyio.create_task_group() as tg:
+        first = Running(runner(r, keys, rec, "c1", batch_size=2, claim_idle_ms=300), tg)
+        await eventually(lambda: _is(pending_count(r, keys), 4))
+        second = Running(runner(r, keys, other, "c2", batch_size=2, claim_idle_ms=300), tg)
+        await eventually(lambda: _true(rec.attempts >= 14))  # well past 300 ms of retries
+        # c1 holds the failing batch and the prefetched one; c2 claimed neither
+        assert await owners(r, keys) == [(e, b"c1", 1) for e in "cdef"]
+        assert other.handled == []
+        rec.outage = False
+        rec.gate.set()
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await first.stop()
+        await second.stop()
+    assert rec.batches == [["a", "b"], ["c", "d"], ["e", "f"]] and other.handled == []
+
+
 @both
 async def test_vanished_pending_entries_are_acked_and_counted(r: Any, keys: Keys) -> None:
     """After a trim/XDEL a pending entry has no payload: on restart (own pending, id 0)
