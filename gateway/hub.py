@@ -53,7 +53,9 @@ class _Sub:
     def __init__(self, channel: bytes) -> None:
         self.channel = channel
         self.listeners: set[Listener] = set()
-        self.confirmed = anyio.Event()
+        # A bare future, not an Event: there is one sub per connected user (an Event costs
+        # ~1 KiB); set once Redis confirms the SUBSCRIBE.
+        self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.resync = False
 
 
@@ -103,9 +105,10 @@ class Hub:
                 if self._pubsub is not None and self.healthy:
                     await self._subscribe([(user, sub)])
             sub.listeners.add(listener)
-        with anyio.move_on_after(JOIN_TIMEOUT_S):
-            await sub.confirmed.wait()
-        return sub.confirmed.is_set()
+        if not sub.confirmed.done():
+            # asyncio.wait: a timeout must not cancel the future other tabs wait on too.
+            await asyncio.wait((sub.confirmed,), timeout=JOIN_TIMEOUT_S)
+        return sub.confirmed.done()
 
     async def leave(self, user: str, listener: Listener) -> None:
         async with self._lock:
@@ -235,7 +238,8 @@ class Hub:
             sub = pending.popleft()
             if not pending:
                 del self._pending[msg["channel"]]
-            sub.confirmed.set()
+            if not sub.confirmed.done():
+                sub.confirmed.set_result(None)
             if sub.resync:
                 sub.resync = False
                 for listener in list(sub.listeners):
