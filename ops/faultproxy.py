@@ -1,8 +1,8 @@
 """A small TCP proxy for fault injection: cut the link to a server and restore it, while
 the server itself keeps running (for other tests, or the other side of `compare`).
 
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
-        dsn = proxy.url_for(database_url)  # clients connect through the proxy
+    async with FaultProxy.for_url(database_url) as proxy:
+        dsn = proxy.url_for(database_url)  # clients connect through the proxy (TCP)
         proxy.cut()       # open connections are reset, new ones are dropped at once
         proxy.restore()   # new connections go through again
 """
@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from types import TracebackType
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +21,14 @@ _CHUNK = 64 * 1024
 
 
 class FaultProxy:
-    """Listens on a free loopback port (or `port`) and forwards to `target_host:target_port`."""
+    """Listens on a free loopback port (or `port`) and forwards to `target_host:target_port`,
+    or to the Unix socket `unix_path` (the embedded PostgreSQL listens on one only)."""
 
     def __init__(self, target_host: str, target_port: int, *, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, unix_path: str | None = None) -> None:
         self.target_host = target_host
         self.target_port = target_port
+        self.unix_path = unix_path
         self.host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -49,12 +51,28 @@ class FaultProxy:
     def open_connections(self) -> int:
         return len(self._links)
 
+    @classmethod
+    def for_url(cls, url: str, **kw: object) -> FaultProxy:
+        """A proxy to the server of `url`, over TCP or, for a PostgreSQL DSN with
+        `?host=/socket/dir`, over that directory's Unix socket."""
+        parts = urlsplit(url)
+        socket_dir = dict(parse_qsl(parts.query)).get("host", "")
+        port = parts.port or (5432 if parts.scheme.startswith("postgres") else 6379)
+        if socket_dir.startswith("/"):
+            return cls("", port, unix_path=f"{socket_dir}/.s.PGSQL.{port}", **kw)  # type: ignore[arg-type]
+        return cls(parts.hostname or "127.0.0.1", port, **kw)  # type: ignore[arg-type]
+
     def url_for(self, url: str) -> str:
-        """`url` (redis://, postgresql://...) with its host:port replaced by the proxy's."""
+        """`url` (redis://, postgresql://...) pointed at the proxy's host:port instead."""
         parts = urlsplit(url)
         userinfo = parts.netloc.rpartition("@")[0]
         netloc = f"{userinfo}@" if userinfo else ""
-        return urlunsplit(parts._replace(netloc=f"{netloc}{self.host}:{self.port}"))
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "host"])
+        return urlunsplit(parts._replace(netloc=f"{netloc}{self.host}:{self.port}", query=query))
+
+    @property
+    def target(self) -> str:
+        return self.unix_path or f"{self.target_host}:{self.target_port}"
 
     async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._accept, self.host, self._port)
@@ -66,13 +84,11 @@ class FaultProxy:
         self._cut = True
         for writer in list(self._writers):
             writer.transport.abort()
-        logger.info("fault proxy :%s -> %s:%s cut", self._port, self.target_host,
-                    self.target_port)
+        logger.info("fault proxy :%s -> %s cut", self._port, self.target)
 
     def restore(self) -> None:
         self._cut = False
-        logger.info("fault proxy :%s -> %s:%s restored", self._port, self.target_host,
-                    self.target_port)
+        logger.info("fault proxy :%s -> %s restored", self._port, self.target)
 
     async def aclose(self) -> None:
         if self._server is not None:
@@ -99,12 +115,14 @@ class FaultProxy:
             return
         self.accepted += 1
         try:
-            up_reader, up_writer = await asyncio.open_connection(
-                self.target_host, self.target_port
-            )
+            if self.unix_path is not None:
+                up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(
+                    self.target_host, self.target_port
+                )
         except OSError as exc:
-            logger.warning("fault proxy: target %s:%s unreachable: %s", self.target_host,
-                           self.target_port, exc)
+            logger.warning("fault proxy: target %s unreachable: %s", self.target, exc)
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))

@@ -95,15 +95,6 @@ def with_params(dsn: str, **params: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def tcp_target(dsn: str) -> tuple[str, int] | None:
-    """Host and port of a TCP DSN; None for a Unix-socket DSN (`?host=/dir`)."""
-    parts = urlsplit(dsn)
-    host = dict(parse_qsl(parts.query)).get("host") or parts.hostname
-    if not host or host.startswith("/"):
-        return None
-    return host, parts.port or 5432
-
-
 class Cluster:
     """Processes for one cell. Use `async with`; everything is killed and dropped on exit."""
 
@@ -182,11 +173,7 @@ class Cluster:
         """Start the processes concurrently; return once every one of them is ready."""
         dsn = self.dsn
         if db_proxy:
-            target = tcp_target(self.dsn)
-            if target is None:
-                raise ClusterError("the database is reached over a Unix socket; the fault "
-                                   "proxy forwards TCP only")
-            self.proxy = await FaultProxy(*target).start()
+            self.proxy = await FaultProxy.for_url(self.dsn).start()
             dsn = self.proxy.url_for(self.dsn)
         env = self._env(dsn)
         for _ in range(gateways):

@@ -21,7 +21,7 @@ import msgspec
 from core import auth
 from core.settings import Settings
 from ops.compare.clients import FeedClient, NotReady
-from ops.compare.cluster import Cluster, ClusterError, monotonic_clock, tcp_target
+from ops.compare.cluster import Cluster, ClusterError, monotonic_clock
 from ops.compare.load import Auth, LoadGenerator
 from ops.compare.measure import CellResult, ClientCount, count_clients, summarize
 from ops.compare.records import ClientLog, Sent
@@ -68,11 +68,6 @@ async def run_cell(base: Settings, scenario: Scenario, mode: str, params: Params
                       duration_s=params.duration, clients=params.clients, rate=params.rate)
     run = CellRun(result=cell, sent=[], logs=[], counts=[])
     assert base.database_url is not None
-    if scenario.db_proxy and tcp_target(base.database_url) is None:
-        cell.skipped = ("the database is reached over a Unix socket (embedded PostgreSQL) and "
-                        "the fault proxy forwards TCP only; set LIVEFEED_DATABASE_URL to a "
-                        "TCP server to run it")
-        return run
     try:
         await _run(run, base, scenario, mode, params, log_dir, progress or _no_progress)
     except* (ClusterError, NotReady, TimeoutError) as group:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from core.embedded import EmbeddedPostgres
 from ops.faultproxy import FaultProxy
 
 
@@ -84,3 +86,23 @@ def test_url_for_keeps_user_path_and_query() -> None:
     assert (proxy.url_for("postgresql://root@127.0.0.1:5432/test?search_path=x")
             == "postgresql://root@127.0.0.1:4242/test?search_path=x")
     assert proxy.url_for("redis://:pw@127.0.0.1:6379/0") == "redis://:pw@127.0.0.1:4242/0"
+
+
+async def test_unix_socket_target_of_the_embedded_postgres(tmp_path: Path) -> None:
+    """`livefeed up`'s PostgreSQL listens on a Unix socket only; the proxy still cuts it."""
+    with EmbeddedPostgres(tmp_path / "pg") as server:
+        async with FaultProxy.for_url(server.url) as proxy:
+            assert proxy.unix_path is not None
+            dsn = proxy.url_for(server.url)
+            assert "host=" not in dsn and f":{proxy.port}/" in dsn
+            conn = await asyncpg.connect(dsn)
+            assert await conn.fetchval("SELECT 1") == 1
+            proxy.cut()
+            with pytest.raises((OSError, asyncpg.PostgresError)):
+                await conn.fetchval("SELECT 1")
+            with pytest.raises((OSError, asyncpg.PostgresError)):
+                await asyncpg.connect(dsn, timeout=2)
+            proxy.restore()
+            conn = await asyncpg.connect(dsn)
+            assert await conn.fetchval("SELECT 2") == 2
+            await conn.close()
