@@ -94,10 +94,15 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
             self.cut()
-            for task in list(self._links):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*self._links, return_exceptions=True)
+            # The cut aborted every link, so their pumps end by themselves; cancelling them
+            # instead makes asyncio's start_server callback log the CancelledError.
+            links = list(self._links)
+            if links:
+                _, stuck = await asyncio.wait(links, timeout=2)
+                for task in stuck:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.gather(*stuck, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
