@@ -112,8 +112,11 @@ def rss_kb(pid: int) -> int:
 
 
 def py_spy() -> str | None:
-    """py-spy if installed (PATH, or PY_SPY=/path/to/py-spy)."""
-    return os.environ.get("PY_SPY") or shutil.which("py-spy")
+    """py-spy if installed (PY_SPY=/path/to/py-spy, beside this Python (the dev
+    dependencies of .venv), or on PATH)."""
+    return (os.environ.get("PY_SPY")
+            or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+            or shutil.which("py-spy"))
 
 
 @contextlib.contextmanager
