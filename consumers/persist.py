@@ -89,8 +89,24 @@ class PersistHandler:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._ready: tuple[list[str], list[tuple[str, Row]], dict[str, str]] | None = None
+
+    def prepare(self, entries: Sequence[Entry]) -> None:
+        """Decode the next batch while the current one is being inserted."""
+        self._ready = ([e.id for e in entries], *self._rows(entries))
 
     async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
+        ready = self._ready
+        if ready is not None and ready[0] == [e.id for e in entries]:
+            self._ready = None
+            rows, failures = ready[1], dict(ready[2])
+        else:
+            rows, failures = self._rows(entries)
+        failures.update(await write_isolating(self.pool, rows))
+        return failures
+
+    @staticmethod
+    def _rows(entries: Sequence[Entry]) -> tuple[list[tuple[str, Row]], dict[str, str]]:
         failures: dict[str, str] = {}
         rows: list[tuple[str, Row]] = []
         for entry in entries:
@@ -103,8 +119,7 @@ class PersistHandler:
                 failures[entry.id] = "event without id"
                 continue
             rows.append((entry.id, to_row(event, entry.id)))
-        failures.update(await write_isolating(self.pool, rows))
-        return failures
+        return rows, failures
 
 
 async def check_table(pool: asyncpg.Pool) -> None:

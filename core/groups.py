@@ -22,7 +22,7 @@ import asyncpg
 import redis.exceptions
 
 from core import metrics, retention
-from core.groupstream import Entry, GroupStream, Raw, to_entry
+from core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch
 from core.keys import Keys
 from core.settings import Settings
 
@@ -56,7 +56,9 @@ class Handler(Protocol):
     async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
         """Do the work of `entries`; return {entry id: error} for poison entries.
 
-        Raise one of TRANSIENT_ERRORS to have the whole batch retried later.
+        Raise one of TRANSIENT_ERRORS to have the whole batch retried later. A handler
+        may also define `prepare(entries) -> None`: CPU work for the next batch, called
+        while the current one is handled; `handle` must work on unprepared entries too.
         """
         ...
 
@@ -122,7 +124,7 @@ class GroupRunner:
         self._stopping = anyio.Event()
         self._held: set[str] = set()  # delivered to us, not yet settled: kept alive
         self._to_ack: list[str] = []  # done; acked with the next read (or flushed)
-        self._next: list[Raw] = []  # prefetched: delivered to us, not yet handled
+        self._next: Batch | None = None  # prefetched: delivered to us, not yet handled
         # Prefetch only while the handler succeeds: a consumer whose database is down
         # holds one batch, not two, and leaves the rest to the other consumers.
         self._healthy = False
@@ -158,21 +160,24 @@ class GroupRunner:
             if not own:
                 break
             cursor = own[-1].id
-            await self._safely(self._process, own, True)
+            await self._safely(self._process, sort_batch(own), True)
         while not stopping.is_set():
             await self._safely(self._maintain)
-            if self._next:
-                batch, self._next = self._next, []
-                batch = await self._linger(batch)
+            if self._next is not None:
+                batch, self._next = self._next, None
+                raws = await self._linger(batch.raws)
+                if len(raws) > len(batch.raws):
+                    batch = sort_batch(raws)
             else:
-                batch = await self._safely(self._collect)
-                if batch is _DOWN or not batch:
+                raws = await self._safely(self._collect)
+                if raws is _DOWN or not raws:
                     continue
+                batch = sort_batch(raws)
             await self._safely(self._process, batch, False)
-        if self._next and not self._abandoned:
+        if self._next is not None and not self._abandoned:
             # Delivered to us before the stop: finish it rather than leave it waiting
             # for a restart or a claim (it is left pending if the drain time runs out).
-            batch, self._next = self._next, []
+            batch, self._next = self._next, None
             await self._safely(self._process, batch, False)
         await self._safely(self._flush_acks)
 
@@ -228,19 +233,27 @@ class GroupRunner:
                 break
             if not more:
                 break
-            entries += more
+            entries = entries + more
         return entries
 
     async def _prefetch(self) -> None:
-        """Read the next batch (acking the previous one) while the handler works."""
+        """Read (acking the previous batch) and prepare the next batch while the handler
+        works on this one."""
         try:
-            self._next = await self._read(">", self.config.batch_size, None)
+            raws = await self._read(">", self.config.batch_size, None)
         except REDIS_DOWN as exc:
             logger.debug("group %s: prefetch failed: %s", self.group, exc)
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             # the main loop's next read recreates the group
+            return
+        if not raws:
+            return
+        self._next = batch = sort_batch(raws)
+        prepare = getattr(self.handler, "prepare", None)
+        if prepare is not None and batch.entries:
+            prepare(batch.entries)
 
     async def _flush_acks(self) -> None:
         ids, self._to_ack = self._to_ack, []
@@ -284,7 +297,7 @@ class GroupRunner:
                 logger.info("group %s: claimed %d stale entries", self.group,
                             len(claimed.entries))
                 self._held.update(r.id for r in claimed.entries)
-                await self._process(claimed.entries, True)
+                await self._process(sort_batch(claimed.entries), True)
             if claimed.cursor in ("0-0", "0") or self._stopping.is_set():
                 return
             start = claimed.cursor
@@ -295,27 +308,20 @@ class GroupRunner:
             logger.warning("group %s: %d pending entries had no payload (trimmed or "
                            "deleted); acked", self.group, len(ids))
 
-    async def _process(self, raws: list[Raw], history: bool) -> None:
+    async def _process(self, batch: Batch, history: bool) -> None:
         try:
-            await self._settle(raws, history)
+            await self._settle(batch, history)
         finally:
-            self._held.difference_update(r.id for r in raws)
+            self._held.difference_update(r.id for r in batch.raws)
 
-    async def _settle(self, raws: list[Raw], history: bool) -> None:
+    async def _settle(self, batch: Batch, history: bool) -> None:
         """Handle one batch and settle every entry: ack, dead-letter, or leave pending."""
-        gone = [r.id for r in raws if not r.fields]
-        if gone:
-            self._to_ack += gone
-            self._count_vanished(gone)
-        by_id = {r.id: r for r in raws if r.fields}
-        failures: dict[str, str] = {}
-        entries: list[Entry] = []
-        for raw in by_id.values():
-            parsed = to_entry(raw)
-            if isinstance(parsed, str):
-                failures[raw.id] = parsed
-            else:
-                entries.append(parsed)
+        if batch.gone:
+            self._to_ack += batch.gone
+            self._count_vanished(batch.gone)
+        by_id = batch.by_id
+        failures = dict(batch.malformed)
+        entries = batch.entries
         deliveries: dict[str, int] = {}
         if history and entries:
             # Delivered more than max_deliveries times and still pending: every attempt

@@ -59,6 +59,34 @@ def to_entry(raw: Raw) -> Entry | str:
     return Entry(raw.id, _s(event_id), _s(user), data)
 
 
+class Batch(NamedTuple):
+    """Entries as read, sorted out: ids without payload, good entries, malformed ones."""
+
+    raws: list[Raw]
+    gone: list[str]
+    by_id: dict[str, Raw]  # every entry with a payload
+    entries: list[Entry]
+    malformed: dict[str, str]  # id -> why
+
+
+def sort_batch(raws: list[Raw]) -> Batch:
+    gone: list[str] = []
+    by_id: dict[str, Raw] = {}
+    entries: list[Entry] = []
+    malformed: dict[str, str] = {}
+    for raw in raws:
+        if not raw.fields:
+            gone.append(raw.id)
+            continue
+        by_id[raw.id] = raw
+        parsed = to_entry(raw)
+        if isinstance(parsed, str):
+            malformed[raw.id] = parsed
+        else:
+            entries.append(parsed)
+    return Batch(raws, gone, by_id, entries, malformed)
+
+
 def parse_read(reply: Any) -> list[Raw]:
     """XREADGROUP on one stream: [[stream, [(id, fields), ...]]] (nil/[] on timeout)."""
     if not reply:

@@ -78,6 +78,31 @@ async def test_a_rejected_row_is_isolated_and_the_rest_written(pool: asyncpg.Poo
     assert await pool.fetchval("SELECT count(*) FROM newsletters") == 12
 
 
+async def test_rows_prepared_ahead_serve_only_the_batch_they_were_prepared_for(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[int] = []
+    rows_of = PersistHandler._rows
+
+    def counting(entries: Sequence[Entry]) -> Any:
+        decoded.append(len(entries))
+        return rows_of(entries)
+
+    monkeypatch.setattr(PersistHandler, "_rows", staticmethod(counting))
+    entries = [Entry(f"1-{i}", str(e.id), e.user_id, encode_event(e))
+               for i, e in enumerate(event(i) for i in range(6))]
+    entries.append(Entry("1-9", "x", "alice", b"{nope"))
+    handler = PersistHandler(pool)
+    handler.prepare(entries[3:])  # the runner's prefetched batch, decoded ahead
+    assert await handler.handle(entries[:3]) == {}  # the current one: decoded now
+    failures = await handler.handle(entries[3:])  # uses what was prepared
+    assert list(failures) == ["1-9"] and failures["1-9"].startswith("undecodable payload")
+    assert decoded == [4, 3]
+    assert await handler.handle(entries[3:6]) == {}  # prepared once only: decoded again
+    assert decoded == [4, 3, 3]
+    assert await pool.fetchval("SELECT count(*) FROM newsletters") == 6
+
+
 class Spy(PersistHandler):
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
