@@ -121,6 +121,44 @@ async def test_a_gone_client_ends_its_session(redis: Any, keys: Keys, hub: Hub) 
     assert await numsub(redis, keys.live("alice")) == 0
 
 
+async def test_stop_is_consumed_but_an_outer_cancel_goes_on(redis: Any, keys: Keys,
+                                                             hub: Hub) -> None:
+    log = make_log(redis, keys)
+    after_stop: list[int | None] = []
+    rec = Recorder()
+    s = Session(user="alice", log=log, hub=hub, transport=rec, last_id=None)
+
+    async def run_then_await_more() -> None:
+        code = await s.run()
+        await anyio.sleep(0.05)  # the task is not left cancelled
+        after_stop.append(code)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_then_await_more)
+        await rec.until(lambda r: r.types() == ["hello"])
+        s.stop(DRAINING)
+    assert after_stop == [DRAINING]
+
+    # A plain task cancel at the same time (as uvicorn cancels a connection's task on
+    # shutdown): cancelled once, by nobody who retries, so it must not be swallowed.
+    reached: list[str] = []
+    rec2 = Recorder()
+    s2 = Session(user="bob", log=log, hub=hub, transport=rec2, last_id=None)
+
+    async def run_and_mark() -> None:
+        await s2.run()
+        await asyncio.sleep(0)
+        reached.append("went on")
+
+    task = asyncio.create_task(run_and_mark())
+    await rec2.until(lambda r: r.types() == ["hello"])
+    s2.stop(DRAINING)
+    task.cancel()
+    await asyncio.wait([task], timeout=20)
+    assert task.cancelled() and reached == []
+    assert hub.local_users() == 0
+
+
 class FreezingProxy:
     """TCP proxy whose `freeze()` silences the connections open at that moment (no bytes
     either way, sockets kept open: a stale link, not a dead one); new ones pass."""
