@@ -334,7 +334,10 @@ class GroupRunner:
             entries = [e for e in entries if e.id not in over]
         if entries:
             metrics.BATCH_SIZE.labels(self.group).observe(len(entries))
-            prefetch = self._healthy and not history and not self._stopping.is_set()
+            # A full batch says more is waiting: read it meanwhile. After a partial one the
+            # next read would mostly come back empty: one Redis command and task for nothing.
+            prefetch = (self._healthy and not history and not self._stopping.is_set()
+                        and len(batch.raws) >= self.config.batch_size)
             result = await self._handle(entries, prefetch)
             if result is None:
                 return  # stopping: leave the batch pending, ack nothing undone
