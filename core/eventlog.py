@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
+from redis.exceptions import NoScriptError
+
 from core.keys import Keys
 
 # KEYS: ingest stream, then one seen-marker per event.
@@ -124,15 +126,21 @@ class EventLog:
         """
         if not events:
             return []
+        # EVALSHA directly: a Script in a pipeline costs a SCRIPT EXISTS round trip first.
+        # Without the script (restart, SCRIPT FLUSH) no command ran; rerun all (idempotent).
+        try:
+            replies = await self._fan_out_pipeline(events)
+        except NoScriptError:
+            await self.redis.script_load(_FAN_OUT)
+            replies = await self._fan_out_pipeline(events)
+        return [Fanned(_s(fid), bool(new)) for fid, new in replies]
+
+    async def _fan_out_pipeline(self, events: Sequence[tuple[str, str, bytes]]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for eid, user, data in events:
-            await self._fan_out(
-                keys=[self.keys.feed(user), self.keys.fanned(user, eid)],
-                args=[self.feed_maxlen, self.dedupe_ttl_s, data, self.keys.live(user)],
-                client=pipe,
-            )
-        replies = await pipe.execute()
-        return [Fanned(_s(fid), bool(new)) for fid, new in replies]
+            pipe.evalsha(self._fan_out.sha, 2, self.keys.feed(user), self.keys.fanned(user, eid),
+                         self.feed_maxlen, self.dedupe_ttl_s, data, self.keys.live(user))
+        return list(await pipe.execute())
 
     async def last_feed_id(self, user: str) -> str | None:
         """The newest feed id of `user`, or None for an empty or missing feed."""

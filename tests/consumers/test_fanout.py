@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from consumers.fanout import FanoutHandler
+from core import redis_client
+from core.embedded import EmbeddedRedis
 from core.eventlog import EventLog
 from core.groups import GroupRunner, RunnerConfig
 from core.groupstream import Entry, ensure_group
@@ -99,3 +102,23 @@ async def test_poison_entries_are_isolated(redis: Any, keys: Keys) -> None:
     errors = {f[b"event_id"]: f[b"error"] for _, f in await redis.xrange(keys.dead)}
     assert errors[b"x"].startswith(b"undecodable payload")
     assert b"WRONGTYPE" in errors[str(wrong.id).encode()]
+
+
+async def test_fan_out_loads_its_script_when_the_server_lacks_it(tmp_path: Path) -> None:
+    """fan_out sends EVALSHA without a SCRIPT EXISTS round trip first; a server without the
+    script (fresh, restarted or flushed: here an embedded one) gets it loaded."""
+    with EmbeddedRedis(tmp_path, persist=False) as server:
+        client = redis_client.connect(server.url)
+        try:
+            log = make_log(client, Keys("nos"))
+            [first] = await log.fan_out([("e1", "alice", b'{"n":1}')])
+            await client.script_flush()
+            again = await log.fan_out([("e1", "alice", b'{"n":1}'), ("e2", "alice", b"{}")])
+            assert first.new and again[0] == (first.feed_id, False) and again[1].new
+            assert await client.xlen(Keys("nos").feed("alice")) == 2
+            stats = await client.info("commandstats")  # 6.2: `script`; 7: `script|load`...
+            scripting = sum(v["calls"] for k, v in stats.items()
+                            if k.startswith("cmdstat_script"))
+            assert scripting == 3  # LOAD, our FLUSH, LOAD: no SCRIPT EXISTS per batch
+        finally:
+            await client.aclose()
