@@ -179,8 +179,8 @@ class Session:
     # -- the session's own task -----------------------------------------------------------
 
     async def run(self) -> int | None:
-        """Deliver until stopped or cancelled; returns the code given to `stop` (SLOW_CLOSE
-        if the client could not keep up), None if cancelled from outside."""
+        """Deliver until stopped; returns the code given to `stop` (SLOW_CLOSE if the client
+        could not keep up). A cancellation from outside propagates as usual."""
         task = self._task = asyncio.current_task()
         assert task is not None
         try:
