@@ -241,13 +241,13 @@ class GroupRunner:
         works on this one."""
         try:
             raws = await self._read(">", self.config.batch_size, None)
-        except REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:  # the main loop's next read waits for Redis
             logger.debug("group %s: prefetch failed: %s", self.group, exc)
+            return
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            # the main loop's next read recreates the group
-            return
+            return  # the main loop's next read recreates the group
         if not raws:
             return
         self._next = batch = sort_batch(raws)
@@ -262,7 +262,9 @@ class GroupRunner:
         try:
             acked = await self.stream.ack(ids)
         except REDIS_DOWN as exc:
-            # Left pending: redelivered later, and the handlers are idempotent.
+            # Tried again with the next read; if that never comes, the entries stay pending
+            # and are redelivered (the handlers are idempotent).
+            self._to_ack = ids + self._to_ack
             logger.warning("group %s: ack of %d entries failed (%s)", self.group, len(ids), exc)
             return
         metrics.ENTRIES_ACKED.labels(self.group).inc(acked)

@@ -366,6 +366,36 @@ async def test_a_prefetched_batch_is_kept_alive_while_the_handler_retries(
 
 
 @both
+async def test_reads_that_fail_lose_no_entry_and_no_ack(
+    r: Any, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis drops the connection on every third read (a prefetch, or a read carrying
+    acks): every entry is still handled once and acked in the end."""
+    await ensure(r, keys)
+    await add(r, keys, *[f"e{i}" for i in range(40)])
+    rec = Recorder()
+    run_ = runner(r, keys, rec, "c1", batch_size=4, claim_idle_ms=60_000)
+    real = run_.stream.ack_and_read
+    calls = 0
+
+    async def flaky(ack: Sequence[str], *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls % 3 == 0:
+            raise ConnectionError("connection reset by peer")
+        return await real(ack, *args)
+
+    monkeypatch.setattr(run_.stream, "ack_and_read", flaky)
+    async with anyio.create_task_group() as tg:
+        run = Running(run_, tg)
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await eventually(lambda: _true(len(rec.handled) == 40))
+        await run.stop()
+    assert sorted(rec.handled) == sorted(f"e{i}" for i in range(40))
+    assert len(set(rec.handled)) == 40 and calls > 10
+
+
+@both
 async def test_vanished_pending_entries_are_acked_and_counted(r: Any, keys: Keys) -> None:
     """After a trim/XDEL a pending entry has no payload: on restart (own pending, id 0)
     and when claimed (Redis 7 reports deleted ids; 6.2 returns nil entries)."""
