@@ -3,7 +3,8 @@
 Invariants: an entry is acked only after its handler succeeded (or it was dead-lettered
 in the same MULTI); a transient failure (database or Redis unreachable) is retried in
 process without re-reading, so it burns no delivery count; a restarted consumer reads its
-own pending entries before new ones.
+own pending entries before new ones. A prefetched batch is an ordinary pending entry of
+ours until handled: kept alive, never acked unhandled, re-read by id 0 after a crash.
 """
 
 from __future__ import annotations
