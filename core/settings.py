@@ -97,6 +97,16 @@ def field_names() -> tuple[str, ...]:
     return Settings.__struct_fields__
 
 
+def to_env(settings: Settings) -> dict[str, str]:
+    """The `LIVEFEED_*` variables that reproduce `settings` (in a child process)."""
+    env: dict[str, str] = {}
+    for name in field_names():
+        value = getattr(settings, name)
+        if value is not None:
+            env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
 def _hide_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -18,21 +17,12 @@ import sys
 
 import anyio
 
-from core.settings import Settings, env_name
+from core.settings import Settings
+from ops.procs import child_env
 
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The `LIVEFEED_*` environment that gives a child exactly these settings."""
-    env: dict[str, str] = {}
-    for name in settings.__struct_fields__:
-        value = getattr(settings, name)
-        if value is not None:
-            env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -49,8 +39,7 @@ class Workers:
     def __init__(self, count: int, sock: socket.socket, settings: Settings) -> None:
         self.count = count
         self.sock = sock
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")},
-                    **settings_env(settings)}
+        self.env = child_env(settings)
         self.drain_timeout_s = settings.drain_timeout_s
         self.children: list[subprocess.Popen[bytes]] = []
         self.stopping = False

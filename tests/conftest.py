@@ -15,6 +15,9 @@ from core.keys import Keys
 from core.settings import Settings
 from tests import servers
 
+# The live-delivery fixtures (hub, gateways) for tests/gateway and tests/e2e.
+pytest_plugins = ("tests.gateway.livehelp",)
+
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
@@ -101,15 +104,3 @@ def settings_factory(
         return msgspec.structs.replace(base, **overrides)
 
     return make
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The `LIVEFEED_*` environment that reproduces `settings` in a child process."""
-    from core.settings import env_name
-
-    env: dict[str, str] = {}
-    for name in settings.__struct_fields__:
-        value = getattr(settings, name)
-        if value is not None:
-            env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env

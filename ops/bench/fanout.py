@@ -23,6 +23,7 @@ from core.settings import Settings
 from ops.bench import loadgen, procs
 from ops.bench.clients import Spec
 from ops.bench.runner import BenchResult, Context, Goal, row
+from ops.procs import Child, child_env
 from schemas.frames import event_frame
 
 CLIENT_PROCS = 2
@@ -32,21 +33,21 @@ PAYLOAD = (b'{"user_id":"u","subject":"Weekly digest","sender":"news@example.com
 
 
 @contextlib.contextmanager
-def plain_server(ctx: Context, impl: str, s: Settings) -> Iterator[tuple[procs.Child, int]]:
+def plain_server(ctx: Context, impl: str, s: Settings) -> Iterator[tuple[Child, int]]:
     port = free_port()
     assert s.redis_url
-    child = procs.Child(
+    child = Child(
         [sys.executable, "-m", "ops.bench.plainws", "--port", str(port), "--ws", impl,
          "--redis", s.redis_url, "--prefix", s.prefix],
-        procs.settings_env(s), ctx.workdir / f"plainws-{impl}-{port}.log")
+        child_env(s), ctx.workdir / f"plainws-{impl}-{port}.log").start()
     try:
         procs.wait_http(f"http://127.0.0.1:{port}/healthz", child)
         yield child, port
     finally:
-        child.stop()
+        child.terminate()
 
 
-async def _measure(ctx: Context, name: str, child: procs.Child, port: int, s: Settings,
+async def _measure(ctx: Context, name: str, child: Child, port: int, s: Settings,
                    users: list[str], rounds: int) -> tuple[float, float, dict[str, int]]:
     """(KiB per idle connection, frames/s, close codes) against one server process."""
     assert s.secret and s.redis_url

@@ -15,61 +15,20 @@ from pathlib import Path
 import httpx
 
 from core.embedded import free_port
-from core.settings import Settings, env_name
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
-    for name in settings.__struct_fields__:
-        value = getattr(settings, name)
-        if value is not None:
-            env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
-
-
-class Child:
-    """One child process with its output in a log file under the run's work dir."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        with open(log, "wb") as out:
-            self.popen = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-    def tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")[-3000:]
-        return ""
+from core.settings import Settings
+from ops.procs import Child, child_env, livefeed_argv
 
 
 def livefeed(args: list[str], settings: Settings, log: Path,
              extra_env: dict[str, str] | None = None) -> Child:
-    env = {**settings_env(settings), **(extra_env or {})}
-    return Child([sys.executable, "-m", "ops.cli", *args], env, log)
+    return Child(livefeed_argv(args), child_env(settings, extra_env), log).start()
 
 
 def wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive():
-            raise RuntimeError(f"{child.log.name} exited at start:\n{child.tail()}")
+            raise RuntimeError(f"{child.log_path.name} exited at start:\n{child.tail()}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code < 500:
                 return
@@ -88,7 +47,7 @@ def gateway(settings: Settings, workdir: Path, name: str = "gateway",
         wait_http(f"http://127.0.0.1:{port}/healthz", child)
         yield child, port
     finally:
-        child.stop()
+        child.terminate()
 
 
 @contextlib.contextmanager
@@ -100,7 +59,7 @@ def consumer(settings: Settings, workdir: Path, group: str) -> Iterator[Child]:
             raise RuntimeError(f"livefeed consumer {group} exited at start:\n{child.tail()}")
         yield child
     finally:
-        child.stop()
+        child.terminate()
 
 
 def rss_kb(pid: int) -> int:

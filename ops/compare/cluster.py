@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +23,7 @@ from core.embedded import free_port
 from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from core.settings import Settings, env_name
 from ops.faultproxy import FaultProxy
+from ops.procs import Child, child_env, livefeed_argv
 
 logger = logging.getLogger(__name__)
 
@@ -36,50 +33,6 @@ CONSUMER_GROUPS = (PERSIST_GROUP, FANOUT_GROUP)
 
 class ClusterError(RuntimeError):
     """A process did not come up; the message carries the tail of its log."""
-
-
-class Process:
-    """One `livefeed ...` child process with its output in a log file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.args = args
-        self.env = env
-        self.log_path = log_dir / f"{name}.log"
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> Process:
-        self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- start {self.starts}: livefeed {' '.join(self.args)}\n".encode())
-            log.flush()
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "ops.cli", *self.args], env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no drain, no ack, no goodbye."""
-        if self.popen is not None and self.alive():
-            self.popen.send_signal(signal.SIGKILL)
-        if self.popen is not None:
-            self.popen.wait()
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except FileNotFoundError:
-            return ""
 
 
 def namespace() -> tuple[str, str]:
@@ -112,17 +65,13 @@ class Cluster:
         self.dsn = with_params(base.database_url, search_path=self.schema)
         self.extra_env = env or {}
         self.proxy: FaultProxy | None = None
-        self.gateways: list[Process] = []
+        self.gateways: list[Child] = []
         self.gateway_urls: list[str] = []
-        self.consumers: list[Process] = []
+        self.consumers: list[Child] = []
         self.redis: Any = redis_client.connect(base.redis_url, cluster=base.redis_cluster)
 
     def _env(self, dsn: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
-        for name in self.base.__struct_fields__:
-            value = getattr(self.base, name)
-            if value is not None:
-                env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+        env = child_env(self.base)
         env.update({
             env_name("database_url"): dsn,
             env_name("delivery"): self.mode,
@@ -178,14 +127,14 @@ class Cluster:
         env = self._env(dsn)
         for _ in range(gateways):
             port = free_port()
-            self.gateways.append(Process(f"gateway-{port}", ["gateway", "--port", str(port)],
-                                         env, self.log_dir).start())
+            self.gateways.append(Child(livefeed_argv(["gateway", "--port", str(port)]), env,
+                                       self.log_dir / f"gateway-{port}.log").start())
             self.gateway_urls.append(f"http://127.0.0.1:{port}")
         if consumers:
             for group in CONSUMER_GROUPS:
-                self.consumers.append(Process(
-                    group, ["consumer", group, "--name", f"compare-{group}"], env,
-                    self.log_dir).start())
+                self.consumers.append(Child(
+                    livefeed_argv(["consumer", group, "--name", f"compare-{group}"]), env,
+                    self.log_dir / f"{group}.log").start())
         with anyio.fail_after(START_TIMEOUT_S):
             async with anyio.create_task_group() as tg:
                 for proc, url in zip(self.gateways, self.gateway_urls, strict=True):
@@ -193,7 +142,7 @@ class Cluster:
                 for proc in self.consumers:
                     tg.start_soon(self._wait_consumer, proc, proc.name)
 
-    async def _wait_http(self, proc: Process, url: str) -> None:
+    async def _wait_http(self, proc: Child, url: str) -> None:
         async with httpx.AsyncClient(timeout=2) as client:
             while True:
                 self._check_alive(proc)
@@ -202,7 +151,7 @@ class Cluster:
                         return
                 await anyio.sleep(0.1)
 
-    async def _wait_consumer(self, proc: Process, group: str, since: float | None = None) -> None:
+    async def _wait_consumer(self, proc: Child, group: str, since: float | None = None) -> None:
         """Ready once Redis lists the consumer in its group, having read after `since`."""
         name = f"compare-{group}"
         while True:
@@ -216,7 +165,7 @@ class Cluster:
                         return
             await anyio.sleep(0.05)
 
-    def _check_alive(self, proc: Process) -> None:
+    def _check_alive(self, proc: Child) -> None:
         if not proc.alive():
             raise ClusterError(f"{proc.name} exited at start:\n{proc.tail()}")
 

@@ -4,8 +4,6 @@ every event shown exactly once after the reconnect (replayed ones marked as such
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +11,6 @@ import pytest
 from core.embedded import free_port
 from core.eventlog import EventLog
 from core.keys import Keys
-from core.settings import Settings
 from tests.gateway.livehelp import Gateways, publish, token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
@@ -22,12 +19,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Gateways]:
-    with Gateways(settings_factory, tmp_path / "logs") as g:
-        yield g
 
 
 async def shown(page: Any) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,6 @@ from tests.gateway.test_ws import closed_code
 from tests.procs import Proc, wait_http
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-@pytest.fixture
-def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Gateways]:
-    with Gateways(settings_factory, tmp_path / "logs") as g:
-        yield g
 
 
 async def test_client_switches_gateways_mid_stream_without_gap_or_duplicate(

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from core import auth
 from core.eventlog import EventLog
+from core.keys import Keys
 from core.settings import Settings
+from gateway.hub import Hub
 from schemas.event import Event, encode_event
 from tests.procs import Proc, start_gateway
 
@@ -107,3 +110,28 @@ class Gateways:
     def __exit__(self, *exc: object) -> None:
         for p in self.procs:
             p.kill()
+
+
+def make_log(redis: Any, keys: Keys, maxlen: int = 10_000) -> EventLog:
+    return EventLog(redis, keys, feed_maxlen=maxlen, dedupe_ttl_s=600)
+
+
+# Fixtures shared by tests/gateway and tests/e2e (registered in tests/conftest.py).
+
+@pytest.fixture
+async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
+    """A running pub/sub hub of this test's prefix (pinging its link every second)."""
+    h = Hub(redis_url, keys, ping_interval_s=1.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.run)
+        with anyio.fail_after(10):
+            await h.connected_once.wait()
+        yield h
+        tg.cancel_scope.cancel()
+    await h.aclose()
+
+
+@pytest.fixture
+def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Gateways]:
+    with Gateways(settings_factory, tmp_path / "logs") as g:
+        yield g

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -29,18 +28,6 @@ class Counting:
 
     def on_resync(self) -> None:
         self.resyncs += 1
-
-
-@pytest.fixture
-async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
-    h = Hub(redis_url, keys, ping_interval_s=1.0)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(h.run)
-        with anyio.fail_after(10):
-            await h.connected_once.wait()
-        yield h
-        tg.cancel_scope.cancel()
-    await h.aclose()
 
 
 async def numsub(redis: Any, channel: str) -> int:

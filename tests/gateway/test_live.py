@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -14,7 +14,7 @@ from core.keys import Keys
 from gateway.hub import Hub
 from gateway.live import SLOW_CLOSE, FrameType, Session, frame_id
 from schemas.frames import event_frame
-from tests.gateway.livehelp import assert_exact, publish
+from tests.gateway.livehelp import assert_exact, make_log, publish
 
 # Marked here too: anyio's plugin otherwise drops the parameters of parametrized async tests.
 pytestmark = pytest.mark.anyio
@@ -42,22 +42,6 @@ class Recorder:
         with anyio.fail_after(timeout):
             while not done(self):
                 await anyio.sleep(0.01)
-
-
-@pytest.fixture
-async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
-    h = Hub(redis_url, keys)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(h.run)
-        with anyio.fail_after(10):
-            await h.connected_once.wait()
-        yield h
-        tg.cancel_scope.cancel()
-    await h.aclose()
-
-
-def make_log(redis: Any, keys: Keys, maxlen: int = 10_000) -> EventLog:
-    return EventLog(redis, keys, feed_maxlen=maxlen, dedupe_ttl_s=600)
 
 
 def session(log: EventLog, hub: Hub, rec: Recorder, last_id: str | None, **kw: Any) -> Session:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,37 +16,21 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from core import metrics
-from core.eventlog import EventLog
 from core.keys import Keys
-from core.settings import Settings
 from gateway.hub import Hub
 from gateway.live import DRAINING, Session, Sessions, run_with
-from tests.gateway.livehelp import Gateways, WsClient, assert_exact, publish, token, ws_url
+from tests.gateway.livehelp import (
+    Gateways,
+    WsClient,
+    assert_exact,
+    make_log,
+    publish,
+    token,
+    ws_url,
+)
 from tests.gateway.test_live import Recorder
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
-    h = Hub(redis_url, keys)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(h.run)
-        with anyio.fail_after(10):
-            await h.connected_once.wait()
-        yield h
-        tg.cancel_scope.cancel()
-    await h.aclose()
-
-
-@pytest.fixture
-def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Gateways]:
-    with Gateways(settings_factory, tmp_path / "logs") as g:
-        yield g
-
-
-def make_log(redis: Any, keys: Keys) -> EventLog:
-    return EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
 
 
 async def numsub(redis: Any, channel: str) -> int:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -12,22 +11,10 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from core.eventlog import EventLog
 from core.keys import Keys
-from core.settings import Settings
-from tests.gateway.livehelp import Gateways, assert_exact, publish, token
+from tests.gateway.livehelp import Gateways, assert_exact, make_log, publish, token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-@pytest.fixture
-def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Gateways]:
-    with Gateways(settings_factory, tmp_path / "logs") as g:
-        yield g
-
-
-def make_log(redis: Any, keys: Keys) -> EventLog:
-    return EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
 
 
 class SseReader:

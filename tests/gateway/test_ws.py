@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -11,29 +9,18 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from core import auth
-from core.eventlog import EventLog
 from core.keys import Keys
-from core.settings import Settings
 from tests.gateway.livehelp import (
     Gateways,
     WsClient,
     assert_exact,
+    make_log,
     publish,
     token,
     ws_url,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-@pytest.fixture
-def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Gateways]:
-    with Gateways(settings_factory, tmp_path / "logs") as g:
-        yield g
-
-
-def make_log(redis: Any, keys: Keys) -> EventLog:
-    return EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
 
 
 async def closed_code(client: WsClient, timeout: float = 30) -> int | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from core.settings import Settings, to_env
 from ops.compare.measure import (
     consistent_after,
     count_client,
@@ -22,7 +22,6 @@ from ops.compare.measure import (
 from ops.compare.records import Away, ClientLog, Received, Sent
 from ops.compare.run import CellRun, Params, run_cell
 from ops.compare.scenarios import SCENARIOS
-from tests.conftest import settings_env
 
 # Module-level, so the parametrized coroutine tests get the marker before parametrization.
 pytestmark = pytest.mark.anyio
@@ -213,7 +212,7 @@ async def test_pubsub_reconnect_loses_exactly_what_was_published_while_away(
 @pytest.mark.slow
 def test_cli_json_and_html_report(base: Settings, tmp_path: Path) -> None:
     report = tmp_path / "report.html"
-    env = {k: v for k, v in settings_env(base).items()}
+    env = {k: v for k, v in to_env(base).items()}
     proc = subprocess.run(
         [sys.executable, "-m", "ops.cli", "compare", "--scenario", "steady", "--mode",
          "pubsub", "--duration", "1.5", "--clients", "2", "--rate", "100", "--auth", "hmac",
