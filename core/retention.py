@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from core.eventlog import parse_stream_id
 from core.groupstream import ensure_group
 from core.keys import GROUPS, Keys
 
@@ -19,11 +20,6 @@ logger = logging.getLogger(__name__)
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def safe_minid(redis: Any, keys: Keys, groups: Sequence[str] = GROUPS) -> str | None:
@@ -39,7 +35,8 @@ async def safe_minid(redis: Any, keys: Keys, groups: Sequence[str] = GROUPS) -> 
         else:
             # Everything up to last-delivered is acked; the next unread entry is above it.
             needed = _s(info[group]["last-delivered-id"])
-        parsed = _id(needed)
+        parsed = parse_stream_id(needed)
+        assert parsed is not None, needed
         if lowest is None or parsed < lowest:
             lowest = parsed
     if lowest is None:
