@@ -241,6 +241,7 @@ class Session:
         # pub/sub loss replays from here; SSE clients get it as their Last-Event-ID).
         last = await self.log.last_feed_id(self.user)
         self._move_cursor(last)
+        hello = frames.encode_frame(frames.Hello(user=self.user, mode=self.mode, last_id=last))
         await self._write("hello", last, hello)
         await self._sync(initial=False)
 
@@ -298,7 +299,7 @@ class Session:
         logger.info("reset for %s: %s", self.user, problem)
         last = await self.log.last_feed_id(self.user)
         self._move_cursor(last)
-        frame = frames.encode_frame(frames.Reset(reason=problem))  # type: ignore[arg-type]
+        frame = frames.encode_frame(frames.Reset(reason=problem, last_id=last))  # type: ignore[arg-type]
         await self._write("reset", last, frame)
 
     def _move_cursor(self, fid: str | None) -> None:

@@ -11,9 +11,11 @@ from typing import Literal
 import msgspec
 
 
-class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="type"):
+class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="type", omit_defaults=True):
     user: str
     mode: Literal["streams", "pubsub"]
+    # On a connection without last_id: the feed's current end, where a reconnect resumes.
+    last_id: str | None = None
 
 
 class EventFrame(msgspec.Struct, frozen=True, tag="event", tag_field="type"):
@@ -26,8 +28,10 @@ class Recovered(msgspec.Struct, frozen=True, tag="recovered", tag_field="type"):
     last_id: str | None
 
 
-class Reset(msgspec.Struct, frozen=True, tag="reset", tag_field="type"):
-    reason: Literal["trimmed", "unknown_id", "stream_lost", "resync_failed"]
+class Reset(msgspec.Struct, frozen=True, tag="reset", tag_field="type", omit_defaults=True):
+    reason: Literal["trimmed", "unknown_id", "stream_lost"]
+    # Where live delivery continues from (None: the feed is empty); the next last_id.
+    last_id: str | None = None
 
 
 Frame = Hello | EventFrame | Recovered | Reset

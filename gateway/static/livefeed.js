@@ -149,6 +149,8 @@
         case "hello":
           this.attempt = 0;
           this.replaying = Boolean(this.lastId) && f.mode === "streams";
+          // A fresh connection is told where the feed ends: resume from there next time.
+          if (!this.lastId && f.last_id) this.saveLast(f.last_id);
           this.status(this.replaying ? "replaying" : "live");
           break;
         case "event":
@@ -165,7 +167,7 @@
         case "reset":
           // The gap cannot be replayed: reload the persisted history, continue live.
           this.replaying = false;
-          this.saveLast(null);
+          this.saveLast(f.last_id || null); // where the server carries on from
           if (this.opts.onReset) this.opts.onReset(f.reason);
           this.loadHistory();
           this.status("live", "reset: " + f.reason);

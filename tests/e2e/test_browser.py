@@ -74,3 +74,36 @@ async def test_demo_page_survives_a_gateway_restart_without_gap_or_duplicate(
     assert len(ids) == len(set(ids)) == 18
     assert feed_ids == list(reversed(live + missed + after))  # newest on top, in order
     assert sorted(replayed) == sorted(missed)
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_a_page_that_saw_no_event_yet_still_resumes_from_the_feed_end(
+    gateways: Gateways, redis: Any, keys: Keys, transport: str
+) -> None:
+    """`hello` tells a fresh connection where the feed ends: events published while such a
+    page is disconnected are replayed, though the page never received an event (they are
+    only in the feed stream here, not in the PostgreSQL history)."""
+    from playwright.async_api import async_playwright
+
+    port = free_port()
+    proc, url = gateways.start(port=port)
+    log = EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
+    await publish(log, "erin", 3)  # older events, before the page opens
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                           args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{url}/?token={token('erin')}&transport={transport}")
+            await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
+            proc.kill()
+            await page.wait_for_selector("#status[data-status='offline']", timeout=30_000)
+            missed = await publish(log, "erin", 4, start=3)
+            gateways.start(port=port)
+            await wait_shown(page, 4)
+            await page.wait_for_timeout(500)
+            feed_ids = await page.eval_on_selector_all(
+                "#feed li", "els => els.map(e => e.dataset.feedId)")
+        finally:
+            await browser.close()
+    assert feed_ids == list(reversed(missed))

@@ -91,6 +91,9 @@ async def test_without_last_id_starts_live_at_the_end(redis: Any, keys: Keys, hu
         tg.start_soon(s.run)
         await rec.until(lambda r: r.types() == ["hello"])
         assert rec.frames[0][1] == old[-1]  # the SSE id: where a reconnect resumes from
+        # ... and the WebSocket client's, in the frame itself
+        assert rec.frames[0][2] == {"type": "hello", "user": "alice", "mode": "streams",
+                                    "last_id": old[-1]}
         new = await publish(log, "alice", 7, start=5)
         await rec.until(lambda r: len(r.events()) >= 7)
         tg.cancel_scope.cancel()
@@ -120,7 +123,10 @@ async def test_unreplayable_history_resets_then_goes_live(redis: Any, keys: Keys
         await rec.until(lambda r: len(r.events()) >= 3)
         tg.cancel_scope.cancel()
     assert rec.types()[:2] == ["hello", "reset"]
-    assert rec.frames[1][2] == {"type": "reset", "reason": reason}
+    end = None if case == "stream_lost" else ids[-1]
+    assert rec.frames[1][2] == (
+        {"type": "reset", "reason": reason, "last_id": end} if end
+        else {"type": "reset", "reason": reason})
     assert "recovered" not in rec.types()
     assert_exact(rec.events(), live)
 
