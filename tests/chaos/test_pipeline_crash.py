@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
@@ -124,9 +123,7 @@ async def test_two_consumers_split_the_work_and_the_survivor_claims_the_dead_one
     settings_factory: Callable[..., Settings], redis: Any, keys: Keys, pool: asyncpg.Pool,
     database_url: str, tmp_path: Path,
 ) -> None:
-    target = urlsplit(database_url)
-    assert target.hostname and target.port
-    async with FaultProxy(target.hostname, target.port) as proxy:
+    async with FaultProxy.for_url(database_url) as proxy:
         # Consumers reach PostgreSQL through the proxy: cut, each holds one batch pending.
         settings = settings_factory(database_url=proxy.url_for(database_url), batch_size=100,
                                     flush_ms=50, claim_idle_ms=1000)

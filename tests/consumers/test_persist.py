@@ -6,7 +6,6 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
@@ -169,9 +168,7 @@ async def test_poison_entries_end_in_dead_letters_and_their_batch_is_written(
 async def test_database_outage_keeps_entries_pending_then_drains(
     redis: Any, keys: Keys, pool: asyncpg.Pool, database_url: str
 ) -> None:
-    target = urlsplit(database_url)
-    assert target.hostname and target.port, "the fault proxy needs PostgreSQL over TCP"
-    async with FaultProxy(target.hostname, target.port) as proxy:
+    async with FaultProxy.for_url(database_url) as proxy:
         through = await db.create_pool(proxy.url_for(database_url), min_size=0, max_size=2)
         try:
             proxy.cut()

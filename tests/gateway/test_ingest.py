@@ -7,7 +7,6 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -158,9 +157,7 @@ async def test_unavailable_backend_answers_503_and_a_retry_is_safe(
     pool: Any
 ) -> None:
     url = redis_url if mode == "streams" else database_url
-    target = urlsplit(url)
-    assert target.hostname and target.port
-    async with FaultProxy(target.hostname, target.port) as proxy:
+    async with FaultProxy.for_url(url) as proxy:
         over = ({"redis_url": proxy.url_for(redis_url)} if mode == "streams"
                 else {"database_url": proxy.url_for(database_url)})
         client = await gateway(mode, **over)

@@ -60,12 +60,7 @@ async def test_forwards_cuts_and_restores(echo: int) -> None:
 
 
 async def test_postgres_through_the_proxy(postgres_url: str) -> None:
-    from urllib.parse import urlsplit
-
-    target = urlsplit(postgres_url)
-    if target.hostname is None or target.port is None:
-        pytest.skip("the test PostgreSQL is reached over a Unix socket, not TCP")
-    async with FaultProxy(target.hostname, target.port) as proxy:
+    async with FaultProxy.for_url(postgres_url) as proxy:
         dsn = proxy.url_for(postgres_url)
         assert f":{proxy.port}/" in dsn
         conn = await asyncpg.connect(dsn)
