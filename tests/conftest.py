@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -11,6 +12,7 @@ import msgspec
 import pytest
 
 from core import db, redis_client
+from core.embedded import EmbeddedRedis
 from core.keys import Keys
 from core.settings import Settings
 from tests import servers
@@ -29,6 +31,14 @@ def anyio_backend() -> str:
 def redis_url() -> Iterator[str]:
     with servers.redis_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis62_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded Redis 6.2 (the embedded default's version: no XAUTOCLAIM deleted ids,
+    no `lag` in XINFO GROUPS), for tests run against both reply shapes."""
+    with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis62")), persist=False) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

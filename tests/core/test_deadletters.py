@@ -12,9 +12,9 @@ from core.eventlog import EventLog
 from core.keys import PERSIST_GROUP, Keys
 from schemas.admin import DeadLetter
 from schemas.event import encode_event
-from tests.core.test_inspect import any_redis_url, both, event, r, redis62_url
+from tests.core.test_inspect import any_redis_url, both, event, r
 
-__all__ = ["any_redis_url", "r", "redis62_url"]  # fixtures shared with test_inspect
+__all__ = ["any_redis_url", "r"]  # fixtures shared with test_inspect
 
 
 def log_of(r: Any, keys: Keys) -> EventLog:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -14,17 +13,10 @@ import pytest
 
 from core import inspect as insp
 from core import redis_client
-from core.embedded import EmbeddedRedis
 from core.eventlog import EventLog
 from core.inspect import InspectError, Inspector, format_ms, parse_duration_ms
 from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from schemas.event import Event, encode_event
-
-
-@pytest.fixture(scope="session")
-def redis62_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis62")), persist=False) as server:
-        yield server.url
 
 
 @pytest.fixture
