@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -36,15 +36,16 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def _features() -> list[ModuleType]:
-    return [importlib.import_module(name) for name in FEATURES]
+def _load(names: Sequence[str]) -> list[ModuleType]:
+    return [importlib.import_module(name) for name in names]
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The gateway for `settings`; Redis and PostgreSQL URLs must be resolved already."""
+def create_app(settings: Settings, features: Sequence[str] = FEATURES) -> Starlette:
+    """The gateway for `settings`; Redis and PostgreSQL URLs must be resolved already.
+    `features`: the feature modules to plug in (tests serve a subset)."""
     if settings.redis_url is None or settings.database_url is None:
         raise ValueError("create_app needs resolved redis_url and database_url")
-    features = _features()
+    modules = _load(features)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -65,14 +66,14 @@ def create_app(settings: Settings) -> Starlette:
                 signing_secret=settings.signing_secret(),
             )
             app.state.lf = state
-            for feature in features:
+            for feature in modules:
                 if hasattr(feature, "lifespan"):
                     await stack.enter_async_context(feature.lifespan(state))
             yield {}
             state.draining.set()
 
     routes: list[BaseRoute] = [Route("/healthz", healthz)]
-    for feature in features:
+    for feature in modules:
         if hasattr(feature, "routes"):
             routes += feature.routes()
     return Starlette(routes=routes, lifespan=lifespan)

@@ -20,12 +20,8 @@ from core.settings import Settings
 from gateway import app as app_mod
 from tests.core.test_deadletters import poisoned
 from tests.core.test_inspect import groups, ingest, make_stale
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.gateway.test_admin import MINE
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.browser
 
@@ -33,12 +29,7 @@ pytestmark = pytest.mark.browser
 @contextlib.asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[str]:
     """The gateway app (admin features) under uvicorn in this event loop."""
-    saved = app_mod.FEATURES
-    app_mod.FEATURES = MINE
-    try:
-        app = app_mod.create_app(settings)
-    finally:
-        app_mod.FEATURES = saved
+    app = app_mod.create_app(settings, MINE)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
                                            log_level="warning"))

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import websockets
+from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
 from core import auth
 from core.eventlog import EventLog
 from core.keys import Keys
 from core.settings import Settings
+from gateway.app import FEATURES, create_app
 from gateway.hub import Hub
 from schemas.event import Event, encode_event
 from tests.procs import Proc, start_gateway
@@ -135,3 +139,15 @@ async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
 def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Gateways]:
     with Gateways(settings_factory, tmp_path / "logs") as g:
         yield g
+
+
+@contextlib.asynccontextmanager
+async def app_client(settings: Settings, features: Sequence[str] = FEATURES,
+                     ) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
+    """The gateway app in process with its lifespan running (only `features` plugged in),
+    and an HTTP client for it."""
+    app = create_app(settings, features)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            yield client, app

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import httpx
 import pytest
-from starlette.applications import Starlette
 
 from core import auth, metrics
 from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from core.settings import Settings
-from gateway import app as app_mod
 from tests.core.test_deadletters import poisoned
 from tests.core.test_inspect import groups, ingest, make_stale
+from tests.gateway.livehelp import app_client as _app_client
 
 MINE = ("gateway.admin", "gateway.metrics", "gateway.health")
 
 
-@contextlib.asynccontextmanager
-async def app_client(settings: Settings, features: Sequence[str] = MINE,
-                     ) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
-    """The gateway app in process, its lifespan running, with only `features` plugged in
-    (the admin features do not depend on the others)."""
-    saved = app_mod.FEATURES
-    app_mod.FEATURES = tuple(features)
-    try:
-        app = app_mod.create_app(settings)
-    finally:
-        app_mod.FEATURES = saved
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            yield client, app
+def app_client(settings: Settings, features: Sequence[str] = MINE) -> Any:
+    """The admin features do not depend on the others: serve only them."""
+    return _app_client(settings, features)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,24 +12,9 @@ import httpx
 import pytest
 
 from core.settings import Settings
-from gateway import app as app_mod
-from tests.gateway.livehelp import SECRET, token
+from tests.gateway.livehelp import SECRET, app_client, token
 
 pytestmark = pytest.mark.anyio
-
-
-@contextlib.asynccontextmanager
-async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    saved = app_mod.FEATURES
-    app_mod.FEATURES = ("gateway.history",)
-    try:
-        app = app_mod.create_app(settings)
-    finally:
-        app_mod.FEATURES = saved
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            yield client
 
 
 async def insert(pool: asyncpg.Pool, user: str, n: int, same_time: bool = False) -> list[str]:
@@ -70,7 +54,7 @@ async def test_pages_are_newest_first_without_gaps_or_repeats(
 ) -> None:
     want = await insert(pool, "alice", 23, same_time=same_time)
     await insert(pool, "bob", 5)
-    async with client_for(settings_factory(secret=SECRET)) as client:
+    async with app_client(settings_factory(secret=SECRET), ("gateway.history",)) as (client, _):
         assert await all_pages(client, "alice", 5) == want
         assert await all_pages(client, "alice", 200) == want
         first = (await client.get("/v1/feed", params={"token": token("alice")})).json()
@@ -80,7 +64,7 @@ async def test_pages_are_newest_first_without_gaps_or_repeats(
 
 
 async def test_bad_requests(settings_factory: Callable[..., Settings], pool: Any) -> None:
-    async with client_for(settings_factory(secret=SECRET)) as client:
+    async with app_client(settings_factory(secret=SECRET), ("gateway.history",)) as (client, _):
         assert (await client.get("/v1/feed")).status_code == 401
         assert (await client.get("/v1/feed", params={"token": "x.y.z"})).status_code == 401
         tok = token("alice")

@@ -16,9 +16,9 @@ import pytest
 from core import auth
 from core.keys import Keys
 from core.settings import Settings
-from gateway.app import create_app
 from ops.faultproxy import FaultProxy
 from schemas.event import MAX_BATCH_EVENTS, MAX_BODY_BYTES
+from tests.gateway.livehelp import app_client
 
 pytestmark = pytest.mark.anyio
 modes = pytest.mark.parametrize("mode", ["streams", "pubsub"])
@@ -37,15 +37,6 @@ def signed(body: bytes) -> dict[str, str]:
             "content-type": "application/json"}
 
 
-@contextlib.asynccontextmanager
-async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            yield client
-
-
 @pytest.fixture
 async def gateway(settings_factory: Callable[..., Settings]) -> Any:
     """`await gateway(mode)` -> client, closed at the end of the test."""
@@ -53,7 +44,8 @@ async def gateway(settings_factory: Callable[..., Settings]) -> Any:
 
         async def make(mode: str, **over: Any) -> httpx.AsyncClient:
             settings = settings_factory(delivery=mode, secret=SECRET, **over)
-            return await stack.enter_async_context(client_for(settings))
+            client, _ = await stack.enter_async_context(app_client(settings))
+            return client
 
         yield make
 
