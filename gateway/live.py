@@ -38,6 +38,7 @@ from schemas import frames
 logger = logging.getLogger(__name__)
 
 PAGE = 250
+RESTOP_S = 1.0
 SLOW_CLOSE = 4008
 DRAINING = 1012
 FrameType = Literal["hello", "event", "recovered", "reset"]
@@ -103,7 +104,7 @@ class Session:
         self._waiter: asyncio.Future[None] | None = None
         self._stopped = False
         self._task: asyncio.Task[Any] | None = None
-        self._cancel_sent = False
+        self._cancel_sent = 0  # cancels sent by stop()/restop() not yet withdrawn
         self._cursor: StreamId | None = None
         self._cursor_id: str | None = None
         # Live frames that arrive while the feed stream is being replayed.
@@ -171,9 +172,21 @@ class Session:
         # Cancelled rather than woken: the task may be blocked writing to the client or
         # reading the feed stream. (A task cancel, not an anyio CancelScope: a scope and
         # its task state cost ~0.7 KiB per connection; `run` consumes exactly this one.)
+        self._cancel()
+
+    def restop(self) -> bool:
+        """Cancel again a session that `stop` did not end (a cancel can be swallowed by code
+        it lands in); True if it was still running."""
+        if not self._stopped or self._task is None:
+            return False
+        logger.warning("session of %s still running after stop(); cancelling again", self.user)
+        self._cancel()
+        return True
+
+    def _cancel(self) -> None:
         task = self._task
         if task is not None and task is not asyncio.current_task():
-            self._cancel_sent = True
+            self._cancel_sent += 1
             task.cancel()
 
     # -- the session's own task -----------------------------------------------------------
@@ -202,11 +215,14 @@ class Session:
         return self.close_code
 
     def _consume_cancel(self, task: asyncio.Task[Any]) -> bool:
-        """Withdraw the cancel `stop` sent; True if no other cancellation is pending."""
+        """Withdraw the cancels `stop` sent; True if no other cancellation is pending."""
         if not self._cancel_sent:
             return False
-        self._cancel_sent = False
-        return task.uncancel() == 0
+        left = task.cancelling()
+        while self._cancel_sent:
+            self._cancel_sent -= 1
+            left = task.uncancel()
+        return left == 0
 
     async def _deliver(self) -> None:
         loop = asyncio.get_running_loop()
@@ -367,6 +383,11 @@ async def run_with(session: Session, sessions: Sessions,
             await watch()
         finally:
             session.stop()
+        # Until `run` returns (this task is cancelled then): a lost cancel must not leave
+        # a session of a departed client running, subscribed, forever.
+        while True:
+            await asyncio.sleep(RESTOP_S)
+            session.restop()
 
     task = asyncio.create_task(watcher())
     task.add_done_callback(_log_failure)
