@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from core.settings import Settings
 from gateway import app as app_mod
 from tests.core.test_deadletters import poisoned
 from tests.core.test_inspect import groups, ingest, make_stale
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.gateway.test_admin import MINE
 
 pytestmark = pytest.mark.browser
@@ -47,11 +45,7 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
 
 async def test_admin_page_shows_groups_lag_and_dead_letters(
         settings_factory: Callable[..., Settings], redis: Any, keys: Keys,
-        tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright
-
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (ops/test does)")
+        tmp_path: Path, chromium: Any) -> None:
     settings = settings_factory(secret="admin-page-test-secret-long-enough-for-hs256")
     ids = await ingest(redis, keys, 8)
     await groups(redis, keys)
@@ -62,53 +56,48 @@ async def test_admin_page_shows_groups_lag_and_dead_letters(
     dead_id, _, _ = await poisoned(redis, keys, "Poison pill")
     token = auth.mint(settings.signing_secret(), "ops", admin=True)
 
-    async with serving(settings) as url, async_playwright() as pw:
+    async with serving(settings) as url:
         # A user token gets the page but no data: the API refuses it.
         user = auth.mint(settings.signing_secret(), "alice")
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.get(f"/admin/api/status?token={user}")).status_code == 403
 
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-            await page.goto(f"{url}/admin?token={token}")
-            await page.wait_for_selector("body[data-loaded='1']", timeout=30_000)
-            groups_text = await page.inner_text("#groups")
-            for text in (PERSIST_GROUP, FANOUT_GROUP):
-                assert text in groups_text
-            rows = {r.split("\t")[0]: r.split("\t") for r in groups_text.splitlines()[1:]}
-            # columns: group, consumers, pending, lag, ...
-            assert rows[PERSIST_GROUP][2:4] == ["3", "5"]
-            assert rows[FANOUT_GROUP][2:4] == ["2", "0"]
-            dead_text = await page.inner_text("#dead")
-            assert dead_id in dead_text and "ValueError: bad sender" in dead_text
-            assert "Poison pill" in dead_text
-            assert "persist-dead" in await page.inner_text("#pending")
-            shot = tmp_path / "admin.png"
-            await page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
+        page = await chromium.new_page(viewport={"width": 1400, "height": 1000})
+        await page.goto(f"{url}/admin?token={token}")
+        await page.wait_for_selector("body[data-loaded='1']", timeout=30_000)
+        groups_text = await page.inner_text("#groups")
+        for text in (PERSIST_GROUP, FANOUT_GROUP):
+            assert text in groups_text
+        rows = {r.split("\t")[0]: r.split("\t") for r in groups_text.splitlines()[1:]}
+        # columns: group, consumers, pending, lag, ...
+        assert rows[PERSIST_GROUP][2:4] == ["3", "5"]
+        assert rows[FANOUT_GROUP][2:4] == ["2", "0"]
+        dead_text = await page.inner_text("#dead")
+        assert dead_id in dead_text and "ValueError: bad sender" in dead_text
+        assert "Poison pill" in dead_text
+        assert "persist-dead" in await page.inner_text("#pending")
+        shot = tmp_path / "admin.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
 
-            # Retry asks first; accepted, the letter leaves and its event is back in ingest.
-            questions: list[str] = []
+        # Retry asks first; accepted, the letter leaves and its event is back in ingest.
+        questions: list[str] = []
 
-            async def accept(dialog: Any) -> None:
-                questions.append(dialog.message)
-                await dialog.accept()
+        async def accept(dialog: Any) -> None:
+            questions.append(dialog.message)
+            await dialog.accept()
 
-            page.on("dialog", accept)
-            await page.click("#dead button:text('Retry')")
-            await page.wait_for_selector("#dead :text('No dead letters.')", timeout=30_000)
-            assert questions == [f"Put dead letter {dead_id} back into the ingest stream?"]
-            assert await redis.xlen(keys.ingest) == 9
+        page.on("dialog", accept)
+        await page.click("#dead button:text('Retry')")
+        await page.wait_for_selector("#dead :text('No dead letters.')", timeout=30_000)
+        assert questions == [f"Put dead letter {dead_id} back into the ingest stream?"]
+        assert await redis.xlen(keys.ingest) == 9
 
-            # Claim moves the crashed consumer's entries to the named consumer.
-            await page.fill("#claim-to", "persist-2")
-            await page.click(f"button[data-group='{PERSIST_GROUP}']")
-            await page.wait_for_selector("#notice:text('moved 3 entries')", timeout=30_000)
-            assert "from persist-dead to persist-2" in questions[-1]
-            owners = await redis.xpending_range(keys.ingest, PERSIST_GROUP, min="-", max="+",
-                                                count=10)
-            assert {o["consumer"] for o in owners} == {b"persist-2"}
-        finally:
-            await browser.close()
+        # Claim moves the crashed consumer's entries to the named consumer.
+        await page.fill("#claim-to", "persist-2")
+        await page.click(f"button[data-group='{PERSIST_GROUP}']")
+        await page.wait_for_selector("#notice:text('moved 3 entries')", timeout=30_000)
+        assert "from persist-dead to persist-2" in questions[-1]
+        owners = await redis.xpending_range(keys.ingest, PERSIST_GROUP, min="-", max="+",
+                                            count=10)
+        assert {o["consumer"] for o in owners} == {b"persist-2"}

@@ -3,23 +3,15 @@ every event shown exactly once after the reconnect (replayed ones marked as such
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
 
 from core.embedded import free_port
-from core.eventlog import EventLog
 from core.keys import Keys
-from tests.gateway.livehelp import Gateways, publish, token
+from tests.gateway.livehelp import Gateways, make_log, publish, token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
 
 async def shown(page: Any) -> list[str]:
     ids: list[str] = await page.eval_on_selector_all(
@@ -34,43 +26,33 @@ async def wait_shown(page: Any, n: int) -> None:
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_demo_page_survives_a_gateway_restart_without_gap_or_duplicate(
-    gateways: Gateways, redis: Any, keys: Keys, transport: str
+    gateways: Gateways, redis: Any, keys: Keys, chromium: Any, transport: str
 ) -> None:
-    from playwright.async_api import async_playwright
-
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (ops/test does)")
     port = free_port()
     proc, url = gateways.start(port=port)
-    log = EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            await page.goto(f"{url}/?token={token('dana')}&transport={transport}")
-            await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
-            live = await publish(log, "dana", 5)
-            await wait_shown(page, 5)
-            assert await page.inner_text("#feed li:first-child .subject") == "subject 4"
+    log = make_log(redis, keys)
+    page = await chromium.new_page()
+    await page.goto(f"{url}/?token={token('dana')}&transport={transport}")
+    await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
+    live = await publish(log, "dana", 5)
+    await wait_shown(page, 5)
+    assert await page.inner_text("#feed li:first-child .subject") == "subject 4"
 
-            proc.kill()  # server-side disconnect: no close frame, no goodbye
-            await page.wait_for_selector("#status[data-status='offline']", timeout=30_000)
-            missed = await publish(log, "dana", 10, start=5)
-            gateways.start(port=port)
-            await wait_shown(page, 15)
-            await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
-            after = await publish(log, "dana", 3, start=15)
-            await wait_shown(page, 18)
-            await page.wait_for_timeout(500)  # a duplicate would show up by now
+    proc.kill()  # server-side disconnect: no close frame, no goodbye
+    await page.wait_for_selector("#status[data-status='offline']", timeout=30_000)
+    missed = await publish(log, "dana", 10, start=5)
+    gateways.start(port=port)
+    await wait_shown(page, 15)
+    await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
+    after = await publish(log, "dana", 3, start=15)
+    await wait_shown(page, 18)
+    await page.wait_for_timeout(500)  # a duplicate would show up by now
 
-            ids = await shown(page)
-            feed_ids = await page.eval_on_selector_all(
-                "#feed li", "els => els.map(e => e.dataset.feedId)")
-            replayed = await page.eval_on_selector_all(
-                "#feed li.replayed", "els => els.map(e => e.dataset.feedId)")
-        finally:
-            await browser.close()
+    ids = await shown(page)
+    feed_ids = await page.eval_on_selector_all(
+        "#feed li", "els => els.map(e => e.dataset.feedId)")
+    replayed = await page.eval_on_selector_all(
+        "#feed li.replayed", "els => els.map(e => e.dataset.feedId)")
     assert len(ids) == len(set(ids)) == 18
     assert feed_ids == list(reversed(live + missed + after))  # newest on top, in order
     assert sorted(replayed) == sorted(missed)
@@ -78,32 +60,24 @@ async def test_demo_page_survives_a_gateway_restart_without_gap_or_duplicate(
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_a_page_that_saw_no_event_yet_still_resumes_from_the_feed_end(
-    gateways: Gateways, redis: Any, keys: Keys, transport: str
+    gateways: Gateways, redis: Any, keys: Keys, chromium: Any, transport: str
 ) -> None:
     """`hello` tells a fresh connection where the feed ends: events published while such a
     page is disconnected are replayed, though the page never received an event (they are
     only in the feed stream here, not in the PostgreSQL history)."""
-    from playwright.async_api import async_playwright
-
     port = free_port()
     proc, url = gateways.start(port=port)
-    log = EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
+    log = make_log(redis, keys)
     await publish(log, "erin", 3)  # older events, before the page opens
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            await page.goto(f"{url}/?token={token('erin')}&transport={transport}")
-            await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
-            proc.kill()
-            await page.wait_for_selector("#status[data-status='offline']", timeout=30_000)
-            missed = await publish(log, "erin", 4, start=3)
-            gateways.start(port=port)
-            await wait_shown(page, 4)
-            await page.wait_for_timeout(500)
-            feed_ids = await page.eval_on_selector_all(
-                "#feed li", "els => els.map(e => e.dataset.feedId)")
-        finally:
-            await browser.close()
+    page = await chromium.new_page()
+    await page.goto(f"{url}/?token={token('erin')}&transport={transport}")
+    await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
+    proc.kill()
+    await page.wait_for_selector("#status[data-status='offline']", timeout=30_000)
+    missed = await publish(log, "erin", 4, start=3)
+    gateways.start(port=port)
+    await wait_shown(page, 4)
+    await page.wait_for_timeout(500)
+    feed_ids = await page.eval_on_selector_all(
+        "#feed li", "els => els.map(e => e.dataset.feedId)")
     assert feed_ids == list(reversed(missed))
