@@ -14,6 +14,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from core.keys import Keys
+
 Redis: TypeAlias = "aioredis.Redis"
 AnyRedis: TypeAlias = "aioredis.Redis | RedisCluster"
 
@@ -55,3 +57,13 @@ async def ping(url: str, *, cluster: bool = False) -> None:
         await client.ping()
     finally:
         await client.aclose()
+
+
+async def delete_keys(client: Any, keys: Keys) -> int:
+    """Delete every key of `keys`' prefix (a throwaway namespace: tests, compare, bench)."""
+    deleted = 0
+    for pattern in keys.patterns():
+        batch = [k async for k in client.scan_iter(match=pattern, count=1000)]
+        for i in range(0, len(batch), 500):
+            deleted += await client.delete(*batch[i : i + 500])
+    return deleted

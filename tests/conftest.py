@@ -65,10 +65,7 @@ async def redis(redis_url: str, keys: Keys) -> AsyncIterator[Any]:
     try:
         yield client
     finally:
-        for pattern in keys.patterns():
-            batch = [k async for k in client.scan_iter(match=pattern, count=1000)]
-            for i in range(0, len(batch), 500):
-                await client.delete(*batch[i : i + 500])
+        await redis_client.delete_keys(client, keys)
         await client.aclose()
 
 

@@ -124,10 +124,7 @@ class Context:
 async def delete_prefix(redis_url: str, keys: Keys) -> None:
     client = redis_client.connect(redis_url)
     try:
-        for pattern in keys.patterns():
-            batch = [k async for k in client.scan_iter(match=pattern, count=1000)]
-            for i in range(0, len(batch), 1000):
-                await client.delete(*batch[i : i + 1000])
+        await redis_client.delete_keys(client, keys)
     finally:
         await client.aclose()
 

@@ -98,10 +98,7 @@ class Cluster:
 
     async def _drop_namespace(self) -> None:
         try:
-            for pattern in self.keys.patterns():
-                batch = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
-                for i in range(0, len(batch), 500):
-                    await self.redis.delete(*batch[i : i + 500])
+            await redis_client.delete_keys(self.redis, self.keys)
         except (redis.exceptions.RedisError, OSError) as exc:
             logger.warning("could not delete keys of %s: %s", self.prefix, exc)
         finally:

@@ -40,10 +40,7 @@ async def r(backend: tuple[str, str], keys: Keys) -> AsyncIterator[Any]:
     try:
         yield client
     finally:
-        for pattern in keys.patterns():
-            found = [k async for k in client.scan_iter(match=pattern)]
-            if found:
-                await client.delete(*found)
+        await redis_client.delete_keys(client, keys)
         await client.aclose()
 
 

@@ -35,9 +35,7 @@ async def r(any_redis_url: str, keys: Keys) -> AsyncIterator[Any]:
     try:
         yield client
     finally:
-        batch = [k async for k in client.scan_iter(match=f"{keys.prefix}:*", count=1000)]
-        if batch:
-            await client.delete(*batch)
+        await redis_client.delete_keys(client, keys)
         await client.aclose()
 
 
