@@ -95,9 +95,11 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 def settings_factory(
-    redis_url: str, database_url: str, prefix: str, tmp_path: Any
+    redis_url: str, database_url: str, prefix: str, tmp_path: Any, redis: Any
 ) -> Callable[..., Settings]:
-    """Settings for this test's servers, prefix and schema; keyword arguments override."""
+    """Settings for this test's servers, prefix and schema; keyword arguments override.
+    (Depends on `redis` so the prefix's keys are deleted after the test, whoever wrote
+    them: a gateway process, the app in process, a consumer.)"""
 
     def make(**overrides: Any) -> Settings:
         base = Settings(
