@@ -14,13 +14,13 @@ import anyio
 import msgspec
 import redis.exceptions
 
-from core import redis_client
-from core.eventlog import EventLog
-from core.groups import GroupRunner, RunnerConfig
-from core.groupstream import Entry
-from core.keys import FANOUT_GROUP, Keys
-from core.settings import Settings
-from schemas.event import decode_event
+from livefeed.core import redis_client
+from livefeed.core.eventlog import EventLog
+from livefeed.core.groups import GroupRunner, RunnerConfig
+from livefeed.core.groupstream import Entry
+from livefeed.core.keys import FANOUT_GROUP, Keys
+from livefeed.core.settings import Settings
+from livefeed.schemas.event import decode_event
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ import anyio
 import asyncpg
 import msgspec
 
-from core import db, redis_client
-from core.groups import TRANSIENT_ERRORS, GroupRunner, RunnerConfig
-from core.groupstream import Entry
-from core.keys import PERSIST_GROUP, Keys
-from core.settings import Settings, SettingsError
-from schemas.event import Event, decode_event
+from livefeed.core import db, redis_client
+from livefeed.core.groups import TRANSIENT_ERRORS, GroupRunner, RunnerConfig
+from livefeed.core.groupstream import Entry
+from livefeed.core.keys import PERSIST_GROUP, Keys
+from livefeed.core.settings import Settings, SettingsError
+from livefeed.schemas.event import Event, decode_event
 
 logger = logging.getLogger(__name__)
 

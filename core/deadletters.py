@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.eventlog import EventLog, parse_stream_id
-from core.inspect import event_head, preview
-from core.keys import Keys
-from schemas.admin import DeadAction, DeadLetterList, DeadLetterView
+from livefeed.core.eventlog import EventLog, parse_stream_id
+from livefeed.core.inspect import event_head, preview
+from livefeed.core.keys import Keys
+from livefeed.schemas.admin import DeadAction, DeadLetterList, DeadLetterView
 
 _PAGE = 500
 

@@ -12,7 +12,7 @@ from typing import Any, Literal, NamedTuple
 
 from redis.exceptions import NoScriptError
 
-from core.keys import Keys
+from livefeed.core.keys import Keys
 
 # KEYS: ingest stream, then one seen-marker per event.
 # ARGV: ttl, then per event: event id, user, payload.

@@ -22,10 +22,10 @@ import anyio
 import asyncpg
 import redis.exceptions
 
-from core import metrics, retention
-from core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch
-from core.keys import Keys
-from core.settings import Settings
+from livefeed.core import metrics, retention
+from livefeed.core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

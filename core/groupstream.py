@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 from redis.exceptions import ResponseError
 
-from core.keys import GROUPS, Keys
-from schemas.admin import DeadLetter
+from livefeed.core.keys import GROUPS, Keys
+from livefeed.schemas.admin import DeadLetter
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from core.eventlog import parse_stream_id
-from core.keys import Keys
-from schemas.admin import (
+from livefeed.core.eventlog import parse_stream_id
+from livefeed.core.keys import Keys
+from livefeed.schemas.admin import (
     ClaimView,
     ConsumerView,
     GroupView,

@@ -14,7 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from core.keys import Keys
+from livefeed.core.keys import Keys
 
 Redis: TypeAlias = "aioredis.Redis"
 AnyRedis: TypeAlias = "aioredis.Redis | RedisCluster"

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from core.eventlog import parse_stream_id
-from core.groupstream import ensure_group
-from core.keys import GROUPS, Keys
+from livefeed.core.eventlog import parse_stream_id
+from livefeed.core.groupstream import ensure_group
+from livefeed.core.keys import GROUPS, Keys
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import auth
-from core.deadletters import DeadLetters
-from core.inspect import InspectError, Inspector, parse_duration_ms
-from gateway.state import GatewayState
-from schemas.admin import ClaimRequest, DeadRequest, GatewayView
+from livefeed.core import auth
+from livefeed.core.deadletters import DeadLetters
+from livefeed.core.inspect import InspectError, Inspector, parse_duration_ms
+from livefeed.gateway.state import GatewayState
+from livefeed.schemas.admin import ClaimRequest, DeadRequest, GatewayView
 
 STATIC = Path(__file__).parent / "static"
 _json = msgspec.json.Encoder()

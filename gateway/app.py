@@ -19,17 +19,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from core import db, redis_client
-from core.eventlog import EventLog
-from core.keys import Keys
-from core.settings import Settings
-from gateway.state import GatewayState
+from livefeed.core import db, redis_client
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
+from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
-FEATURES: tuple[str, ...] = ("gateway.ingest", "gateway.hub", "gateway.ws", "gateway.sse",
-                             "gateway.history", "gateway.page", "gateway.admin",
-                             "gateway.metrics", "gateway.health")
+FEATURES: tuple[str, ...] = tuple(
+    f"livefeed.gateway.{name}"
+    for name in ("ingest", "hub", "ws", "sse", "history", "page", "admin", "metrics", "health")
+)
 
 
 async def healthz(request: Request) -> JSONResponse:

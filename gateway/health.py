@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway.state import GatewayState
+from livefeed.gateway.state import GatewayState
 
 CHECK_TIMEOUT_S = 1.0
 

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import auth
-from gateway.state import GatewayState
+from livefeed.core import auth
+from livefeed.gateway.state import GatewayState
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

@@ -27,9 +27,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from core import metrics
-from core.keys import Keys
-from gateway.live import Sessions
+from livefeed.core import metrics
+from livefeed.core.keys import Keys
+from livefeed.gateway.live import Sessions
 
 logger = logging.getLogger(__name__)
 

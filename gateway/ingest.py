@@ -17,16 +17,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from core import auth, metrics
-from gateway.state import GatewayState
-from schemas.event import (
+from livefeed.core import auth, metrics
+from livefeed.gateway.state import GatewayState
+from livefeed.schemas.event import (
     MAX_BATCH_EVENTS,
     MAX_BODY_BYTES,
     Event,
     decode_ingest_body,
     encode_event,
 )
-from schemas.frames import event_frame
+from livefeed.schemas.frames import event_frame
 
 logger = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from typing import Any, Literal, Protocol, get_args
 import anyio
 import msgspec
 
-from core import metrics
-from core.eventlog import EventLog, parse_stream_id
-from core.settings import Delivery
-from schemas import frames
+from livefeed.core import metrics
+from livefeed.core.eventlog import EventLog, parse_stream_id
+from livefeed.core.settings import Delivery
+from livefeed.schemas import frames
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from core import metrics
-from core.inspect import Inspector
-from gateway.state import GatewayState
+from livefeed.core import metrics
+from livefeed.core.inspect import Inspector
+from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from core import auth, metrics
-from gateway.live import FrameType, Session, run_with
-from gateway.state import GatewayState
+from livefeed.core import auth, metrics
+from livefeed.gateway.live import FrameType, Session, run_with
+from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 import anyio
 import asyncpg
 
-from core.eventlog import EventLog
-from core.keys import Keys
-from core.settings import Settings
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
 
 
 @dataclass

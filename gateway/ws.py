@@ -13,9 +13,9 @@ import anyio
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from core import auth, metrics
-from gateway.live import DRAINING, FrameType, Session, run_with
-from gateway.state import GatewayState
+from livefeed.core import auth, metrics
+from livefeed.gateway.live import DRAINING, FrameType, Session, run_with
+from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import msgspec
 
-from core import auth, db
-from core.settings import Settings
-from ops import runtime
-from schemas.event import Event
+from livefeed.core import auth, db
+from livefeed.core.settings import Settings
+from livefeed.ops import runtime
+from livefeed.schemas.event import Event
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 

@@ -16,17 +16,17 @@ from typing import Any
 
 import anyio
 
-from core import settings as settings_mod
-from core.settings import Settings, SettingsError
+from livefeed.core import settings as settings_mod
+from livefeed.core.settings import Settings, SettingsError
 
 # Modules that add one or more subcommands with `register(subparsers)`, in help order.
 COMMAND_MODULES = (
-    "ops.up",
-    "ops.basic",
-    "ops.consumers",
-    "ops.operate",
-    "ops.bench.command",
-    "ops.compare.command",
+    "livefeed.ops.up",
+    "livefeed.ops.basic",
+    "livefeed.ops.consumers",
+    "livefeed.ops.operate",
+    "livefeed.ops.bench.command",
+    "livefeed.ops.compare.command",
 )
 
 Command = Callable[[argparse.Namespace, Settings], "int | None | Awaitable[int | None]"]

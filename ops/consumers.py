@@ -11,9 +11,9 @@ import anyio
 import msgspec
 import prometheus_client
 
-from consumers import fanout, persist
-from core.settings import Settings
-from ops import runtime, serve
+from livefeed.consumers import fanout, persist
+from livefeed.core.settings import Settings
+from livefeed.ops import runtime, serve
 
 logger = logging.getLogger(__name__)
 

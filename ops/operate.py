@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from core import redis_client
-from core.deadletters import DeadLetters
-from core.eventlog import EventLog
-from core.inspect import InspectError, Inspector, format_ms, parse_duration_ms
-from core.keys import Keys
-from core.settings import Settings
-from ops import runtime
-from schemas.admin import (
+from livefeed.core import redis_client
+from livefeed.core.deadletters import DeadLetters
+from livefeed.core.eventlog import EventLog
+from livefeed.core.inspect import InspectError, Inspector, format_ms, parse_duration_ms
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
+from livefeed.ops import runtime
+from livefeed.schemas.admin import (
     ClaimView,
     DeadAction,
     DeadLetterList,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.settings import Settings, to_env
+from livefeed.core.settings import Settings, to_env
 
 
 def child_env(settings: Settings | None, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -24,7 +24,7 @@ def child_env(settings: Settings | None, extra: dict[str, str] | None = None) ->
 
 
 def livefeed_argv(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "ops.cli", *args]
+    return [sys.executable, "-m", "livefeed.ops.cli", *args]
 
 
 class Child:

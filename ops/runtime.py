@@ -15,8 +15,8 @@ from pathlib import Path
 
 import msgspec
 
-from core.embedded import EmbeddedPostgres, EmbeddedRedis
-from core.settings import Settings, env_name
+from livefeed.core.embedded import EmbeddedPostgres, EmbeddedRedis
+from livefeed.core.settings import Settings, env_name
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ async def preflight(settings: Settings) -> None:
     import asyncpg
     import redis.exceptions
 
-    from core import redis_client
-    from core.settings import SettingsError, _hide_password
+    from livefeed.core import redis_client
+    from livefeed.core.settings import SettingsError, _hide_password
 
     if settings.redis_url:
         try:

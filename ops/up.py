@@ -9,10 +9,10 @@ from typing import Any
 
 import anyio
 
-from core import auth, db
-from core.settings import Settings
-from gateway.app import create_app
-from ops import runtime, serve
+from livefeed.core import auth, db
+from livefeed.core.settings import Settings
+from livefeed.gateway.app import create_app
+from livefeed.ops import runtime, serve
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _consumer_roles() -> list[Any]:
     Each is `async def role(settings, stopping: anyio.Event)` and returns once it has
     drained after `stopping` is set.
     """
-    from consumers import fanout, persist
+    from livefeed.consumers import fanout, persist
 
     return [persist.run, fanout.run]
 
@@ -106,7 +106,7 @@ async def gateway(args: argparse.Namespace, settings: Settings) -> int:
     settings = runtime.attach(settings)
     await runtime.preflight(settings)
     if args.workers > 1:
-        from ops import workers
+        from livefeed.ops import workers
 
         return await workers.run(args, settings)
     await serve.serve(create_app(settings), host=args.host, port=args.port,

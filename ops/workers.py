@@ -17,8 +17,8 @@ import sys
 
 import anyio
 
-from core.settings import Settings
-from ops.procs import child_env
+from livefeed.core.settings import Settings
+from livefeed.ops.procs import child_env
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Workers:
     def spawn(self) -> subprocess.Popen[bytes]:
         fd = self.sock.fileno()
         return subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "gateway", "--fd", str(fd)],
+            [sys.executable, "-m", "livefeed.ops.cli", "gateway", "--fd", str(fd)],
             env=self.env, pass_fds=(fd,), stdin=subprocess.DEVNULL,
         )
 

@@ -11,10 +11,10 @@ import asyncpg
 import msgspec
 import pytest
 
-from core import db, redis_client
-from core.embedded import EmbeddedRedis
-from core.keys import Keys
-from core.settings import Settings
+from livefeed.core import db, redis_client
+from livefeed.core.embedded import EmbeddedRedis
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
 from tests import servers
 
 # The live-delivery fixtures (hub, gateways) for tests/gateway and tests/e2e.

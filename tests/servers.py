@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import redis
 
-from core.embedded import EmbeddedPostgres, EmbeddedRedis
+from livefeed.core.embedded import EmbeddedPostgres, EmbeddedRedis
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 LOCAL_DATABASE = "postgresql://root@127.0.0.1:5432/test"

@@ -14,10 +14,10 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
-from core.settings import Settings
-from ops import runtime
-from ops.bench import procs, profile, report
-from ops.bench.runner import Benchmark, Context, run_one
+from livefeed.core.settings import Settings
+from livefeed.ops import runtime
+from livefeed.ops.bench import procs, profile, report
+from livefeed.ops.bench.runner import Benchmark, Context, run_one
 
 BENCHMARKS = ("persist", "ingest", "e2e", "fanout", "replay")
 
@@ -43,7 +43,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def _benchmark(name: str) -> Benchmark:
-    run: Benchmark = importlib.import_module(f"ops.bench.{name}").run
+    run: Benchmark = importlib.import_module(f"livefeed.ops.bench.{name}").run
     return run
 
 

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from schemas.event import Event, encode_event
+from livefeed.schemas.event import Event, encode_event
 
 ROW_COLUMNS = ("id", "user_id", "subject", "sender", "category", "received_at", "preview",
                "stream_id")

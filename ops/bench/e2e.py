@@ -17,11 +17,11 @@ from typing import Any
 import anyio
 import msgspec
 
-from core import auth, redis_client
-from core.settings import Settings
-from ops.bench import data, httpload, loadgen, procs
-from ops.bench.clients import Spec, sent_at
-from ops.bench.runner import BenchResult, Context, Goal, percentile, row
+from livefeed.core import auth, redis_client
+from livefeed.core.settings import Settings
+from livefeed.ops.bench import data, httpload, loadgen, procs
+from livefeed.ops.bench.clients import Spec, sent_at
+from livefeed.ops.bench.runner import BenchResult, Context, Goal, percentile, row
 
 CLIENT_PROCS = 2
 TICK_S = 0.01

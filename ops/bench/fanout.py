@@ -16,15 +16,15 @@ from typing import Any
 
 import anyio
 
-from core import auth, redis_client
-from core.embedded import free_port
-from core.keys import Keys
-from core.settings import Settings
-from ops.bench import loadgen, procs
-from ops.bench.clients import Spec
-from ops.bench.runner import BenchResult, Context, Goal, row
-from ops.procs import Child, child_env
-from schemas.frames import event_frame
+from livefeed.core import auth, redis_client
+from livefeed.core.embedded import free_port
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
+from livefeed.ops.bench import loadgen, procs
+from livefeed.ops.bench.clients import Spec
+from livefeed.ops.bench.runner import BenchResult, Context, Goal, row
+from livefeed.ops.procs import Child, child_env
+from livefeed.schemas.frames import event_frame
 
 CLIENT_PROCS = 2
 WINDOW = 4000  # frames in flight: keeps Redis' pub/sub output buffer and send queues small
@@ -37,7 +37,7 @@ def plain_server(ctx: Context, impl: str, s: Settings) -> Iterator[tuple[Child, 
     port = free_port()
     assert s.redis_url
     child = Child(
-        [sys.executable, "-m", "ops.bench.plainws", "--port", str(port), "--ws", impl,
+        [sys.executable, "-m", "livefeed.ops.bench.plainws", "--port", str(port), "--ws", impl,
          "--redis", s.redis_url, "--prefix", s.prefix],
         child_env(s), ctx.workdir / f"plainws-{impl}-{port}.log").start()
     try:

@@ -6,10 +6,10 @@ from typing import Any
 
 import msgspec
 
-from core import auth, redis_client
-from core.keys import Keys
-from ops.bench import data, httpload, procs
-from ops.bench.runner import BenchResult, Context, Goal, Timer, row
+from livefeed.core import auth, redis_client
+from livefeed.core.keys import Keys
+from livefeed.ops.bench import data, httpload, procs
+from livefeed.ops.bench.runner import BenchResult, Context, Goal, Timer, row
 
 CONCURRENCY = 8
 

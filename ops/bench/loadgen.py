@@ -13,7 +13,7 @@ import msgspec
 from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ops.bench.clients import Outcome, Spec
+from livefeed.ops.bench.clients import Outcome, Spec
 
 
 class LoadGen:
@@ -31,7 +31,7 @@ class LoadGen:
 
     async def start(self, tg: TaskGroup) -> None:
         self.proc = await anyio.open_process(
-            [sys.executable, "-m", "ops.bench.clients"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "livefeed.ops.bench.clients"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=None,
         )
         assert self.proc.stdin is not None

@@ -17,11 +17,11 @@ import anyio
 import asyncpg
 from redis.exceptions import ResponseError
 
-from core import redis_client
-from core.keys import PERSIST_GROUP, Keys
-from core.settings import Settings
-from ops.bench import data, procs
-from ops.bench.runner import BenchResult, Context, Goal, Timer, row
+from livefeed.core import redis_client
+from livefeed.core.keys import PERSIST_GROUP, Keys
+from livefeed.core.settings import Settings
+from livefeed.ops.bench import data, procs
+from livefeed.ops.bench.runner import BenchResult, Context, Goal, Timer, row
 
 BIG_BATCH = 1000
 

@@ -22,8 +22,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from core import redis_client
-from core.keys import Keys
+from livefeed.core import redis_client
+from livefeed.core.keys import Keys
 
 sockets: dict[str, set[WebSocket]] = {}
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from core.embedded import free_port
-from core.settings import Settings
-from ops.procs import Child, child_env, livefeed_argv
+from livefeed.core.embedded import free_port
+from livefeed.core.settings import Settings
+from livefeed.ops.procs import Child, child_env, livefeed_argv
 
 
 def livefeed(args: list[str], settings: Settings, log: Path,

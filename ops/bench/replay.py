@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import auth, redis_client
-from core.eventlog import EventLog
-from core.keys import Keys
-from ops.bench import data, loadgen, procs
-from ops.bench.clients import Spec
-from ops.bench.runner import BenchResult, Context, Timer, row
+from livefeed.core import auth, redis_client
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import Keys
+from livefeed.ops.bench import data, loadgen, procs
+from livefeed.ops.bench.clients import Spec
+from livefeed.ops.bench.runner import BenchResult, Context, Timer, row
 
 PAGE = 500
 

@@ -13,8 +13,8 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from core import redis_client
-from ops.bench.runner import BenchResult
+from livefeed.core import redis_client
+from livefeed.ops.bench.runner import BenchResult
 
 
 class Machine(msgspec.Struct, kw_only=True):

@@ -18,9 +18,9 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from core import db, redis_client
-from core.keys import Keys
-from core.settings import Settings
+from livefeed.core import db, redis_client
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

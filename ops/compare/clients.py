@@ -20,8 +20,8 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from ops.compare.records import Away, ClientLog, Connection, Received
-from schemas.frames import EventFrame, Hello, Recovered, Reset, decode_frame
+from livefeed.ops.compare.records import Away, ClientLog, Connection, Received
+from livefeed.schemas.frames import EventFrame, Hello, Recovered, Reset, decode_frame
 
 logger = logging.getLogger(__name__)
 

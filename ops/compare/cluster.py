@@ -18,12 +18,12 @@ import asyncpg
 import httpx
 import redis.exceptions
 
-from core import db, redis_client
-from core.embedded import free_port
-from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from core.settings import Settings, env_name
-from ops.faultproxy import FaultProxy
-from ops.procs import Child, child_env, livefeed_argv
+from livefeed.core import db, redis_client
+from livefeed.core.embedded import free_port
+from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.settings import Settings, env_name
+from livefeed.ops.faultproxy import FaultProxy
+from livefeed.ops.procs import Child, child_env, livefeed_argv
 
 logger = logging.getLogger(__name__)
 

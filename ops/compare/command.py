@@ -14,12 +14,12 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
-from core.settings import Settings
-from ops import runtime
-from ops.compare import report
-from ops.compare.measure import CellResult
-from ops.compare.run import Params, run_matrix, to_json
-from ops.compare.scenarios import SCENARIOS, describe
+from livefeed.core.settings import Settings
+from livefeed.ops import runtime
+from livefeed.ops.compare import report
+from livefeed.ops.compare.measure import CellResult
+from livefeed.ops.compare.run import Params, run_matrix, to_json
+from livefeed.ops.compare.scenarios import SCENARIOS, describe
 
 MODES = ("streams", "pubsub")
 # Exit status when a `streams` cell lost, duplicated or failed to persist an event.

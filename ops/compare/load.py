@@ -21,9 +21,9 @@ import anyio
 import httpx
 import msgspec
 
-from core import auth
-from ops.compare.records import Sent
-from schemas.event import MAX_BATCH_EVENTS, Event
+from livefeed.core import auth
+from livefeed.ops.compare.records import Sent
+from livefeed.schemas.event import MAX_BATCH_EVENTS, Event
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
-from ops.compare.records import Away, ClientLog, Mark, Sent
+from livefeed.ops.compare.records import Away, ClientLog, Mark, Sent
 
 
 class ClientStats(msgspec.Struct):

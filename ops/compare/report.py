@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ops.compare.measure import CellResult
+from livefeed.ops.compare.measure import CellResult
 
 COLORS = {"streams": "#1f77b4", "pubsub": "#e4572e"}
 ProgressFn = Callable[[float, str], None]

@@ -18,14 +18,14 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from core import auth
-from core.settings import Settings
-from ops.compare.clients import FeedClient, NotReady
-from ops.compare.cluster import Cluster, ClusterError, monotonic_clock
-from ops.compare.load import Auth, LoadGenerator
-from ops.compare.measure import CellResult, ClientCount, count_clients, summarize
-from ops.compare.records import ClientLog, Sent
-from ops.compare.scenarios import Context, Scenario
+from livefeed.core import auth
+from livefeed.core.settings import Settings
+from livefeed.ops.compare.clients import FeedClient, NotReady
+from livefeed.ops.compare.cluster import Cluster, ClusterError, monotonic_clock
+from livefeed.ops.compare.load import Auth, LoadGenerator
+from livefeed.ops.compare.measure import CellResult, ClientCount, count_clients, summarize
+from livefeed.ops.compare.records import ClientLog, Sent
+from livefeed.ops.compare.scenarios import Context, Scenario
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import anyio
 
-from core.settings import env_name
-from ops.compare.clients import FeedClient
-from ops.compare.cluster import CONSUMER_GROUPS, Cluster
-from ops.compare.load import LoadGenerator
-from ops.compare.records import Mark
+from livefeed.core.settings import env_name
+from livefeed.ops.compare.clients import FeedClient
+from livefeed.ops.compare.cluster import CONSUMER_GROUPS, Cluster
+from livefeed.ops.compare.load import LoadGenerator
+from livefeed.ops.compare.records import Mark
 
 QUIESCE_TIMEOUT_S = 5.0
 

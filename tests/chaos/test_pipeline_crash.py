@@ -15,14 +15,14 @@ import httpx
 import msgspec
 import pytest
 
-from core import auth
-from core.embedded import free_port
-from core.eventlog import EventLog
-from core.groupstream import ensure_group
-from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from core.settings import Settings
-from ops.faultproxy import FaultProxy
-from schemas.event import Event, decode_event, encode_event
+from livefeed.core import auth
+from livefeed.core.embedded import free_port
+from livefeed.core.eventlog import EventLog
+from livefeed.core.groupstream import ensure_group
+from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.settings import Settings
+from livefeed.ops.faultproxy import FaultProxy
+from livefeed.schemas.event import Event, decode_event, encode_event
 from tests.procs import Proc, running, start_gateway
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -9,15 +9,15 @@ from typing import Any
 
 import anyio
 
-from consumers.fanout import FanoutHandler
-from core import redis_client
-from core.embedded import EmbeddedRedis
-from core.eventlog import EventLog
-from core.groups import GroupRunner, RunnerConfig
-from core.groupstream import Entry, ensure_group
-from core.keys import FANOUT_GROUP, Keys
-from schemas.event import Event, decode_event, encode_event
-from schemas.frames import EventFrame, decode_frame
+from livefeed.consumers.fanout import FanoutHandler
+from livefeed.core import redis_client
+from livefeed.core.embedded import EmbeddedRedis
+from livefeed.core.eventlog import EventLog
+from livefeed.core.groups import GroupRunner, RunnerConfig
+from livefeed.core.groupstream import Entry, ensure_group
+from livefeed.core.keys import FANOUT_GROUP, Keys
+from livefeed.schemas.event import Event, decode_event, encode_event
+from livefeed.schemas.frames import EventFrame, decode_frame
 
 
 def event(i: int, user: str) -> Event:

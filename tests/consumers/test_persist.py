@@ -12,14 +12,14 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from consumers.persist import PersistHandler, insert_batch, to_row, write_isolating
-from core import db
-from core.eventlog import EventLog
-from core.groups import GroupRunner, RunnerConfig
-from core.groupstream import Entry, ensure_group
-from core.keys import PERSIST_GROUP, Keys
-from ops.faultproxy import FaultProxy
-from schemas.event import Event, encode_event
+from livefeed.consumers.persist import PersistHandler, insert_batch, to_row, write_isolating
+from livefeed.core import db
+from livefeed.core.eventlog import EventLog
+from livefeed.core.groups import GroupRunner, RunnerConfig
+from livefeed.core.groupstream import Entry, ensure_group
+from livefeed.core.keys import PERSIST_GROUP, Keys
+from livefeed.ops.faultproxy import FaultProxy
+from livefeed.schemas.event import Event, encode_event
 
 # Marked here too: anyio's plugin drops the parameters of tests it is told about only
 # after collection (as tests/conftest.py does).

@@ -4,7 +4,7 @@ import uuid
 
 import asyncpg
 
-from core import db
+from livefeed.core import db
 from tests.servers import with_search_path
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import msgspec
 
-from core.deadletters import DeadLetters
-from core.eventlog import EventLog
-from core.keys import PERSIST_GROUP, Keys
-from schemas.admin import DeadLetter
-from schemas.event import encode_event
+from livefeed.core.deadletters import DeadLetters
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import PERSIST_GROUP, Keys
+from livefeed.schemas.admin import DeadLetter
+from livefeed.schemas.event import encode_event
 from tests.core.test_inspect import any_redis_url, both, event, r
 
 __all__ = ["any_redis_url", "r"]  # fixtures shared with test_inspect

@@ -7,7 +7,7 @@ from pathlib import Path
 import asyncpg
 import redis
 
-from core.embedded import EmbeddedPostgres, EmbeddedRedis
+from livefeed.core.embedded import EmbeddedPostgres, EmbeddedRedis
 
 
 def test_embedded_redis_keeps_data_across_restarts(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ from typing import Any
 
 import anyio
 
-from core.eventlog import EventLog
-from core.keys import Keys
-from schemas.frames import event_frame
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import Keys
+from livefeed.schemas.frames import event_frame
 
 
 def make_log(redis: Any, keys: Keys, maxlen: int = 100) -> EventLog:

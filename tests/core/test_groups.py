@@ -9,10 +9,10 @@ import anyio
 import pytest
 from prometheus_client import REGISTRY
 
-from core import redis_client
-from core.groups import GroupRunner, RunnerConfig
-from core.groupstream import Entry, parse_autoclaim
-from core.keys import Keys
+from livefeed.core import redis_client
+from livefeed.core.groups import GroupRunner, RunnerConfig
+from livefeed.core.groupstream import Entry, parse_autoclaim
+from livefeed.core.keys import Keys
 
 # Marked here, not only by conftest after collection: anyio's plugin otherwise rebuilds the
 # callspec of parametrized async tests and drops their parameters.

@@ -11,12 +11,12 @@ import anyio
 import msgspec
 import pytest
 
-from core import inspect as insp
-from core import redis_client
-from core.eventlog import EventLog
-from core.inspect import InspectError, Inspector, format_ms, parse_duration_ms
-from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from schemas.event import Event, encode_event
+from livefeed.core import inspect as insp
+from livefeed.core import redis_client
+from livefeed.core.eventlog import EventLog
+from livefeed.core.inspect import InspectError, Inspector, format_ms, parse_duration_ms
+from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.schemas.event import Event, encode_event
 
 
 @pytest.fixture
@@ -280,7 +280,7 @@ async def test_claim_of_deleted_payloads(r: Any, keys: Keys) -> None:
 
 
 def test_views_encode_to_json() -> None:
-    from schemas.admin import PendingEntry
+    from livefeed.schemas.admin import PendingEntry
 
     entry = PendingEntry(id="1-0", group="g", consumer="c", idle_ms=1, deliveries=1)
     assert msgspec.json.decode(msgspec.json.encode(entry))["gone"] is False

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.keys import Keys
+from livefeed.core.keys import Keys
 
 
 def test_names_follow_the_contract() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import retention
-from core.eventlog import parse_stream_id
-from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core import retention
+from livefeed.core.eventlog import parse_stream_id
+from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 
 
 async def fill(redis: Any, keys: Keys, n: int) -> list[str]:

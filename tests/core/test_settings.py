@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from core import settings as settings_mod
-from core.settings import SettingsError
+from livefeed.core import settings as settings_mod
+from livefeed.core.settings import SettingsError
 
 
 def test_defaults_match_the_contract() -> None:

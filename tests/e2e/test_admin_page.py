@@ -12,11 +12,11 @@ import httpx
 import pytest
 import uvicorn
 
-from core import auth
-from core.embedded import free_port
-from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from core.settings import Settings
-from gateway import app as app_mod
+from livefeed.core import auth
+from livefeed.core.embedded import free_port
+from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.settings import Settings
+from livefeed.gateway import app as app_mod
 from tests.core.test_deadletters import poisoned
 from tests.core.test_inspect import groups, ingest, make_stale
 from tests.gateway.test_admin import MINE

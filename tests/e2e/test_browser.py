@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from core.embedded import free_port
-from core.keys import Keys
+from livefeed.core.embedded import free_port
+from livefeed.core.keys import Keys
 from tests.gateway.livehelp import Gateways, make_log, publish, token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from core import auth
-from core.embedded import free_port
-from core.eventlog import EventLog
-from core.keys import Keys
-from core.settings import Settings
+from livefeed.core import auth
+from livefeed.core.embedded import free_port
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
 from tests.gateway.livehelp import SECRET, Gateways, WsClient, assert_exact, publish, ws_url
 from tests.gateway.test_ws import closed_code
 from tests.procs import Proc, wait_http

@@ -17,13 +17,13 @@ import websockets
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
-from core import auth
-from core.eventlog import EventLog
-from core.keys import Keys
-from core.settings import Settings
-from gateway.app import FEATURES, create_app
-from gateway.hub import Hub
-from schemas.event import Event, encode_event
+from livefeed.core import auth
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
+from livefeed.gateway.app import FEATURES, create_app
+from livefeed.gateway.hub import Hub
+from livefeed.schemas.event import Event, encode_event
 from tests.procs import Proc, start_gateway
 
 SECRET = "live-test-secret-long-enough-for-hs256!"

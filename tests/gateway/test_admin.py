@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from core import auth, metrics
-from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from core.settings import Settings
+from livefeed.core import auth, metrics
+from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.settings import Settings
 from tests.core.test_deadletters import poisoned
 from tests.core.test_inspect import groups, ingest, make_stale
 from tests.gateway.livehelp import app_client as _app_client
 
-MINE = ("gateway.admin", "gateway.metrics", "gateway.health")
+MINE = ("livefeed.gateway.admin", "livefeed.gateway.metrics", "livefeed.gateway.health")
 
 
 def app_client(settings: Settings, features: Sequence[str] = MINE) -> Any:

@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from core.settings import Settings
+from livefeed.core.settings import Settings
 from tests.gateway.livehelp import SECRET, app_client, token
 
 pytestmark = pytest.mark.anyio
@@ -54,7 +54,8 @@ async def test_pages_are_newest_first_without_gaps_or_repeats(
 ) -> None:
     want = await insert(pool, "alice", 23, same_time=same_time)
     await insert(pool, "bob", 5)
-    async with app_client(settings_factory(secret=SECRET), ("gateway.history",)) as (client, _):
+    features = ("livefeed.gateway.history",)
+    async with app_client(settings_factory(secret=SECRET), features) as (client, _):
         assert await all_pages(client, "alice", 5) == want
         assert await all_pages(client, "alice", 200) == want
         first = (await client.get("/v1/feed", params={"token": token("alice")})).json()
@@ -64,7 +65,8 @@ async def test_pages_are_newest_first_without_gaps_or_repeats(
 
 
 async def test_bad_requests(settings_factory: Callable[..., Settings], pool: Any) -> None:
-    async with app_client(settings_factory(secret=SECRET), ("gateway.history",)) as (client, _):
+    features = ("livefeed.gateway.history",)
+    async with app_client(settings_factory(secret=SECRET), features) as (client, _):
         assert (await client.get("/v1/feed")).status_code == 401
         assert (await client.get("/v1/feed", params={"token": "x.y.z"})).status_code == 401
         tok = token("alice")

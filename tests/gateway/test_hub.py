@@ -7,11 +7,11 @@ from typing import Any
 import anyio
 import pytest
 
-from core import metrics
-from core.eventlog import EventLog
-from core.keys import Keys
-from gateway.hub import Hub
-from gateway.live import Session
+from livefeed.core import metrics
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import Keys
+from livefeed.gateway.hub import Hub
+from livefeed.gateway.live import Session
 from tests.gateway.livehelp import assert_exact, publish
 from tests.gateway.test_live import Recorder
 

@@ -13,11 +13,11 @@ import httpx
 import msgspec
 import pytest
 
-from core import auth
-from core.keys import Keys
-from core.settings import Settings
-from ops.faultproxy import FaultProxy
-from schemas.event import MAX_BATCH_EVENTS, MAX_BODY_BYTES
+from livefeed.core import auth
+from livefeed.core.keys import Keys
+from livefeed.core.settings import Settings
+from livefeed.ops.faultproxy import FaultProxy
+from livefeed.schemas.event import MAX_BATCH_EVENTS, MAX_BODY_BYTES
 from tests.gateway.livehelp import app_client
 
 pytestmark = pytest.mark.anyio

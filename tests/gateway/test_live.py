@@ -9,11 +9,11 @@ from typing import Any
 import anyio
 import pytest
 
-from core.eventlog import EventLog
-from core.keys import Keys
-from gateway.hub import Hub
-from gateway.live import SLOW_CLOSE, FrameType, Session, frame_id
-from schemas.frames import event_frame
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import Keys
+from livefeed.gateway.hub import Hub
+from livefeed.gateway.live import SLOW_CLOSE, FrameType, Session, frame_id
+from livefeed.schemas.frames import event_frame
 from tests.gateway.livehelp import assert_exact, make_log, publish
 
 # Marked here too: anyio's plugin otherwise drops the parameters of parametrized async tests.

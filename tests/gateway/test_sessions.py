@@ -15,10 +15,10 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from core import metrics
-from core.keys import Keys
-from gateway.hub import Hub
-from gateway.live import DRAINING, Session, Sessions, run_with
+from livefeed.core import metrics
+from livefeed.core.keys import Keys
+from livefeed.gateway.hub import Hub
+from livefeed.gateway.live import DRAINING, Session, Sessions, run_with
 from tests.gateway.livehelp import (
     Gateways,
     WsClient,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from core.keys import Keys
+from livefeed.core.keys import Keys
 from tests.gateway.livehelp import Gateways, assert_exact, make_log, publish, token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -8,8 +8,8 @@ import anyio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from core import auth
-from core.keys import Keys
+from livefeed.core import auth
+from livefeed.core.keys import Keys
 from tests.gateway.livehelp import (
     Gateways,
     WsClient,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.bench.command import BENCHMARKS
+from livefeed.ops.bench.command import BENCHMARKS
 
 
 @pytest.mark.slow
@@ -22,7 +22,7 @@ def test_quick_bench_reports_every_benchmark(redis_url: str, postgres_url: str,
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
     env |= {"LIVEFEED_REDIS_URL": redis_url, "LIVEFEED_DATABASE_URL": postgres_url,
             "LIVEFEED_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.run([sys.executable, "-m", "ops.cli", "bench", "--quick", "--json",
+    proc = subprocess.run([sys.executable, "-m", "livefeed.ops.cli", "bench", "--quick", "--json",
                            str(out)], env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -46,14 +46,14 @@ def test_quick_bench_reports_every_benchmark(redis_url: str, postgres_url: str,
 
 def test_unknown_benchmark_is_refused(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
-    proc = subprocess.run([sys.executable, "-m", "ops.cli", "bench", "nosuch"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "livefeed.ops.cli", "bench", "nosuch"], env=env,
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2
     assert "unknown benchmark nosuch" in proc.stderr
 
 
 def test_profile_summary_ranks_innermost_frames(tmp_path: Path) -> None:
-    from ops.bench.profile import summarize
+    from livefeed.ops.bench.profile import summarize
 
     path = tmp_path / "p.txt"
     path.write_text(

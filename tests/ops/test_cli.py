@@ -10,15 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import auth
-from core.embedded import free_port
-from ops.cli import build_parser
+from livefeed.core import auth
+from livefeed.core.embedded import free_port
+from livefeed.ops.cli import build_parser
 from tests.procs import Proc, wait_http
 
 
 def livefeed(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "livefeed.ops.cli", *args], capture_output=True,
                           text=True, env={**clean, **(env or {})}, timeout=60)
 
 

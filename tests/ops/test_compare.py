@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings, to_env
-from ops.compare.measure import (
+from livefeed.core.settings import Settings, to_env
+from livefeed.ops.compare.measure import (
     consistent_after,
     count_client,
     count_clients,
@@ -19,9 +19,9 @@ from ops.compare.measure import (
     percentile,
     posted_while_away,
 )
-from ops.compare.records import Away, ClientLog, Received, Sent
-from ops.compare.run import CellRun, Params, run_cell
-from ops.compare.scenarios import SCENARIOS
+from livefeed.ops.compare.records import Away, ClientLog, Received, Sent
+from livefeed.ops.compare.run import CellRun, Params, run_cell
+from livefeed.ops.compare.scenarios import SCENARIOS
 
 # Module-level, so the parametrized coroutine tests get the marker before parametrization.
 pytestmark = pytest.mark.anyio
@@ -214,7 +214,7 @@ def test_cli_json_and_html_report(base: Settings, tmp_path: Path) -> None:
     report = tmp_path / "report.html"
     env = {k: v for k, v in to_env(base).items()}
     proc = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "compare", "--scenario", "steady", "--mode",
+        [sys.executable, "-m", "livefeed.ops.cli", "compare", "--scenario", "steady", "--mode",
          "pubsub", "--duration", "1.5", "--clients", "2", "--rate", "100", "--auth", "hmac",
          "--json", "--report", str(report)],
         env={**_base_env(), **env}, capture_output=True, timeout=100, check=False,

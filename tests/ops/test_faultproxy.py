@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from core.embedded import EmbeddedPostgres
-from ops.faultproxy import FaultProxy
+from livefeed.core.embedded import EmbeddedPostgres
+from livefeed.ops.faultproxy import FaultProxy
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 from redis import exceptions as redis_exceptions
 
-from core.eventlog import EventLog
-from core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from core.settings import Settings, to_env
-from schemas.event import encode_event
+from livefeed.core.eventlog import EventLog
+from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.settings import Settings, to_env
+from livefeed.schemas.event import encode_event
 from tests.core.test_deadletters import poisoned
 from tests.core.test_inspect import event, groups, ingest, make_stale
 from tests.procs import Proc, running
@@ -27,7 +27,7 @@ from tests.procs import Proc, running
 
 def livefeed(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "livefeed.ops.cli", *args], capture_output=True,
                           text=True, env={**clean, **to_env(settings), "COLUMNS": "160"},
                           timeout=60)
 

@@ -3,8 +3,15 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schemas.event import decode_ingest_body, encode_event
-from schemas.frames import EventFrame, Hello, Reset, decode_frame, encode_frame, event_frame
+from livefeed.schemas.event import decode_ingest_body, encode_event
+from livefeed.schemas.frames import (
+    EventFrame,
+    Hello,
+    Reset,
+    decode_frame,
+    encode_frame,
+    event_frame,
+)
 
 GOOD = (b'{"user_id":"alice","subject":"Hi","sender":"a@b.c",'
         b'"received_at":"2026-11-30T10:00:00+00:00"}')
