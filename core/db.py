@@ -25,7 +25,7 @@ async def create_pool(
 
 def migration_files() -> list[tuple[str, str]]:
     """(name, sql) of every migration, in order."""
-    folder = resources.files("schemas") / "migrations"
+    folder = resources.files("livefeed.schemas") / "migrations"
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
     return [(name, (folder / name).read_text()) for name in names]
 

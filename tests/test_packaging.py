@@ -25,6 +25,25 @@ def test_wheel_holds_only_the_livefeed_package(tmp_path: Path) -> None:
     assert not [n for n in names if n.rsplit("/", 1)[-1] in ("test", "up", "bootstrap")]
     assert any(n.endswith("licenses/LICENSE") for n in names)
 
+    # The installed package works without the checkout on sys.path: package data found
+    # by package name (migrations), the CLI's command modules, the static files.
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    probe = (
+        "import sys\n"
+        f"sys.path = [p for p in sys.path if p.rstrip('/') != {str(ROOT)!r}]\n"
+        f"sys.path.insert(0, {str(unpacked)!r})\n"
+        "import livefeed\n"
+        f"assert livefeed.__file__.startswith({str(unpacked)!r}), livefeed.__file__\n"
+        "from livefeed.core import db\n"
+        "assert [name for name, _ in db.migration_files()], 'no migrations found'\n"
+        "from livefeed.ops import cli\n"
+        "cli.build_parser()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
 
 def test_cli_runs_beside_a_users_own_core_package(tmp_path: Path) -> None:
     (tmp_path / "core").mkdir()
