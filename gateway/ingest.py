@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from livefeed.core import auth, metrics
+from livefeed.core import auth, metrics, newsletters
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
     MAX_BATCH_EVENTS,
@@ -35,11 +35,6 @@ REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
 DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
            asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
            asyncpg.InsufficientResourcesError)
-# The naive baseline's single-row insert (`pubsub` mode has no stream id).
-INSERT_ONE = (
-    "INSERT INTO newsletters (id, user_id, subject, sender, category, received_at, preview, "
-    "stream_id) VALUES ($1, $2, $3, $4, $5, $6, $7, '') ON CONFLICT (id) DO NOTHING"
-)
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
 
 
@@ -155,9 +150,7 @@ async def _ingest_pubsub(state: GatewayState, events: list[Event]) -> Response:
     try:
         async with state.pool.acquire() as conn:
             for e in events:
-                status = await conn.execute(INSERT_ONE, e.id, e.user_id, e.subject, e.sender,
-                                            e.category, e.received_at, e.preview)
-                if status.endswith(" 1"):
+                if await newsletters.insert_one(conn, newsletters.row(e, "")):
                     new.append(str(e.id))
     except DB_DOWN as exc:
         logger.warning("ingest (pubsub): PostgreSQL unavailable (%s); answering 503", exc)

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from livefeed.consumers.persist import PersistHandler, insert_batch, to_row, write_isolating
-from livefeed.core import db
+from livefeed.consumers.persist import PersistHandler, write_isolating
+from livefeed.core import db, newsletters
 from livefeed.core.eventlog import EventLog
 from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry, ensure_group
@@ -61,16 +61,9 @@ def transient_count() -> float:
                                      {"group": PERSIST_GROUP}) or 0.0
 
 
-async def test_batch_insert_is_idempotent(pool: asyncpg.Pool) -> None:
-    batch = [to_row(event(i), f"1-{i}") for i in range(20)]
-    assert await insert_batch(pool, batch) == 20
-    assert await insert_batch(pool, batch[5:] + [to_row(event(99), "2-0")]) == 1
-    assert await pool.fetchval("SELECT count(*) FROM newsletters") == 21
-
-
 async def test_a_rejected_row_is_isolated_and_the_rest_written(pool: asyncpg.Pool) -> None:
-    good = [(f"1-{i}", to_row(event(i), f"1-{i}")) for i in range(12)]
-    bad = ("1-99", to_row(event(99, subject="NUL \u0000 inside"), "1-99"))
+    good = [(f"1-{i}", newsletters.row(event(i), f"1-{i}")) for i in range(12)]
+    bad = ("1-99", newsletters.row(event(99, subject="NUL \u0000 inside"), "1-99"))
     failures = await write_isolating(pool, good[:7] + [bad] + good[7:])
     assert list(failures) == ["1-99"]
     assert "CharacterNotInRepertoire" in failures["1-99"]
@@ -212,6 +205,6 @@ async def test_database_outage_keeps_entries_pending_then_drains(
 
 @pytest.mark.parametrize("rows_per_batch", [1, 7])
 async def test_write_isolating_with_only_bad_rows(pool: asyncpg.Pool, rows_per_batch: int) -> None:
-    bad = [(f"1-{i}", to_row(event(i, subject="\u0000"), f"1-{i}"))
+    bad = [(f"1-{i}", newsletters.row(event(i, subject="\u0000"), f"1-{i}"))
            for i in range(rows_per_batch)]
     assert set(await write_isolating(pool, bad)) == {b[0] for b in bad}
