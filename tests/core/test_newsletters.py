@@ -47,12 +47,60 @@ async def test_batch_insert_is_idempotent(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT count(*) FROM newsletters") == 21
 
 
-async def test_single_insert(pool: asyncpg.Pool) -> None:
+async def test_ids_are_scoped_per_user(pool: asyncpg.Pool) -> None:
+    e = event(1)
+    for_bob = msgspec.structs.replace(e, user_id="bob", subject="Bob's")
+    assert await newsletters.insert_batch(pool, [newsletters.row(e, "1-0"),
+                                                 newsletters.row(for_bob, "2-0")]) == 2
+    assert await newsletters.insert_one(pool, newsletters.row(e, "")) is False
+    assert await stored(pool) == [("alice", "Digest #1", "1-0"), ("bob", "Bob's", "2-0")]
+
+
+async def test_a_later_entry_with_new_content_replaces_the_row_an_earlier_one_never_does(
+    pool: asyncpg.Pool,
+) -> None:
+    """After the dedupe window ingest accepts a reuse of (user, id) and fanout delivers it:
+    the row follows. A redelivery of the older entry (or of the same one) changes nothing."""
+    first = event(1)
+    reuse = msgspec.structs.replace(first, subject="Corrected digest")
+    assert await newsletters.insert_batch(pool, [newsletters.row(first, "10-5")]) == 1
+    assert await newsletters.insert_batch(pool, [newsletters.row(reuse, "10-5")]) == 0
+    assert await newsletters.insert_batch(pool, [newsletters.row(reuse, "9-7")]) == 0
+    assert await stored(pool) == [("alice", "Digest #1", "10-5")]
+    assert await newsletters.insert_batch(pool, [newsletters.row(reuse, "11-0")]) == 1
+    assert await stored(pool) == [("alice", "Corrected digest", "11-0")]
+    # numeric order of the entry ids, not text order ("9-" > "10-" as text)
+    assert await newsletters.insert_batch(pool, [newsletters.row(first, "9-9")]) == 0
+    # same content from a later entry (`dead retry`): nothing to write
+    assert await newsletters.insert_batch(pool, [newsletters.row(reuse, "12-0")]) == 0
+    assert await stored(pool) == [("alice", "Corrected digest", "11-0")]
+
+
+async def test_one_batch_with_two_entries_of_one_event_writes_the_later(
+    pool: asyncpg.Pool,
+) -> None:
+    first = event(1)
+    reuse = msgspec.structs.replace(first, subject="Corrected digest")
+    rows = [newsletters.row(first, "1-0"), newsletters.row(event(2), "2-0"),
+            newsletters.row(reuse, "3-0")]
+    assert await newsletters.insert_batch(pool, rows) == 2
+    assert await stored(pool) == [("alice", "Digest #2", "2-0"),
+                                  ("alice", "Corrected digest", "3-0")]
+
+
+async def test_single_insert_and_content_check(pool: asyncpg.Pool) -> None:
     e = event(3, preview="p")
     row = newsletters.row(e, "")
+    assert await newsletters.same_content(pool, row) is None
     assert await newsletters.insert_one(pool, row) is True
     assert await newsletters.insert_one(pool, row) is False
-    assert await stored(pool) == [("alice", "Digest #3", "")]
+    assert await newsletters.same_content(pool, row) is True
+    # the same instant written with another offset is the same stored content
+    moved = e.received_at.astimezone(dt.timezone(dt.timedelta(hours=2)))
+    assert await newsletters.same_content(pool, row._replace(received_at=moved)) is True
+    for change in ({"preview": None}, {"category": "billing"}, {"subject": "other"}):
+        assert await newsletters.same_content(pool, row._replace(**change)) is False, change
+    assert await newsletters.same_content(pool, row._replace(user_id="bob")) is None
 
 
 async def test_pages_are_keyset_reads_newest_first(pool: asyncpg.Pool) -> None:
