@@ -12,7 +12,7 @@ import asyncpg
 import msgspec
 
 from livefeed.core import db, newsletters, redis_client
-from livefeed.core.groups import TRANSIENT_ERRORS, GroupRunner, RunnerConfig
+from livefeed.core.groups import TRANSIENT_ERRORS, GroupRunner, Permanent, RunnerConfig
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.core.newsletters import Row
@@ -21,10 +21,13 @@ from livefeed.schemas.event import decode_event
 
 logger = logging.getLogger(__name__)
 
-# The database refuses these rows (bad bytes, constraint): they are poison, the rest of
-# the batch is not. Connection errors are not among them: those are transient.
+# The database refuses these rows, not the batch: they are poison, the rest is not.
+# Connection errors are not among them: those are transient. A DataError (a NUL in a
+# text, a date out of range) is the row's own and fails on every delivery: permanent. A
+# constraint may be the operator's and lifted meanwhile: retried up to max_deliveries.
+PERMANENT_ROW_ERRORS: tuple[type[Exception], ...] = (asyncpg.DataError,)
 ROW_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.DataError,
+    *PERMANENT_ROW_ERRORS,
     asyncpg.IntegrityConstraintViolationError,
 )
 
@@ -32,7 +35,9 @@ ROW_ERRORS: tuple[type[Exception], ...] = (
 async def write_isolating(conn: newsletters.Executor, rows: Sequence[tuple[str, Row]],
                           ) -> dict[str, str]:
     """Insert (entry id, row) pairs; a row the database rejects is isolated by bisecting
-    the batch and reported as {entry id: error}; every other row is written."""
+    the batch and reported as {entry id: error}, a `Permanent` one for a DataError; every
+    other row is written. The bisection runs once: its permanent failures are
+    dead-lettered at once, so they never come back to be bisected again."""
     if not rows:
         return {}
     try:
@@ -40,7 +45,9 @@ async def write_isolating(conn: newsletters.Executor, rows: Sequence[tuple[str, 
         return {}
     except ROW_ERRORS as exc:
         if len(rows) == 1:
-            return {rows[0][0]: f"database rejected row: {type(exc).__name__}: {exc}"}
+            error = f"database rejected row: {type(exc).__name__}: {exc}"
+            return {rows[0][0]: Permanent(error) if isinstance(exc, PERMANENT_ROW_ERRORS)
+                    else error}
     mid = len(rows) // 2
     return {**await write_isolating(conn, rows[:mid]),
             **await write_isolating(conn, rows[mid:])}
