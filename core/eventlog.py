@@ -44,14 +44,21 @@ end
 return out
 """
 
-# KEYS: feed stream, fanned marker.  ARGV: maxlen, ttl, payload, live channel.
+# KEYS: feed stream, fanned marker.  ARGV: maxlen, ttl, payload, live channel, digest.
 # Returns {feed id, 1} when appended now, {feed id, 0} when this event was fanned out before
 # (a redelivered entry): the marker holds the feed id, so the publish is not repeated either.
+# The marker holds "<feed id> <content digest>": another content under the same (user, id)
+# is a new version accepted after the dedupe window, fanned out as a new entry. (A marker
+# written before digests were kept holds the feed id alone: the same event.)
 _FAN_OUT = """
 local prev = redis.call('GET', KEYS[2])
-if prev then return {prev, 0} end
+if prev then
+  local fid, digest = string.match(prev, '^(%S+) (%x+)$')
+  if not fid then return {prev, 0} end
+  if digest == ARGV[5] then return {fid, 0} end
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'data', ARGV[3])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+redis.call('SET', KEYS[2], id .. ' ' .. ARGV[5], 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[4], '{"type":"event","id":"' .. id .. '","data":' .. ARGV[3] .. '}')
 return {id, 1}
 """
@@ -157,8 +164,9 @@ class EventLog:
     async def fan_out(self, events: Sequence[tuple[str, str, bytes]]) -> list[Fanned]:
         """XADD each (event id, user, payload) to its user's feed and PUBLISH it, pipelined.
 
-        Idempotent per event id: a redelivered event keeps its first feed id and is not
-        published again.
+        Idempotent per (user, event id) and content: a redelivered event keeps its first
+        feed id and is not published again; another content (a reuse of the id after the
+        dedupe window) is a new version, appended and published.
         """
         if not events:
             return []
@@ -175,7 +183,8 @@ class EventLog:
         pipe = self.redis.pipeline(transaction=False)
         for eid, user, data in events:
             pipe.evalsha(self._fan_out.sha, 2, self.keys.feed(user), self.keys.fanned(user, eid),
-                         self.feed_maxlen, self.dedupe_ttl_s, data, self.keys.live(user))
+                         self.feed_maxlen, self.dedupe_ttl_s, data, self.keys.live(user),
+                         content_digest(data))
         return list(await pipe.execute())
 
     async def last_feed_id(self, user: str) -> str | None:

@@ -102,6 +102,34 @@ async def test_fan_out_appends_and_publishes_once(redis: Any, keys: Keys) -> Non
     await pubsub.aclose()
 
 
+async def test_another_content_under_a_fanned_id_is_a_new_version(
+    redis: Any, keys: Keys
+) -> None:
+    """A reuse of (user, id) accepted after the dedupe window reaches the feed and the live
+    channel even while the first version's fanned marker is still set."""
+    log = make_log(redis, keys)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.live("alice"))
+    await pubsub.get_message(timeout=1)
+    [first] = await log.fan_out([("e1", "alice", b'{"v":1}')])
+    [second] = await log.fan_out([("e1", "alice", b'{"v":2}')])
+    assert second.new and second.feed_id != first.feed_id
+    assert await log.fan_out([("e1", "alice", b'{"v":2}')]) == [(second.feed_id, False)]
+    assert [e.data for e in await log.read_feed("alice", "0", 10)] == [b'{"v":1}', b'{"v":2}']
+    got = []
+    with anyio.move_on_after(2):
+        while len(got) < 3:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if msg:
+                got.append(msg["data"])
+    assert got == [event_frame(first.feed_id, b'{"v":1}'),
+                   event_frame(second.feed_id, b'{"v":2}')]
+    await pubsub.aclose()
+    # a marker written before markers kept a digest (the feed id alone): the same event
+    await redis.set(keys.fanned("alice", "e2"), "5-0")
+    assert await log.fan_out([("e2", "alice", b"{}")]) == [("5-0", False)]
+
+
 async def test_feed_is_bounded(redis: Any, keys: Keys) -> None:
     log = make_log(redis, keys, maxlen=10)
     await log.fan_out([(f"e{i}", "u", b"{}") for i in range(500)])
