@@ -89,7 +89,7 @@ async def test_fan_out_appends_and_publishes_once(redis: Any, keys: Keys) -> Non
     redo = await log.fan_out([("e1", "alice", b'{"n":1}')])
     assert redo[0] == (done[0].feed_id, False)
     assert await redis.xlen(keys.feed("alice")) == 2
-    got = []
+    got: list[bytes] = []
     with anyio.move_on_after(2):
         while len(got) < 3:
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)

@@ -138,23 +138,6 @@ async def test_event_ids_are_scoped_per_user_and_a_reuse_with_other_content_is_a
     assert await stored(mode, redis, keys, pool) == want
 
 
-async def test_after_the_dedupe_window_a_reused_id_is_a_new_event(
-    gateway: Any, redis: Any, keys: Keys
-) -> None:
-    """Streams: once the seen marker expired the reuse is accepted; fanout delivers it and
-    persist replaces the row (tests/core/test_newsletters.py)."""
-    client = await gateway("streams")
-    j = str(uuid.uuid4())
-    assert (await post(client, event(id=j, subject="First"))).status_code == 202
-    assert (await post(client, event(id=j, subject="Second"))).status_code == 409
-    await redis.delete(keys.seen("alice", j))  # the window's expiry, without the wait
-    r = await post(client, event(id=j, subject="Second"))
-    assert r.json() == {"ids": [j], "accepted": [j], "duplicates": []}
-    subjects = [msgspec.json.decode(f[b"data"])["subject"]
-                for _, f in await redis.xrange(keys.ingest)]
-    assert subjects == ["First", "Second"]
-
-
 @modes
 async def test_auth(mode: str, gateway: Any) -> None:
     client = await gateway(mode)
