@@ -96,6 +96,26 @@ async def test_rows_prepared_ahead_serve_only_the_batch_they_were_prepared_for(
     assert await pool.fetchval("SELECT count(*) FROM newsletters") == 6
 
 
+async def test_one_id_for_two_users_is_two_rows_and_a_later_version_replaces_one(
+    pool: asyncpg.Pool,
+) -> None:
+    shared = event(1)
+    bob = msgspec.structs.replace(shared, user_id="bob", subject="Bob's")
+    newer = msgspec.structs.replace(shared, subject="Corrected")
+
+    def entry(sid: str, e: Event) -> Entry:
+        return Entry(sid, str(e.id), e.user_id, encode_event(e))
+
+    handler = PersistHandler(pool)
+    assert await handler.handle([entry("1-0", shared), entry("1-1", bob)]) == {}
+    assert await handler.handle([entry("1-0", shared)]) == {}  # redelivered
+    assert await handler.handle([entry("2-0", newer)]) == {}  # reused after the window
+    got = await pool.fetch("SELECT user_id, id, subject, stream_id FROM newsletters "
+                           "ORDER BY user_id")
+    assert [tuple(r) for r in got] == [("alice", shared.id, "Corrected", "2-0"),
+                                       ("bob", shared.id, "Bob's", "1-1")]
+
+
 class Spy(PersistHandler):
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
