@@ -1,84 +1,53 @@
-"""The `persist` group: batches of ingest entries into PostgreSQL, one statement per batch.
-
-`insert_batch` and `insert_one` take any asyncpg connection or pool, so a benchmark can
-drive the exact statements this consumer uses.
-"""
+"""The `persist` group: batches of ingest entries into PostgreSQL, one statement per batch
+(`core.newsletters.insert_batch`)."""
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import anyio
 import asyncpg
 import msgspec
 
-from livefeed.core import db, redis_client
-from livefeed.core.groups import TRANSIENT_ERRORS, GroupRunner, RunnerConfig
+from livefeed.core import db, newsletters, redis_client
+from livefeed.core.groups import TRANSIENT_ERRORS, GroupRunner, Permanent, RunnerConfig
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import PERSIST_GROUP, Keys
+from livefeed.core.newsletters import Row
 from livefeed.core.settings import Settings, SettingsError
-from livefeed.schemas.event import Event, decode_event
+from livefeed.schemas.event import decode_event
 
 logger = logging.getLogger(__name__)
 
-Row = tuple[uuid.UUID, str, str, str, str | None, datetime, str | None, str]
-
-COLUMNS = "id, user_id, subject, sender, category, received_at, preview, stream_id"
-INSERT_BATCH = (
-    f"INSERT INTO newsletters ({COLUMNS}) "
-    "SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], "
-    "$6::timestamptz[], $7::text[], $8::text[]) ON CONFLICT (id) DO NOTHING"
-)
-INSERT_ONE = (
-    f"INSERT INTO newsletters ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-    "ON CONFLICT (id) DO NOTHING"
-)
-# The database refuses these rows (bad bytes, constraint): they are poison, the rest of
-# the batch is not. Connection errors are not among them: those are transient.
+# The database refuses these rows, not the batch: they are poison, the rest is not.
+# Connection errors are not among them: those are transient. A DataError (a NUL in a
+# text, a date out of range) is the row's own and fails on every delivery: permanent. A
+# constraint may be the operator's and lifted meanwhile: retried up to max_deliveries.
+PERMANENT_ROW_ERRORS: tuple[type[Exception], ...] = (asyncpg.DataError,)
 ROW_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.DataError,
+    *PERMANENT_ROW_ERRORS,
     asyncpg.IntegrityConstraintViolationError,
 )
 
-Executor = asyncpg.Connection | asyncpg.Pool
 
-
-def to_row(event: Event, stream_id: str) -> Row:
-    assert event.id is not None, "ingest assigns every event an id"
-    return (event.id, event.user_id, event.subject, event.sender, event.category,
-            event.received_at, event.preview, stream_id)
-
-
-async def insert_batch(conn: Executor, rows: Sequence[Row]) -> int:
-    """One INSERT ... SELECT FROM UNNEST for all `rows`; returns rows newly inserted."""
-    if not rows:
-        return 0
-    columns = [list(col) for col in zip(*rows, strict=True)]
-    status = await conn.execute(INSERT_BATCH, *columns)
-    return int(status.rsplit(" ", 1)[1])
-
-
-async def insert_one(conn: Executor, row: Row) -> bool:
-    """One single-row INSERT (the naive design); True if the row is new."""
-    status = await conn.execute(INSERT_ONE, *row)
-    return bool(status.endswith(" 1"))
-
-
-async def write_isolating(conn: Executor, rows: Sequence[tuple[str, Row]]) -> dict[str, str]:
+async def write_isolating(conn: newsletters.Executor, rows: Sequence[tuple[str, Row]],
+                          ) -> dict[str, str]:
     """Insert (entry id, row) pairs; a row the database rejects is isolated by bisecting
-    the batch and reported as {entry id: error}; every other row is written."""
+    the batch and reported as {entry id: error}, a `Permanent` one for a DataError; every
+    other row is written. The bisection runs once: its permanent failures are
+    dead-lettered at once, so they never come back to be bisected again."""
     if not rows:
         return {}
     try:
-        await insert_batch(conn, [row for _, row in rows])
+        await newsletters.insert_batch(conn, [row for _, row in rows])
         return {}
     except ROW_ERRORS as exc:
         if len(rows) == 1:
-            return {rows[0][0]: f"database rejected row: {type(exc).__name__}: {exc}"}
+            error = f"database rejected row: {type(exc).__name__}: {exc}"
+            return {rows[0][0]: Permanent(error) if isinstance(exc, PERMANENT_ROW_ERRORS)
+                    else error}
     mid = len(rows) // 2
     return {**await write_isolating(conn, rows[:mid]),
             **await write_isolating(conn, rows[mid:])}
@@ -118,14 +87,14 @@ class PersistHandler:
             if event.id is None:
                 failures[entry.id] = "event without id"
                 continue
-            rows.append((entry.id, to_row(event, entry.id)))
+            rows.append((entry.id, newsletters.row(event, entry.id)))
         return rows, failures
 
 
 async def check_table(pool: asyncpg.Pool) -> None:
     """Fail at start, with the fix, if the schema is missing (not at every batch)."""
     try:
-        await pool.execute("SELECT 1 FROM newsletters LIMIT 0")
+        await newsletters.probe(pool)
     except asyncpg.UndefinedTableError:
         raise SettingsError(
             "table `newsletters` does not exist in LIVEFEED_DATABASE_URL; run `livefeed migrate`"

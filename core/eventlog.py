@@ -7,6 +7,7 @@ a marker without its entry would turn a retry into a silent loss.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -15,34 +16,70 @@ from redis.exceptions import NoScriptError
 from livefeed.core.keys import Keys
 
 # KEYS: ingest stream, then one seen-marker per event.
-# ARGV: ttl, then per event: event id, user, payload.
-# Returns per event the new entry id, or false (nil) when the id was seen already.
+# ARGV: ttl, then per event: event id, user, payload, content digest.
+# Returns per event the new entry id, or false (nil) when the event was seen already with
+# the same content; or, appending nothing, the (1-based) position of the first event whose
+# (user, id) was seen with a different content, earlier or in the same call.
 _APPEND = """
 local ttl = ARGV[1]
-local out = {}
-for i = 2, #KEYS do
-  local a = 2 + (i - 2) * 3
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
-    out[i - 1] = redis.call('XADD', KEYS[1], '*',
+local n = #KEYS - 1
+local here = {}
+for i = 1, n do
+  local key, digest = KEYS[i + 1], ARGV[1 + i * 4]
+  local known = here[key] or redis.call('GET', key)
+  if known and known ~= digest then return i end
+  here[key] = digest
+end
+local out, done = {}, {}
+for i = 1, n do
+  local key, a = KEYS[i + 1], 2 + (i - 1) * 4
+  if not done[key] and redis.call('SET', key, ARGV[a + 3], 'NX', 'EX', ttl) then
+    out[i] = redis.call('XADD', KEYS[1], '*',
       'event_id', ARGV[a], 'user', ARGV[a + 1], 'data', ARGV[a + 2])
   else
-    out[i - 1] = false
+    out[i] = false
   end
+  done[key] = true
 end
 return out
 """
 
-# KEYS: feed stream, fanned marker.  ARGV: maxlen, ttl, payload, live channel.
+# KEYS: feed stream, fanned marker.  ARGV: maxlen, ttl, payload, live channel, digest.
 # Returns {feed id, 1} when appended now, {feed id, 0} when this event was fanned out before
 # (a redelivered entry): the marker holds the feed id, so the publish is not repeated either.
+# The marker holds "<feed id> <content digest>": another content under the same (user, id)
+# is a new version accepted after the dedupe window, fanned out as a new entry. (A marker
+# written before digests were kept holds the feed id alone: the same event.)
 _FAN_OUT = """
 local prev = redis.call('GET', KEYS[2])
-if prev then return {prev, 0} end
+if prev then
+  local fid, digest = string.match(prev, '^(%S+) (%x+)$')
+  if not fid then return {prev, 0} end
+  if digest == ARGV[5] then return {fid, 0} end
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'data', ARGV[3])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+redis.call('SET', KEYS[2], id .. ' ' .. ARGV[5], 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[4], '{"type":"event","id":"' .. id .. '","data":' .. ARGV[3] .. '}')
 return {id, 1}
 """
+
+
+class IdConflict(Exception):
+    """An append named an event already seen with another content: nothing was appended."""
+
+    def __init__(self, index: int, event_id: str, user: str, *, earlier: bool = False,
+                 ) -> None:
+        where = ("appears earlier in this request" if earlier
+                 else "was accepted before")
+        super().__init__(f"event {event_id} of user {user} {where} with different content")
+        self.index = index  # of the offending event in the call
+        self.event_id = event_id
+        self.user = user
+
+
+def content_digest(payload: bytes) -> str:
+    """What a seen marker holds: enough of a hash to tell a retry from a reuse."""
+    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 class Appended(NamedTuple):
@@ -95,15 +132,21 @@ class EventLog:
     async def append(self, events: Sequence[tuple[str, str, bytes]]) -> list[Appended]:
         """Append (event id, user, payload) triples to the ingest stream in one round trip.
 
-        Idempotent on event id for `dedupe_ttl_s`: a repeated id is reported, not appended.
+        An event is named by (user, event id). For `dedupe_ttl_s` after its append, the
+        same payload again (in this call or a later one) is reported as a duplicate and not
+        appended; a different payload raises IdConflict, and then nothing is appended.
         """
         if not events:
             return []
-        keys = [self.keys.ingest] + [self.keys.seen(eid) for eid, _, _ in events]
+        keys = [self.keys.ingest] + [self.keys.seen(user, eid) for eid, user, _ in events]
         args: list[Any] = [self.dedupe_ttl_s]
         for eid, user, data in events:
-            args += [eid, user, data]
+            args += [eid, user, data, content_digest(data)]
         ids = await self._append(keys=keys, args=args)
+        if isinstance(ids, int):
+            eid, user, _ = events[ids - 1]
+            earlier = any((e, u) == (eid, user) for e, u, _ in events[: ids - 1])
+            raise IdConflict(ids - 1, eid, user, earlier=earlier)
         return [
             Appended(eid, _s(sid) if sid else None)
             for (eid, _, _), sid in zip(events, ids, strict=True)
@@ -121,8 +164,9 @@ class EventLog:
     async def fan_out(self, events: Sequence[tuple[str, str, bytes]]) -> list[Fanned]:
         """XADD each (event id, user, payload) to its user's feed and PUBLISH it, pipelined.
 
-        Idempotent per event id: a redelivered event keeps its first feed id and is not
-        published again.
+        Idempotent per (user, event id) and content: a redelivered event keeps its first
+        feed id and is not published again; another content (a reuse of the id after the
+        dedupe window) is a new version, appended and published.
         """
         if not events:
             return []
@@ -139,7 +183,8 @@ class EventLog:
         pipe = self.redis.pipeline(transaction=False)
         for eid, user, data in events:
             pipe.evalsha(self._fan_out.sha, 2, self.keys.feed(user), self.keys.fanned(user, eid),
-                         self.feed_maxlen, self.dedupe_ttl_s, data, self.keys.live(user))
+                         self.feed_maxlen, self.dedupe_ttl_s, data, self.keys.live(user),
+                         content_digest(data))
         return list(await pipe.execute())
 
     async def last_feed_id(self, user: str) -> str | None:

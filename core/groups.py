@@ -53,9 +53,16 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
 _DOWN: Any = object()
 
 
+class Permanent(str):
+    """A handler's error for an entry no redelivery can fix (the database refuses its
+    data): the entry is dead-lettered at once, not after max_deliveries."""
+
+
 class Handler(Protocol):
     async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
-        """Do the work of `entries`; return {entry id: error} for poison entries.
+        """Do the work of `entries`; return {entry id: error} for poison entries. An error
+        that is a `Permanent` dead-letters its entry now; any other, once the entry has
+        been delivered max_deliveries times (it is redelivered until then).
 
         Raise one of TRANSIENT_ERRORS to have the whole batch retried later. A handler
         may also define `prepare(entries) -> None`: CPU work for the next batch, called
@@ -357,7 +364,7 @@ class GroupRunner:
             n = counts.get(i)
             if n is None:
                 continue  # no longer ours to settle (acked or deleted meanwhile)
-            if n >= self.config.max_deliveries:
+            if n >= self.config.max_deliveries or isinstance(error, Permanent):
                 letters.append(self.stream.letter(by_id[i], error, n))
             else:
                 logger.warning("group %s: entry %s failed (delivery %d of %d): %s",

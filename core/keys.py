@@ -3,7 +3,8 @@
 `{user}` in the per-user names is also the Redis Cluster hash tag, so a user's feed
 stream, live channel and fanout markers share one slot. In cluster mode the ingest-side
 names (ingest stream, seen markers, dead letters) share the hash tag `{prefix}`, so the
-ingest script can touch the stream and the marker atomically.
+ingest script can touch the stream and the marker atomically (a seen marker names its
+user in braces too, after the prefix's tag: only the first braces are the hash tag).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ class Keys:
         self.live_pattern = f"{prefix}:live:*"
         self.feed_pattern = f"{prefix}:feed:*"
 
-    def seen(self, event_id: str) -> str:
-        return f"{self._ing}:seen:{event_id}"
+    def seen(self, user: str, event_id: str) -> str:
+        """The dedupe marker of event `event_id` of `user` (ids are scoped per user)."""
+        return f"{self._ing}:seen:{{{user}}}:{event_id}"
 
     def feed(self, user: str) -> str:
         return f"{self.prefix}:feed:{{{user}}}"

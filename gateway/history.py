@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from livefeed.core import auth
+from livefeed.core import auth, newsletters
 from livefeed.gateway.state import GatewayState
 
 DEFAULT_LIMIT = 50
@@ -49,13 +49,6 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
 _encoder = msgspec.json.Encoder()
 _cursor_decoder = msgspec.json.Decoder(Cursor)
 
-_COLUMNS = "id, user_id, subject, sender, category, received_at, preview, stream_id"
-_FIRST = f"""SELECT {_COLUMNS} FROM newsletters WHERE user_id = $1
-ORDER BY received_at DESC, id DESC LIMIT $2"""
-_AFTER = f"""SELECT {_COLUMNS} FROM newsletters WHERE user_id = $1 AND (received_at, id) < ($2, $3)
-ORDER BY received_at DESC, id DESC LIMIT $4"""
-
-
 def encode_cursor(cursor: Cursor) -> str:
     return base64.urlsafe_b64encode(_encoder.encode(cursor)).decode().rstrip("=")
 
@@ -70,10 +63,8 @@ def decode_cursor(text: str) -> Cursor:
 
 
 async def read_page(pool: asyncpg.Pool, user: str, before: Cursor | None, limit: int) -> Page:
-    if before is None:
-        rows = await pool.fetch(_FIRST, user, limit + 1)
-    else:
-        rows = await pool.fetch(_AFTER, user, before.received_at, before.id, limit + 1)
+    keyset = None if before is None else (before.received_at, before.id)
+    rows = await newsletters.read_page(pool, user, keyset, limit + 1)
     items = [Item(**dict(r)) for r in rows[:limit]]
     nxt = None
     if len(rows) > limit:

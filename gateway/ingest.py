@@ -2,10 +2,18 @@
 
 Only a 202 means accepted, and accepted means in the ingest stream: the append is one
 atomic, idempotent script, so on a 503 nothing is half-accepted and a retry is safe.
+
+An event is named by (user_id, id): ids are scoped per user. For LIVEFEED_DEDUPE_TTL after
+its acceptance, the same event again (in the same request or a later one) is a duplicate;
+the same name with another content is a 409 `conflict` for the whole request, which then
+appends nothing. After that window a reuse is a new version of the event: accepted,
+delivered live, and it replaces the stored row (`core.newsletters`), so the answer, the
+feed and the history agree on the newest content.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any
@@ -17,7 +25,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from livefeed.core import auth, metrics
+from livefeed.core import auth, metrics, newsletters
+from livefeed.core.eventlog import IdConflict
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
     MAX_BATCH_EVENTS,
@@ -35,11 +44,6 @@ REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
 DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
            asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
            asyncpg.InsufficientResourcesError)
-# The naive baseline's single-row insert (`pubsub` mode has no stream id).
-INSERT_ONE = (
-    "INSERT INTO newsletters (id, user_id, subject, sender, category, received_at, preview, "
-    "stream_id) VALUES ($1, $2, $3, $4, $5, $6, $7, '') ON CONFLICT (id) DO NOTHING"
-)
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
 
 
@@ -124,21 +128,27 @@ async def ingest(request: Request) -> Response:
         return _reject(413, "too_many", f"at most {MAX_BATCH_EVENTS} events per request",
                        events=len(events))
     events = [e.with_id() for e in events]
-    if state.settings.delivery == "pubsub":
-        return await _ingest_pubsub(state, events)
-    triples = [(str(e.id), e.user_id, encode_event(e)) for e in events]
     try:
-        appended = await state.log.append(triples)
-    except REDIS_ERRORS as exc:
-        logger.warning("ingest: Redis unavailable (%s); answering 503", exc)
-        return _unavailable("Redis")
-    return _accepted([a.event_id for a in appended],
-                     [a.event_id for a in appended if a.stream_id is not None])
+        if state.settings.delivery == "pubsub":
+            return await _ingest_pubsub(state, events)
+        triples = [(str(e.id), e.user_id, encode_event(e)) for e in events]
+        try:
+            appended = await state.log.append(triples)
+        except REDIS_ERRORS as exc:
+            logger.warning("ingest: Redis unavailable (%s); answering 503", exc)
+            return _unavailable("Redis")
+    except IdConflict as exc:
+        path = f"$[{exc.index}].id" if body.lstrip().startswith(b"[") else "$.id"
+        return _reject(409, "conflict", f"{exc}: an id names one event of its user; resend "
+                       "the same content to retry, or use a new id", path, events=len(events))
+    return _accepted([(a.event_id, a.stream_id is not None) for a in appended])
 
 
-def _accepted(ids: list[str], new: list[str]) -> Response:
-    fresh = set(new)
-    duplicates = [i for i in ids if i not in fresh]
+def _accepted(outcomes: list[tuple[str, bool]]) -> Response:
+    """202 for (event id, new?) per event in request order; not new is a duplicate."""
+    ids = [i for i, _ in outcomes]
+    new = [i for i, fresh in outcomes if fresh]
+    duplicates = [i for i, fresh in outcomes if not fresh]
     metrics.INGEST_EVENTS.labels("accepted").inc(len(new))
     metrics.INGEST_EVENTS.labels("duplicate").inc(len(duplicates))
     return _reply(202, Accepted(ids=ids, accepted=new, duplicates=duplicates))
@@ -150,15 +160,25 @@ def _unavailable(what: str) -> Response:
 
 
 async def _ingest_pubsub(state: GatewayState, events: list[Event]) -> Response:
-    """The naive design `compare` measures: one INSERT per event, then a bare PUBLISH."""
-    new: list[str] = []
+    """The naive design `compare` measures: one INSERT per event, then a bare PUBLISH.
+
+    The row is the dedupe marker, for ever: a stored (user, id) is a duplicate, or with
+    another content an IdConflict that rolls the request's inserts back (a request of
+    several events is one transaction for that).
+    """
+    outcomes: list[tuple[str, bool]] = []
     try:
         async with state.pool.acquire() as conn:
-            for e in events:
-                status = await conn.execute(INSERT_ONE, e.id, e.user_id, e.subject, e.sender,
-                                            e.category, e.received_at, e.preview)
-                if status.endswith(" 1"):
-                    new.append(str(e.id))
+            atomic = conn.transaction() if len(events) > 1 else contextlib.nullcontext()
+            async with atomic:
+                for i, e in enumerate(events):
+                    row = newsletters.row(e, "")
+                    fresh = await newsletters.insert_one(conn, row)
+                    if not fresh and await newsletters.same_content(conn, row) is False:
+                        earlier = any((p.id, p.user_id) == (e.id, e.user_id)
+                                      for p in events[:i])
+                        raise IdConflict(i, str(e.id), e.user_id, earlier=earlier)
+                    outcomes.append((str(e.id), fresh))
     except DB_DOWN as exc:
         logger.warning("ingest (pubsub): PostgreSQL unavailable (%s); answering 503", exc)
         return _unavailable("PostgreSQL")
@@ -172,7 +192,7 @@ async def _ingest_pubsub(state: GatewayState, events: list[Event]) -> Response:
     except REDIS_ERRORS as exc:
         logger.warning("ingest (pubsub): publish failed (%s); answering 503", exc)
         return _unavailable("Redis")
-    return _accepted([str(e.id) for e in events], new)
+    return _accepted(outcomes)
 
 
 def routes() -> list[BaseRoute]:

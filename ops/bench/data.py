@@ -1,4 +1,5 @@
-"""Generated newsletters for the benchmarks, as events, stream payloads and table rows."""
+"""Generated newsletters for the benchmarks, as events and stream payloads (their table
+rows: `core.newsletters.row`)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,8 @@ import datetime as dt
 import random
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from livefeed.schemas.event import Event, encode_event
-
-ROW_COLUMNS = ("id", "user_id", "subject", "sender", "category", "received_at", "preview",
-               "stream_id")
-INSERT_ONE = (
-    "INSERT INTO newsletters (id, user_id, subject, sender, category, received_at, preview, "
-    "stream_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
-)
-INSERT_UNNEST = (
-    "INSERT INTO newsletters (id, user_id, subject, sender, category, received_at, preview, "
-    "stream_id) SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], "
-    "$5::text[], $6::timestamptz[], $7::text[], $8::text[]) ON CONFLICT (id) DO NOTHING"
-)
 
 
 def events(count: int, users: Sequence[str], seed: int = 7, preview: str | None = None,
@@ -45,13 +33,3 @@ def events(count: int, users: Sequence[str], seed: int = 7, preview: str | None 
 def triples(evs: Sequence[Event]) -> list[tuple[str, str, bytes]]:
     """(event id, user, payload): what ingest appends and the consumers read."""
     return [(str(e.id), e.user_id, encode_event(e)) for e in evs]
-
-
-def row_of(e: Event, stream_id: str) -> tuple[Any, ...]:
-    return (e.id, e.user_id, e.subject, e.sender, e.category, e.received_at, e.preview,
-            stream_id)
-
-
-def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows to the column arrays UNNEST takes."""
-    return [list(col) for col in zip(*rows, strict=True)] if rows else [[]] * len(ROW_COLUMNS)

@@ -17,7 +17,7 @@ import anyio
 import asyncpg
 from redis.exceptions import ResponseError
 
-from livefeed.core import redis_client
+from livefeed.core import newsletters, redis_client
 from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings
 from livefeed.ops.bench import data, procs
@@ -26,17 +26,17 @@ from livefeed.ops.bench.runner import BenchResult, Context, Goal, Timer, row
 BIG_BATCH = 1000
 
 
-async def _naive(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> float:
+async def _naive(conn: asyncpg.Connection, rows: list[newsletters.Row]) -> float:
     with Timer() as t:
         for r in rows:
-            await conn.execute(data.INSERT_ONE, *r)
+            await newsletters.insert_one(conn, r)
     return len(rows) / t.seconds
 
 
-async def _ceiling(conn: asyncpg.Connection, rows: list[tuple[Any, ...]], batch: int) -> float:
+async def _ceiling(conn: asyncpg.Connection, rows: list[newsletters.Row], batch: int) -> float:
     with Timer() as t:
         for start in range(0, len(rows), batch):
-            await conn.execute(data.INSERT_UNNEST, *data.columns(rows[start : start + batch]))
+            await newsletters.insert_batch(conn, rows[start : start + batch])
     return len(rows) / t.seconds
 
 
@@ -107,7 +107,7 @@ async def run(ctx: Context, result: BenchResult) -> None:
     async with ctx.namespace() as s:
         assert s.database_url
         evs = data.events(n, [f"user{i}" for i in range(100)], seed=3)
-        rows = [data.row_of(e, f"{1700000000000 + i}-0") for i, e in enumerate(evs)]
+        rows = [newsletters.row(e, f"{1700000000000 + i}-0") for i, e in enumerate(evs)]
         conn = await asyncpg.connect(s.database_url)
         try:
             naive = await _naive(conn, rows[:n_naive])

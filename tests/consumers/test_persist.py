@@ -9,13 +9,14 @@ from typing import Any
 
 import anyio
 import asyncpg
+import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
-from livefeed.consumers.persist import PersistHandler, insert_batch, to_row, write_isolating
-from livefeed.core import db
+from livefeed.consumers.persist import PersistHandler, write_isolating
+from livefeed.core import db, newsletters
 from livefeed.core.eventlog import EventLog
-from livefeed.core.groups import GroupRunner, RunnerConfig
+from livefeed.core.groups import GroupRunner, Permanent, RunnerConfig
 from livefeed.core.groupstream import Entry, ensure_group
 from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.ops.faultproxy import FaultProxy
@@ -61,16 +62,9 @@ def transient_count() -> float:
                                      {"group": PERSIST_GROUP}) or 0.0
 
 
-async def test_batch_insert_is_idempotent(pool: asyncpg.Pool) -> None:
-    batch = [to_row(event(i), f"1-{i}") for i in range(20)]
-    assert await insert_batch(pool, batch) == 20
-    assert await insert_batch(pool, batch[5:] + [to_row(event(99), "2-0")]) == 1
-    assert await pool.fetchval("SELECT count(*) FROM newsletters") == 21
-
-
 async def test_a_rejected_row_is_isolated_and_the_rest_written(pool: asyncpg.Pool) -> None:
-    good = [(f"1-{i}", to_row(event(i), f"1-{i}")) for i in range(12)]
-    bad = ("1-99", to_row(event(99, subject="NUL \u0000 inside"), "1-99"))
+    good = [(f"1-{i}", newsletters.row(event(i), f"1-{i}")) for i in range(12)]
+    bad = ("1-99", newsletters.row(event(99, subject="NUL \u0000 inside"), "1-99"))
     failures = await write_isolating(pool, good[:7] + [bad] + good[7:])
     assert list(failures) == ["1-99"]
     assert "CharacterNotInRepertoire" in failures["1-99"]
@@ -100,6 +94,26 @@ async def test_rows_prepared_ahead_serve_only_the_batch_they_were_prepared_for(
     assert await handler.handle(entries[3:6]) == {}  # prepared once only: decoded again
     assert decoded == [4, 3, 3]
     assert await pool.fetchval("SELECT count(*) FROM newsletters") == 6
+
+
+async def test_one_id_for_two_users_is_two_rows_and_a_later_version_replaces_one(
+    pool: asyncpg.Pool,
+) -> None:
+    shared = event(1)
+    bob = msgspec.structs.replace(shared, user_id="bob", subject="Bob's")
+    newer = msgspec.structs.replace(shared, subject="Corrected")
+
+    def entry(sid: str, e: Event) -> Entry:
+        return Entry(sid, str(e.id), e.user_id, encode_event(e))
+
+    handler = PersistHandler(pool)
+    assert await handler.handle([entry("1-0", shared), entry("1-1", bob)]) == {}
+    assert await handler.handle([entry("1-0", shared)]) == {}  # redelivered
+    assert await handler.handle([entry("2-0", newer)]) == {}  # reused after the window
+    got = await pool.fetch("SELECT user_id, id, subject, stream_id FROM newsletters "
+                           "ORDER BY user_id")
+    assert [tuple(r) for r in got] == [("alice", shared.id, "Corrected", "2-0"),
+                                       ("bob", shared.id, "Bob's", "1-1")]
 
 
 class Spy(PersistHandler):
@@ -159,10 +173,84 @@ async def test_poison_entries_end_in_dead_letters_and_their_batch_is_written(
     assert len(await rows(pool)) == 10
     dead = {f[b"event_id"]: f for _, f in await redis.xrange(keys.dead)}
     nul = dead[str(events[4].id).encode()]
-    assert b"CharacterNotInRepertoire" in nul[b"error"] and nul[b"deliveries"] == b"2"
+    # the database refuses the row's data: no redelivery can fix it, so at once
+    assert b"CharacterNotInRepertoire" in nul[b"error"] and nul[b"deliveries"] == b"1"
     assert nul[b"group"] == b"persist"
+    # an undecodable payload may be a newer producer's: redelivered to max_deliveries
     assert dead[b"j"][b"error"].startswith(b"undecodable payload")
+    assert dead[b"j"][b"deliveries"] == b"2"
     assert dead[b"j"][b"source_id"] == junk and dead[b"j"][b"data"] == b"{nope"
+
+
+OUT_OF_RANGE = dt.datetime(9999, 12, 31, 23, 59, 59,
+                           tzinfo=dt.timezone(-dt.timedelta(hours=23, minutes=59)))
+
+
+async def test_rows_the_database_refuses_are_isolated_once_and_dead_lettered_at_once(
+    redis: Any, keys: Keys, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch with NUL and out-of-range rows among good ones: the good rows are written
+    once, the bad ones are dead-lettered on their first delivery with the database's error,
+    and the batch is bisected once, however many deliveries are allowed."""
+    events = [event(i) for i in range(30)]
+    bad = {3: event(3, subject="NUL \u0000 inside"), 11: event(11, subject="\u0000"),
+           12: msgspec.structs.replace(event(12), received_at=OUT_OF_RANGE),
+           25: msgspec.structs.replace(event(25), preview="trailing NUL \u0000")}
+    for i, e in bad.items():
+        events[i] = e
+    ids = await append(redis, keys, events)
+    statements: list[int] = []
+    insert_batch = newsletters.insert_batch
+
+    async def counting(conn: Any, batch: Sequence[newsletters.Row]) -> int:
+        statements.append(len(batch))
+        return await insert_batch(conn, batch)
+
+    monkeypatch.setattr(newsletters, "insert_batch", counting)
+    spy = Spy(pool)
+    runner = GroupRunner(redis, keys, PERSIST_GROUP, spy, consumer="p1",
+                         config=config(max_deliveries=5, claim_idle_ms=200))
+
+    async def settled() -> bool:
+        pending = (await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]
+        return bool(await redis.xlen(keys.dead) == len(bad) and pending == 0)
+
+    await run_until(runner, settled)
+    good = [e for i, e in enumerate(events) if i not in bad]
+    assert sorted(str(r["id"]) for r in await rows(pool)) == sorted(str(e.id) for e in good)
+    assert spy.sizes == [30]  # one delivery, no redelivery of the bad entries
+    assert len(statements) <= 2 * len(events)  # one bisection
+    dead = {f[b"source_id"].decode(): f for _, f in await redis.xrange(keys.dead)}
+    assert set(dead) == {ids[i] for i in bad}
+    for i, e in bad.items():
+        letter = dead[ids[i]]
+        assert letter[b"event_id"] == str(e.id).encode() and letter[b"deliveries"] == b"1"
+        assert letter[b"error"].startswith(b"database rejected row: ")
+    assert b"CharacterNotInRepertoire" in dead[ids[3]][b"error"]
+    assert b"date value out of range" in dead[ids[12]][b"error"]
+
+
+async def test_a_refused_constraint_is_retried_up_to_max_deliveries(
+    redis: Any, keys: Keys, pool: asyncpg.Pool
+) -> None:
+    """A constraint may be the operator's and be lifted meanwhile: not permanent."""
+    await pool.execute("ALTER TABLE newsletters ADD CONSTRAINT no_pills "
+                       "CHECK (subject <> 'Poison pill')")
+    events = [event(0), event(1, subject="Poison pill"), event(2)]
+    await append(redis, keys, events)
+    spy = Spy(pool)
+    runner = GroupRunner(redis, keys, PERSIST_GROUP, spy, consumer="p1",
+                         config=config(max_deliveries=3, claim_idle_ms=200))
+
+    async def settled() -> bool:
+        pending = (await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]
+        return bool(await redis.xlen(keys.dead) == 1 and pending == 0)
+
+    await run_until(runner, settled)
+    assert {r["id"] for r in await rows(pool)} == {events[0].id, events[2].id}
+    [(_, letter)] = await redis.xrange(keys.dead)
+    assert letter[b"deliveries"] == b"3" and b"no_pills" in letter[b"error"]
+    assert spy.sizes == [3, 1, 1]
 
 
 async def test_database_outage_keeps_entries_pending_then_drains(
@@ -212,6 +300,8 @@ async def test_database_outage_keeps_entries_pending_then_drains(
 
 @pytest.mark.parametrize("rows_per_batch", [1, 7])
 async def test_write_isolating_with_only_bad_rows(pool: asyncpg.Pool, rows_per_batch: int) -> None:
-    bad = [(f"1-{i}", to_row(event(i, subject="\u0000"), f"1-{i}"))
+    bad = [(f"1-{i}", newsletters.row(event(i, subject="\u0000"), f"1-{i}"))
            for i in range(rows_per_batch)]
-    assert set(await write_isolating(pool, bad)) == {b[0] for b in bad}
+    failures = await write_isolating(pool, bad)
+    assert set(failures) == {b[0] for b in bad}
+    assert all(isinstance(error, Permanent) for error in failures.values())

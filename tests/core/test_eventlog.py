@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import pytest
 
-from livefeed.core.eventlog import EventLog
+from livefeed.core.eventlog import EventLog, IdConflict, content_digest
 from livefeed.core.keys import Keys
 from livefeed.schemas.frames import event_frame
 
@@ -24,6 +25,58 @@ async def test_append_is_idempotent_on_event_id(redis: Any, keys: Keys) -> None:
     rows = await redis.xrange(keys.ingest)
     assert [r[1][b"event_id"] for r in rows] == [b"e1", b"e2", b"e3"]
     assert rows[0][1][b"user"] == b"alice"
+    assert await redis.get(keys.seen("bob", "e2")) == content_digest(b"{}").encode()
+    assert 0 < await redis.ttl(keys.seen("bob", "e2")) <= 60
+
+
+async def test_event_ids_are_scoped_per_user(redis: Any, keys: Keys) -> None:
+    log = make_log(redis, keys)
+    first = await log.append([("e1", "alice", b'{"a":1}')])
+    other = await log.append([("e1", "bob", b'{"b":2}')])
+    assert first[0].stream_id and other[0].stream_id
+    rows = await redis.xrange(keys.ingest)
+    assert [(f[b"event_id"], f[b"user"], f[b"data"]) for _, f in rows] == [
+        (b"e1", b"alice", b'{"a":1}'), (b"e1", b"bob", b'{"b":2}')]
+
+
+async def test_the_same_event_twice_in_one_append_is_one_entry(redis: Any, keys: Keys) -> None:
+    log = make_log(redis, keys)
+    done = await log.append([("e1", "alice", b"{}"), ("e2", "alice", b"{}"),
+                             ("e1", "alice", b"{}")])
+    assert [a.event_id for a in done] == ["e1", "e2", "e1"]
+    assert done[0].stream_id and done[1].stream_id and done[2].stream_id is None
+    assert await redis.xlen(keys.ingest) == 2
+
+
+async def test_a_reused_id_with_other_content_appends_nothing(redis: Any, keys: Keys) -> None:
+    log = make_log(redis, keys)
+    await log.append([("e1", "alice", b'{"v":1}')])
+    # against an earlier append: the whole call is refused, its new events too
+    with pytest.raises(IdConflict) as caught:
+        await log.append([("e2", "alice", b"{}"), ("e1", "alice", b'{"v":2}')])
+    assert (caught.value.index, caught.value.event_id, caught.value.user) == (1, "e1", "alice")
+    # within one call
+    with pytest.raises(IdConflict) as caught:
+        await log.append([("e3", "bob", b"{}"), ("e4", "bob", b'{"v":1}'),
+                          ("e4", "bob", b'{"v":2}')])
+    assert (caught.value.index, caught.value.event_id) == (2, "e4")
+    assert [f[b"event_id"] for _, f in await redis.xrange(keys.ingest)] == [b"e1"]
+    for user, eid in (("alice", "e2"), ("bob", "e3"), ("bob", "e4")):
+        assert await redis.exists(keys.seen(user, eid)) == 0
+    assert await redis.get(keys.seen("alice", "e1")) == content_digest(b'{"v":1}').encode()
+    # the first content is still a duplicate, not a conflict
+    assert (await log.append([("e1", "alice", b'{"v":1}')]))[0].stream_id is None
+
+
+async def test_after_the_dedupe_window_a_reused_id_is_a_new_entry(
+    redis: Any, keys: Keys
+) -> None:
+    log = make_log(redis, keys)
+    await log.append([("e1", "alice", b'{"v":1}')])
+    await redis.delete(keys.seen("alice", "e1"))  # what the window's expiry does
+    again = await log.append([("e1", "alice", b'{"v":2}')])
+    assert again[0].stream_id is not None
+    assert [f[b"data"] for _, f in await redis.xrange(keys.ingest)] == [b'{"v":1}', b'{"v":2}']
 
 
 async def test_fan_out_appends_and_publishes_once(redis: Any, keys: Keys) -> None:
@@ -36,7 +89,7 @@ async def test_fan_out_appends_and_publishes_once(redis: Any, keys: Keys) -> Non
     redo = await log.fan_out([("e1", "alice", b'{"n":1}')])
     assert redo[0] == (done[0].feed_id, False)
     assert await redis.xlen(keys.feed("alice")) == 2
-    got = []
+    got: list[bytes] = []
     with anyio.move_on_after(2):
         while len(got) < 3:
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
@@ -47,6 +100,34 @@ async def test_fan_out_appends_and_publishes_once(redis: Any, keys: Keys) -> Non
         event_frame(done[1].feed_id, b'{"n":2}'),
     ]
     await pubsub.aclose()
+
+
+async def test_another_content_under_a_fanned_id_is_a_new_version(
+    redis: Any, keys: Keys
+) -> None:
+    """A reuse of (user, id) accepted after the dedupe window reaches the feed and the live
+    channel even while the first version's fanned marker is still set."""
+    log = make_log(redis, keys)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.live("alice"))
+    await pubsub.get_message(timeout=1)
+    [first] = await log.fan_out([("e1", "alice", b'{"v":1}')])
+    [second] = await log.fan_out([("e1", "alice", b'{"v":2}')])
+    assert second.new and second.feed_id != first.feed_id
+    assert await log.fan_out([("e1", "alice", b'{"v":2}')]) == [(second.feed_id, False)]
+    assert [e.data for e in await log.read_feed("alice", "0", 10)] == [b'{"v":1}', b'{"v":2}']
+    got = []
+    with anyio.move_on_after(2):
+        while len(got) < 3:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if msg:
+                got.append(msg["data"])
+    assert got == [event_frame(first.feed_id, b'{"v":1}'),
+                   event_frame(second.feed_id, b'{"v":2}')]
+    await pubsub.aclose()
+    # a marker written before markers kept a digest (the feed id alone): the same event
+    await redis.set(keys.fanned("alice", "e2"), "5-0")
+    assert await log.fan_out([("e2", "alice", b"{}")]) == [("5-0", False)]
 
 
 async def test_feed_is_bounded(redis: Any, keys: Keys) -> None:

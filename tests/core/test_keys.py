@@ -11,14 +11,15 @@ def test_names_follow_the_contract() -> None:
     assert k.dead == "lf:dead"
     assert k.feed("alice") == "lf:feed:{alice}"
     assert k.live("alice") == "lf:live:{alice}"
-    assert k.seen("e1") == "lf:seen:e1"
+    assert k.seen("alice", "e1") == "lf:seen:{alice}:e1"
     assert k.fanned("alice", "e1") == "lf:fanned:{alice}:e1"
 
 
 def test_cluster_mode_colocates_the_ingest_side() -> None:
     k = Keys("lf", cluster=True)
     # one hash tag for the ingest script's keys, the user's tag for per-user keys
-    assert k.ingest == "{lf}:ingest" and k.seen("e1") == "{lf}:seen:e1" and k.dead == "{lf}:dead"
+    assert k.ingest == "{lf}:ingest" and k.dead == "{lf}:dead"
+    assert k.seen("bob", "e1") == "{lf}:seen:{bob}:e1"
     assert k.feed("bob") == "lf:feed:{bob}"
 
 

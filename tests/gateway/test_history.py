@@ -11,6 +11,8 @@ import asyncpg
 import httpx
 import pytest
 
+from livefeed.core import newsletters
+from livefeed.core.newsletters import Row
 from livefeed.core.settings import Settings
 from tests.gateway.livehelp import SECRET, app_client, token
 
@@ -23,12 +25,11 @@ async def insert(pool: asyncpg.Pool, user: str, n: int, same_time: bool = False)
     rows = []
     for i in range(n):
         at = base if same_time else base + timedelta(minutes=i)
-        rows.append((uuid.uuid4(), user, f"s{i}", f"x{i}@example.com", at, f"{i + 1}-0"))
-    await pool.executemany(
-        "INSERT INTO newsletters (id, user_id, subject, sender, received_at, stream_id) "
-        "VALUES ($1, $2, $3, $4, $5, $6)", rows)
-    rows.sort(key=lambda r: (r[4], r[0]), reverse=True)
-    return [str(r[0]) for r in rows]
+        rows.append(Row(uuid.uuid4(), user, f"s{i}", f"x{i}@example.com", None, at, None,
+                        f"{i + 1}-0"))
+    assert await newsletters.insert_batch(pool, rows) == n
+    rows.sort(key=lambda r: (r.received_at, r.id), reverse=True)
+    return [str(r.id) for r in rows]
 
 
 async def all_pages(client: httpx.AsyncClient, user: str, limit: int) -> list[str]:

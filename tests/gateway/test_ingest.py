@@ -69,7 +69,8 @@ async def test_accepts_events_and_reports_duplicates(
     body = r.json()
     assert body["ids"][0] == known and len(body["ids"]) == 2
     assert body["accepted"] == body["ids"] and body["duplicates"] == []
-    again = await post(client, [event(id=known), event(id=known)])
+    first = msgspec.json.decode(r.request.content)[0]
+    again = await post(client, [first, first])
     assert again.status_code == 202
     assert again.json() == {"ids": [known, known], "accepted": [], "duplicates": [known, known]}
     if mode == "streams":
@@ -87,6 +88,54 @@ async def test_accepts_events_and_reports_duplicates(
         assert msg is not None
         assert msgspec.json.decode(msg["data"])["data"]["id"] == known
     await pubsub.aclose()
+
+
+async def stored(mode: str, redis: Any, keys: Keys, pool: Any) -> list[tuple[str, str, str]]:
+    """(user, event id, subject) of every event that went in: the ingest stream's entries
+    (streams) or the rows (pubsub), in order."""
+    if mode == "streams":
+        return [(f[b"user"].decode(), f[b"event_id"].decode(),
+                 msgspec.json.decode(f[b"data"])["subject"])
+                for _, f in await redis.xrange(keys.ingest)]
+    return [(r["user_id"], str(r["id"]), r["subject"]) for r in await pool.fetch(
+        "SELECT user_id, id, subject FROM newsletters ORDER BY inserted_at, user_id")]
+
+
+@modes
+async def test_event_ids_are_scoped_per_user_and_a_reuse_with_other_content_is_a_conflict(
+    mode: str, gateway: Any, redis: Any, keys: Keys, pool: Any
+) -> None:
+    client = await gateway(mode)
+    j, k = str(uuid.uuid4()), str(uuid.uuid4())
+    first = event(id=j, subject="First")
+    # the same event twice in one request: one event, the second copy a duplicate
+    r = await post(client, [first, first])
+    assert r.status_code == 202, r.text
+    assert r.json() == {"ids": [j, j], "accepted": [j], "duplicates": [j]}
+    # the same id for another user names another event
+    r = await post(client, event(id=j, user_id="bob", subject="Bob's"))
+    assert r.json() == {"ids": [j], "accepted": [j], "duplicates": []}
+    want = [("alice", j, "First"), ("bob", j, "Bob's")]
+    assert await stored(mode, redis, keys, pool) == want
+    # the same id twice in one request with different content: refused as a whole
+    r = await post(client, [event(id=k), event(id=k, subject="Other")])
+    assert r.status_code == 409
+    assert r.json() == {"error": "conflict", "path": "$[1].id", "detail": (
+        f"event {k} of user alice appears earlier in this request with different content: "
+        "an id names one event of its user; resend the same content to retry, or use a new "
+        "id")}
+    # a later reuse with different content, alone or among new events
+    r = await post(client, {**first, "subject": "Changed"})
+    assert r.status_code == 409 and r.json()["path"] == "$.id"
+    assert r.json()["detail"].startswith(f"event {j} of user alice was accepted before with "
+                                         "different content: ")
+    r = await post(client, [event(id=k), event(user_id="bob"), {**first, "preview": "p"}])
+    assert r.status_code == 409 and r.json()["path"] == "$[2].id"
+    assert await stored(mode, redis, keys, pool) == want
+    # the first content again is a retry: a duplicate
+    r = await post(client, [first])
+    assert r.json() == {"ids": [j], "accepted": [], "duplicates": [j]}
+    assert await stored(mode, redis, keys, pool) == want
 
 
 @modes
