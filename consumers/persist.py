@@ -17,7 +17,8 @@ import asyncpg
 import msgspec
 
 from livefeed.core import db, redis_client
-from livefeed.core.groups import TRANSIENT_ERRORS, GroupRunner, RunnerConfig
+from livefeed.core.errors import DB_UNAVAILABLE, RetryBatch
+from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings, SettingsError
@@ -102,7 +103,10 @@ class PersistHandler:
             rows, failures = ready[1], dict(ready[2])
         else:
             rows, failures = self._rows(entries)
-        failures.update(await write_isolating(self.pool, rows))
+        try:
+            failures.update(await write_isolating(self.pool, rows))
+        except DB_UNAVAILABLE as exc:
+            raise RetryBatch(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
         return failures
 
     @staticmethod
@@ -130,7 +134,7 @@ async def check_table(pool: asyncpg.Pool) -> None:
         raise SettingsError(
             "table `newsletters` does not exist in LIVEFEED_DATABASE_URL; run `livefeed migrate`"
         ) from None
-    except TRANSIENT_ERRORS as exc:
+    except DB_UNAVAILABLE as exc:
         logger.warning("PostgreSQL unreachable at start (%s); batches will wait for it", exc)
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from livefeed.core.eventlog import EventLog, parse_stream_id
-from livefeed.core.inspect import event_head, preview
 from livefeed.core.keys import Keys
+from livefeed.core.preview import event_head, preview
 from livefeed.schemas.admin import DeadAction, DeadLetterList, DeadLetterView
 
 _PAGE = 500

@@ -19,35 +19,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
-import asyncpg
 import redis.exceptions
 
 from livefeed.core import metrics, retention
+from livefeed.core.errors import REDIS_UNAVAILABLE, RetryBatch
 from livefeed.core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Failures that say nothing about the entries: retry the same batch later.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.TryAgainError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.TransactionRollbackError,
-)
-# Redis being away must not end a consumer: it waits and carries on.
-REDIS_DOWN: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError, redis.exceptions.TryAgainError,
-)
+# Failures that say nothing about the entries: retry the same batch later. The handler
+# says so with RetryBatch; Redis being away (fanout's handler talks to Redis) says it too.
+RETRY_LATER = (RetryBatch, *REDIS_UNAVAILABLE)
 
 
 _DOWN: Any = object()
@@ -57,7 +41,8 @@ class Handler(Protocol):
     async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
         """Do the work of `entries`; return {entry id: error} for poison entries.
 
-        Raise one of TRANSIENT_ERRORS to have the whole batch retried later. A handler
+        Raise RetryBatch (or let a Redis connection error through) to have the whole
+        batch retried later. A handler
         may also define `prepare(entries) -> None`: CPU work for the next batch, called
         while the current one is handled; `handle` must work on unprepared entries too.
         """
@@ -186,13 +171,13 @@ class GroupRunner:
         """`step(*args)`'s result; if Redis is away, log, wait (interruptibly), return _DOWN."""
         try:
             return await step(*args)
-        except REDIS_DOWN as exc:
+        except REDIS_UNAVAILABLE as exc:
             logger.warning("group %s: Redis unavailable (%s); retrying", self.group, exc)
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             logger.warning("group %s: stream or group vanished; recreating", self.group)
-            with contextlib.suppress(*REDIS_DOWN):
+            with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self.stream.ensure_groups()
             return _DOWN
         with anyio.move_on_after(1.0):
@@ -228,7 +213,7 @@ class GroupRunner:
                 break
             try:
                 more = await self._read(">", cfg.batch_size - len(entries), remaining_ms)
-            except REDIS_DOWN as exc:  # handle what we have; no entry is dropped
+            except REDIS_UNAVAILABLE as exc:  # handle what we have; no entry is dropped
                 logger.warning("group %s: Redis unavailable while batching (%s)", self.group,
                                exc)
                 break
@@ -242,7 +227,7 @@ class GroupRunner:
         works on this one."""
         try:
             raws = await self._read(">", self.config.batch_size, None)
-        except REDIS_DOWN as exc:  # the main loop's next read waits for Redis
+        except REDIS_UNAVAILABLE as exc:  # the main loop's next read waits for Redis
             logger.debug("group %s: prefetch failed: %s", self.group, exc)
             return
         except redis.exceptions.ResponseError as exc:
@@ -262,7 +247,7 @@ class GroupRunner:
             return
         try:
             acked = await self.stream.ack(ids)
-        except REDIS_DOWN as exc:
+        except REDIS_UNAVAILABLE as exc:
             # Tried again with the next read; if that never comes, the entries stay pending
             # and are redelivered (the handlers are idempotent).
             self._to_ack = ids + self._to_ack
@@ -393,7 +378,7 @@ class GroupRunner:
             started = time.perf_counter()
             try:
                 failures = await self.handler.handle(entries)
-            except TRANSIENT_ERRORS as exc:
+            except RETRY_LATER as exc:
                 metrics.TRANSIENT_FAILURES.labels(self.group).inc()
                 self._healthy = False
                 logger.warning("group %s: batch of %d failed transiently (%s: %s); retrying "
@@ -425,7 +410,7 @@ class GroupRunner:
                 continue
             try:
                 await self.stream.keepalive(list(self._held))
-            except REDIS_DOWN as exc:
+            except REDIS_UNAVAILABLE as exc:
                 logger.debug("keepalive failed: %s", exc)
             except redis.exceptions.ResponseError as exc:
                 logger.warning("group %s: keepalive refused: %s", self.group, exc)
@@ -444,7 +429,7 @@ class GroupRunner:
     async def _release(self) -> None:
         try:
             left = await self.stream.release()
-        except REDIS_DOWN as exc:
+        except REDIS_UNAVAILABLE as exc:
             logger.warning("group %s: could not leave the group cleanly: %s", self.group, exc)
             return
         logger.info("consumer %s of group %s stopped%s", self.consumer, self.group,

@@ -7,7 +7,7 @@ their own client with no socket timeout (and a blocked read holds its pool conne
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias, overload
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -16,11 +16,23 @@ from redis.retry import Retry
 
 from livefeed.core.keys import Keys
 
-Redis: TypeAlias = "aioredis.Redis"
-AnyRedis: TypeAlias = "aioredis.Redis | RedisCluster"
+# What core and the consumers take: either client; both speak the commands they use.
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 
 COMMAND_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 5
+
+
+@overload
+def connect(url: str, *, cluster: Literal[False] = ..., blocking: bool = ...,
+            max_connections: int | None = ..., decode_responses: bool = ...) -> aioredis.Redis:
+    ...
+
+
+@overload
+def connect(url: str, *, cluster: bool, blocking: bool = ...,
+            max_connections: int | None = ..., decode_responses: bool = ...) -> RedisClient:
+    ...
 
 
 def connect(
@@ -30,7 +42,7 @@ def connect(
     blocking: bool = False,
     max_connections: int | None = None,
     decode_responses: bool = False,
-) -> Any:
+) -> RedisClient:
     """A client for `url`. `blocking=True` disables the socket timeout for BLOCK reads.
 
     Returns `redis.asyncio.Redis` (or `RedisCluster` with `cluster=True`); bytes replies
@@ -59,7 +71,7 @@ async def ping(url: str, *, cluster: bool = False) -> None:
         await client.aclose()
 
 
-async def delete_keys(client: Any, keys: Keys) -> int:
+async def delete_keys(client: RedisClient, keys: Keys) -> int:
     """Delete every key of `keys`' prefix (a throwaway namespace: tests, compare, bench)."""
     deleted = 0
     for pattern in keys.patterns():

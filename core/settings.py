@@ -14,10 +14,12 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from livefeed.core.errors import LivefeedError
+
 Delivery = Literal["streams", "pubsub"]
 
 
-class SettingsError(ValueError):
+class SettingsError(LivefeedError, ValueError):
     """A setting is wrong; the message names it and says the fix."""
 
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import redis.exceptions
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, metrics
+from livefeed.core.errors import DB_UNAVAILABLE, REDIS_ERRORS
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
     MAX_BATCH_EVENTS,
@@ -31,10 +31,6 @@ from livefeed.schemas.frames import event_frame
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
-DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-           asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
-           asyncpg.InsufficientResourcesError)
 # The naive baseline's single-row insert (`pubsub` mode has no stream id).
 INSERT_ONE = (
     "INSERT INTO newsletters (id, user_id, subject, sender, category, received_at, preview, "
@@ -159,7 +155,7 @@ async def _ingest_pubsub(state: GatewayState, events: list[Event]) -> Response:
                                             e.category, e.received_at, e.preview)
                 if status.endswith(" 1"):
                     new.append(str(e.id))
-    except DB_DOWN as exc:
+    except DB_UNAVAILABLE as exc:
         logger.warning("ingest (pubsub): PostgreSQL unavailable (%s); answering 503", exc)
         return _unavailable("PostgreSQL")
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:

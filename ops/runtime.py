@@ -98,15 +98,15 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
 async def preflight(settings: Settings) -> None:
     """Fail with one line naming the setting and the fix when a server does not answer."""
     import asyncpg
-    import redis.exceptions
 
     from livefeed.core import redis_client
+    from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
     from livefeed.core.settings import SettingsError, _hide_password
 
     if settings.redis_url:
         try:
             await redis_client.ping(settings.redis_url, cluster=settings.redis_cluster)
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise SettingsError(
                 f"{env_name('redis_url')}={_hide_password(settings.redis_url)}: Redis does not "
                 f"answer ({exc}); start Redis there, fix the URL, or unset it to use the "
@@ -115,7 +115,7 @@ async def preflight(settings: Settings) -> None:
     if settings.database_url:
         try:
             conn = await asyncpg.connect(settings.database_url, timeout=5)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except DB_ERRORS as exc:
             raise SettingsError(
                 f"{env_name('database_url')}={_hide_password(settings.database_url)}: "
                 f"PostgreSQL does not answer ({exc}); start it there, fix the URL, or unset "

@@ -12,9 +12,7 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.schemas.admin import DeadLetter
 from livefeed.schemas.event import encode_event
-from tests.core.test_inspect import any_redis_url, both, event, r
-
-__all__ = ["any_redis_url", "r"]  # fixtures shared with test_inspect
+from tests.core.streamhelp import both, event
 
 
 def log_of(r: Any, keys: Keys) -> EventLog:

@@ -17,8 +17,8 @@ from livefeed.core.embedded import free_port
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings
 from livefeed.gateway import app as app_mod
+from tests.core.streamhelp import groups, ingest, make_stale
 from tests.core.test_deadletters import poisoned
-from tests.core.test_inspect import groups, ingest, make_stale
 from tests.gateway.test_admin import MINE
 
 pytestmark = pytest.mark.browser

@@ -10,8 +10,8 @@ import pytest
 from livefeed.core import auth, metrics
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings
+from tests.core.streamhelp import groups, ingest, make_stale
 from tests.core.test_deadletters import poisoned
-from tests.core.test_inspect import groups, ingest, make_stale
 from tests.gateway.livehelp import app_client as _app_client
 
 MINE = ("livefeed.gateway.admin", "livefeed.gateway.metrics", "livefeed.gateway.health")
