@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import anyio
 import redis.exceptions
 
-from livefeed.core import metrics, retention
+from livefeed.core import deadletters, metrics, retention
 from livefeed.core.errors import REDIS_UNAVAILABLE, RetryBatch
 from livefeed.core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch
 from livefeed.core.keys import Keys
@@ -60,6 +60,7 @@ class RunnerConfig:
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
+    dead_maxlen: int = 100_000
     trim_every_s: float | None = 5.0
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 5.0
@@ -75,6 +76,7 @@ class RunnerConfig:
             block_ms=1000,
             claim_idle_ms=settings.claim_idle_ms,
             max_deliveries=settings.max_deliveries,
+            dead_maxlen=settings.dead_maxlen,
             drain_timeout_s=settings.drain_timeout_s,
         )
 
@@ -343,14 +345,17 @@ class GroupRunner:
             if n is None:
                 continue  # no longer ours to settle (acked or deleted meanwhile)
             if n >= self.config.max_deliveries:
-                letters.append(self.stream.letter(by_id[i], error, n))
+                letters.append(deadletters.letter_of(
+                    i, by_id[i].fields, group=self.group, consumer=self.consumer, error=error,
+                    deliveries=n))
             else:
                 logger.warning("group %s: entry %s failed (delivery %d of %d): %s",
                                self.group, i, n, self.config.max_deliveries, error)
         if letters:
-            await self.stream.dead_letter(letters)
+            await deadletters.bury(self.stream.redis, self.keys, self.group, letters,
+                                   maxlen=self.config.dead_maxlen)
             metrics.ENTRIES_DEAD.labels(self.group).inc(len(letters))
-            for letter, _ in letters:
+            for letter in letters:
                 logger.error("group %s: entry %s dead-lettered after %d deliveries: %s",
                              self.group, letter.source_id, letter.deliveries, letter.error)
 

@@ -2,19 +2,18 @@
 
 `core.groups` decides *when* (policy: batching, retries, dead letters); this module
 only knows *how*, including the reply shapes that differ between Redis 6.2 and 7.
+Dead letters themselves (format, write, read) live in `core.deadletters`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from redis.exceptions import ResponseError
 
 from livefeed.core.keys import GROUPS, Keys
-from livefeed.schemas.admin import DeadLetter
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +113,6 @@ def parse_autoclaim(reply: Sequence[Any]) -> Claimed:
     return Claimed(entries, cursor, deleted, nil_seen)
 
 
-def dead_letter_fields(letter: DeadLetter, extra: dict[str, str]) -> dict[str, str | int]:
-    fields: dict[str, str | int] = {
-        name: getattr(letter, name) for name in letter.__struct_fields__
-    }
-    fields.update(extra)
-    return fields
-
-
 class GroupStream:
     """Commands of consumer `consumer` in group `group` on the ingest stream.
 
@@ -218,27 +209,6 @@ class GroupStream:
         gone = [i for i, found in zip(ids, await pipe.execute(), strict=True) if not found]
         await self.ack(gone)
         return gone
-
-    async def dead_letter(self, letters: Sequence[tuple[DeadLetter, dict[str, str]]]) -> None:
-        """XADD each letter to the dead-letter stream and XACK its entry, in one MULTI."""
-        if not letters:
-            return
-        pipe = self.redis.pipeline(transaction=True)
-        for letter, extra in letters:
-            pipe.xadd(self.keys.dead, dead_letter_fields(letter, extra))
-        pipe.xack(self.stream, self.group, *[letter.source_id for letter, _ in letters])
-        await pipe.execute()
-
-    def letter(self, raw: Raw, error: str, deliveries: int) -> tuple[DeadLetter, dict[str, str]]:
-        f = raw.fields
-        letter = DeadLetter(
-            source_id=raw.id, group=self.group, consumer=self.consumer, error=error[:2000],
-            deliveries=deliveries, data=_s(f.get(b"data", b"")),
-            failed_at_ms=int(time.time() * 1000),
-        )
-        # `dead retry` re-appends with the original event id and user.
-        extra = {k.decode(): _s(f[k]) for k in (b"event_id", b"user") if k in f}
-        return letter, extra
 
     async def release(self) -> bool:
         """Leave the group if we own no pending entry; True if we left."""

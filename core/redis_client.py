@@ -7,7 +7,8 @@ their own client with no socket timeout (and a blocked read holds its pool conne
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeAlias, overload
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias, cast, overload
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -18,6 +19,9 @@ from livefeed.core.keys import Keys
 
 # What core and the consumers take: either client; both speak the commands they use.
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+
+# Stream entry fields as our clients read them (bytes: `decode_responses` is off).
+Fields: TypeAlias = dict[bytes, bytes]
 
 COMMAND_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 5
@@ -79,3 +83,16 @@ async def delete_keys(client: RedisClient, keys: Keys) -> int:
         for i in range(0, len(batch), 500):
             deleted += await client.delete(*batch[i : i + 500])
     return deleted
+
+
+def stream_rows(reply: Sequence[tuple[Any, Any]] | None) -> list[tuple[str, Fields]]:
+    """An XRANGE/XREVRANGE reply as (id, fields) pairs.
+
+    redis-py types stream replies for both reply modes (str or bytes, nil ids and fields);
+    XRANGE on a client with `decode_responses` off answers bytes ids and fields.
+    """
+    return [(_s(sid), cast(Fields, fields or {})) for sid, fields in reply or ()]
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, kw_only=True):
     webhook_secret: str | None = None
     data_dir: str = ".livefeed"
     feed_maxlen: int = 10_000
+    dead_maxlen: int = 100_000  # lf:dead, trimmed approximately: the oldest letters go first
     max_deliveries: int = 5
     batch_size: int = 100
     flush_ms: int = 500
@@ -172,7 +173,8 @@ def validate(s: Settings) -> None:
         raise SettingsError(
             f"{env_name('prefix')}={s.prefix!r}: use letters, digits, ':', '-' or '_'"
         )
-    for name in ("feed_maxlen", "max_deliveries", "batch_size", "flush_ms", "send_queue"):
+    for name in ("feed_maxlen", "dead_maxlen", "max_deliveries", "batch_size", "flush_ms",
+                 "send_queue"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{env_name(name)} must be a positive integer")
     if s.redis_cluster and s.redis_url is None:

@@ -3,21 +3,23 @@ from __future__ import annotations
 import pytest
 
 from livefeed.core import settings as settings_mod
+from livefeed.core.groups import RunnerConfig
 from livefeed.core.settings import SettingsError
 
 
 def test_defaults_match_the_contract() -> None:
     s = settings_mod.load({})
     assert (s.delivery, s.prefix, s.data_dir) == ("streams", "lf", ".livefeed")
-    assert s.feed_maxlen == 10_000
+    assert s.feed_maxlen == 10_000 and s.dead_maxlen == 100_000
     assert s.redis_url is None and s.database_url is None
 
 
 def test_environment_then_flags() -> None:
-    env = {"LIVEFEED_DELIVERY": "pubsub", "LIVEFEED_FEED_MAXLEN": "50",
+    env = {"LIVEFEED_DELIVERY": "pubsub", "LIVEFEED_FEED_MAXLEN": "50", "LIVEFEED_DEAD_MAXLEN": "7",
            "LIVEFEED_REDIS_CLUSTER": "false", "LIVEFEED_PREFIX": "x"}
     s = settings_mod.load(env, prefix="y")
     assert (s.delivery, s.feed_maxlen, s.redis_cluster, s.prefix) == ("pubsub", 50, False, "y")
+    assert RunnerConfig.from_settings(s, linger=False).dead_maxlen == 7
 
 
 def test_repr_hides_secrets_and_passwords() -> None:
@@ -38,6 +40,7 @@ def test_repr_hides_secrets_and_passwords() -> None:
         ({"LIVEFEED_DATABASE_URL": "mysql://x"}, ["LIVEFEED_DATABASE_URL", "postgresql://"]),
         ({"LIVEFEED_FEED_MAXLEN": "many"}, ["LIVEFEED_FEED_MAXLEN"]),
         ({"LIVEFEED_BATCH_SIZE": "0"}, ["LIVEFEED_BATCH_SIZE"]),
+        ({"LIVEFEED_DEAD_MAXLEN": "0"}, ["LIVEFEED_DEAD_MAXLEN"]),
         ({"LIVEFEED_PREFIX": "a{b}"}, ["LIVEFEED_PREFIX"]),
         ({"LIVEFEED_REDIS_CLUSTER": "true"}, ["LIVEFEED_REDIS_URL"]),
     ],
