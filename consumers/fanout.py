@@ -19,7 +19,7 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import FANOUT_GROUP, Keys
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved
 from livefeed.schemas.event import decode_event
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,8 @@ class FanoutHandler:
         return failures
 
 
-async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = None) -> None:
+async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None) -> None:
     """The fanout role: one consumer until `stopping` is set, then drain."""
-    assert settings.redis_url
     keys = Keys(settings.prefix, cluster=settings.redis_cluster)
     client: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     reader: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,

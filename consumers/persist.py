@@ -21,7 +21,7 @@ from livefeed.core.errors import DB_UNAVAILABLE, RetryBatch
 from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import PERSIST_GROUP, Keys
-from livefeed.core.settings import Settings, SettingsError
+from livefeed.core.settings import Resolved, SettingsError
 from livefeed.schemas.event import Event, decode_event
 
 logger = logging.getLogger(__name__)
@@ -161,9 +161,8 @@ async def close_pool(pool: asyncpg.Pool, timeout_s: float = 5.0) -> None:
     pool.terminate()
 
 
-async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = None) -> None:
+async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None) -> None:
     """The persist role: one consumer until `stopping` is set, then drain."""
-    assert settings.redis_url and settings.database_url
     keys = Keys(settings.prefix, cluster=settings.redis_cluster)
     client: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     reader: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,

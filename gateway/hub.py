@@ -254,7 +254,6 @@ class Hub:
 async def lifespan(state: Any) -> AsyncIterator[None]:
     """Start the process's hub (as `state.extras["hub"]`) and the registry of its live
     sessions (`state.extras["sessions"]`, stopped when `state.draining` is set)."""
-    assert state.settings.redis_url is not None
     hub = Hub(state.settings.redis_url, state.keys)
     sessions = Sessions()
     state.extras["hub"] = hub

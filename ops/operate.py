@@ -115,7 +115,6 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 async def _redis(settings: Settings) -> AsyncIterator[tuple[Any, Keys]]:
     settings = runtime.attach(settings)
     await runtime.preflight(settings)
-    assert settings.redis_url is not None
     client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
         yield client, Keys(settings.prefix, cluster=settings.redis_cluster)

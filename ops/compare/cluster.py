@@ -22,7 +22,7 @@ from livefeed.core import db, redis_client
 from livefeed.core.embedded import free_port
 from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS, LivefeedError
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from livefeed.core.settings import Settings, env_name
+from livefeed.core.settings import Resolved, env_name
 from livefeed.ops.faultproxy import FaultProxy
 from livefeed.ops.procs import Child, child_env, livefeed_argv
 
@@ -52,10 +52,8 @@ def with_params(dsn: str, **params: str) -> str:
 class Cluster:
     """Processes for one cell. Use `async with`; everything is killed and dropped on exit."""
 
-    def __init__(self, base: Settings, *, mode: str, log_dir: Path,
+    def __init__(self, base: Resolved, *, mode: str, log_dir: Path,
                  env: dict[str, str] | None = None) -> None:
-        if base.redis_url is None or base.database_url is None:
-            raise ValueError("Cluster needs resolved redis_url and database_url")
         self.base = base
         self.mode = mode
         self.log_dir = log_dir
@@ -104,7 +102,6 @@ class Cluster:
             logger.warning("could not delete keys of %s: %s", self.prefix, exc)
         finally:
             await self.redis.aclose()
-        assert self.base.database_url is not None
         try:
             conn = await asyncpg.connect(self.base.database_url, timeout=10)
         except DB_ERRORS as exc:
