@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 import msgspec
@@ -56,8 +55,8 @@ class FanoutHandler:
 async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None) -> None:
     """The fanout role: one consumer until `stopping` is set, then drain."""
     keys = Keys(settings.prefix, cluster=settings.redis_cluster)
-    client: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
-    reader: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
+    client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+    reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
                                        blocking=True)
     try:
         log = EventLog(client, keys, feed_maxlen=settings.feed_maxlen,

@@ -10,7 +10,6 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import anyio
 import asyncpg
@@ -164,8 +163,8 @@ async def close_pool(pool: asyncpg.Pool, timeout_s: float = 5.0) -> None:
 async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None) -> None:
     """The persist role: one consumer until `stopping` is set, then drain."""
     keys = Keys(settings.prefix, cluster=settings.redis_cluster)
-    client: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
-    reader: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
+    client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+    reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
                                        blocking=True)
     pool = await create_pool(settings.database_url)
     try:

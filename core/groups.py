@@ -25,6 +25,7 @@ from livefeed.core import deadletters, metrics, retention
 from livefeed.core.errors import REDIS_UNAVAILABLE, RetryBatch
 from livefeed.core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch
 from livefeed.core.keys import Keys
+from livefeed.core.redis_client import RedisClient
 from livefeed.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ class GroupRunner:
     (the batch in the handler, the prefetched one) are kept alive so no one claims them.
     """
 
-    def __init__(self, redis: Any, keys: Keys, group: str, handler: Handler, *,
-                 consumer: str | None = None, reader: Any = None,
+    def __init__(self, redis: RedisClient, keys: Keys, group: str, handler: Handler, *,
+                 consumer: str | None = None, reader: RedisClient | None = None,
                  config: RunnerConfig | None = None) -> None:
         self.group = group
         self.handler = handler

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from redis.exceptions import ResponseError
 
 from livefeed.core.keys import GROUPS, Keys
+from livefeed.core.redis_client import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ class Claimed(NamedTuple):
     nil_seen: bool  # Redis 6.2: claimed entries without payload (their ids are not returned)
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _s(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def to_entry(raw: Raw) -> Entry | str:
@@ -120,8 +121,8 @@ class GroupStream:
     core.redis_client) serves the blocking reads.
     """
 
-    def __init__(self, redis: Any, keys: Keys, group: str, consumer: str,
-                 *, reader: Any = None) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, group: str, consumer: str,
+                 *, reader: RedisClient | None = None) -> None:
         self.redis = redis
         self.reader = reader if reader is not None else redis
         self.keys = keys
@@ -129,7 +130,7 @@ class GroupStream:
         self.group = group
         self.consumer = consumer
 
-    def _client(self, cursor: str, block_ms: int | None) -> Any:
+    def _client(self, cursor: str, block_ms: int | None) -> RedisClient:
         """The blocking reader for a read that blocks; otherwise the client with a socket
         timeout, so a read that should return at once cannot hang forever."""
         return self.reader if cursor == ">" and block_ms is not None else self.redis
@@ -220,7 +221,7 @@ class GroupStream:
         return True
 
 
-async def ensure_group(client: Any, stream: str, group: str) -> None:
+async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
     """XGROUP CREATE ... 0 MKSTREAM; an existing group (BUSYGROUP) is fine."""
     try:
         await client.xgroup_create(stream, group, id="0", mkstream=True)
