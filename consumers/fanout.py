@@ -57,7 +57,7 @@ async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = N
     keys = Keys(settings.prefix, cluster=settings.redis_cluster)
     client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
-                                       blocking=True)
+                                  blocking=True)
     try:
         log = EventLog(client, keys, feed_maxlen=settings.feed_maxlen,
                        dedupe_ttl_s=settings.dedupe_ttl_s)

@@ -165,7 +165,7 @@ async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = N
     keys = Keys(settings.prefix, cluster=settings.redis_cluster)
     client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
-                                       blocking=True)
+                                  blocking=True)
     pool = await create_pool(settings.database_url)
     try:
         await check_table(pool)

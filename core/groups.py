@@ -43,9 +43,9 @@ class Handler(Protocol):
         """Do the work of `entries`; return {entry id: error} for poison entries.
 
         Raise RetryBatch (or let a Redis connection error through) to have the whole
-        batch retried later. A handler
-        may also define `prepare(entries) -> None`: CPU work for the next batch, called
-        while the current one is handled; `handle` must work on unprepared entries too.
+        batch retried later, burning no delivery. A handler may also define
+        `prepare(entries) -> None`: CPU work for the next batch, called while the current
+        one is handled; `handle` must work on unprepared entries too.
         """
         ...
 
