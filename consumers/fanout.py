@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 import msgspec
@@ -19,7 +18,7 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import FANOUT_GROUP, Keys
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved
 from livefeed.schemas.event import decode_event
 
 logger = logging.getLogger(__name__)
@@ -53,13 +52,12 @@ class FanoutHandler:
         return failures
 
 
-async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = None) -> None:
+async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None) -> None:
     """The fanout role: one consumer until `stopping` is set, then drain."""
-    assert settings.redis_url
     keys = Keys(settings.prefix, cluster=settings.redis_cluster)
-    client: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
-    reader: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
-                                       blocking=True)
+    client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+    reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
+                                  blocking=True)
     try:
         log = EventLog(client, keys, feed_maxlen=settings.feed_maxlen,
                        dedupe_ttl_s=settings.dedupe_ttl_s)

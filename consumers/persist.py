@@ -12,11 +12,12 @@ import asyncpg
 import msgspec
 
 from livefeed.core import db, newsletters, redis_client
-from livefeed.core.groups import TRANSIENT_ERRORS, GroupRunner, Permanent, RunnerConfig
+from livefeed.core.errors import DB_UNAVAILABLE, RetryBatch
+from livefeed.core.groups import GroupRunner, Permanent, RunnerConfig
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.core.newsletters import Row
-from livefeed.core.settings import Settings, SettingsError
+from livefeed.core.settings import Resolved, SettingsError
 from livefeed.schemas.event import decode_event
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ class PersistHandler:
             rows, failures = ready[1], dict(ready[2])
         else:
             rows, failures = self._rows(entries)
-        failures.update(await write_isolating(self.pool, rows))
+        try:
+            failures.update(await write_isolating(self.pool, rows))
+        except DB_UNAVAILABLE as exc:
+            raise RetryBatch(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
         return failures
 
     @staticmethod
@@ -99,7 +103,7 @@ async def check_table(pool: asyncpg.Pool) -> None:
         raise SettingsError(
             "table `newsletters` does not exist in LIVEFEED_DATABASE_URL; run `livefeed migrate`"
         ) from None
-    except TRANSIENT_ERRORS as exc:
+    except DB_UNAVAILABLE as exc:
         logger.warning("PostgreSQL unreachable at start (%s); batches will wait for it", exc)
 
 
@@ -126,13 +130,12 @@ async def close_pool(pool: asyncpg.Pool, timeout_s: float = 5.0) -> None:
     pool.terminate()
 
 
-async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = None) -> None:
+async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None) -> None:
     """The persist role: one consumer until `stopping` is set, then drain."""
-    assert settings.redis_url and settings.database_url
     keys = Keys(settings.prefix, cluster=settings.redis_cluster)
-    client: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
-    reader: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
-                                       blocking=True)
+    client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+    reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
+                                  blocking=True)
     pool = await create_pool(settings.database_url)
     try:
         await check_table(pool)

@@ -9,6 +9,8 @@ import time
 import jwt
 import msgspec
 
+from livefeed.core.errors import LivefeedError
+
 ALGORITHM = "HS256"
 DEFAULT_TTL_S = 24 * 3600
 SIGNATURE_HEADER = "x-livefeed-signature"
@@ -19,7 +21,7 @@ class Claims(msgspec.Struct, frozen=True):
     admin: bool
 
 
-class InvalidToken(Exception):
+class InvalidToken(LivefeedError):
     """The token is missing, malformed, badly signed or expired."""
 
 

@@ -1,4 +1,11 @@
-"""Dead letters: list, show, retry (back into the ingest stream) and drop.
+"""Dead letters: the entries a group gave up on, in the dead-letter stream `lf:dead`.
+
+Everything about them lives here: the stored format (`DeadLetter`), writing one with
+the ack of its ingest entry, reading it back, and the operator's list, show, retry and
+drop. The consumer runner only decides *when* an entry becomes a dead letter.
+
+The stream is bounded (`LIVEFEED_DEAD_MAXLEN`, trimmed approximately on every write), so
+a flood of poison cannot fill Redis; the oldest letters go first.
 
 A retry appends the original payload to the ingest stream first and deletes the dead
 letter after: a crash in between leaves both, and the consumers' idempotency (ON CONFLICT,
@@ -7,45 +14,120 @@ fanned markers) absorbs the second copy. The other order could lose the payload.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+from redis.typing import EncodableT, FieldT
+
 from livefeed.core.eventlog import EventLog, parse_stream_id
-from livefeed.core.inspect import event_head, preview
 from livefeed.core.keys import Keys
+from livefeed.core.preview import event_head, preview
+from livefeed.core.redis_client import RedisClient, stream_rows
 from livefeed.schemas.admin import DeadAction, DeadLetterList, DeadLetterView
 
 _PAGE = 500
+ERROR_CHARS = 2000
 
 Progress = Callable[[int, int], None]
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry a group gave up on after `LIVEFEED_MAX_DELIVERIES` failed deliveries.
+
+    Stored as the fields of one entry of the dead-letter stream; `data` is the original
+    ingest payload, byte for byte, so `dead retry` re-appends exactly what was accepted,
+    under the entry's own `event_id` and `user` (absent if the entry was malformed).
+    """
+
+    source_id: str  # id of the entry in the ingest stream
+    group: str
+    consumer: str
+    error: str
+    deliveries: int
+    data: bytes
+    failed_at_ms: int
+    event_id: str | None = None
+    user: str | None = None
 
 
-def _int(value: bytes | None) -> int:
-    try:
-        return int(value) if value is not None else 0
-    except ValueError:
-        return 0
+_FIELDS = msgspec.structs.fields(DeadLetter)
+# Read back tolerantly (a letter written by hand or by an older version): a field that is
+# missing or does not parse takes its default, or the empty value of its type.
+_EMPTY: dict[Any, Any] = {str: "", int: 0, bytes: b""}
 
 
-def view(sid: str, fields: dict[bytes, bytes], *, full: bool = False) -> DeadLetterView:
+def to_fields(letter: DeadLetter) -> dict[FieldT, EncodableT]:
+    """The stream entry fields of `letter` (absent optional fields are left out)."""
+    out: dict[FieldT, EncodableT] = {}
+    for f in _FIELDS:
+        value = getattr(letter, f.name)
+        if value is not None:
+            out[f.encode_name] = value
+    return out
+
+
+def from_fields(fields: Mapping[bytes, bytes]) -> DeadLetter:
+    """A dead-letter stream entry as a `DeadLetter`; tolerant of missing or bad fields."""
+    values: dict[str, Any] = {}
+    for f in _FIELDS:
+        raw = fields.get(f.encode_name.encode())
+        fallback = f.default if f.default is not msgspec.NODEFAULT else _EMPTY[f.type]
+        if raw is None:
+            values[f.name] = fallback
+        elif f.type is bytes:
+            values[f.name] = raw
+        else:
+            try:
+                values[f.name] = msgspec.convert(raw.decode(errors="replace"), f.type,
+                                                 strict=False)
+            except msgspec.ValidationError:
+                values[f.name] = fallback
+    return DeadLetter(**values)
+
+
+def letter_of(source_id: str, entry: Mapping[bytes, bytes], *, group: str, consumer: str,
+              error: str, deliveries: int) -> DeadLetter:
+    """The dead letter of ingest entry `source_id` (its stream fields `entry`)."""
+
+    def text(name: bytes) -> str | None:
+        raw = entry.get(name)
+        return raw.decode(errors="replace") if raw is not None else None
+
+    return DeadLetter(
+        source_id=source_id, group=group, consumer=consumer, error=error[:ERROR_CHARS],
+        deliveries=deliveries, data=entry.get(b"data", b""),
+        failed_at_ms=int(time.time() * 1000), event_id=text(b"event_id"), user=text(b"user"),
+    )
+
+
+async def bury(redis: RedisClient, keys: Keys, group: str, letters: Sequence[DeadLetter], *,
+               maxlen: int) -> None:
+    """XADD each letter to the dead-letter stream and XACK its entry, in one MULTI.
+
+    MAXLEN ~ `maxlen` bounds the stream: Redis trims whole nodes, so it may hold a little
+    more, never fewer than `maxlen` letters.
+    """
+    if not letters:
+        return
+    pipe = redis.pipeline(transaction=True)
+    for letter in letters:
+        pipe.xadd(keys.dead, to_fields(letter), maxlen=maxlen, approximate=True)
+    pipe.xack(keys.ingest, group, *[letter.source_id for letter in letters])
+    await pipe.execute()
+
+
+def view(sid: str, fields: Mapping[bytes, bytes], *, full: bool = False) -> DeadLetterView:
     """One dead-letter entry as an operator sees it; tolerant of missing fields."""
-    data = fields.get(b"data")
+    letter = from_fields(fields)
+    data = letter.data or None
     head = event_head(data)
-
-    def text(name: bytes) -> str:
-        raw = fields.get(name)
-        return _s(raw) if raw is not None else ""
-
     return DeadLetterView(
-        id=sid, source_id=text(b"source_id"), group=text(b"group"),
-        consumer=text(b"consumer"), error=text(b"error"),
-        deliveries=_int(fields.get(b"deliveries")),
-        failed_at_ms=_int(fields.get(b"failed_at_ms")),
-        event_id=head.id if head else None, user=head.user_id if head else None,
+        id=sid, source_id=letter.source_id, group=letter.group, consumer=letter.consumer,
+        error=letter.error, deliveries=letter.deliveries, failed_at_ms=letter.failed_at_ms,
+        event_id=letter.event_id or (head.id if head else None),
+        user=letter.user or (head.user_id if head else None),
         preview=preview(data),
         data=(data.decode(errors="replace") if data is not None else None) if full else None,
     )
@@ -54,7 +136,7 @@ def view(sid: str, fields: dict[bytes, bytes], *, full: bool = False) -> DeadLet
 class DeadLetters:
     """The dead-letter stream of one prefix."""
 
-    def __init__(self, redis: Any, keys: Keys, log: EventLog) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, log: EventLog) -> None:
         self.redis = redis
         self.keys = keys
         self.log = log
@@ -68,47 +150,47 @@ class DeadLetters:
         letters: list[DeadLetterView] = []
         start = f"({after}" if after else "-"
         while len(letters) < limit:
-            rows = await self.redis.xrange(self.keys.dead, min=start, count=_PAGE)
+            rows = stream_rows(await self.redis.xrange(self.keys.dead, min=start, count=_PAGE))
             for sid, fields in rows:
-                if group is None or fields.get(b"group") == group.encode():
-                    letters.append(view(_s(sid), fields))
+                if group is None or from_fields(fields).group == group:
+                    letters.append(view(sid, fields))
             if len(rows) < _PAGE:
                 break
-            start = f"({_s(rows[-1][0])}"
+            start = f"({rows[-1][0]}"
         return DeadLetterList(total=await self.count(), letters=letters[:limit])
 
     async def show(self, dead_id: str) -> DeadLetterView | None:
         if parse_stream_id(dead_id) is None:
             return None
-        rows = await self.redis.xrange(self.keys.dead, min=dead_id, max=dead_id)
-        return view(_s(rows[0][0]), rows[0][1], full=True) if rows else None
+        rows = stream_rows(await self.redis.xrange(self.keys.dead, min=dead_id, max=dead_id))
+        return view(rows[0][0], rows[0][1], full=True) if rows else None
 
     async def all_ids(self, group: str | None = None) -> list[str]:
         ids: list[str] = []
         start = "-"
         while True:
-            rows = await self.redis.xrange(self.keys.dead, min=start, count=_PAGE)
-            ids += [_s(sid) for sid, f in rows
-                    if group is None or f.get(b"group") == group.encode()]
+            rows = stream_rows(await self.redis.xrange(self.keys.dead, min=start, count=_PAGE))
+            ids += [sid for sid, f in rows if group is None or from_fields(f).group == group]
             if len(rows) < _PAGE:
                 return ids
-            start = f"({_s(rows[-1][0])}"
+            start = f"({rows[-1][0]}"
 
     async def retry_one(self, dead_id: str) -> DeadAction:
         if parse_stream_id(dead_id) is None:
             return DeadAction(id=dead_id, outcome="missing", reason="not a stream id")
-        rows = await self.redis.xrange(self.keys.dead, min=dead_id, max=dead_id)
+        rows = stream_rows(await self.redis.xrange(self.keys.dead, min=dead_id, max=dead_id))
         if not rows:
             return DeadAction(id=dead_id, outcome="missing")
-        fields = rows[0][1]
-        data = fields.get(b"data")
-        head = event_head(data)
-        if data is None or head is None or not head.id or not head.user_id:
+        letter = from_fields(rows[0][1])
+        head = event_head(letter.data or None)
+        event_id = letter.event_id or (head.id if head else None)
+        user = letter.user or (head.user_id if head else None)
+        if head is None or not event_id or not user:
             return DeadAction(
                 id=dead_id, outcome="invalid",
                 reason="the payload is not an event with id and user_id; drop it instead",
             )
-        ingest_id = await self.log.reappend(head.id, head.user_id, data)
+        ingest_id = await self.log.reappend(event_id, user, letter.data)
         await self.redis.xdel(self.keys.dead, dead_id)
         return DeadAction(id=dead_id, outcome="retried", ingest_id=ingest_id)
 

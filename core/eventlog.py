@@ -14,6 +14,7 @@ from typing import Any, Literal, NamedTuple
 from redis.exceptions import NoScriptError
 
 from livefeed.core.keys import Keys
+from livefeed.core.redis_client import RedisClient, stream_rows
 
 # KEYS: ingest stream, then one seen-marker per event.
 # ARGV: ttl, then per event: event id, user, payload, content digest.
@@ -121,7 +122,8 @@ def parse_stream_id(value: str) -> tuple[int, int] | None:
 class EventLog:
     """Writes and reads of the ingest and feed streams of one prefix."""
 
-    def __init__(self, redis: Any, keys: Keys, *, feed_maxlen: int, dedupe_ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, feed_maxlen: int,
+                 dedupe_ttl_s: int) -> None:
         self.redis = redis
         self.keys = keys
         self.feed_maxlen = feed_maxlen
@@ -189,13 +191,14 @@ class EventLog:
 
     async def last_feed_id(self, user: str) -> str | None:
         """The newest feed id of `user`, or None for an empty or missing feed."""
-        rows = await self.redis.xrevrange(self.keys.feed(user), count=1)
-        return _s(rows[0][0]) if rows else None
+        rows = stream_rows(await self.redis.xrevrange(self.keys.feed(user), count=1))
+        return rows[0][0] if rows else None
 
     async def read_feed(self, user: str, after: str, count: int) -> list[FeedEntry]:
         """Up to `count` feed entries strictly after `after`, oldest first."""
-        rows = await self.redis.xrange(self.keys.feed(user), min=f"({after}", count=count)
-        return [FeedEntry(_s(fid), fields[b"data"]) for fid, fields in rows]
+        rows = stream_rows(
+            await self.redis.xrange(self.keys.feed(user), min=f"({after}", count=count))
+        return [FeedEntry(fid, fields[b"data"]) for fid, fields in rows]
 
     async def resume(self, user: str, last_id: str, count: int) -> Resume:
         """The first page after `last_id`, or the reason the gap cannot be filled.
@@ -208,12 +211,12 @@ class EventLog:
         if parsed is None:
             return Resume([], "unknown_id")
         key = self.keys.feed(user)
-        rows = await self.redis.xrange(key, min=last_id, count=count + 1)
-        if rows and _s(rows[0][0]) == last_id:
-            return Resume([FeedEntry(_s(f), d[b"data"]) for f, d in rows[1:]], None)
-        first = await self.redis.xrange(key, count=1)
+        rows = stream_rows(await self.redis.xrange(key, min=last_id, count=count + 1))
+        if rows and rows[0][0] == last_id:
+            return Resume([FeedEntry(f, d[b"data"]) for f, d in rows[1:]], None)
+        first = stream_rows(await self.redis.xrange(key, count=1))
         if not first:
             return Resume([], "stream_lost")
-        oldest = parse_stream_id(_s(first[0][0]))
+        oldest = parse_stream_id(first[0][0])
         assert oldest is not None
         return Resume([], "trimmed" if parsed < oldest else "unknown_id")

@@ -19,35 +19,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
-import asyncpg
 import redis.exceptions
 
-from livefeed.core import metrics, retention
+from livefeed.core import deadletters, metrics, retention
+from livefeed.core.errors import REDIS_UNAVAILABLE, RetryBatch
 from livefeed.core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch
 from livefeed.core.keys import Keys
+from livefeed.core.redis_client import RedisClient
 from livefeed.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Failures that say nothing about the entries: retry the same batch later.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.TryAgainError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.TransactionRollbackError,
-)
-# Redis being away must not end a consumer: it waits and carries on.
-REDIS_DOWN: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError, redis.exceptions.TryAgainError,
-)
+# Failures that say nothing about the entries: retry the same batch later. The handler
+# says so with RetryBatch; Redis being away (fanout's handler talks to Redis) says it too.
+RETRY_LATER = (RetryBatch, *REDIS_UNAVAILABLE)
 
 
 _DOWN: Any = object()
@@ -64,9 +49,10 @@ class Handler(Protocol):
         that is a `Permanent` dead-letters its entry now; any other, once the entry has
         been delivered max_deliveries times (it is redelivered until then).
 
-        Raise one of TRANSIENT_ERRORS to have the whole batch retried later. A handler
-        may also define `prepare(entries) -> None`: CPU work for the next batch, called
-        while the current one is handled; `handle` must work on unprepared entries too.
+        Raise RetryBatch (or let a Redis connection error through) to have the whole
+        batch retried later, burning no delivery. A handler may also define
+        `prepare(entries) -> None`: CPU work for the next batch, called while the current
+        one is handled; `handle` must work on unprepared entries too.
         """
         ...
 
@@ -82,6 +68,7 @@ class RunnerConfig:
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
+    dead_maxlen: int = 100_000
     trim_every_s: float | None = 5.0
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 5.0
@@ -97,6 +84,7 @@ class RunnerConfig:
             block_ms=1000,
             claim_idle_ms=settings.claim_idle_ms,
             max_deliveries=settings.max_deliveries,
+            dead_maxlen=settings.dead_maxlen,
             drain_timeout_s=settings.drain_timeout_s,
         )
 
@@ -118,8 +106,8 @@ class GroupRunner:
     (the batch in the handler, the prefetched one) are kept alive so no one claims them.
     """
 
-    def __init__(self, redis: Any, keys: Keys, group: str, handler: Handler, *,
-                 consumer: str | None = None, reader: Any = None,
+    def __init__(self, redis: RedisClient, keys: Keys, group: str, handler: Handler, *,
+                 consumer: str | None = None, reader: RedisClient | None = None,
                  config: RunnerConfig | None = None) -> None:
         self.group = group
         self.handler = handler
@@ -193,13 +181,13 @@ class GroupRunner:
         """`step(*args)`'s result; if Redis is away, log, wait (interruptibly), return _DOWN."""
         try:
             return await step(*args)
-        except REDIS_DOWN as exc:
+        except REDIS_UNAVAILABLE as exc:
             logger.warning("group %s: Redis unavailable (%s); retrying", self.group, exc)
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             logger.warning("group %s: stream or group vanished; recreating", self.group)
-            with contextlib.suppress(*REDIS_DOWN):
+            with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self.stream.ensure_groups()
             return _DOWN
         with anyio.move_on_after(1.0):
@@ -235,7 +223,7 @@ class GroupRunner:
                 break
             try:
                 more = await self._read(">", cfg.batch_size - len(entries), remaining_ms)
-            except REDIS_DOWN as exc:  # handle what we have; no entry is dropped
+            except REDIS_UNAVAILABLE as exc:  # handle what we have; no entry is dropped
                 logger.warning("group %s: Redis unavailable while batching (%s)", self.group,
                                exc)
                 break
@@ -249,7 +237,7 @@ class GroupRunner:
         works on this one."""
         try:
             raws = await self._read(">", self.config.batch_size, None)
-        except REDIS_DOWN as exc:  # the main loop's next read waits for Redis
+        except REDIS_UNAVAILABLE as exc:  # the main loop's next read waits for Redis
             logger.debug("group %s: prefetch failed: %s", self.group, exc)
             return
         except redis.exceptions.ResponseError as exc:
@@ -269,7 +257,7 @@ class GroupRunner:
             return
         try:
             acked = await self.stream.ack(ids)
-        except REDIS_DOWN as exc:
+        except REDIS_UNAVAILABLE as exc:
             # Tried again with the next read; if that never comes, the entries stay pending
             # and are redelivered (the handlers are idempotent).
             self._to_ack = ids + self._to_ack
@@ -365,14 +353,17 @@ class GroupRunner:
             if n is None:
                 continue  # no longer ours to settle (acked or deleted meanwhile)
             if n >= self.config.max_deliveries or isinstance(error, Permanent):
-                letters.append(self.stream.letter(by_id[i], error, n))
+                letters.append(deadletters.letter_of(
+                    i, by_id[i].fields, group=self.group, consumer=self.consumer, error=error,
+                    deliveries=n))
             else:
                 logger.warning("group %s: entry %s failed (delivery %d of %d): %s",
                                self.group, i, n, self.config.max_deliveries, error)
         if letters:
-            await self.stream.dead_letter(letters)
+            await deadletters.bury(self.stream.redis, self.keys, self.group, letters,
+                                   maxlen=self.config.dead_maxlen)
             metrics.ENTRIES_DEAD.labels(self.group).inc(len(letters))
-            for letter, _ in letters:
+            for letter in letters:
                 logger.error("group %s: entry %s dead-lettered after %d deliveries: %s",
                              self.group, letter.source_id, letter.deliveries, letter.error)
 
@@ -400,7 +391,7 @@ class GroupRunner:
             started = time.perf_counter()
             try:
                 failures = await self.handler.handle(entries)
-            except TRANSIENT_ERRORS as exc:
+            except RETRY_LATER as exc:
                 metrics.TRANSIENT_FAILURES.labels(self.group).inc()
                 self._healthy = False
                 logger.warning("group %s: batch of %d failed transiently (%s: %s); retrying "
@@ -432,7 +423,7 @@ class GroupRunner:
                 continue
             try:
                 await self.stream.keepalive(list(self._held))
-            except REDIS_DOWN as exc:
+            except REDIS_UNAVAILABLE as exc:
                 logger.debug("keepalive failed: %s", exc)
             except redis.exceptions.ResponseError as exc:
                 logger.warning("group %s: keepalive refused: %s", self.group, exc)
@@ -451,7 +442,7 @@ class GroupRunner:
     async def _release(self) -> None:
         try:
             left = await self.stream.release()
-        except REDIS_DOWN as exc:
+        except REDIS_UNAVAILABLE as exc:
             logger.warning("group %s: could not leave the group cleanly: %s", self.group, exc)
             return
         logger.info("consumer %s of group %s stopped%s", self.consumer, self.group,

@@ -2,19 +2,19 @@
 
 `core.groups` decides *when* (policy: batching, retries, dead letters); this module
 only knows *how*, including the reply shapes that differ between Redis 6.2 and 7.
+Dead letters themselves (format, write, read) live in `core.deadletters`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from redis.exceptions import ResponseError
 
 from livefeed.core.keys import GROUPS, Keys
-from livefeed.schemas.admin import DeadLetter
+from livefeed.core.redis_client import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class Claimed(NamedTuple):
     nil_seen: bool  # Redis 6.2: claimed entries without payload (their ids are not returned)
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _s(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def to_entry(raw: Raw) -> Entry | str:
@@ -114,14 +114,6 @@ def parse_autoclaim(reply: Sequence[Any]) -> Claimed:
     return Claimed(entries, cursor, deleted, nil_seen)
 
 
-def dead_letter_fields(letter: DeadLetter, extra: dict[str, str]) -> dict[str, str | int]:
-    fields: dict[str, str | int] = {
-        name: getattr(letter, name) for name in letter.__struct_fields__
-    }
-    fields.update(extra)
-    return fields
-
-
 class GroupStream:
     """Commands of consumer `consumer` in group `group` on the ingest stream.
 
@@ -129,8 +121,8 @@ class GroupStream:
     core.redis_client) serves the blocking reads.
     """
 
-    def __init__(self, redis: Any, keys: Keys, group: str, consumer: str,
-                 *, reader: Any = None) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, group: str, consumer: str,
+                 *, reader: RedisClient | None = None) -> None:
         self.redis = redis
         self.reader = reader if reader is not None else redis
         self.keys = keys
@@ -138,7 +130,7 @@ class GroupStream:
         self.group = group
         self.consumer = consumer
 
-    def _client(self, cursor: str, block_ms: int | None) -> Any:
+    def _client(self, cursor: str, block_ms: int | None) -> RedisClient:
         """The blocking reader for a read that blocks; otherwise the client with a socket
         timeout, so a read that should return at once cannot hang forever."""
         return self.reader if cursor == ">" and block_ms is not None else self.redis
@@ -219,27 +211,6 @@ class GroupStream:
         await self.ack(gone)
         return gone
 
-    async def dead_letter(self, letters: Sequence[tuple[DeadLetter, dict[str, str]]]) -> None:
-        """XADD each letter to the dead-letter stream and XACK its entry, in one MULTI."""
-        if not letters:
-            return
-        pipe = self.redis.pipeline(transaction=True)
-        for letter, extra in letters:
-            pipe.xadd(self.keys.dead, dead_letter_fields(letter, extra))
-        pipe.xack(self.stream, self.group, *[letter.source_id for letter, _ in letters])
-        await pipe.execute()
-
-    def letter(self, raw: Raw, error: str, deliveries: int) -> tuple[DeadLetter, dict[str, str]]:
-        f = raw.fields
-        letter = DeadLetter(
-            source_id=raw.id, group=self.group, consumer=self.consumer, error=error[:2000],
-            deliveries=deliveries, data=_s(f.get(b"data", b"")),
-            failed_at_ms=int(time.time() * 1000),
-        )
-        # `dead retry` re-appends with the original event id and user.
-        extra = {k.decode(): _s(f[k]) for k in (b"event_id", b"user") if k in f}
-        return letter, extra
-
     async def release(self) -> bool:
         """Leave the group if we own no pending entry; True if we left."""
         summary = await self.redis.xpending(self.stream, self.group)
@@ -250,7 +221,7 @@ class GroupStream:
         return True
 
 
-async def ensure_group(client: Any, stream: str, group: str) -> None:
+async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
     """XGROUP CREATE ... 0 MKSTREAM; an existing group (BUSYGROUP) is fine."""
     try:
         await client.xgroup_create(stream, group, id="0", mkstream=True)

@@ -7,7 +7,8 @@ their own client with no socket timeout (and a blocked read holds its pool conne
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias, cast, overload
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -16,11 +17,26 @@ from redis.retry import Retry
 
 from livefeed.core.keys import Keys
 
-Redis: TypeAlias = "aioredis.Redis"
-AnyRedis: TypeAlias = "aioredis.Redis | RedisCluster"
+# What core and the consumers take: either client; both speak the commands they use.
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+
+# Stream entry fields as our clients read them (bytes: `decode_responses` is off).
+Fields: TypeAlias = dict[bytes, bytes]
 
 COMMAND_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 5
+
+
+@overload
+def connect(url: str, *, cluster: Literal[False] = ..., blocking: bool = ...,
+            max_connections: int | None = ..., decode_responses: bool = ...) -> aioredis.Redis:
+    ...
+
+
+@overload
+def connect(url: str, *, cluster: bool, blocking: bool = ...,
+            max_connections: int | None = ..., decode_responses: bool = ...) -> RedisClient:
+    ...
 
 
 def connect(
@@ -30,7 +46,7 @@ def connect(
     blocking: bool = False,
     max_connections: int | None = None,
     decode_responses: bool = False,
-) -> Any:
+) -> RedisClient:
     """A client for `url`. `blocking=True` disables the socket timeout for BLOCK reads.
 
     Returns `redis.asyncio.Redis` (or `RedisCluster` with `cluster=True`); bytes replies
@@ -59,7 +75,7 @@ async def ping(url: str, *, cluster: bool = False) -> None:
         await client.aclose()
 
 
-async def delete_keys(client: Any, keys: Keys) -> int:
+async def delete_keys(client: RedisClient, keys: Keys) -> int:
     """Delete every key of `keys`' prefix (a throwaway namespace: tests, compare, bench)."""
     deleted = 0
     for pattern in keys.patterns():
@@ -67,3 +83,16 @@ async def delete_keys(client: Any, keys: Keys) -> int:
         for i in range(0, len(batch), 500):
             deleted += await client.delete(*batch[i : i + 500])
     return deleted
+
+
+def stream_rows(reply: Sequence[tuple[Any, Any]] | None) -> list[tuple[str, Fields]]:
+    """An XRANGE/XREVRANGE reply as (id, fields) pairs.
+
+    redis-py types stream replies for both reply modes (str or bytes, nil ids and fields);
+    XRANGE on a client with `decode_responses` off answers bytes ids and fields.
+    """
+    return [(_s(sid), cast(Fields, fields or {})) for sid, fields in reply or ()]
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

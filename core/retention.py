@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from livefeed.core.eventlog import parse_stream_id
 from livefeed.core.groupstream import ensure_group
 from livefeed.core.keys import GROUPS, Keys
+from livefeed.core.redis_client import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def safe_minid(redis: Any, keys: Keys, groups: Sequence[str] = GROUPS) -> str | None:
+async def safe_minid(redis: RedisClient, keys: Keys, groups: Sequence[str] = GROUPS) -> str | None:
     """The lowest id any of `groups` still needs, or None if a group is missing."""
     info = {_s(g["name"]): g for g in await redis.xinfo_groups(keys.ingest)}
     lowest: tuple[int, int] | None = None
@@ -44,7 +44,7 @@ async def safe_minid(redis: Any, keys: Keys, groups: Sequence[str] = GROUPS) -> 
     return f"{lowest[0]}-{lowest[1]}"
 
 
-async def trim_acked(redis: Any, keys: Keys, groups: Sequence[str] = GROUPS, *,
+async def trim_acked(redis: RedisClient, keys: Keys, groups: Sequence[str] = GROUPS, *,
                      approximate: bool = True) -> int:
     """XTRIM MINID the ingest stream below what every group has acked; returns entries
     removed. Creates missing groups first (at id 0), so an absent group cannot make its

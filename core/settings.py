@@ -1,12 +1,14 @@
 """One typed settings object, read once from the `LIVEFEED_*` environment by entry points.
 
-Library code never reads the environment: it takes constructor arguments.
+Library code never reads the environment: it takes constructor arguments. `Settings` is
+what was configured: an unset server URL means "the embedded default, or the servers of a
+running `livefeed up`". Running roles take `Resolved`, whose URLs are known
+(`Settings.resolve`). The generated signing secret lives in `core.secretfile`.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -14,14 +16,18 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from livefeed.core.errors import LivefeedError
+
 Delivery = Literal["streams", "pubsub"]
 
 
-class SettingsError(ValueError):
+class SettingsError(LivefeedError, ValueError):
     """A setting is wrong; the message names it and says the fix."""
 
 
-class Settings(msgspec.Struct, kw_only=True):
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Every `LIVEFEED_*` setting (see `env_name` for the variable of each field)."""
+
     redis_url: str | None = None
     redis_cluster: bool = False
     database_url: str | None = None
@@ -31,6 +37,7 @@ class Settings(msgspec.Struct, kw_only=True):
     webhook_secret: str | None = None
     data_dir: str = ".livefeed"
     feed_maxlen: int = 10_000
+    dead_maxlen: int = 100_000  # lf:dead, trimmed approximately: the oldest letters go first
     max_deliveries: int = 5
     batch_size: int = 100
     flush_ms: int = 500
@@ -49,7 +56,7 @@ class Settings(msgspec.Struct, kw_only=True):
             elif name in _URLS and value is not None:
                 value = _hide_password(value)
             shown.append(f"{name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     __str__ = __repr__
 
@@ -57,25 +64,27 @@ class Settings(msgspec.Struct, kw_only=True):
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
-    def signing_secret(self) -> str:
-        """`LIVEFEED_SECRET`, else a secret generated once and kept in the data dir.
+    def resolve(self, *, redis_url: str | None = None,
+                database_url: str | None = None) -> Resolved:
+        """These settings with both server URLs known: the configured ones, else those
+        given (embedded servers, or a running `livefeed up`'s)."""
+        urls = {"redis_url": self.redis_url or redis_url,
+                "database_url": self.database_url or database_url}
+        missing = [env_name(name) for name, url in urls.items() if url is None]
+        if missing:
+            raise SettingsError(
+                f"{' and '.join(missing)} not set: set them, or start `livefeed up`"
+            )
+        resolved = Resolved(**{**msgspec.structs.asdict(self), **urls})
+        validate(resolved)
+        return resolved
 
-        The CLI (`livefeed token`) and the servers of `livefeed up` read the same file,
-        so tokens minted locally work against the embedded default.
-        """
-        if self.secret:
-            return self.secret
-        path = self.data_path / "secret"
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            pass
-        path.parent.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(value)
-        return value
+
+class Resolved(Settings, kw_only=True, frozen=True):
+    """Settings of a running role: the server URLs are known (`Settings.resolve`)."""
+
+    redis_url: str
+    database_url: str
 
 
 _SECRETS = frozenset({"secret", "webhook_secret"})
@@ -170,7 +179,8 @@ def validate(s: Settings) -> None:
         raise SettingsError(
             f"{env_name('prefix')}={s.prefix!r}: use letters, digits, ':', '-' or '_'"
         )
-    for name in ("feed_maxlen", "max_deliveries", "batch_size", "flush_ms", "send_queue"):
+    for name in ("feed_maxlen", "dead_maxlen", "max_deliveries", "batch_size", "flush_ms",
+                 "send_queue"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{env_name(name)} must be a positive integer")
     if s.redis_cluster and s.redis_url is None:

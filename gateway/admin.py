@@ -1,7 +1,7 @@
 """The admin API (`/admin/api/...`, JSON) and the `/admin` page, behind an admin token.
 
-The views are the operator CLI's (`core.inspect`, `core.deadletters`), so `livefeed status
---json` and `GET /admin/api/status` answer the same thing.
+The views are the operator CLI's (`core.status`, `core.pending`, `core.deadletters`), so
+`livefeed status --json` and `GET /admin/api/status` answer the same thing.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth
 from livefeed.core.deadletters import DeadLetters
-from livefeed.core.inspect import InspectError, Inspector, parse_duration_ms
+from livefeed.core.durations import parse_duration_ms
+from livefeed.core.pending import Pending, PendingError
+from livefeed.core.status import Status
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.admin import ClaimRequest, DeadRequest, GatewayView
 
@@ -71,9 +73,14 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-def _inspector(request: Request) -> Inspector:
+def _status(request: Request) -> Status:
     state = _state(request)
-    return Inspector(state.redis, state.keys)
+    return Status(state.redis, state.keys)
+
+
+def _pending(request: Request) -> Pending:
+    state = _state(request)
+    return Pending(state.redis, state.keys)
 
 
 def _dead(request: Request) -> DeadLetters:
@@ -96,7 +103,7 @@ def _bad_input(handler: Handler) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
-        except InspectError as exc:
+        except PendingError as exc:
             return error(404, str(exc))
         except (ValueError, msgspec.ValidationError) as exc:
             return error(400, str(exc))
@@ -114,14 +121,14 @@ async def _body(request: Request, kind: type[T]) -> T:
 
 @admin_only
 async def api_status(request: Request) -> Response:
-    return json_response(await _inspector(request).status())
+    return json_response(await _status(request).status())
 
 
 @admin_only
 @_bad_input
 async def api_pending(request: Request) -> Response:
     q = request.query_params
-    view = await _inspector(request).pending(
+    view = await _pending(request).view(
         group=q.get("group") or None, consumer=q.get("consumer") or None,
         min_idle_ms=parse_duration_ms(q["min_idle"]) if q.get("min_idle") else 0,
         limit=_limit(request, 100),
@@ -135,7 +142,7 @@ async def api_claim(request: Request) -> Response:
     body = await _body(request, ClaimRequest)
     if not 1 <= body.limit <= MAX_LIMIT:
         raise ValueError(f"limit must be within 1..{MAX_LIMIT}")
-    view = await _inspector(request).claim(
+    view = await _pending(request).claim(
         group=body.group, min_idle_ms=parse_duration_ms(body.min_idle), to=body.to or None,
         dry_run=body.dry_run, limit=body.limit,
     )

@@ -22,7 +22,8 @@ from starlette.routing import BaseRoute, Route
 from livefeed.core import db, redis_client
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
-from livefeed.core.settings import Settings
+from livefeed.core.secretfile import signing_secret
+from livefeed.core.settings import Resolved
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -41,16 +42,13 @@ def _load(names: Sequence[str]) -> list[ModuleType]:
     return [importlib.import_module(name) for name in names]
 
 
-def create_app(settings: Settings, features: Sequence[str] = FEATURES) -> Starlette:
-    """The gateway for `settings`; Redis and PostgreSQL URLs must be resolved already.
+def create_app(settings: Resolved, features: Sequence[str] = FEATURES) -> Starlette:
+    """The gateway for `settings` (`Settings.resolve()` them first).
     `features`: the feature modules to plug in (tests serve a subset)."""
-    if settings.redis_url is None or settings.database_url is None:
-        raise ValueError("create_app needs resolved redis_url and database_url")
     modules = _load(features)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        assert settings.redis_url is not None and settings.database_url is not None
         keys = Keys(settings.prefix, cluster=settings.redis_cluster)
         redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         async with contextlib.AsyncExitStack() as stack:
@@ -64,7 +62,7 @@ def create_app(settings: Settings, features: Sequence[str] = FEATURES) -> Starle
                 pool=pool,
                 log=EventLog(redis, keys, feed_maxlen=settings.feed_maxlen,
                              dedupe_ttl_s=settings.dedupe_ttl_s),
-                signing_secret=settings.signing_secret(),
+                signing_secret=signing_secret(settings),
             )
             app.state.lf = state
             for feature in modules:

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import asyncpg
-import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
 from livefeed.gateway.state import GatewayState
 
 CHECK_TIMEOUT_S = 1.0
@@ -26,7 +25,7 @@ async def _redis(state: GatewayState) -> str:
             await state.redis.ping()
     except TimeoutError:
         return f"no answer within {CHECK_TIMEOUT_S}s"
-    except (redis.exceptions.RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}"
     return "ok"
 
@@ -38,7 +37,7 @@ async def _postgres(state: GatewayState) -> str:
                 await conn.fetchval("SELECT 1")
     except TimeoutError:
         return f"no answer within {CHECK_TIMEOUT_S}s"
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except DB_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}"
     return "ok"
 

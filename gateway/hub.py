@@ -23,11 +23,10 @@ from typing import Any, Protocol
 import anyio
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from livefeed.core import metrics
+from livefeed.core.errors import REDIS_UNAVAILABLE
 from livefeed.core.keys import Keys
 from livefeed.gateway.live import Sessions
 
@@ -36,7 +35,7 @@ logger = logging.getLogger(__name__)
 PING_INTERVAL_S = 5.0
 JOIN_TIMEOUT_S = 5.0
 _PING = b"lf-hub"
-_LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_LINK_ERRORS = REDIS_UNAVAILABLE
 
 
 class Listener(Protocol):
@@ -255,7 +254,6 @@ class Hub:
 async def lifespan(state: Any) -> AsyncIterator[None]:
     """Start the process's hub (as `state.extras["hub"]`) and the registry of its live
     sessions (`state.extras["sessions"]`, stopped when `state.draining` is set)."""
-    assert state.settings.redis_url is not None
     hub = Hub(state.settings.redis_url, state.keys)
     sessions = Sessions()
     state.extras["hub"] = hub

@@ -20,12 +20,12 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import redis.exceptions
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, metrics, newsletters
+from livefeed.core.errors import DB_UNAVAILABLE, REDIS_ERRORS
 from livefeed.core.eventlog import IdConflict
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
@@ -40,10 +40,6 @@ from livefeed.schemas.frames import event_frame
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
-DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-           asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
-           asyncpg.InsufficientResourcesError)
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
 
 
@@ -179,7 +175,7 @@ async def _ingest_pubsub(state: GatewayState, events: list[Event]) -> Response:
                                       for p in events[:i])
                         raise IdConflict(i, str(e.id), e.user_id, earlier=earlier)
                     outcomes.append((str(e.id), fresh))
-    except DB_DOWN as exc:
+    except DB_UNAVAILABLE as exc:
         logger.warning("ingest (pubsub): PostgreSQL unavailable (%s); answering 503", exc)
         return _unavailable("PostgreSQL")
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:

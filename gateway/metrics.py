@@ -12,14 +12,14 @@ import logging
 from collections.abc import AsyncIterator
 
 import anyio
-import redis.exceptions
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import metrics
-from livefeed.core.inspect import Inspector
+from livefeed.core.errors import REDIS_ERRORS
+from livefeed.core.status import Status
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ READ_TIMEOUT_S = 2.0
 class StreamFigures:
     """Refreshes the stream gauges from Redis at most once per `cache_s`."""
 
-    def __init__(self, inspector: Inspector, cache_s: float = CACHE_S) -> None:
+    def __init__(self, inspector: Status, cache_s: float = CACHE_S) -> None:
         self.inspector = inspector
         self.cache_s = cache_s
         self._lock = anyio.Lock()
@@ -46,7 +46,7 @@ class StreamFigures:
             try:
                 with anyio.fail_after(READ_TIMEOUT_S):
                     await self._read()
-            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 metrics.SCRAPE_REDIS_ERRORS.inc()
                 logger.warning("metrics: cannot read stream figures from Redis: %r", exc)
 
@@ -74,7 +74,7 @@ class StreamFigures:
 
 @contextlib.asynccontextmanager
 async def lifespan(state: GatewayState) -> AsyncIterator[None]:
-    state.extras["stream_figures"] = StreamFigures(Inspector(state.redis, state.keys))
+    state.extras["stream_figures"] = StreamFigures(Status(state.redis, state.keys))
     yield
 
 

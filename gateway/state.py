@@ -10,12 +10,12 @@ import asyncpg
 
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved
 
 
 @dataclass
 class GatewayState:
-    settings: Settings
+    settings: Resolved
     keys: Keys
     redis: Any
     pool: asyncpg.Pool

@@ -13,6 +13,7 @@ import httpx
 import msgspec
 
 from livefeed.core import auth, db
+from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
 from livefeed.schemas.event import Event
@@ -52,14 +53,13 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 async def migrate(args: argparse.Namespace, settings: Settings) -> int:
     settings = runtime.attach(settings)
     await runtime.preflight(settings)
-    assert settings.database_url
     applied = await db.migrate_dsn(settings.database_url)
     print(f"applied: {', '.join(applied)}" if applied else "up to date")
     return 0
 
 
 def token(args: argparse.Namespace, settings: Settings) -> int:
-    print(auth.mint(settings.signing_secret(), args.user, admin=args.admin, ttl_s=args.ttl))
+    print(auth.mint(signing_secret(settings), args.user, admin=args.admin, ttl_s=args.ttl))
     return 0
 
 
@@ -92,7 +92,7 @@ async def send(args: argparse.Namespace, settings: Settings) -> int:
     users = args.user or ["demo"]
     rng = random.Random(args.seed)
     events = make_events(users, args.count, rng)
-    admin = auth.mint(settings.signing_secret(), "livefeed-send", admin=True, ttl_s=300)
+    admin = auth.mint(signing_secret(settings), "livefeed-send", admin=True, ttl_s=300)
     accepted = duplicates = 0
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         for start in range(0, len(events), args.batch):

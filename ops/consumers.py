@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import msgspec
 import prometheus_client
 
 from livefeed.consumers import fanout, persist
@@ -40,7 +39,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 async def consumer(args: argparse.Namespace, settings: Settings) -> int:
     settings = runtime.attach(settings)
     # Redis must answer now; PostgreSQL may be down: persist waits for it, fanout never needs it.
-    await runtime.preflight(msgspec.structs.replace(settings, database_url=None))
+    await runtime.preflight(settings, database=False)
     if args.metrics_port is not None:
         prometheus_client.start_http_server(args.metrics_port, addr="127.0.0.1")
     stopping = anyio.Event()

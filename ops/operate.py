@@ -19,10 +19,12 @@ from rich.table import Table
 
 from livefeed.core import redis_client
 from livefeed.core.deadletters import DeadLetters
+from livefeed.core.durations import format_ms, parse_duration_ms
 from livefeed.core.eventlog import EventLog
-from livefeed.core.inspect import InspectError, Inspector, format_ms, parse_duration_ms
 from livefeed.core.keys import Keys
+from livefeed.core.pending import Pending, PendingError
 from livefeed.core.settings import Settings
+from livefeed.core.status import Status
 from livefeed.ops import runtime
 from livefeed.schemas.admin import (
     ClaimView,
@@ -113,7 +115,6 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 async def _redis(settings: Settings) -> AsyncIterator[tuple[Any, Keys]]:
     settings = runtime.attach(settings)
     await runtime.preflight(settings)
-    assert settings.redis_url is not None
     client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
         yield client, Keys(settings.prefix, cluster=settings.redis_cluster)
@@ -154,7 +155,7 @@ def _time(ms: int) -> str:
 
 async def status(args: argparse.Namespace, settings: Settings) -> int:
     async with _redis(settings) as (redis, keys):
-        view = await Inspector(redis, keys).status()
+        view = await Status(redis, keys).status()
     if args.json:
         _emit_json(view)
     else:
@@ -207,10 +208,10 @@ def _pending_table(title: str, entries: Sequence[PendingEntry], owner: str) -> T
 async def pending(args: argparse.Namespace, settings: Settings) -> int:
     async with _redis(settings) as (redis, keys):
         try:
-            view = await Inspector(redis, keys).pending(
+            view = await Pending(redis, keys).view(
                 group=args.group, consumer=args.consumer, min_idle_ms=args.min_idle,
                 limit=args.limit)
-        except InspectError as exc:
+        except PendingError as exc:
             return _fail(str(exc))
     if args.json:
         _emit_json(view)
@@ -232,10 +233,10 @@ async def claim(args: argparse.Namespace, settings: Settings) -> int:
     async with _redis(settings) as (redis, keys):
         with _progress("claiming", not args.json and not args.dry_run) as update:
             try:
-                view = await Inspector(redis, keys).claim(
+                view = await Pending(redis, keys).claim(
                     group=args.group, min_idle_ms=args.min_idle, to=args.to,
                     dry_run=args.dry_run, limit=args.limit, progress=update)
-            except InspectError as exc:
+            except PendingError as exc:
                 return _fail(str(exc))
     if args.json:
         _emit_json(view)

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from livefeed.core.embedded import EmbeddedPostgres, EmbeddedRedis
-from livefeed.core.settings import Settings, env_name
+from livefeed.core.settings import Resolved, Settings, env_name
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,10 @@ def clear_runtime(settings: Settings) -> None:
         runtime_path(settings).unlink()
 
 
-def attach(settings: Settings) -> Settings:
+def attach(settings: Settings) -> Resolved:
     """Fill unset URLs from a running `livefeed up`, or explain how to get servers."""
     if settings.redis_url and settings.database_url:
-        return settings
+        return settings.resolve()
     rt = read_runtime(settings)
     if rt is None:
         missing = [env_name(n) for n in ("redis_url", "database_url") if not getattr(settings, n)]
@@ -72,15 +72,11 @@ def attach(settings: Settings) -> Settings:
             f"livefeed: {' and '.join(missing)} not set and no `livefeed up` is running in "
             f"{settings.data_path}; set them or start `livefeed up` first"
         )
-    return msgspec.structs.replace(
-        settings,
-        redis_url=settings.redis_url or rt.redis_url,
-        database_url=settings.database_url or rt.database_url,
-    )
+    return settings.resolve(redis_url=rt.redis_url, database_url=rt.database_url)
 
 
 @contextlib.contextmanager
-def embedded_servers(settings: Settings) -> Iterator[Settings]:
+def embedded_servers(settings: Settings) -> Iterator[Resolved]:
     """Start embedded Redis/PostgreSQL for the URLs that are unset; yield resolved settings."""
     with contextlib.ExitStack() as stack:
         redis_url, database_url = settings.redis_url, settings.database_url
@@ -92,30 +88,30 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
             pg = stack.enter_context(EmbeddedPostgres(settings.data_path / "postgres"))
             database_url = pg.url
             logger.info("started embedded PostgreSQL at %s", database_url)
-        yield msgspec.structs.replace(settings, redis_url=redis_url, database_url=database_url)
+        yield settings.resolve(redis_url=redis_url, database_url=database_url)
 
 
-async def preflight(settings: Settings) -> None:
-    """Fail with one line naming the setting and the fix when a server does not answer."""
+async def preflight(settings: Resolved, *, database: bool = True) -> None:
+    """Fail with one line naming the setting and the fix when a server does not answer.
+    `database=False`: only Redis must answer now (a consumer waits for PostgreSQL)."""
     import asyncpg
-    import redis.exceptions
 
     from livefeed.core import redis_client
+    from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
     from livefeed.core.settings import SettingsError, _hide_password
 
-    if settings.redis_url:
-        try:
-            await redis_client.ping(settings.redis_url, cluster=settings.redis_cluster)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise SettingsError(
-                f"{env_name('redis_url')}={_hide_password(settings.redis_url)}: Redis does not "
-                f"answer ({exc}); start Redis there, fix the URL, or unset it to use the "
-                "embedded Redis"
-            ) from None
-    if settings.database_url:
+    try:
+        await redis_client.ping(settings.redis_url, cluster=settings.redis_cluster)
+    except REDIS_ERRORS as exc:
+        raise SettingsError(
+            f"{env_name('redis_url')}={_hide_password(settings.redis_url)}: Redis does not "
+            f"answer ({exc}); start Redis there, fix the URL, or unset it to use the "
+            "embedded Redis"
+        ) from None
+    if database:
         try:
             conn = await asyncpg.connect(settings.database_url, timeout=5)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except DB_ERRORS as exc:
             raise SettingsError(
                 f"{env_name('database_url')}={_hide_password(settings.database_url)}: "
                 f"PostgreSQL does not answer ({exc}); start it there, fix the URL, or unset "

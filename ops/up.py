@@ -10,7 +10,8 @@ from typing import Any
 import anyio
 
 from livefeed.core import auth, db
-from livefeed.core.settings import Settings
+from livefeed.core.secretfile import signing_secret
+from livefeed.core.settings import Resolved, Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
 
@@ -41,8 +42,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.set_defaults(func=gateway)
 
 
-def banner(settings: Settings, url: str, embedded: list[str]) -> str:
-    secret = settings.signing_secret()
+def banner(settings: Resolved, url: str, embedded: list[str]) -> str:
+    secret = signing_secret(settings)
     demo = auth.mint(secret, "demo")
     admin = auth.mint(secret, "admin", admin=True)
     lines = [
@@ -69,7 +70,6 @@ async def up(args: argparse.Namespace, settings: Settings) -> int:
                                        ("PostgreSQL", settings.database_url)) if url is None]
     with runtime.embedded_servers(settings) as resolved:
         await runtime.preflight(resolved)
-        assert resolved.database_url and resolved.redis_url
         await db.migrate_dsn(resolved.database_url)
         url = f"http://{args.host}:{args.port}"
         notes = [f"{name} under {resolved.data_path.resolve()}" for name in embedded]

@@ -14,7 +14,7 @@ import pytest
 from livefeed.core import db, redis_client
 from livefeed.core.embedded import EmbeddedRedis
 from livefeed.core.keys import Keys
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved
 from tests import servers
 
 # The live-delivery fixtures (hub, gateways) for tests/gateway and tests/e2e.
@@ -96,13 +96,13 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def settings_factory(
     redis_url: str, database_url: str, prefix: str, tmp_path: Any, redis: Any
-) -> Callable[..., Settings]:
+) -> Callable[..., Resolved]:
     """Settings for this test's servers, prefix and schema; keyword arguments override.
     (Depends on `redis` so the prefix's keys are deleted after the test, whoever wrote
     them: a gateway process, the app in process, a consumer.)"""
 
-    def make(**overrides: Any) -> Settings:
-        base = Settings(
+    def make(**overrides: Any) -> Resolved:
+        base = Resolved(
             redis_url=redis_url,
             database_url=database_url,
             prefix=prefix,

@@ -18,6 +18,7 @@ import asyncpg
 import redis
 
 from livefeed.core.embedded import EmbeddedPostgres, EmbeddedRedis
+from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 LOCAL_DATABASE = "postgresql://root@127.0.0.1:5432/test"
@@ -32,14 +33,14 @@ def _answers(host: str, port: int) -> bool:
 def _redis_ok(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
-    except (redis.RedisError, OSError):
+    except REDIS_ERRORS:
         return False
 
 
 async def _pg_ok(dsn: str) -> bool:
     try:
         conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
+    except DB_ERRORS:
         return False
     await conn.close()
     return True

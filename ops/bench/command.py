@@ -66,7 +66,6 @@ async def bench(args: argparse.Namespace, settings: Settings) -> int:
         local = msgspec.structs.replace(settings, data_dir=str(workdir / "servers"))
         with runtime.embedded_servers(local) as resolved:
             await runtime.preflight(resolved)
-            assert resolved.redis_url and resolved.database_url
             machine = await report.describe_machine(resolved.redis_url, resolved.database_url)
             ctx = Context(settings=resolved, quick=args.quick, workdir=workdir / "run",
                           profile_dir=args.profile)

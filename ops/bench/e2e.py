@@ -18,7 +18,7 @@ import anyio
 import msgspec
 
 from livefeed.core import auth, redis_client
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved
 from livefeed.ops.bench import data, httpload, loadgen, procs
 from livefeed.ops.bench.clients import Spec, sent_at
 from livefeed.ops.bench.runner import BenchResult, Context, Goal, percentile, row
@@ -44,9 +44,8 @@ async def _paced(rate: int, seconds: float, send: Send) -> None:
             tg.start_soon(send, i, per_tick)
 
 
-async def _floor(s: Settings, rate: int, seconds: float) -> list[float]:
+async def _floor(s: Resolved, rate: int, seconds: float) -> list[float]:
     """PUBLISH-to-subscriber latencies (µs) of bare Redis pub/sub at `rate`."""
-    assert s.redis_url
     sub: Any = redis_client.connect(s.redis_url, blocking=True)
     pub: Any = redis_client.connect(s.redis_url)
     channel = f"{s.prefix}:floor"
@@ -89,7 +88,7 @@ async def _senders(port: int) -> AsyncIterator[asyncio.Queue[Any]]:
             writer.close()
 
 
-async def _mode(ctx: Context, s: Settings, users: list[str], rate: int,
+async def _mode(ctx: Context, s: Resolved, users: list[str], rate: int,
                 seconds: float) -> tuple[list[float], int, int]:
     """(latencies µs, events sent, events received) for one delivery mode."""
     assert s.secret and s.webhook_secret

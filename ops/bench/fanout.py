@@ -19,7 +19,7 @@ import anyio
 from livefeed.core import auth, redis_client
 from livefeed.core.embedded import free_port
 from livefeed.core.keys import Keys
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved
 from livefeed.ops.bench import loadgen, procs
 from livefeed.ops.bench.clients import Spec
 from livefeed.ops.bench.runner import BenchResult, Context, Goal, row
@@ -33,9 +33,8 @@ PAYLOAD = (b'{"user_id":"u","subject":"Weekly digest","sender":"news@example.com
 
 
 @contextlib.contextmanager
-def plain_server(ctx: Context, impl: str, s: Settings) -> Iterator[tuple[Child, int]]:
+def plain_server(ctx: Context, impl: str, s: Resolved) -> Iterator[tuple[Child, int]]:
     port = free_port()
-    assert s.redis_url
     child = Child(
         [sys.executable, "-m", "livefeed.ops.bench.plainws", "--port", str(port), "--ws", impl,
          "--redis", s.redis_url, "--prefix", s.prefix],
@@ -47,10 +46,10 @@ def plain_server(ctx: Context, impl: str, s: Settings) -> Iterator[tuple[Child, 
         child.terminate()
 
 
-async def _measure(ctx: Context, name: str, child: Child, port: int, s: Settings,
+async def _measure(ctx: Context, name: str, child: Child, port: int, s: Resolved,
                    users: list[str], rounds: int) -> tuple[float, float, dict[str, int]]:
     """(KiB per idle connection, frames/s, close codes) against one server process."""
-    assert s.secret and s.redis_url
+    assert s.secret
     url = f"ws://127.0.0.1:{port}/v1/ws"
     warm = [auth.mint(s.secret, f"warm{i}") for i in range(20)]
     async with loadgen.clients([Spec(url, warm)]):
@@ -71,9 +70,8 @@ async def _measure(ctx: Context, name: str, child: Child, port: int, s: Settings
     return per_conn, rate, closed
 
 
-async def _fan_out(s: Settings, users: list[str], rounds: int,
+async def _fan_out(s: Resolved, users: list[str], rounds: int,
                    gens: list[loadgen.LoadGen]) -> float:
-    assert s.redis_url
     keys = Keys(s.prefix)
     redis: Any = redis_client.connect(s.redis_url)
     base = loadgen.total_frames(gens)

@@ -37,7 +37,7 @@ async def run(ctx: Context, result: BenchResult) -> None:
     n_single = ctx.size(1_000, 10_000)
     n_batched = ctx.size(5_000, 50_000)
     async with ctx.namespace() as s:
-        assert s.webhook_secret and s.redis_url
+        assert s.webhook_secret
         users = [f"user{i}" for i in range(100)]
         singles = data.events(n_single, users, seed=1)
         batched = data.events(n_batched, users, seed=2)

@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from livefeed.core import newsletters, redis_client
 from livefeed.core.keys import PERSIST_GROUP, Keys
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved
 from livefeed.ops.bench import data, procs
 from livefeed.ops.bench.runner import BenchResult, Context, Goal, Timer, row
 
@@ -60,14 +60,13 @@ async def _drained(redis: Any, stream: str, last_id: bytes) -> bool:
     return False
 
 
-async def _consumer_rate(ctx: Context, s: Settings, triples: list[tuple[str, str, bytes]],
+async def _consumer_rate(ctx: Context, s: Resolved, triples: list[tuple[str, str, bytes]],
                          ) -> float:
     """Rows/s of a `livefeed consumer persist` process draining a backlog of `triples`.
 
     The consumer is frozen (SIGSTOP) while the backlog is written, so the writer does not
     compete with it for the 2 cores; the clock runs from SIGCONT to the last ack.
     """
-    assert s.redis_url
     keys = Keys(s.prefix)
     redis = redis_client.connect(s.redis_url)
     try:
@@ -105,7 +104,6 @@ async def run(ctx: Context, result: BenchResult) -> None:
     n = ctx.size(2_000, 20_000)
     n_naive = ctx.size(300, 3_000)
     async with ctx.namespace() as s:
-        assert s.database_url
         evs = data.events(n, [f"user{i}" for i in range(100)], seed=3)
         rows = [newsletters.row(e, f"{1700000000000 + i}-0") for i, e in enumerate(evs)]
         conn = await asyncpg.connect(s.database_url)

@@ -60,7 +60,7 @@ async def forward(redis_url: str, keys: Keys) -> None:
                 with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                     await ws.send_text(text)
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
         await client.aclose()
 
 

@@ -45,7 +45,7 @@ async def _xrange_floor(redis: Any, key: str, after: str, count: int) -> float:
 async def run(ctx: Context, result: BenchResult) -> None:
     sizes = [1_000] if ctx.quick else [1_000, 10_000]
     async with ctx.namespace(feed_maxlen=max(sizes) * 2) as s:
-        assert s.redis_url and s.secret
+        assert s.secret
         keys = Keys(s.prefix)
         redis = redis_client.connect(s.redis_url)
         try:

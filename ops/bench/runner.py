@@ -21,7 +21,7 @@ import msgspec
 
 from livefeed.core import db, redis_client
 from livefeed.core.keys import Keys
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class BenchResult(msgspec.Struct, kw_only=True):
 class Context:
     """What every benchmark gets: resolved servers, the size of the run, a work dir."""
 
-    settings: Settings
+    settings: Resolved
     quick: bool
     workdir: Path
     profile_dir: Path | None = None
@@ -100,9 +100,8 @@ class Context:
         logger.info("%s", text)
 
     @contextlib.asynccontextmanager
-    async def namespace(self, **overrides: Any) -> AsyncIterator[Settings]:
+    async def namespace(self, **overrides: Any) -> AsyncIterator[Resolved]:
         """Settings with their own key prefix and migrated Postgres schema, removed after."""
-        assert self.settings.redis_url and self.settings.database_url
         tag = uuid.uuid4().hex[:8]
         prefix, schema = f"lfb{tag}", f"lfb_{tag}"
         sep = "&" if "?" in self.settings.database_url else "?"

@@ -20,8 +20,9 @@ import redis.exceptions
 
 from livefeed.core import db, redis_client
 from livefeed.core.embedded import free_port
+from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS, LivefeedError
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from livefeed.core.settings import Settings, env_name
+from livefeed.core.settings import Resolved, env_name
 from livefeed.ops.faultproxy import FaultProxy
 from livefeed.ops.procs import Child, child_env, livefeed_argv
 
@@ -31,7 +32,7 @@ START_TIMEOUT_S = 40.0
 CONSUMER_GROUPS = (PERSIST_GROUP, FANOUT_GROUP)
 
 
-class ClusterError(RuntimeError):
+class ClusterError(LivefeedError, RuntimeError):
     """A process did not come up; the message carries the tail of its log."""
 
 
@@ -51,10 +52,8 @@ def with_params(dsn: str, **params: str) -> str:
 class Cluster:
     """Processes for one cell. Use `async with`; everything is killed and dropped on exit."""
 
-    def __init__(self, base: Settings, *, mode: str, log_dir: Path,
+    def __init__(self, base: Resolved, *, mode: str, log_dir: Path,
                  env: dict[str, str] | None = None) -> None:
-        if base.redis_url is None or base.database_url is None:
-            raise ValueError("Cluster needs resolved redis_url and database_url")
         self.base = base
         self.mode = mode
         self.log_dir = log_dir
@@ -99,14 +98,13 @@ class Cluster:
     async def _drop_namespace(self) -> None:
         try:
             await redis_client.delete_keys(self.redis, self.keys)
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("could not delete keys of %s: %s", self.prefix, exc)
         finally:
             await self.redis.aclose()
-        assert self.base.database_url is not None
         try:
             conn = await asyncpg.connect(self.base.database_url, timeout=10)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except DB_ERRORS as exc:
             logger.warning("could not drop schema %s: %s", self.schema, exc)
             return
         try:

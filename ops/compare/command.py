@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved, Settings
 from livefeed.ops import runtime
 from livefeed.ops.compare import report
 from livefeed.ops.compare.measure import CellResult
@@ -64,10 +64,10 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _servers(settings: Settings) -> Iterator[Settings]:
+def _servers(settings: Settings) -> Iterator[Resolved]:
     """The given URLs, else a running `livefeed up`'s servers, else embedded ones."""
     if settings.redis_url and settings.database_url:
-        yield settings
+        yield settings.resolve()
         return
     if runtime.read_runtime(settings) is not None:
         yield runtime.attach(settings)

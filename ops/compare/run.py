@@ -19,7 +19,7 @@ import anyio
 import msgspec
 
 from livefeed.core import auth
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved
 from livefeed.ops.compare.clients import FeedClient, NotReady
 from livefeed.ops.compare.cluster import Cluster, ClusterError, monotonic_clock
 from livefeed.ops.compare.load import Auth, LoadGenerator
@@ -62,12 +62,11 @@ def users_for(clients: int) -> list[str]:
     return [f"user{i}" for i in range(max(1, clients // 2))]
 
 
-async def run_cell(base: Settings, scenario: Scenario, mode: str, params: Params,
+async def run_cell(base: Resolved, scenario: Scenario, mode: str, params: Params,
                    log_dir: Path, progress: Progress | None = None) -> CellRun:
     cell = CellResult(scenario=scenario.name, mode=mode, seed=params.seed,
                       duration_s=params.duration, clients=params.clients, rate=params.rate)
     run = CellRun(result=cell, sent=[], logs=[], counts=[])
-    assert base.database_url is not None
     try:
         await _run(run, base, scenario, mode, params, log_dir, progress or _no_progress)
     except* (ClusterError, NotReady, TimeoutError) as group:
@@ -81,7 +80,7 @@ def _no_progress(fraction: float, status: str) -> None:
     pass
 
 
-async def _run(run: CellRun, base: Settings, scenario: Scenario, mode: str, params: Params,
+async def _run(run: CellRun, base: Resolved, scenario: Scenario, mode: str, params: Params,
                log_dir: Path, progress: Progress) -> None:
     rng = random.Random(f"{params.seed}:{scenario.name}")
     clock = monotonic_clock()
@@ -175,7 +174,7 @@ async def _settle(ctx: Context, cluster: Cluster, mode: str, limit_s: float) -> 
             await anyio.sleep(0.1)
 
 
-async def run_matrix(base: Settings, scenarios: Sequence[Scenario], modes: Sequence[str],
+async def run_matrix(base: Resolved, scenarios: Sequence[Scenario], modes: Sequence[str],
                      params: Params, log_root: Path,
                      on_cell: Callable[[str, str], Progress] | None = None) -> list[CellRun]:
     """Every scenario in every mode, one after the other, each on its own namespace."""

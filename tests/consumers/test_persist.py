@@ -15,6 +15,8 @@ from prometheus_client import REGISTRY
 
 from livefeed.consumers.persist import PersistHandler, write_isolating
 from livefeed.core import db, newsletters
+from livefeed.core.embedded import free_port
+from livefeed.core.errors import RetryBatch
 from livefeed.core.eventlog import EventLog
 from livefeed.core.groups import GroupRunner, Permanent, RunnerConfig
 from livefeed.core.groupstream import Entry, ensure_group
@@ -305,3 +307,17 @@ async def test_write_isolating_with_only_bad_rows(pool: asyncpg.Pool, rows_per_b
     failures = await write_isolating(pool, bad)
     assert set(failures) == {b[0] for b in bad}
     assert all(isinstance(error, Permanent) for error in failures.values())
+
+
+async def test_an_unreachable_database_asks_the_runner_to_retry_the_batch() -> None:
+    # min_size=0: the pool connects on first use, to a port nobody listens on.
+    pool = await db.create_pool(f"postgresql://nobody@127.0.0.1:{free_port()}/none",
+                                min_size=0, max_size=1, timeout=5)
+    try:
+        e = event(1)
+        entry = Entry("1-1", str(e.id), e.user_id, encode_event(e))
+        with pytest.raises(RetryBatch, match="PostgreSQL unavailable") as info:
+            await PersistHandler(pool).handle([entry])
+        assert isinstance(info.value.__cause__, OSError)
+    finally:
+        pool.terminate()

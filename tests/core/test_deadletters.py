@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import msgspec
-
-from livefeed.core.deadletters import DeadLetters
+from livefeed.core import deadletters
+from livefeed.core.deadletters import DeadLetter, DeadLetters
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import PERSIST_GROUP, Keys
-from livefeed.schemas.admin import DeadLetter
 from livefeed.schemas.event import encode_event
-from tests.core.test_inspect import any_redis_url, both, event, r
-
-__all__ = ["any_redis_url", "r"]  # fixtures shared with test_inspect
+from tests.core.streamhelp import both, event
 
 
 def log_of(r: Any, keys: Keys) -> EventLog:
@@ -22,13 +17,15 @@ def log_of(r: Any, keys: Keys) -> EventLog:
 
 
 async def bury(r: Any, keys: Keys, data: bytes, *, error: str = "boom",
-               group: str = PERSIST_GROUP, source_id: str = "1-1") -> str:
-    """A dead letter exactly as the group runner writes one (the DeadLetter fields)."""
-    letter = DeadLetter(source_id=source_id, group=group, consumer="persist-1", error=error,
-                        deliveries=5, data=data.decode(), failed_at_ms=int(time.time() * 1000))
-    fields = msgspec.to_builtins(letter)
-    sid = await r.xadd(keys.dead, {k: str(v) for k, v in fields.items()})
-    return str(sid.decode())
+               group: str = PERSIST_GROUP, source_id: str = "1-1",
+               entry: dict[bytes, bytes] | None = None) -> str:
+    """A dead letter written exactly as the group runner writes one (with the ack of its
+    ingest entry, whose fields are `entry`: by default a malformed one, only `data`)."""
+    letter = deadletters.letter_of(source_id, entry or {b"data": data}, group=group,
+                                   consumer="persist-1", error=error, deliveries=5)
+    await deadletters.bury(r, keys, group, [letter], maxlen=1000)
+    rows = await r.xrevrange(keys.dead, count=1)
+    return str(rows[0][0].decode())
 
 
 async def poisoned(r: Any, keys: Keys, subject: str = "Poison") -> tuple[str, str, bytes]:
@@ -37,8 +34,9 @@ async def poisoned(r: Any, keys: Keys, subject: str = "Poison") -> tuple[str, st
     data = encode_event(ev)
     [appended] = await log_of(r, keys).append([(str(ev.id), ev.user_id, data)])
     assert appended.stream_id is not None
+    entry = {b"event_id": str(ev.id).encode(), b"user": ev.user_id.encode(), b"data": data}
     dead_id = await bury(r, keys, data, error="ValueError: bad sender",
-                         source_id=appended.stream_id)
+                         source_id=appended.stream_id, entry=entry)
     await r.xdel(keys.ingest, appended.stream_id)  # as if trimmed after the ack
     return dead_id, str(ev.id), data
 
@@ -124,3 +122,33 @@ async def test_malformed_letters_still_show(r: Any, keys: Keys) -> None:
     letters = (await dl.letters()).letters
     assert [(x.id, x.deliveries, x.group, x.preview) for x in letters] == [
         (a, 0, "", None), (b, 0, "", "x")]
+
+
+def test_a_letter_reads_back_as_written() -> None:
+    letter = DeadLetter(source_id="5-1", group="persist", consumer="c", error="boom",
+                        deliveries=5, data=b'{"id":"x"}\x00\xff', failed_at_ms=1,
+                        event_id="e", user="bob")
+    fields = {k.encode(): v if isinstance(v, bytes) else str(v).encode()
+              for k, v in deadletters.to_fields(letter).items()}
+    assert deadletters.from_fields(fields) == letter
+    malformed = deadletters.letter_of("5-2", {b"data": b"x"}, group="fanout", consumer="c",
+                                      error="e" * 5000, deliveries=3)
+    assert "event_id" not in deadletters.to_fields(malformed)
+    assert (malformed.event_id, malformed.user, len(malformed.error)) == (None, None, 2000)
+
+
+@both
+async def test_the_dead_letter_stream_is_bounded(r: Any, keys: Keys) -> None:
+    await r.xgroup_create(keys.ingest, PERSIST_GROUP, id="0", mkstream=True)
+    maxlen = 100
+    for batch in range(10):
+        letters = [deadletters.letter_of(f"{batch}-{i}", {b"data": b"x"}, group=PERSIST_GROUP,
+                                         consumer="c", error="boom", deliveries=5)
+                   for i in range(1, 101)]
+        await deadletters.bury(r, keys, PERSIST_GROUP, letters, maxlen=maxlen)
+    length = await r.xlen(keys.dead)
+    # MAXLEN ~ trims whole radix-tree nodes (100 entries each by default): never fewer
+    # than asked, at most one node more; 1,000 letters were written.
+    assert maxlen <= length < 2 * maxlen + 1
+    newest = await r.xrevrange(keys.dead, count=1)
+    assert deadletters.from_fields(newest[0][1]).source_id == "9-100"

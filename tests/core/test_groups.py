@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from livefeed.core import redis_client
+from livefeed.core.errors import RetryBatch
 from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry, parse_autoclaim
 from livefeed.core.keys import Keys
@@ -51,6 +52,7 @@ class Recorder:
         self.batches: list[list[str]] = []
         self.poison = set(poison)
         self.down = False
+        self.failure: Callable[[], Exception] = lambda: ConnectionRefusedError("database down")
         self.attempts = 0
         self.hang = False
 
@@ -63,7 +65,7 @@ class Recorder:
         if self.hang:
             await anyio.sleep_forever()
         if self.down:
-            raise ConnectionRefusedError("database down")
+            raise self.failure()
         self.batches.append([e.event_id for e in entries])
         return {e.id: f"cannot store {e.event_id}" for e in entries if e.event_id in self.poison}
 
@@ -211,13 +213,18 @@ async def test_malformed_and_worn_out_entries_skip_the_handler(r: Any, keys: Key
 
 
 @both
+@pytest.mark.parametrize("failure", [
+    lambda: RetryBatch("database down"),  # what a handler raises to say "not now"
+    lambda: ConnectionRefusedError("Redis down"),  # a connection error let through
+], ids=["RetryBatch", "connection-error"])
 async def test_transient_failure_keeps_entries_pending_without_burning_deliveries(
-    r: Any, keys: Keys
+    r: Any, keys: Keys, failure: Callable[[], Exception]
 ) -> None:
     await ensure(r, keys)
     await add(r, keys, "a", "b")
     rec = Recorder()
     rec.down = True
+    rec.failure = failure
     other = Recorder()
     async with anyio.create_task_group() as tg:
         first = Running(runner(r, keys, rec, "c1", claim_idle_ms=300), tg)
@@ -263,7 +270,7 @@ class Gated(Recorder):
         if self.attempts >= 1:
             if self.outage:
                 self.attempts += 1
-                raise ConnectionRefusedError("database down")
+                raise self.failure()
             self.attempts += 1
             await self.gate.wait()
             self.attempts -= 1

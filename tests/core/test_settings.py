@@ -1,23 +1,28 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from livefeed.core import settings as settings_mod
-from livefeed.core.settings import SettingsError
+from livefeed.core.groups import RunnerConfig
+from livefeed.core.secretfile import signing_secret
+from livefeed.core.settings import Resolved, SettingsError
 
 
 def test_defaults_match_the_contract() -> None:
     s = settings_mod.load({})
     assert (s.delivery, s.prefix, s.data_dir) == ("streams", "lf", ".livefeed")
-    assert s.feed_maxlen == 10_000
+    assert s.feed_maxlen == 10_000 and s.dead_maxlen == 100_000
     assert s.redis_url is None and s.database_url is None
 
 
 def test_environment_then_flags() -> None:
-    env = {"LIVEFEED_DELIVERY": "pubsub", "LIVEFEED_FEED_MAXLEN": "50",
+    env = {"LIVEFEED_DELIVERY": "pubsub", "LIVEFEED_FEED_MAXLEN": "50", "LIVEFEED_DEAD_MAXLEN": "7",
            "LIVEFEED_REDIS_CLUSTER": "false", "LIVEFEED_PREFIX": "x"}
     s = settings_mod.load(env, prefix="y")
     assert (s.delivery, s.feed_maxlen, s.redis_cluster, s.prefix) == ("pubsub", 50, False, "y")
+    assert RunnerConfig.from_settings(s, linger=False).dead_maxlen == 7
 
 
 def test_repr_hides_secrets_and_passwords() -> None:
@@ -38,6 +43,7 @@ def test_repr_hides_secrets_and_passwords() -> None:
         ({"LIVEFEED_DATABASE_URL": "mysql://x"}, ["LIVEFEED_DATABASE_URL", "postgresql://"]),
         ({"LIVEFEED_FEED_MAXLEN": "many"}, ["LIVEFEED_FEED_MAXLEN"]),
         ({"LIVEFEED_BATCH_SIZE": "0"}, ["LIVEFEED_BATCH_SIZE"]),
+        ({"LIVEFEED_DEAD_MAXLEN": "0"}, ["LIVEFEED_DEAD_MAXLEN"]),
         ({"LIVEFEED_PREFIX": "a{b}"}, ["LIVEFEED_PREFIX"]),
         ({"LIVEFEED_REDIS_CLUSTER": "true"}, ["LIVEFEED_REDIS_URL"]),
     ],
@@ -51,9 +57,23 @@ def test_a_wrong_setting_is_named_with_its_fix(env: dict[str, str], names: list[
         assert name in message
 
 
-def test_signing_secret_is_generated_once_and_kept(tmp_path: object) -> None:
+def test_signing_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
     s = settings_mod.load({"LIVEFEED_DATA_DIR": str(tmp_path)})
-    first = s.signing_secret()
+    first = signing_secret(s)
     assert len(first) >= 32
-    assert settings_mod.load({"LIVEFEED_DATA_DIR": str(tmp_path)}).signing_secret() == first
-    assert settings_mod.load({"LIVEFEED_SECRET": "given"}).signing_secret() == "given"
+    assert signing_secret(settings_mod.load({"LIVEFEED_DATA_DIR": str(tmp_path)})) == first
+    assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
+    assert signing_secret(settings_mod.load({"LIVEFEED_SECRET": "given"})) == "given"
+
+
+def test_resolve_fills_unset_urls_and_keeps_configured_ones() -> None:
+    s = settings_mod.load({"LIVEFEED_REDIS_URL": "redis://own:6379/0", "LIVEFEED_PREFIX": "p"})
+    r = s.resolve(redis_url="redis://embedded:1/0", database_url="postgresql://embedded/db")
+    assert isinstance(r, Resolved) and isinstance(r, settings_mod.Settings)
+    assert (r.redis_url, r.database_url, r.prefix) == (
+        "redis://own:6379/0", "postgresql://embedded/db", "p")
+    assert r.resolve() == r and repr(r).startswith("Resolved(")
+    with pytest.raises(SettingsError, match="LIVEFEED_DATABASE_URL"):
+        s.resolve()
+    with pytest.raises(SettingsError, match="LIVEFEED_DATABASE_URL"):
+        s.resolve(database_url="mysql://x")  # what is filled in is validated too

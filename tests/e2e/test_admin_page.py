@@ -15,10 +15,11 @@ import uvicorn
 from livefeed.core import auth
 from livefeed.core.embedded import free_port
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
 from livefeed.gateway import app as app_mod
+from tests.core.streamhelp import groups, ingest, make_stale
 from tests.core.test_deadletters import poisoned
-from tests.core.test_inspect import groups, ingest, make_stale
 from tests.gateway.test_admin import MINE
 
 pytestmark = pytest.mark.browser
@@ -54,11 +55,11 @@ async def test_admin_page_shows_groups_lag_and_dead_letters(
     await redis.xreadgroup(FANOUT_GROUP, "fanout-1", {keys.ingest: ">"}, count=8)
     await redis.xack(keys.ingest, FANOUT_GROUP, *ids[:6])
     dead_id, _, _ = await poisoned(redis, keys, "Poison pill")
-    token = auth.mint(settings.signing_secret(), "ops", admin=True)
+    token = auth.mint(signing_secret(settings), "ops", admin=True)
 
     async with serving(settings) as url:
         # A user token gets the page but no data: the API refuses it.
-        user = auth.mint(settings.signing_secret(), "alice")
+        user = auth.mint(signing_secret(settings), "alice")
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.get(f"/admin/api/status?token={user}")).status_code == 403
 

@@ -9,9 +9,10 @@ import pytest
 
 from livefeed.core import auth, metrics
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
+from tests.core.streamhelp import groups, ingest, make_stale
 from tests.core.test_deadletters import poisoned
-from tests.core.test_inspect import groups, ingest, make_stale
 from tests.gateway.livehelp import app_client as _app_client
 
 MINE = ("livefeed.gateway.admin", "livefeed.gateway.metrics", "livefeed.gateway.health")
@@ -33,7 +34,7 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def admin(settings: Settings) -> dict[str, str]:
-    return bearer(auth.mint(settings.signing_secret(), "ops", admin=True))
+    return bearer(auth.mint(signing_secret(settings), "ops", admin=True))
 
 
 ENDPOINTS = [("GET", "/admin/api/status"), ("GET", "/admin/api/pending"),
@@ -43,7 +44,7 @@ ENDPOINTS = [("GET", "/admin/api/status"), ("GET", "/admin/api/pending"),
 
 
 async def test_every_endpoint_needs_an_admin_token(settings: Settings, redis: Any) -> None:
-    secret = settings.signing_secret()
+    secret = signing_secret(settings)
     user = auth.mint(secret, "alice")
     forged = auth.mint("another-secret-" + "x" * 32, "ops", admin=True)
     expired = auth.mint(secret, "ops", admin=True, ttl_s=-10)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from livefeed.core.settings import Settings, to_env
+from livefeed.core.settings import Resolved, Settings, to_env
 from livefeed.ops.compare.measure import (
     consistent_after,
     count_client,
@@ -122,12 +122,12 @@ PARAMS = Params(duration=3.0, clients=4, rate=150.0, seed=7, settle_s=40.0)
 
 
 @pytest.fixture
-def base(redis_url: str, postgres_url: str, tmp_path: Path) -> Settings:
-    return Settings(redis_url=redis_url, database_url=postgres_url,
+def base(redis_url: str, postgres_url: str, tmp_path: Path) -> Resolved:
+    return Resolved(redis_url=redis_url, database_url=postgres_url,
                     data_dir=str(tmp_path / "data"), log_level="WARNING")
 
 
-async def run(base: Settings, scenario: str, mode: str, tmp_path: Path,
+async def run(base: Resolved, scenario: str, mode: str, tmp_path: Path,
               params: Params = PARAMS) -> CellRun:
     cell = await run_cell(base, SCENARIOS[scenario], mode, params, tmp_path / "logs")
     assert cell.result.failed is None, (cell.result.failed, _logs(tmp_path))
@@ -141,9 +141,8 @@ def _logs(tmp_path: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SCENARIOS))
-async def test_streams_loses_and_duplicates_nothing(base: Settings, name: str,
+async def test_streams_loses_and_duplicates_nothing(base: Resolved, name: str,
                                                      tmp_path: Path) -> None:
-    assert base.database_url is not None
     cell = await run(base, name, "streams", tmp_path)
     r = cell.result
     assert r.skipped is None

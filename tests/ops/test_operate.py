@@ -20,8 +20,8 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings, to_env
 from livefeed.schemas.event import encode_event
+from tests.core.streamhelp import event, groups, ingest, make_stale
 from tests.core.test_deadletters import poisoned
-from tests.core.test_inspect import event, groups, ingest, make_stale
 from tests.procs import Proc, running
 
 
