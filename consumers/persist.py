@@ -17,9 +17,10 @@ import asyncpg
 import msgspec
 
 from livefeed.core import db, redis_client
-from livefeed.core.groups import TRANSIENT_ERRORS, GroupRunner, RunnerConfig
+from livefeed.core.groups import TRANSIENT_ERRORS, GroupRunner, RunnerConfig, default_consumer_name
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import PERSIST_GROUP, Keys
+from livefeed.core.leases import PartitionLeases
 from livefeed.core.settings import Settings, SettingsError
 from livefeed.schemas.event import Event, decode_event
 
@@ -157,10 +158,12 @@ async def close_pool(pool: asyncpg.Pool, timeout_s: float = 5.0) -> None:
     pool.terminate()
 
 
-async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = None) -> None:
-    """The persist role: one consumer until `stopping` is set, then drain."""
+async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = None,
+              partitions: Sequence[int] | None = None) -> None:
+    """The persist role: one consumer until `stopping` is set, then drain. It shares the
+    partitions with the group's other consumers through leases, or owns `partitions`."""
     assert settings.redis_url and settings.database_url
-    keys = Keys(settings.prefix, cluster=settings.redis_cluster)
+    keys = Keys(settings.prefix, partitions=settings.partitions)
     client: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     reader: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
                                        blocking=True)
@@ -168,8 +171,12 @@ async def run(settings: Settings, stopping: anyio.Event, *, name: str | None = N
     try:
         await check_table(pool)
         config = RunnerConfig.from_settings(settings, linger=True)
-        runner = GroupRunner(client, keys, PERSIST_GROUP, PersistHandler(pool), consumer=name,
-                             reader=reader, config=config)
+        consumer = name or default_consumer_name()
+        leases = PartitionLeases(client, keys, PERSIST_GROUP, consumer,
+                                 lease_ms=settings.lease_ms, static=partitions)
+        runner = GroupRunner(client, keys, PERSIST_GROUP, PersistHandler(pool),
+                             consumer=consumer, reader=reader, config=config,
+                             cluster=settings.redis_cluster, leases=leases)
         await runner.run(stopping)
     finally:
         await close_pool(pool)

@@ -1,12 +1,16 @@
-"""The event log: idempotent append to the ingest stream, fanout into per-user feed
-streams with their live publish, and reading a feed back for replay.
+"""The event log: idempotent append to the partitions' ingest streams, fanout into
+per-user feed streams with their live publish, and reading a feed back for replay.
 
 Both writes are Lua scripts so the marker and the write happen together or not at all:
-a marker without its entry would turn a retry into a silent loss.
+a marker without its entry would turn a retry into a silent loss. A script only touches
+one partition's keys (one hash tag, one cluster slot); the scripts of a request or batch
+go out in one pipeline, one round trip per node.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -32,16 +36,28 @@ end
 return out
 """
 
-# KEYS: feed stream, fanned marker.  ARGV: maxlen, ttl, payload, live channel.
-# Returns {feed id, 1} when appended now, {feed id, 0} when this event was fanned out before
-# (a redelivered entry): the marker holds the feed id, so the publish is not repeated either.
+# One partition's events of a batch, in order.
+# KEYS: per event its feed stream, fanned marker and live channel (declared as keys so a
+# cluster checks they share the slot).  ARGV: maxlen, ttl, publish command (PUBLISH on a
+# standalone server, SPUBLISH on a cluster), then per event its payload.
+# Returns per event {feed id, 1} when appended now, {feed id, 0} when it was fanned out
+# before (a redelivered entry): the marker holds the feed id, so it is not published again.
 _FAN_OUT = """
-local prev = redis.call('GET', KEYS[2])
-if prev then return {prev, 0} end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'data', ARGV[3])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
-redis.call('PUBLISH', ARGV[4], '{"type":"event","id":"' .. id .. '","data":' .. ARGV[3] .. '}')
-return {id, 1}
+local out = {}
+for i = 1, #ARGV - 3 do
+  local k = (i - 1) * 3
+  local prev = redis.call('GET', KEYS[k + 2])
+  if prev then
+    out[i] = {prev, 0}
+  else
+    local data = ARGV[i + 3]
+    local id = redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', ARGV[1], '*', 'data', data)
+    redis.call('SET', KEYS[k + 2], id, 'EX', ARGV[2])
+    redis.call(ARGV[3], KEYS[k + 3], '{"type":"event","id":"' .. id .. '","data":' .. data .. '}')
+    out[i] = {id, 1}
+  end
+end
+return out
 """
 
 
@@ -74,6 +90,10 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
 def parse_stream_id(value: str) -> tuple[int, int] | None:
     ms, sep, seq = value.partition("-")
     if not (ms.isdigit() and (not sep or seq.isdigit())):
@@ -84,63 +104,105 @@ def parse_stream_id(value: str) -> tuple[int, int] | None:
 class EventLog:
     """Writes and reads of the ingest and feed streams of one prefix."""
 
-    def __init__(self, redis: Any, keys: Keys, *, feed_maxlen: int, dedupe_ttl_s: int) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, feed_maxlen: int, dedupe_ttl_s: int,
+                 cluster: bool = False) -> None:
         self.redis = redis
         self.keys = keys
         self.feed_maxlen = feed_maxlen
         self.dedupe_ttl_s = dedupe_ttl_s
-        self._append = redis.register_script(_APPEND)
-        self._fan_out = redis.register_script(_FAN_OUT)
+        # Sharded pub/sub on a cluster: a plain PUBLISH is copied to every node.
+        self.publish_command = "SPUBLISH" if cluster else "PUBLISH"
+        self._append_sha = _sha(_APPEND)
+        self._fan_out_sha = _sha(_FAN_OUT)
+
+    def _by_partition(self, events: Sequence[tuple[str, str, bytes]]
+                      ) -> dict[int, list[int]]:
+        """Indexes of `events` per partition, in order (a user's events keep theirs)."""
+        parts: dict[int, list[int]] = defaultdict(list)
+        for i, (_, user, _) in enumerate(events):
+            parts[self.keys.partition_of(user)].append(i)
+        return parts
+
+    async def _scripts(self, source: str, sha: str,
+                       calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA each (keys, args) in one pipeline (a Script object would cost a SCRIPT
+        EXISTS round trip first). Without the script (a restart, SCRIPT FLUSH, a new
+        node) load it and run the pipeline again: both scripts are idempotent."""
+        try:
+            return await self._pipeline(sha, calls)
+        except NoScriptError:
+            await self.redis.script_load(source)  # a cluster client loads it on every primary
+            return await self._pipeline(sha, calls)
+
+    async def _pipeline(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]
+                        ) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(await pipe.execute())
 
     async def append(self, events: Sequence[tuple[str, str, bytes]]) -> list[Appended]:
-        """Append (event id, user, payload) triples to the ingest stream in one round trip.
+        """Append (event id, user, payload) triples to their partitions' ingest streams:
+        one atomic script per partition, all in one pipeline.
 
-        Idempotent on event id for `dedupe_ttl_s`: a repeated id is reported, not appended.
+        Idempotent on (user, event id) for `dedupe_ttl_s`: a repeated one is reported, not
+        appended. If a partition fails the call raises; the partitions appended before are
+        duplicates on a retry of the whole request.
         """
         if not events:
             return []
-        keys = [self.keys.ingest] + [self.keys.seen(eid) for eid, _, _ in events]
-        args: list[Any] = [self.dedupe_ttl_s]
-        for eid, user, data in events:
-            args += [eid, user, data]
-        ids = await self._append(keys=keys, args=args)
-        return [
-            Appended(eid, _s(sid) if sid else None)
-            for (eid, _, _), sid in zip(events, ids, strict=True)
-        ]
+        parts = self._by_partition(events)
+        calls = []
+        for p, idx in parts.items():
+            keys = [self.keys.ingest(p)]
+            args: list[Any] = [self.dedupe_ttl_s]
+            for i in idx:
+                eid, user, data = events[i]
+                keys.append(self.keys.seen(user, eid))
+                args += [eid, user, data]
+            calls.append((keys, args))
+        replies = await self._scripts(_APPEND, self._append_sha, calls)
+        out: list[Appended | None] = [None] * len(events)
+        for idx, ids in zip(parts.values(), replies, strict=True):
+            for i, sid in zip(idx, ids, strict=True):
+                out[i] = Appended(events[i][0], _s(sid) if sid else None)
+        return [a for a in out if a is not None]
 
     async def reappend(self, event_id: str, user: str, data: bytes) -> str:
         """Append again, bypassing the seen marker (`dead retry`): the marker is still set
         for an event that was accepted once; the consumers' own idempotency (ON CONFLICT,
         fanned markers) keeps the retry from doubling anything already done."""
         sid = await self.redis.xadd(
-            self.keys.ingest, {"event_id": event_id, "user": user, "data": data}
+            self.keys.ingest_of(user), {"event_id": event_id, "user": user, "data": data}
         )
         return _s(sid)
 
     async def fan_out(self, events: Sequence[tuple[str, str, bytes]]) -> list[Fanned]:
-        """XADD each (event id, user, payload) to its user's feed and PUBLISH it, pipelined.
+        """XADD each (event id, user, payload) to its user's feed and publish it live: one
+        script per partition, all in one pipeline.
 
-        Idempotent per event id: a redelivered event keeps its first feed id and is not
-        published again.
+        Idempotent per (user, event id): a redelivered event keeps its first feed id and
+        is not published again.
         """
         if not events:
             return []
-        # EVALSHA directly: a Script in a pipeline costs a SCRIPT EXISTS round trip first.
-        # Without the script (restart, SCRIPT FLUSH) no command ran; rerun all (idempotent).
-        try:
-            replies = await self._fan_out_pipeline(events)
-        except NoScriptError:
-            await self.redis.script_load(_FAN_OUT)
-            replies = await self._fan_out_pipeline(events)
-        return [Fanned(_s(fid), bool(new)) for fid, new in replies]
-
-    async def _fan_out_pipeline(self, events: Sequence[tuple[str, str, bytes]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for eid, user, data in events:
-            pipe.evalsha(self._fan_out.sha, 2, self.keys.feed(user), self.keys.fanned(user, eid),
-                         self.feed_maxlen, self.dedupe_ttl_s, data, self.keys.live(user))
-        return list(await pipe.execute())
+        parts = self._by_partition(events)
+        calls = []
+        for idx in parts.values():
+            keys: list[str] = []
+            args: list[Any] = [self.feed_maxlen, self.dedupe_ttl_s, self.publish_command]
+            for i in idx:
+                eid, user, data = events[i]
+                keys += [self.keys.feed(user), self.keys.fanned(user, eid),
+                         self.keys.live(user)]
+                args.append(data)
+            calls.append((keys, args))
+        replies = await self._scripts(_FAN_OUT, self._fan_out_sha, calls)
+        out: list[Fanned | None] = [None] * len(events)
+        for idx, rows in zip(parts.values(), replies, strict=True):
+            for i, (fid, new) in zip(idx, rows, strict=True):
+                out[i] = Fanned(_s(fid), bool(new))
+        return [f for f in out if f is not None]
 
     async def last_feed_id(self, user: str) -> str | None:
         """The newest feed id of `user`, or None for an empty or missing feed."""

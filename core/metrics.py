@@ -33,6 +33,8 @@ ENTRIES_VANISHED = Counter(
 )
 ENTRIES_CLAIMED = Counter("livefeed_entries_claimed", "Stale entries claimed from other consumers",
                           ["group"])
+PARTITIONS_OWNED = Gauge("livefeed_partitions_owned",
+                         "Partitions whose lease this consumer holds", ["group"])
 TRANSIENT_FAILURES = Counter(
     "livefeed_transient_failures", "Batches retried after a transient failure (e.g. DB down)",
     ["group"],

@@ -51,7 +51,7 @@ def create_app(settings: Settings, features: Sequence[str] = FEATURES) -> Starle
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         assert settings.redis_url is not None and settings.database_url is not None
-        keys = Keys(settings.prefix, cluster=settings.redis_cluster)
+        keys = Keys(settings.prefix, partitions=settings.partitions)
         redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(redis.aclose)

@@ -116,7 +116,7 @@ async def _redis(settings: Settings) -> AsyncIterator[tuple[Any, Keys]]:
     assert settings.redis_url is not None
     client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
-        yield client, Keys(settings.prefix, cluster=settings.redis_cluster)
+        yield client, Keys(settings.prefix, partitions=settings.partitions)
     finally:
         await client.aclose()
 
