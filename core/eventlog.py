@@ -9,14 +9,29 @@ go out in one pipeline, one round trip per node.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
+import anyio
 from redis.exceptions import NoScriptError
 
+from livefeed.core import redis_client
 from livefeed.core.keys import Keys
+from livefeed.core.topology import Topology, is_topology_error
+
+logger = logging.getLogger(__name__)
+
+TOPOLOGY_ATTEMPTS = 3
+WAIT_TIMEOUT_MS = 2000
+
+
+class NotReplicated(Exception):
+    """The append reached fewer replicas than LIVEFEED_INGEST_REPLICAS asks for in time.
+    It may still be there (a retry is answered as duplicates), but it is not acknowledged."""
 
 # KEYS: ingest stream, then one seen-marker per event.
 # ARGV: ttl, then per event: event id, user, payload.
@@ -30,6 +45,9 @@ for i = 2, #KEYS do
     out[i - 1] = redis.call('XADD', KEYS[1], '*',
       'event_id', ARGV[a], 'user', ARGV[a + 1], 'data', ARGV[a + 2])
   else
+    -- A write even for a duplicate: a WAIT after this script then also covers the first
+    -- append (replication is one ordered stream), so a retried 202 is as durable.
+    redis.call('EXPIRE', KEYS[i], ttl)
     out[i - 1] = false
   end
 end
@@ -105,11 +123,16 @@ class EventLog:
     """Writes and reads of the ingest and feed streams of one prefix."""
 
     def __init__(self, redis: Any, keys: Keys, *, feed_maxlen: int, dedupe_ttl_s: int,
-                 cluster: bool = False) -> None:
+                 cluster: bool = False, replicas: int = 0,
+                 topology: Topology | None = None) -> None:
+        """`replicas`: an append counts only once this many replicas have it (WAIT)."""
         self.redis = redis
         self.keys = keys
         self.feed_maxlen = feed_maxlen
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.replicas = replicas
+        self.topology = topology or Topology(redis, cluster=cluster,
+                                             **redis_client.node_options())
         # Sharded pub/sub on a cluster: a plain PUBLISH is copied to every node.
         self.publish_command = "SPUBLISH" if cluster else "PUBLISH"
         self._append_sha = _sha(_APPEND)
@@ -152,7 +175,7 @@ class EventLog:
         if not events:
             return []
         parts = self._by_partition(events)
-        calls = []
+        calls: dict[int, tuple[list[str], list[Any]]] = {}
         for p, idx in parts.items():
             keys = [self.keys.ingest(p)]
             args: list[Any] = [self.dedupe_ttl_s]
@@ -160,13 +183,71 @@ class EventLog:
                 eid, user, data = events[i]
                 keys.append(self.keys.seen(user, eid))
                 args += [eid, user, data]
-            calls.append((keys, args))
-        replies = await self._scripts(_APPEND, self._append_sha, calls)
+            calls[p] = (keys, args)
+        replies = await self._per_node(calls)
         out: list[Appended | None] = [None] * len(events)
-        for idx, ids in zip(parts.values(), replies, strict=True):
-            for i, sid in zip(idx, ids, strict=True):
+        for p, idx in parts.items():
+            for i, sid in zip(idx, replies[p], strict=True):
                 out[i] = Appended(events[i][0], _s(sid) if sid else None)
         return [a for a in out if a is not None]
+
+    async def _per_node(self, calls: dict[int, tuple[list[str], list[Any]]]
+                        ) -> dict[int, Any]:
+        """Run the append script of each partition: one pipeline per node (ending in WAIT
+        when replicas are asked for), the nodes side by side. A node that moved or failed
+        over is looked up again and its partitions rerun (the script is idempotent)."""
+        done: dict[int, Any] = {}
+        todo = dict(calls)
+        for attempt in range(1, TOPOLOGY_ATTEMPTS + 1):
+            by_node: dict[str, list[int]] = defaultdict(list)
+            for p, (keys, _) in todo.items():
+                by_node[self.topology.node_of(keys[0])].append(p)
+            nodes = list(by_node.items())
+            results = await asyncio.gather(
+                *(self._append_on(node, [todo[p] for p in parts]) for node, parts in nodes),
+                return_exceptions=True)
+            stale: BaseException | None = None
+            for (_, parts), result in zip(nodes, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not is_topology_error(result) or attempt == TOPOLOGY_ATTEMPTS:
+                        raise result
+                    stale = result
+                    continue
+                done.update(zip(parts, result, strict=True))
+            todo = {p: c for p, c in todo.items() if p not in done}
+            if not todo:
+                return done
+            logger.info("append: %r; refreshing the slot map (attempt %d)", stale, attempt)
+            await self.topology.refresh()
+            await anyio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _append_on(self, node: str, calls: Sequence[tuple[list[str], list[Any]]]
+                         ) -> list[Any]:
+        client = self.topology.node_client(node)
+        for loaded in (False, True):
+            pipe = client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self._append_sha, len(keys), *keys, *args)
+            if self.replicas:
+                # WAIT covers every earlier write of this connection: the appends above,
+                # or (for duplicates) the marker refresh that follows the first append
+                # in the ordered replication stream.
+                pipe.wait(self.replicas, WAIT_TIMEOUT_MS)
+            try:
+                replies = await pipe.execute()
+            except NoScriptError:
+                if loaded:
+                    raise
+                await client.script_load(_APPEND)
+                continue
+            if self.replicas:
+                acked = int(replies.pop())
+                if acked < self.replicas:
+                    raise NotReplicated(f"{acked} of {self.replicas} replicas acknowledged "
+                                        f"the append within {WAIT_TIMEOUT_MS} ms")
+            return list(replies)
+        raise AssertionError("unreachable")
 
     async def reappend(self, event_id: str, user: str, data: bytes) -> str:
         """Append again, bypassing the seen marker (`dead retry`): the marker is still set

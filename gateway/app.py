@@ -63,7 +63,9 @@ def create_app(settings: Settings, features: Sequence[str] = FEATURES) -> Starle
                 redis=redis,
                 pool=pool,
                 log=EventLog(redis, keys, feed_maxlen=settings.feed_maxlen,
-                             dedupe_ttl_s=settings.dedupe_ttl_s),
+                             dedupe_ttl_s=settings.dedupe_ttl_s,
+                             cluster=settings.redis_cluster,
+                             replicas=settings.ingest_replicas),
                 signing_secret=settings.signing_secret(),
             )
             app.state.lf = state

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, metrics
+from livefeed.core.eventlog import NotReplicated
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
     MAX_BATCH_EVENTS,
@@ -31,7 +32,7 @@ from livefeed.schemas.frames import event_frame
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError, NotReplicated)
 DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
            asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
            asyncpg.InsufficientResourcesError)

@@ -258,7 +258,7 @@ def render_claim(console: Console, view: ClaimView) -> None:
 
 def _dead(redis: Any, keys: Keys, settings: Settings) -> DeadLetters:
     log = EventLog(redis, keys, feed_maxlen=settings.feed_maxlen,
-                   dedupe_ttl_s=settings.dedupe_ttl_s)
+                   dedupe_ttl_s=settings.dedupe_ttl_s, cluster=settings.redis_cluster)
     return DeadLetters(redis, keys, log)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import pytest
 
-from livefeed.core.eventlog import EventLog
+from livefeed.core.eventlog import EventLog, NotReplicated
 from livefeed.core.keys import Keys
 from livefeed.schemas.frames import event_frame
 
@@ -21,9 +22,37 @@ async def test_append_is_idempotent_on_event_id(redis: Any, keys: Keys) -> None:
     assert all(a.stream_id for a in first)
     again = await log.append([("e2", "bob", b"{}"), ("e3", "bob", b"{}")])
     assert again[0].stream_id is None and again[1].stream_id is not None
-    rows = await redis.xrange(keys.ingest)
-    assert [r[1][b"event_id"] for r in rows] == [b"e1", b"e2", b"e3"]
-    assert rows[0][1][b"user"] == b"alice"
+    assert keys.partition_of("alice") != keys.partition_of("bob")
+    alice = await redis.xrange(keys.ingest_of("alice"))
+    bob = await redis.xrange(keys.ingest_of("bob"))
+    assert [r[1][b"event_id"] for r in alice] == [b"e1"] and alice[0][1][b"user"] == b"alice"
+    assert [r[1][b"event_id"] for r in bob] == [b"e2", b"e3"]
+    # Ids are scoped per user: the same id for another user is another event.
+    other = await log.append([("e1", "bob", b"{}")])
+    assert other[0].stream_id is not None
+
+
+async def test_append_waits_for_replicas_when_asked(redis: Any, keys: Keys) -> None:
+    # The test Redis has no replica: WAIT 1 times out, the append is not acknowledged.
+    log = EventLog(redis, keys, feed_maxlen=100, dedupe_ttl_s=60, replicas=1)
+    with pytest.raises(NotReplicated, match="0 of 1 replicas"):
+        await log.append([("r1", "alice", b"{}")])
+    # ...but it is in the stream, so a retry is a duplicate (and is refused the same way).
+    assert len(await redis.xrange(keys.ingest_of("alice"))) == 1
+    with pytest.raises(NotReplicated):
+        await log.append([("r1", "alice", b"{}")])
+
+
+async def test_one_request_spans_partitions_in_one_call(redis: Any, keys: Keys) -> None:
+    log = make_log(redis, keys)
+    users = [f"user{i}" for i in range(50)]
+    events = [(f"e{i}", u, b"{}") for i, u in enumerate(users)]
+    appended = await log.append(events)
+    assert [a.event_id for a in appended] == [e[0] for e in events]
+    assert len({keys.partition_of(u) for u in users}) == 16
+    for (eid, user, _), a in zip(events, appended, strict=True):
+        rows = await redis.xrange(keys.ingest_of(user), min=a.stream_id, max=a.stream_id)
+        assert rows[0][1][b"event_id"].decode() == eid
 
 
 async def test_fan_out_appends_and_publishes_once(redis: Any, keys: Keys) -> None:
