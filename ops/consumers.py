@@ -32,7 +32,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None,
                    help="consumer name in the group (default: hostname-pid); reuse it on "
                    "restart to resume this consumer's pending entries at once")
-    p.add_argument("--partitions", type=partition_list, default=None, metavar="LIST",
+    p.add_argument("--own-partitions", dest="own_partitions", type=partition_list,
+                   default=None, metavar="LIST",
                    help="own exactly these partitions (e.g. 0-7 or 0,2,4) instead of "
                    "sharing them with the group's other consumers through leases")
     p.add_argument("--metrics-port", type=int, default=None,
@@ -64,6 +65,6 @@ async def consumer(args: argparse.Namespace, settings: Settings) -> int:
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(serve.stop_on_signals, stopping.set)
-        await ROLES[args.role](settings, stopping, name=args.name, partitions=args.partitions)
+        await ROLES[args.role](settings, stopping, name=args.name, partitions=args.own_partitions)
         tg.cancel_scope.cancel()
     return 0
