@@ -146,24 +146,6 @@ class EventLog:
             parts[self.keys.partition_of(user)].append(i)
         return parts
 
-    async def _scripts(self, source: str, sha: str,
-                       calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        """EVALSHA each (keys, args) in one pipeline (a Script object would cost a SCRIPT
-        EXISTS round trip first). Without the script (a restart, SCRIPT FLUSH, a new
-        node) load it and run the pipeline again: both scripts are idempotent."""
-        try:
-            return await self._pipeline(sha, calls)
-        except NoScriptError:
-            await self.redis.script_load(source)  # a cluster client loads it on every primary
-            return await self._pipeline(sha, calls)
-
-    async def _pipeline(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]
-                        ) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-        return list(await pipe.execute())
-
     async def append(self, events: Sequence[tuple[str, str, bytes]]) -> list[Appended]:
         """Append (event id, user, payload) triples to their partitions' ingest streams:
         one atomic script per partition, all in one pipeline.
@@ -184,18 +166,20 @@ class EventLog:
                 keys.append(self.keys.seen(user, eid))
                 args += [eid, user, data]
             calls[p] = (keys, args)
-        replies = await self._per_node(calls)
+        replies = await self._per_node(_APPEND, self._append_sha, calls, self.replicas)
         out: list[Appended | None] = [None] * len(events)
         for p, idx in parts.items():
             for i, sid in zip(idx, replies[p], strict=True):
                 out[i] = Appended(events[i][0], _s(sid) if sid else None)
         return [a for a in out if a is not None]
 
-    async def _per_node(self, calls: dict[int, tuple[list[str], list[Any]]]
+    async def _per_node(self, source: str, sha: str,
+                        calls: dict[int, tuple[list[str], list[Any]]], replicas: int
                         ) -> dict[int, Any]:
-        """Run the append script of each partition: one pipeline per node (ending in WAIT
-        when replicas are asked for), the nodes side by side. A node that moved or failed
-        over is looked up again and its partitions rerun (the script is idempotent)."""
+        """Run one script call per partition: one pipeline per node (ending in WAIT when
+        `replicas`), the nodes side by side. A node that moved or failed over is looked up
+        again and its partitions rerun (both scripts are idempotent)."""
+        await self.topology.ready()
         done: dict[int, Any] = {}
         todo = dict(calls)
         for attempt in range(1, TOPOLOGY_ATTEMPTS + 1):
@@ -204,7 +188,8 @@ class EventLog:
                 by_node[self.topology.node_of(keys[0])].append(p)
             nodes = list(by_node.items())
             results = await asyncio.gather(
-                *(self._append_on(node, [todo[p] for p in parts]) for node, parts in nodes),
+                *(self._run_on(node, source, sha, [todo[p] for p in parts], replicas)
+                  for node, parts in nodes),
                 return_exceptions=True)
             stale: BaseException | None = None
             for (_, parts), result in zip(nodes, results, strict=True):
@@ -222,29 +207,31 @@ class EventLog:
             await anyio.sleep(0.05 * attempt)
         raise AssertionError("unreachable")
 
-    async def _append_on(self, node: str, calls: Sequence[tuple[list[str], list[Any]]]
-                         ) -> list[Any]:
+    async def _run_on(self, node: str, source: str, sha: str,
+                      calls: Sequence[tuple[list[str], list[Any]]], replicas: int) -> list[Any]:
+        # EVALSHA directly: a Script object would cost a SCRIPT EXISTS round trip first.
         client = self.topology.node_client(node)
         for loaded in (False, True):
             pipe = client.pipeline(transaction=False)
             for keys, args in calls:
-                pipe.evalsha(self._append_sha, len(keys), *keys, *args)
-            if self.replicas:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            if replicas:
                 # WAIT covers every earlier write of this connection: the appends above,
                 # or (for duplicates) the marker refresh that follows the first append
                 # in the ordered replication stream.
-                pipe.wait(self.replicas, WAIT_TIMEOUT_MS)
+                pipe.wait(replicas, WAIT_TIMEOUT_MS)
             try:
                 replies = await pipe.execute()
             except NoScriptError:
+                # A restart, SCRIPT FLUSH or a promoted replica: load it, run all again.
                 if loaded:
                     raise
-                await client.script_load(_APPEND)
+                await client.script_load(source)
                 continue
-            if self.replicas:
+            if replicas:
                 acked = int(replies.pop())
-                if acked < self.replicas:
-                    raise NotReplicated(f"{acked} of {self.replicas} replicas acknowledged "
+                if acked < replicas:
+                    raise NotReplicated(f"{acked} of {replicas} replicas acknowledged "
                                         f"the append within {WAIT_TIMEOUT_MS} ms")
             return list(replies)
         raise AssertionError("unreachable")
@@ -268,8 +255,8 @@ class EventLog:
         if not events:
             return []
         parts = self._by_partition(events)
-        calls = []
-        for idx in parts.values():
+        calls: dict[int, tuple[list[str], list[Any]]] = {}
+        for p, idx in parts.items():
             keys: list[str] = []
             args: list[Any] = [self.feed_maxlen, self.dedupe_ttl_s, self.publish_command]
             for i in idx:
@@ -277,11 +264,11 @@ class EventLog:
                 keys += [self.keys.feed(user), self.keys.fanned(user, eid),
                          self.keys.live(user)]
                 args.append(data)
-            calls.append((keys, args))
-        replies = await self._scripts(_FAN_OUT, self._fan_out_sha, calls)
+            calls[p] = (keys, args)
+        replies = await self._per_node(_FAN_OUT, self._fan_out_sha, calls, 0)
         out: list[Fanned | None] = [None] * len(events)
-        for idx, rows in zip(parts.values(), replies, strict=True):
-            for i, (fid, new) in zip(idx, rows, strict=True):
+        for p, idx in parts.items():
+            for i, (fid, new) in zip(idx, replies[p], strict=True):
                 out[i] = Fanned(_s(fid), bool(new))
         return [f for f in out if f is not None]
 

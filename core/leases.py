@@ -16,6 +16,7 @@ one lease time after a crash.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -86,20 +87,19 @@ class PartitionLeases:
         return max(self.lease_ms / 6000, 0.05)
 
     async def _script(self, source: str, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """EVALSHA per call, side by side (a cluster client refuses scripts in pipelines)."""
         if not calls:
             return []
         sha = _sha(source)
         try:
-            return await self._pipe(sha, calls)
+            return await self._each(sha, calls)
         except NoScriptError:
-            await self.redis.script_load(source)
-            return await self._pipe(sha, calls)
+            await self.redis.script_load(source)  # a cluster client loads it on every primary
+            return await self._each(sha, calls)
 
-    async def _pipe(self, sha: str, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for key, args in calls:
-            pipe.evalsha(sha, 1, key, *args)
-        return list(await pipe.execute())
+    async def _each(self, sha: str, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        return list(await asyncio.gather(*(self.redis.evalsha(sha, 1, key, *args)
+                                           for key, args in calls)))
 
     async def members(self) -> list[str]:
         now = int(time.time() * 1000)

@@ -38,10 +38,13 @@ class Topology:
         self.cluster = cluster
         self.node_options = node_options
         self._nodes: dict[str, aioredis.Redis] = {}
+        self._ready = not cluster
 
     async def ready(self) -> None:
-        if self.cluster:
+        """Load the slot map once (the cluster client connects lazily)."""
+        if not self._ready:
             await self.client.initialize()
+            self._ready = True
 
     def node_of(self, key: str) -> str:
         if not self.cluster:
