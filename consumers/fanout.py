@@ -15,9 +15,10 @@ import redis.exceptions
 
 from livefeed.core import redis_client
 from livefeed.core.eventlog import EventLog
-from livefeed.core.groups import GroupRunner, RunnerConfig
+from livefeed.core.groups import GroupRunner, RunnerConfig, default_consumer_name
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import FANOUT_GROUP, Keys
+from livefeed.core.leases import PartitionLeases
 from livefeed.core.settings import Resolved
 from livefeed.schemas.event import decode_event
 
@@ -52,18 +53,24 @@ class FanoutHandler:
         return failures
 
 
-async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None) -> None:
-    """The fanout role: one consumer until `stopping` is set, then drain."""
-    keys = Keys(settings.prefix, cluster=settings.redis_cluster)
+async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None,
+              partitions: Sequence[int] | None = None) -> None:
+    """The fanout role: one consumer until `stopping` is set, then drain. It shares the
+    partitions with the group's other consumers through leases, or owns `partitions`."""
+    keys = Keys(settings.prefix, partitions=settings.partitions)
     client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
                                   blocking=True)
     try:
         log = EventLog(client, keys, feed_maxlen=settings.feed_maxlen,
-                       dedupe_ttl_s=settings.dedupe_ttl_s)
-        runner = GroupRunner(client, keys, FANOUT_GROUP, FanoutHandler(log), consumer=name,
+                       dedupe_ttl_s=settings.dedupe_ttl_s, cluster=settings.redis_cluster)
+        consumer = name or default_consumer_name()
+        leases = PartitionLeases(client, keys, FANOUT_GROUP, consumer,
+                                 lease_ms=settings.lease_ms, static=partitions)
+        runner = GroupRunner(client, keys, FANOUT_GROUP, FanoutHandler(log), consumer=consumer,
                              reader=reader, config=RunnerConfig.from_settings(settings,
-                                                                              linger=False))
+                                                                              linger=False),
+                             cluster=settings.redis_cluster, leases=leases)
         await runner.run(stopping)
     finally:
         await reader.aclose()

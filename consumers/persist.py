@@ -12,9 +12,10 @@ import msgspec
 
 from livefeed.core import db, newsletters, redis_client
 from livefeed.core.errors import DB_UNAVAILABLE, RetryBatch
-from livefeed.core.groups import GroupRunner, Permanent, RunnerConfig
-from livefeed.core.groupstream import Entry
+from livefeed.core.groups import GroupRunner, Permanent, RunnerConfig, default_consumer_name
+from livefeed.core.groupstream import Entry, split_ref
 from livefeed.core.keys import PERSIST_GROUP, Keys
+from livefeed.core.leases import PartitionLeases
 from livefeed.core.newsletters import Row
 from livefeed.core.settings import Resolved, SettingsError
 from livefeed.schemas.event import decode_event
@@ -90,7 +91,9 @@ class PersistHandler:
             if event.id is None:
                 failures[entry.id] = "event without id"
                 continue
-            rows.append((entry.id, newsletters.row(event, entry.id)))
+            # The row keeps the stream id: a user's entries all come from one partition's
+            # stream, so their ids order a user's versions of one event.
+            rows.append((entry.id, newsletters.row(event, split_ref(entry.id)[1])))
         return rows, failures
 
 
@@ -129,9 +132,11 @@ async def close_pool(pool: asyncpg.Pool, timeout_s: float = 5.0) -> None:
     pool.terminate()
 
 
-async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None) -> None:
-    """The persist role: one consumer until `stopping` is set, then drain."""
-    keys = Keys(settings.prefix, cluster=settings.redis_cluster)
+async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None,
+              partitions: Sequence[int] | None = None) -> None:
+    """The persist role: one consumer until `stopping` is set, then drain. It shares the
+    partitions with the group's other consumers through leases, or owns `partitions`."""
+    keys = Keys(settings.prefix, partitions=settings.partitions)
     client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
                                   blocking=True)
@@ -139,8 +144,12 @@ async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = N
     try:
         await check_table(pool)
         config = RunnerConfig.from_settings(settings, linger=True)
-        runner = GroupRunner(client, keys, PERSIST_GROUP, PersistHandler(pool), consumer=name,
-                             reader=reader, config=config)
+        consumer = name or default_consumer_name()
+        leases = PartitionLeases(client, keys, PERSIST_GROUP, consumer,
+                                 lease_ms=settings.lease_ms, static=partitions)
+        runner = GroupRunner(client, keys, PERSIST_GROUP, PersistHandler(pool),
+                             consumer=consumer, reader=reader, config=config,
+                             cluster=settings.redis_cluster, leases=leases)
         await runner.run(stopping)
     finally:
         await close_pool(pool)

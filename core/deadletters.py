@@ -1,11 +1,14 @@
-"""Dead letters: the entries a group gave up on, in the dead-letter stream `lf:dead`.
+"""Dead letters: the entries a group gave up on, in each partition's dead-letter stream.
 
 Everything about them lives here: the stored format (`DeadLetter`), writing one with
 the ack of its ingest entry, reading it back, and the operator's list, show, retry and
 drop. The consumer runner only decides *when* an entry becomes a dead letter.
 
-The stream is bounded (`LIVEFEED_DEAD_MAXLEN`, trimmed approximately on every write), so
-a flood of poison cannot fill Redis; the oldest letters go first.
+A letter goes to the dead-letter stream of its entry's partition, in one MULTI with the
+ack (one slot). Operators name a letter by a ref, `<partition>/<stream id>`, and see the
+partitions merged, oldest first. Each stream is bounded (`LIVEFEED_DEAD_MAXLEN`, trimmed
+approximately on every write), so a flood of poison cannot fill Redis; the oldest letters
+go first.
 
 A retry appends the original payload to the ingest stream first and deletes the dead
 letter after: a crash in between leaves both, and the consumers' idempotency (ON CONFLICT,
@@ -22,6 +25,7 @@ import msgspec
 from redis.typing import EncodableT, FieldT
 
 from livefeed.core.eventlog import EventLog, parse_stream_id
+from livefeed.core.groupstream import ref, split_ref
 from livefeed.core.keys import Keys
 from livefeed.core.preview import event_head, preview
 from livefeed.core.redis_client import RedisClient, stream_rows
@@ -104,18 +108,33 @@ def letter_of(source_id: str, entry: Mapping[bytes, bytes], *, group: str, consu
 
 async def bury(redis: RedisClient, keys: Keys, group: str, letters: Sequence[DeadLetter], *,
                maxlen: int) -> None:
-    """XADD each letter to the dead-letter stream and XACK its entry, in one MULTI.
+    """XADD each letter to its partition's dead-letter stream and XACK its entry, one MULTI
+    per partition (a partition's keys share one slot). `source_id` is the entry's ref.
 
-    MAXLEN ~ `maxlen` bounds the stream: Redis trims whole nodes, so it may hold a little
+    MAXLEN ~ `maxlen` bounds each stream: Redis trims whole nodes, so it may hold a little
     more, never fewer than `maxlen` letters.
     """
-    if not letters:
-        return
-    pipe = redis.pipeline(transaction=True)
+    grouped: dict[int, list[DeadLetter]] = {}
     for letter in letters:
-        pipe.xadd(keys.dead, to_fields(letter), maxlen=maxlen, approximate=True)
-    pipe.xack(keys.ingest, group, *[letter.source_id for letter in letters])
-    await pipe.execute()
+        grouped.setdefault(split_ref(letter.source_id)[0], []).append(letter)
+    for partition, part in grouped.items():
+        pipe = redis.pipeline(transaction=True)
+        for letter in part:
+            pipe.xadd(keys.dead(partition), to_fields(letter), maxlen=maxlen, approximate=True)
+        pipe.xack(keys.ingest(partition), group,
+                  *[split_ref(letter.source_id)[1] for letter in part])
+        await pipe.execute()
+
+
+def parse_ref(dead_ref: str, keys: Keys) -> tuple[int, str] | None:
+    """(partition, stream id) of an operator's dead-letter ref, or None if malformed."""
+    head, sep, sid = dead_ref.partition("/")
+    if not (sep and head.isdigit() and int(head) < keys.count and parse_stream_id(sid)):
+        return None
+    parsed = parse_stream_id(sid)
+    if parsed is None or parsed[0] >= 1 << 64 or parsed[1] >= 1 << 64:
+        return None
+    return int(head), sid
 
 
 def view(sid: str, fields: Mapping[bytes, bytes], *, full: bool = False) -> DeadLetterView:
@@ -134,7 +153,7 @@ def view(sid: str, fields: Mapping[bytes, bytes], *, full: bool = False) -> Dead
 
 
 class DeadLetters:
-    """The dead-letter stream of one prefix."""
+    """The dead-letter streams of one prefix, seen as one list."""
 
     def __init__(self, redis: RedisClient, keys: Keys, log: EventLog) -> None:
         self.redis = redis
@@ -142,57 +161,97 @@ class DeadLetters:
         self.log = log
 
     async def count(self) -> int:
-        return int(await self.redis.xlen(self.keys.dead))
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.keys.deads:
+            pipe.xlen(stream)
+        return sum(int(n) for n in await pipe.execute())
+
+    async def _rows(self, partition: int, start: str, count: int
+                    ) -> list[tuple[str, Mapping[bytes, bytes]]]:
+        rows = stream_rows(await self.redis.xrange(self.keys.dead(partition), min=start,
+                                                   count=count))
+        return [(sid, fields) for sid, fields in rows]
 
     async def letters(self, *, limit: int = 100, group: str | None = None,
-                   after: str | None = None) -> DeadLetterList:
-        """Dead letters oldest first (optionally of one group, after an id), up to `limit`."""
-        letters: list[DeadLetterView] = []
-        start = f"({after}" if after else "-"
-        while len(letters) < limit:
-            rows = stream_rows(await self.redis.xrange(self.keys.dead, min=start, count=_PAGE))
-            for sid, fields in rows:
-                if group is None or from_fields(fields).group == group:
-                    letters.append(view(sid, fields))
-            if len(rows) < _PAGE:
-                break
-            start = f"({rows[-1][0]}"
-        return DeadLetterList(total=await self.count(), letters=letters[:limit])
+                      after: str | None = None) -> DeadLetterList:
+        """Dead letters oldest first over all partitions (optionally of one group, after a
+        ref), up to `limit`."""
+        cursor: tuple[int, int, int] | None = None
+        if after:
+            parsed = parse_ref(after, self.keys)
+            if parsed is not None:
+                at = parse_stream_id(parsed[1])
+                assert at is not None
+                cursor = (at[0], at[1], parsed[0])
+        found: list[tuple[tuple[int, int, int], DeadLetterView]] = []
+        for partition in range(self.keys.count):
+            start = "-" if cursor is None else f"{cursor[0]}-{cursor[1]}"
+            taken = 0
+            while taken < limit:
+                rows = await self._rows(partition, start, _PAGE)
+                for sid, fields in rows:
+                    parsed_sid = parse_stream_id(sid)
+                    assert parsed_sid is not None
+                    key = (parsed_sid[0], parsed_sid[1], partition)
+                    if cursor is not None and key <= cursor:
+                        continue
+                    if group is None or from_fields(fields).group == group:
+                        found.append((key, view(ref(partition, sid), fields)))
+                        taken += 1
+                if len(rows) < _PAGE:
+                    break
+                start = f"({rows[-1][0]}"
+        found.sort(key=lambda item: item[0])
+        return DeadLetterList(total=await self.count(),
+                              letters=[letter for _, letter in found[:limit]])
 
-    async def show(self, dead_id: str) -> DeadLetterView | None:
-        if parse_stream_id(dead_id) is None:
+    async def _get(self, dead_ref: str) -> tuple[int, str, Mapping[bytes, bytes]] | None:
+        parsed = parse_ref(dead_ref, self.keys)
+        if parsed is None:
             return None
-        rows = stream_rows(await self.redis.xrange(self.keys.dead, min=dead_id, max=dead_id))
-        return view(rows[0][0], rows[0][1], full=True) if rows else None
+        partition, sid = parsed
+        rows = await self._rows(partition, sid, 1)
+        if not rows or rows[0][0] != sid:
+            return None
+        return partition, sid, rows[0][1]
+
+    async def show(self, dead_ref: str) -> DeadLetterView | None:
+        got = await self._get(dead_ref)
+        return None if got is None else view(ref(got[0], got[1]), got[2], full=True)
 
     async def all_ids(self, group: str | None = None) -> list[str]:
         ids: list[str] = []
-        start = "-"
-        while True:
-            rows = stream_rows(await self.redis.xrange(self.keys.dead, min=start, count=_PAGE))
-            ids += [sid for sid, f in rows if group is None or from_fields(f).group == group]
-            if len(rows) < _PAGE:
-                return ids
-            start = f"({rows[-1][0]}"
+        for partition in range(self.keys.count):
+            start = "-"
+            while True:
+                rows = await self._rows(partition, start, _PAGE)
+                ids += [ref(partition, sid) for sid, f in rows
+                        if group is None or from_fields(f).group == group]
+                if len(rows) < _PAGE:
+                    break
+                start = f"({rows[-1][0]}"
+        return ids
 
-    async def retry_one(self, dead_id: str) -> DeadAction:
-        if parse_stream_id(dead_id) is None:
-            return DeadAction(id=dead_id, outcome="missing", reason="not a stream id")
-        rows = stream_rows(await self.redis.xrange(self.keys.dead, min=dead_id, max=dead_id))
-        if not rows:
-            return DeadAction(id=dead_id, outcome="missing")
-        letter = from_fields(rows[0][1])
+    async def retry_one(self, dead_ref: str) -> DeadAction:
+        if parse_ref(dead_ref, self.keys) is None:
+            return DeadAction(id=dead_ref, outcome="missing",
+                              reason="not a dead-letter id (<partition>/<stream id>)")
+        got = await self._get(dead_ref)
+        if got is None:
+            return DeadAction(id=dead_ref, outcome="missing")
+        partition, sid, fields = got
+        letter = from_fields(fields)
         head = event_head(letter.data or None)
         event_id = letter.event_id or (head.id if head else None)
         user = letter.user or (head.user_id if head else None)
         if head is None or not event_id or not user:
             return DeadAction(
-                id=dead_id, outcome="invalid",
+                id=dead_ref, outcome="invalid",
                 reason="the payload is not an event with id and user_id; drop it instead",
             )
         ingest_id = await self.log.reappend(event_id, user, letter.data)
-        await self.redis.xdel(self.keys.dead, dead_id)
-        return DeadAction(id=dead_id, outcome="retried", ingest_id=ingest_id)
+        await self.redis.xdel(self.keys.dead(partition), sid)
+        return DeadAction(id=dead_ref, outcome="retried", ingest_id=ingest_id)
 
     async def retry(self, ids: Sequence[str],
                     progress: Progress | None = None) -> list[DeadAction]:
@@ -208,10 +267,11 @@ class DeadLetters:
         out = []
         for start in range(0, len(ids), _PAGE):
             chunk = list(ids[start : start + _PAGE])
-            valid = [i for i in chunk if parse_stream_id(i) is not None]
+            valid = [i for i in chunk if parse_ref(i, self.keys) is not None]
             pipe = self.redis.pipeline(transaction=False)
-            for dead_id in valid:
-                pipe.xdel(self.keys.dead, dead_id)
+            for dead_ref in valid:
+                partition, sid = split_ref(dead_ref)
+                pipe.xdel(self.keys.dead(partition), sid)
             deleted = dict(zip(valid, await pipe.execute(), strict=True)) if valid else {}
             out += [DeadAction(id=i, outcome="dropped" if deleted.get(i) else "missing")
                     for i in chunk]

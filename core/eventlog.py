@@ -1,20 +1,39 @@
-"""The event log: idempotent append to the ingest stream, fanout into per-user feed
-streams with their live publish, and reading a feed back for replay.
+"""The event log: idempotent append to the partitions' ingest streams, fanout into
+per-user feed streams with their live publish, and reading a feed back for replay.
 
 Both writes are Lua scripts so the marker and the write happen together or not at all:
-a marker without its entry would turn a retry into a silent loss.
+a marker without its entry would turn a retry into a silent loss. A script only touches
+one partition's keys (one hash tag, one cluster slot); the scripts of a request or batch
+go out in one pipeline, one round trip per node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
+import anyio
 from redis.exceptions import NoScriptError
 
+from livefeed.core import redis_client
 from livefeed.core.keys import Keys
 from livefeed.core.redis_client import RedisClient, stream_rows
+from livefeed.core.topology import Topology, is_topology_error
+
+logger = logging.getLogger(__name__)
+
+TOPOLOGY_ATTEMPTS = 3
+WAIT_TIMEOUT_MS = 2000
+
+
+class NotReplicated(Exception):
+    """The append reached fewer replicas than LIVEFEED_INGEST_REPLICAS asks for in time.
+    It may still be there (a retry is answered as duplicates), but it is not acknowledged."""
+
 
 # KEYS: ingest stream, then one seen-marker per event.
 # ARGV: ttl, then per event: event id, user, payload, content digest.
@@ -38,6 +57,9 @@ for i = 1, n do
     out[i] = redis.call('XADD', KEYS[1], '*',
       'event_id', ARGV[a], 'user', ARGV[a + 1], 'data', ARGV[a + 2])
   else
+    -- A write even for a duplicate: a WAIT after this script then also covers the first
+    -- append (replication is one ordered stream), so a retried 202 is as durable.
+    redis.call('EXPIRE', key, ttl)
     out[i] = false
   end
   done[key] = true
@@ -45,28 +67,43 @@ end
 return out
 """
 
-# KEYS: feed stream, fanned marker.  ARGV: maxlen, ttl, payload, live channel, digest.
-# Returns {feed id, 1} when appended now, {feed id, 0} when this event was fanned out before
-# (a redelivered entry): the marker holds the feed id, so the publish is not repeated either.
-# The marker holds "<feed id> <content digest>": another content under the same (user, id)
-# is a new version accepted after the dedupe window, fanned out as a new entry. (A marker
-# written before digests were kept holds the feed id alone: the same event.)
+# One partition's events of a batch, in order.
+# KEYS: per event its feed stream, fanned marker and live channel (declared as keys so a
+# cluster checks they share the slot).  ARGV: maxlen, ttl, publish command (PUBLISH on a
+# standalone server, SPUBLISH on a cluster), then per event its payload and digest.
+# Returns per event {feed id, 1} when appended now, {feed id, 0} when it was fanned out
+# before (a redelivered entry): the marker holds "<feed id> <content digest>", so it is not
+# published again. Another content under the same (user, id) is a new version accepted
+# after the dedupe window, fanned out as a new entry. (A marker written before digests were
+# kept holds the feed id alone: the same event.)
 _FAN_OUT = """
-local prev = redis.call('GET', KEYS[2])
-if prev then
-  local fid, digest = string.match(prev, '^(%S+) (%x+)$')
-  if not fid then return {prev, 0} end
-  if digest == ARGV[5] then return {fid, 0} end
+local out = {}
+for i = 1, (#ARGV - 3) / 2 do
+  local k = (i - 1) * 3
+  local data, digest = ARGV[2 + i * 2], ARGV[3 + i * 2]
+  local prev = redis.call('GET', KEYS[k + 2])
+  local fid, known
+  if prev then
+    fid, known = string.match(prev, '^(%S+) (%x+)$')
+    if not fid then fid, known = prev, digest end
+  end
+  if prev and known == digest then
+    out[i] = {fid, 0}
+  else
+    local id = redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', ARGV[1], '*', 'data', data)
+    redis.call('SET', KEYS[k + 2], id .. ' ' .. digest, 'EX', ARGV[2])
+    redis.call(ARGV[3], KEYS[k + 3], '{"type":"event","id":"' .. id .. '","data":' .. data .. '}')
+    out[i] = {id, 1}
+  end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'data', ARGV[3])
-redis.call('SET', KEYS[2], id .. ' ' .. ARGV[5], 'EX', ARGV[2])
-redis.call('PUBLISH', ARGV[4], '{"type":"event","id":"' .. id .. '","data":' .. ARGV[3] .. '}')
-return {id, 1}
+return out
 """
 
 
 class IdConflict(Exception):
-    """An append named an event already seen with another content: nothing was appended."""
+    """An append named an event already seen with another content: nothing of its
+    partition was appended (other partitions of the same call may have been: a corrected
+    retry finds them as duplicates)."""
 
     def __init__(self, index: int, event_id: str, user: str, *, earlier: bool = False,
                  ) -> None:
@@ -112,6 +149,10 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
 def parse_stream_id(value: str) -> tuple[int, int] | None:
     ms, sep, seq = value.partition("-")
     if not (ms.isdigit() and (not sep or seq.isdigit())):
@@ -122,49 +163,140 @@ def parse_stream_id(value: str) -> tuple[int, int] | None:
 class EventLog:
     """Writes and reads of the ingest and feed streams of one prefix."""
 
-    def __init__(self, redis: RedisClient, keys: Keys, *, feed_maxlen: int,
-                 dedupe_ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, feed_maxlen: int, dedupe_ttl_s: int,
+                 cluster: bool = False, replicas: int = 0,
+                 topology: Topology | None = None) -> None:
+        """`replicas`: an append counts only once this many replicas have it (WAIT)."""
         self.redis = redis
         self.keys = keys
         self.feed_maxlen = feed_maxlen
         self.dedupe_ttl_s = dedupe_ttl_s
-        self._append = redis.register_script(_APPEND)
-        self._fan_out = redis.register_script(_FAN_OUT)
+        self.replicas = replicas
+        self.topology = topology or Topology(redis, cluster=cluster,
+                                             **redis_client.node_options())
+        # Sharded pub/sub on a cluster: a plain PUBLISH is copied to every node.
+        self.publish_command = "SPUBLISH" if cluster else "PUBLISH"
+        self._append_sha = _sha(_APPEND)
+        self._fan_out_sha = _sha(_FAN_OUT)
+
+    def _by_partition(self, events: Sequence[tuple[str, str, bytes]]
+                      ) -> dict[int, list[int]]:
+        """Indexes of `events` per partition, in order (a user's events keep theirs)."""
+        parts: dict[int, list[int]] = defaultdict(list)
+        for i, (_, user, _) in enumerate(events):
+            parts[self.keys.partition_of(user)].append(i)
+        return parts
 
     async def append(self, events: Sequence[tuple[str, str, bytes]]) -> list[Appended]:
-        """Append (event id, user, payload) triples to the ingest stream in one round trip.
+        """Append (event id, user, payload) triples to their partitions' ingest streams:
+        one atomic script per partition, all in one pipeline.
 
         An event is named by (user, event id). For `dedupe_ttl_s` after its append, the
         same payload again (in this call or a later one) is reported as a duplicate and not
-        appended; a different payload raises IdConflict, and then nothing is appended.
+        appended; a different payload raises IdConflict. If a partition fails the call
+        raises; the partitions appended before are duplicates on a retry of the request.
         """
         if not events:
             return []
-        keys = [self.keys.ingest] + [self.keys.seen(user, eid) for eid, user, _ in events]
-        args: list[Any] = [self.dedupe_ttl_s]
-        for eid, user, data in events:
-            args += [eid, user, data, content_digest(data)]
-        ids = await self._append(keys=keys, args=args)
-        if isinstance(ids, int):
-            eid, user, _ = events[ids - 1]
-            earlier = any((e, u) == (eid, user) for e, u, _ in events[: ids - 1])
-            raise IdConflict(ids - 1, eid, user, earlier=earlier)
-        return [
-            Appended(eid, _s(sid) if sid else None)
-            for (eid, _, _), sid in zip(events, ids, strict=True)
-        ]
+        parts = self._by_partition(events)
+        calls: dict[int, tuple[list[str], list[Any]]] = {}
+        for p, idx in parts.items():
+            keys = [self.keys.ingest(p)]
+            args: list[Any] = [self.dedupe_ttl_s]
+            for i in idx:
+                eid, user, data = events[i]
+                keys.append(self.keys.seen(user, eid))
+                args += [eid, user, data, content_digest(data)]
+            calls[p] = (keys, args)
+        replies = await self._per_node(_APPEND, self._append_sha, calls, self.replicas)
+        conflicts = [idx[replies[p] - 1] for p, idx in parts.items()
+                     if isinstance(replies[p], int)]
+        if conflicts:
+            first = min(conflicts)
+            eid, user, _ = events[first]
+            earlier = any((e, u) == (eid, user) for e, u, _ in events[:first])
+            raise IdConflict(first, eid, user, earlier=earlier)
+        out: list[Appended | None] = [None] * len(events)
+        for p, idx in parts.items():
+            for i, sid in zip(idx, replies[p], strict=True):
+                out[i] = Appended(events[i][0], _s(sid) if sid else None)
+        return [a for a in out if a is not None]
+
+    async def _per_node(self, source: str, sha: str,
+                        calls: dict[int, tuple[list[str], list[Any]]], replicas: int
+                        ) -> dict[int, Any]:
+        """Run one script call per partition: one pipeline per node (ending in WAIT when
+        `replicas`), the nodes side by side. A node that moved or failed over is looked up
+        again and its partitions rerun (both scripts are idempotent)."""
+        await self.topology.ready()
+        done: dict[int, Any] = {}
+        todo = dict(calls)
+        for attempt in range(1, TOPOLOGY_ATTEMPTS + 1):
+            by_node: dict[str, list[int]] = defaultdict(list)
+            for p, (keys, _) in todo.items():
+                by_node[self.topology.node_of(keys[0])].append(p)
+            nodes = list(by_node.items())
+            results = await asyncio.gather(
+                *(self._run_on(node, source, sha, [todo[p] for p in parts], replicas)
+                  for node, parts in nodes),
+                return_exceptions=True)
+            stale: BaseException | None = None
+            for (_, parts), result in zip(nodes, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not is_topology_error(result) or attempt == TOPOLOGY_ATTEMPTS:
+                        raise result
+                    stale = result
+                    continue
+                done.update(zip(parts, result, strict=True))
+            todo = {p: c for p, c in todo.items() if p not in done}
+            if not todo:
+                return done
+            logger.info("append: %r; refreshing the slot map (attempt %d)", stale, attempt)
+            await self.topology.refresh()
+            await anyio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _run_on(self, node: str, source: str, sha: str,
+                      calls: Sequence[tuple[list[str], list[Any]]], replicas: int) -> list[Any]:
+        # EVALSHA directly: a Script object would cost a SCRIPT EXISTS round trip first.
+        client = self.topology.node_client(node)
+        for loaded in (False, True):
+            pipe = client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            if replicas:
+                # WAIT covers every earlier write of this connection: the appends above,
+                # or (for duplicates) the marker refresh that follows the first append
+                # in the ordered replication stream.
+                pipe.wait(replicas, WAIT_TIMEOUT_MS)
+            try:
+                replies = await pipe.execute()
+            except NoScriptError:
+                # A restart, SCRIPT FLUSH or a promoted replica: load it, run all again.
+                if loaded:
+                    raise
+                await client.script_load(source)
+                continue
+            if replicas:
+                acked = int(replies.pop())
+                if acked < replicas:
+                    raise NotReplicated(f"{acked} of {replicas} replicas acknowledged "
+                                        f"the append within {WAIT_TIMEOUT_MS} ms")
+            return list(replies)
+        raise AssertionError("unreachable")
 
     async def reappend(self, event_id: str, user: str, data: bytes) -> str:
         """Append again, bypassing the seen marker (`dead retry`): the marker is still set
         for an event that was accepted once; the consumers' own idempotency (ON CONFLICT,
         fanned markers) keeps the retry from doubling anything already done."""
         sid = await self.redis.xadd(
-            self.keys.ingest, {"event_id": event_id, "user": user, "data": data}
+            self.keys.ingest_of(user), {"event_id": event_id, "user": user, "data": data}
         )
         return _s(sid)
 
     async def fan_out(self, events: Sequence[tuple[str, str, bytes]]) -> list[Fanned]:
-        """XADD each (event id, user, payload) to its user's feed and PUBLISH it, pipelined.
+        """XADD each (event id, user, payload) to its user's feed and publish it live: one
+        script per partition, all in one pipeline.
 
         Idempotent per (user, event id) and content: a redelivered event keeps its first
         feed id and is not published again; another content (a reuse of the id after the
@@ -172,22 +304,23 @@ class EventLog:
         """
         if not events:
             return []
-        # EVALSHA directly: a Script in a pipeline costs a SCRIPT EXISTS round trip first.
-        # Without the script (restart, SCRIPT FLUSH) no command ran; rerun all (idempotent).
-        try:
-            replies = await self._fan_out_pipeline(events)
-        except NoScriptError:
-            await self.redis.script_load(_FAN_OUT)
-            replies = await self._fan_out_pipeline(events)
-        return [Fanned(_s(fid), bool(new)) for fid, new in replies]
-
-    async def _fan_out_pipeline(self, events: Sequence[tuple[str, str, bytes]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for eid, user, data in events:
-            pipe.evalsha(self._fan_out.sha, 2, self.keys.feed(user), self.keys.fanned(user, eid),
-                         self.feed_maxlen, self.dedupe_ttl_s, data, self.keys.live(user),
-                         content_digest(data))
-        return list(await pipe.execute())
+        parts = self._by_partition(events)
+        calls: dict[int, tuple[list[str], list[Any]]] = {}
+        for p, idx in parts.items():
+            keys: list[str] = []
+            args: list[Any] = [self.feed_maxlen, self.dedupe_ttl_s, self.publish_command]
+            for i in idx:
+                eid, user, data = events[i]
+                keys += [self.keys.feed(user), self.keys.fanned(user, eid),
+                         self.keys.live(user)]
+                args += [data, content_digest(data)]
+            calls[p] = (keys, args)
+        replies = await self._per_node(_FAN_OUT, self._fan_out_sha, calls, 0)
+        out: list[Fanned | None] = [None] * len(events)
+        for p, idx in parts.items():
+            for i, (fid, new) in zip(idx, replies[p], strict=True):
+                out[i] = Fanned(_s(fid), bool(new))
+        return [f for f in out if f is not None]
 
     async def last_feed_id(self, user: str) -> str | None:
         """The newest feed id of `user`, or None for an empty or missing feed."""

@@ -23,8 +23,9 @@ import redis.exceptions
 
 from livefeed.core import deadletters, metrics, retention
 from livefeed.core.errors import REDIS_UNAVAILABLE, RetryBatch
-from livefeed.core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch
+from livefeed.core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch, split_ref
 from livefeed.core.keys import Keys
+from livefeed.core.leases import PartitionLeases
 from livefeed.core.redis_client import RedisClient
 from livefeed.core.settings import Settings
 
@@ -108,13 +109,19 @@ class GroupRunner:
 
     def __init__(self, redis: RedisClient, keys: Keys, group: str, handler: Handler, *,
                  consumer: str | None = None, reader: RedisClient | None = None,
-                 config: RunnerConfig | None = None) -> None:
+                 config: RunnerConfig | None = None, cluster: bool = False,
+                 leases: PartitionLeases | None = None) -> None:
+        """`leases`: share the partitions with the group's other consumers (each partition
+        is read by its lease holder only); None: read every partition."""
         self.group = group
         self.handler = handler
         self.config = config or RunnerConfig()
         self.keys = keys
+        self.leases = leases
         self.stream = GroupStream(redis, keys, group, consumer or default_consumer_name(),
-                                  reader=reader)
+                                  reader=reader, cluster=cluster,
+                                  owned=() if leases is not None else None)
+        self._next_lease = 0.0
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._stopping = anyio.Event()
@@ -145,18 +152,18 @@ class GroupRunner:
 
     async def _consume(self) -> None:
         stopping = self._stopping
+        if self.leases is not None:
+            while await self._safely(self._refresh_leases) is _DOWN:
+                if stopping.is_set():
+                    return
         while await self._safely(self.stream.ensure_groups) is _DOWN:
             if stopping.is_set():
                 return
-        cursor = "0"  # our own pending entries first: a restart resumes its unfinished work
-        while not stopping.is_set():
-            own = await self._safely(self._read, cursor, self.config.batch_size, None)
-            if own is _DOWN:
-                continue
-            if not own:
-                break
-            cursor = own[-1].id
-            await self._safely(self._process, sort_batch(own), True)
+        # Our own pending entries first: a restart resumes its unfinished work.
+        for partition in list(self.stream.owned):
+            while await self._safely(self._finish_own, partition) is _DOWN:
+                if stopping.is_set():
+                    return
         while not stopping.is_set():
             await self._safely(self._maintain)
             if self._next is not None:
@@ -193,6 +200,60 @@ class GroupRunner:
         with anyio.move_on_after(1.0):
             await self._stopping.wait()
         return _DOWN
+
+    async def _finish_own(self, partition: int) -> None:
+        """Handle our own pending entries of `partition`, oldest first."""
+        after = "0"
+        while not self._stopping.is_set():
+            own = await self.stream.read_own(partition, after, self.config.batch_size)
+            if not own:
+                return
+            after = split_ref(own[-1].id)[1]
+            self._held.update(r.id for r in own)
+            await self._process(sort_batch(own), True)
+
+    async def _refresh_leases(self) -> None:
+        """Renew and take leases; take over gained partitions (first what their previous
+        owner left pending), give up surplus ones once nothing of theirs is in hand."""
+        assert self.leases is not None
+        change = await self.leases.refresh()
+        if change.lost:
+            logger.warning("group %s: partitions %s taken over by another consumer",
+                           self.group, sorted(change.lost))
+        if change.gained:
+            await self.stream.ensure_groups(change.gained)
+        self.stream.owned = sorted(change.owned - change.surplus)
+        for partition in sorted(change.gained):
+            logger.info("group %s: consumer %s took partition %d", self.group, self.consumer,
+                        partition)
+            await self._take_over(partition)
+        if change.surplus:
+            busy = {split_ref(r)[0] for r in (*self._held, *self._to_ack)}
+            idle = sorted(change.surplus - busy)
+            if idle:
+                await self._flush_acks()
+                await self.leases.release(idle)
+                logger.info("group %s: consumer %s handed over partitions %s", self.group,
+                            self.consumer, idle)
+        metrics.PARTITIONS_OWNED.labels(self.group).set(len(self.stream.owned))
+
+    async def _take_over(self, partition: int) -> None:
+        """Claim every entry of `partition` still pending in the group (whoever held it:
+        its lease is ours now) and handle them before reading new ones."""
+        start = "0-0"
+        while not self._stopping.is_set():
+            claimed = await self.stream.autoclaim(partition, 0, start, self.config.batch_size)
+            vanished = list(claimed.deleted)
+            if claimed.nil_seen:
+                vanished += await self.stream.ack_vanished_own(partition)
+            self._count_vanished(vanished)
+            if claimed.entries:
+                metrics.ENTRIES_CLAIMED.labels(self.group).inc(len(claimed.entries))
+                self._held.update(r.id for r in claimed.entries)
+                await self._process(sort_batch(claimed.entries), True)
+            if claimed.cursor in ("0-0", "0"):
+                return
+            start = claimed.cursor
 
     async def _read(self, cursor: str, count: int, block_ms: int | None) -> list[Raw]:
         """Read entries, acking the done ones in the same round trip."""
@@ -267,6 +328,9 @@ class GroupRunner:
 
     async def _maintain(self) -> None:
         now = time.monotonic()
+        if self.leases is not None and now >= self._next_lease:
+            self._next_lease = now + self.leases.refresh_every_s
+            await self._refresh_leases()
         if now >= self._next_claim:
             self._next_claim = now + self.config.claim_every_s
             await self._flush_acks()  # our done entries are not stale: never claim them
@@ -274,21 +338,27 @@ class GroupRunner:
         trim_every = self.config.trim_every_s
         if trim_every is not None and now >= self._next_trim:
             self._next_trim = now + trim_every
-            trimmed = await retention.trim_acked(self.stream.redis, self.keys)
-            if trimmed:
-                logger.debug("trimmed %d acked entries from %s", trimmed, self.keys.ingest)
+            for partition in self.stream.owned:
+                trimmed = await retention.trim_acked(self.stream.redis, self.keys, partition)
+                if trimmed:
+                    logger.debug("trimmed %d acked entries from %s", trimmed,
+                                 self.keys.ingest(partition))
 
     async def _claim_stale(self) -> None:
         """XAUTOCLAIM entries idle past claim_idle_ms (dead consumers', or our own failed
         ones) and handle them; a bounded number of pages per call."""
+        for partition in list(self.stream.owned):
+            await self._claim_stale_in(partition)
+
+    async def _claim_stale_in(self, partition: int) -> None:
         start = "0-0"
         for _ in range(10):
             claimed = await self.stream.autoclaim(
-                self.config.claim_idle_ms, start, self.config.batch_size
+                partition, self.config.claim_idle_ms, start, self.config.batch_size
             )
             vanished = list(claimed.deleted)
             if claimed.nil_seen:
-                vanished += await self.stream.ack_vanished_own()
+                vanished += await self.stream.ack_vanished_own(partition)
             self._count_vanished(vanished)
             if claimed.entries:
                 metrics.ENTRIES_CLAIMED.labels(self.group).inc(len(claimed.entries))
@@ -442,6 +512,10 @@ class GroupRunner:
     async def _release(self) -> None:
         try:
             left = await self.stream.release()
+            if self.leases is not None:
+                # Handed over at once, not after the lease times out; what we leave
+                # pending is claimed by the next holder before it reads anything new.
+                await self.leases.leave()
         except REDIS_UNAVAILABLE as exc:
             logger.warning("group %s: could not leave the group cleanly: %s", self.group, exc)
             return

@@ -1,17 +1,29 @@
-"""The Redis commands one consumer of one group issues on the ingest stream.
+"""The Redis commands one consumer of one group issues on the partitions' ingest streams.
 
-`core.groups` decides *when* (policy: batching, retries, dead letters); this module
-only knows *how*, including the reply shapes that differ between Redis 6.2 and 7.
-Dead letters themselves (format, write, read) live in `core.deadletters`.
+`core.groups` decides *when* (policy: batching, retries, dead letters, ownership); this
+module only knows *how*, including the reply shapes that differ between Redis versions and
+between a standalone server and a cluster. Dead letters themselves (format, write, read)
+live in `core.deadletters`.
+
+An entry is named by a *ref*, `<partition>/<stream id>`: stream ids are per stream, so
+two partitions can hold the same id. Refs are opaque to the policy and to the handlers.
+
+Reads: on a standalone server one XREADGROUP names every owned partition's stream and may
+block; on a cluster the streams live in different slots, so each is read by its own
+command, pipelined (one round trip per node), and an idle consumer polls (POLL_S).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+import anyio
 from redis.exceptions import ResponseError
+from redis.typing import KeyT, StreamIdT
 
 from livefeed.core.keys import GROUPS, Keys
 from livefeed.core.redis_client import RedisClient
@@ -19,12 +31,13 @@ from livefeed.core.redis_client import RedisClient
 logger = logging.getLogger(__name__)
 
 ENTRY_FIELDS = (b"event_id", b"user", b"data")
+POLL_S = 0.02  # cluster: pause between empty sweeps of the owned partitions
 
 
 class Entry(NamedTuple):
     """One ingest stream entry, as the group handlers see it."""
 
-    id: str
+    id: str  # ref: <partition>/<stream id>
     event_id: str
     user: str
     data: bytes
@@ -33,19 +46,36 @@ class Entry(NamedTuple):
 class Raw(NamedTuple):
     """An entry as read: `fields` is empty when its payload was trimmed or deleted."""
 
-    id: str
+    id: str  # ref
     fields: dict[bytes, bytes]
 
 
 class Claimed(NamedTuple):
     entries: list[Raw]
     cursor: str
-    deleted: list[str]  # ids Redis 7 dropped from the PEL because their payload is gone
+    deleted: list[str]  # refs Redis 7 dropped from the PEL because their payload is gone
     nil_seen: bool  # Redis 6.2: claimed entries without payload (their ids are not returned)
 
 
 def _s(value: bytes | str | int) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def ref(partition: int, stream_id: str) -> str:
+    return f"{partition}/{stream_id}"
+
+
+def split_ref(entry_ref: str) -> tuple[int, str]:
+    partition, _, stream_id = entry_ref.partition("/")
+    return int(partition), stream_id
+
+
+def by_partition(refs: Iterable[str]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = defaultdict(list)
+    for r in refs:
+        p, sid = split_ref(r)
+        out[p].append(sid)
+    return out
 
 
 def to_entry(raw: Raw) -> Entry | str:
@@ -60,13 +90,13 @@ def to_entry(raw: Raw) -> Entry | str:
 
 
 class Batch(NamedTuple):
-    """Entries as read, sorted out: ids without payload, good entries, malformed ones."""
+    """Entries as read, sorted out: refs without payload, good entries, malformed ones."""
 
     raws: list[Raw]
     gone: list[str]
     by_id: dict[str, Raw]  # every entry with a payload
     entries: list[Entry]
-    malformed: dict[str, str]  # id -> why
+    malformed: dict[str, str]  # ref -> why
 
 
 def sort_batch(raws: list[Raw]) -> Batch:
@@ -87,16 +117,22 @@ def sort_batch(raws: list[Raw]) -> Batch:
     return Batch(raws, gone, by_id, entries, malformed)
 
 
-def parse_read(reply: Any) -> list[Raw]:
-    """XREADGROUP on one stream: [[stream, [(id, fields), ...]]] (nil/[] on timeout)."""
+def parse_read(reply: Any, keys: Keys) -> list[Raw]:
+    """XREADGROUP: [[stream, [(id, fields), ...]], ...] (RESP2 list, or a RESP3 map;
+    nil/[] on timeout)."""
     if not reply:
         return []
-    _stream, rows = reply[0]
-    return [Raw(_s(i), fields if type(fields) is dict else dict(fields or {}))
-            for i, fields in rows]
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    out: list[Raw] = []
+    for stream, rows in pairs:
+        p = keys.partition_of_key(stream)
+        for i, fields in rows or ():
+            out.append(Raw(ref(p, _s(i)),
+                           fields if type(fields) is dict else dict(fields or {})))
+    return out
 
 
-def parse_autoclaim(reply: Sequence[Any]) -> Claimed:
+def parse_autoclaim(reply: Sequence[Any], partition: int) -> Claimed:
     """XAUTOCLAIM: [cursor, entries] on Redis 6.2, [cursor, entries, deleted ids] on 7.
 
     6.2 returns a claimed entry whose payload is gone as nil (redis-py: `(None, None)`):
@@ -109,116 +145,206 @@ def parse_autoclaim(reply: Sequence[Any]) -> Claimed:
         if row is None or row[0] is None:
             nil_seen = True
         else:
-            entries.append(Raw(_s(row[0]), dict(row[1] or {})))
-    deleted = [_s(i) for i in reply[2]] if len(reply) > 2 and reply[2] else []
+            entries.append(Raw(ref(partition, _s(row[0])), dict(row[1] or {})))
+    deleted = [ref(partition, _s(i)) for i in reply[2]] if len(reply) > 2 and reply[2] else []
     return Claimed(entries, cursor, deleted, nil_seen)
 
 
 class GroupStream:
-    """Commands of consumer `consumer` in group `group` on the ingest stream.
+    """Commands of consumer `consumer` in group `group` on the owned partitions.
 
     `redis` serves short commands; `reader` (a client without socket timeout, see
-    core.redis_client) serves the blocking reads.
+    core.redis_client) serves the blocking reads. `owned`: the partitions read; the
+    runner changes it as leases come and go.
     """
 
     def __init__(self, redis: RedisClient, keys: Keys, group: str, consumer: str,
-                 *, reader: RedisClient | None = None) -> None:
+                 *, reader: RedisClient | None = None, cluster: bool = False,
+                 owned: Iterable[int] | None = None) -> None:
         self.redis = redis
         self.reader = reader if reader is not None else redis
         self.keys = keys
-        self.stream = keys.ingest
         self.group = group
         self.consumer = consumer
+        self.cluster = cluster
+        self.owned: list[int] = sorted(owned if owned is not None else range(keys.count))
 
-    def _client(self, cursor: str, block_ms: int | None) -> RedisClient:
-        """The blocking reader for a read that blocks; otherwise the client with a socket
-        timeout, so a read that should return at once cannot hang forever."""
-        return self.reader if cursor == ">" and block_ms is not None else self.redis
+    def stream(self, partition: int) -> str:
+        return self.keys.ingest(partition)
 
-    async def ensure_groups(self) -> None:
-        """Create this group and every known group (retention needs all of them) at id 0."""
-        for group in dict.fromkeys((*GROUPS, self.group)):
-            await ensure_group(self.redis, self.stream, group)
+    async def ensure_groups(self, partitions: Iterable[int] | None = None) -> None:
+        """Create this group and every known group (retention needs all of them) at id 0
+        on each partition's stream."""
+        names = tuple(dict.fromkeys((*GROUPS, self.group)))
+        parts = sorted(self.owned if partitions is None else partitions)
+        if not parts:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for p in parts:
+            for group in names:
+                pipe.xgroup_create(self.stream(p), group, id="0", mkstream=True)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
+                raise reply
 
     async def read(self, cursor: str, count: int, block_ms: int | None) -> list[Raw]:
-        """XREADGROUP: `>` for new entries, or an id for our own pending ones after it."""
-        reply = await self._client(cursor, block_ms).xreadgroup(
-            self.group, self.consumer, {self.stream: cursor}, count=count,
-            block=block_ms if cursor == ">" else None,
-        )
-        return parse_read(reply)
+        """XREADGROUP on every owned partition: `>` for new entries (blocking up to
+        `block_ms` when not None), or `0` for our own pending ones."""
+        return (await self.ack_and_read((), cursor, count, block_ms))[1]
 
     async def ack_and_read(self, ack: Sequence[str], cursor: str, count: int,
                            block_ms: int | None) -> tuple[int, list[Raw]]:
-        """XACK `ack`, then `read(cursor, count, block_ms)`, in one round trip.
+        """XACK `ack` (refs), then read, in one round trip per node.
 
-        Returns (entries acked, entries read). Redis runs the XACK before the read blocks.
+        Returns (entries acked, entries read). Redis runs the XACKs before the read blocks.
         """
-        if not ack:
-            return 0, await self.read(cursor, count, block_ms)
-        pipe = self._client(cursor, block_ms).pipeline(transaction=False)
-        pipe.xack(self.stream, self.group, *ack)
-        pipe.xreadgroup(self.group, self.consumer, {self.stream: cursor}, count=count,
-                        block=block_ms if cursor == ">" else None)
-        acked, reply = await pipe.execute()
-        return int(acked), parse_read(reply)
+        if not self.owned:
+            acked = await self.ack(ack)
+            if block_ms:
+                await anyio.sleep(min(block_ms / 1000, 0.5))
+            return acked, []
+        blocking = cursor == ">" and block_ms is not None
+        if self.cluster:
+            return await self._sweep(ack, cursor, count, block_ms if blocking else None)
+        client = self.reader if blocking else self.redis
+        streams: dict[KeyT, StreamIdT] = {self.stream(p): cursor for p in self.owned}
+        pending = by_partition(ack)
+        if not pending:
+            reply = await client.xreadgroup(self.group, self.consumer, streams, count=count,
+                                            block=block_ms if blocking else None)
+            return 0, parse_read(reply, self.keys)
+        pipe = client.pipeline(transaction=False)
+        for p, ids in pending.items():
+            pipe.xack(self.stream(p), self.group, *ids)
+        pipe.xreadgroup(self.group, self.consumer, streams, count=count,
+                        block=block_ms if blocking else None)
+        *acks, reply = await pipe.execute()
+        return sum(int(a) for a in acks), parse_read(reply, self.keys)
 
-    async def ack(self, ids: Sequence[str]) -> int:
-        if not ids:
+    async def _sweep(self, ack: Sequence[str], cursor: str, count: int,
+                     block_ms: int | None) -> tuple[int, list[Raw]]:
+        """Cluster: one non-blocking XREADGROUP per owned partition, pipelined (redis-py
+        groups a cluster pipeline per node); while empty and `block_ms` allows, poll."""
+        deadline = time.monotonic() + (block_ms or 0) / 1000
+        acked = 0
+        while True:
+            pending = by_partition(ack)
+            ack = ()
+            pipe = self.redis.pipeline(transaction=False)
+            for p, ids in pending.items():
+                pipe.xack(self.stream(p), self.group, *ids)
+            for p in self.owned:
+                pipe.xreadgroup(self.group, self.consumer, {self.stream(p): cursor},
+                                count=count)
+            replies = await pipe.execute()
+            acked += sum(int(a) for a in replies[: len(pending)])
+            raws = [raw for reply in replies[len(pending):]
+                    for raw in parse_read(reply, self.keys)]
+            if raws or block_ms is None or time.monotonic() >= deadline:
+                return acked, raws
+            await anyio.sleep(POLL_S)
+
+    async def read_own(self, partition: int, after: str, count: int) -> list[Raw]:
+        """Our own pending entries of `partition` after stream id `after` (0: from the
+        start), for a restart or a partition just taken over."""
+        reply = await self.redis.xreadgroup(self.group, self.consumer,
+                                            {self.stream(partition): after}, count=count)
+        return parse_read(reply, self.keys)
+
+    async def ack(self, refs: Sequence[str]) -> int:
+        pending = by_partition(refs)
+        if not pending:
             return 0
-        return int(await self.redis.xack(self.stream, self.group, *ids))
+        pipe = self.redis.pipeline(transaction=False)
+        for p, ids in pending.items():
+            pipe.xack(self.stream(p), self.group, *ids)
+        return sum(int(a) for a in await pipe.execute())
 
-    async def deliveries(self, ids: Sequence[str]) -> dict[str, int]:
-        """Delivery count of each id still pending in the group (absent: not pending)."""
-        if not ids:
+    async def deliveries(self, refs: Sequence[str]) -> dict[str, int]:
+        """Delivery count of each ref still pending in the group (absent: not pending)."""
+        if not refs:
             return {}
         pipe = self.redis.pipeline(transaction=False)
-        for i in ids:
-            pipe.xpending_range(self.stream, self.group, min=i, max=i, count=1)
+        order = list(refs)
+        for r in order:
+            p, sid = split_ref(r)
+            pipe.xpending_range(self.stream(p), self.group, min=sid, max=sid, count=1)
         out: dict[str, int] = {}
-        for rows in await pipe.execute():
+        for r, rows in zip(order, await pipe.execute(), strict=True):
             for row in rows:
-                out[_s(row["message_id"])] = int(row["times_delivered"])
+                out[r] = int(row["times_delivered"])
         return out
 
-    async def keepalive(self, ids: Sequence[str]) -> None:
+    async def keepalive(self, refs: Sequence[str]) -> None:
         """Reset the idle time of our entries so no other consumer claims them.
 
         XCLAIM ... JUSTID does not increment the delivery counter.
         """
-        if ids:
-            await self.redis.xclaim(self.stream, self.group, self.consumer, 0, list(ids),
-                                    justid=True)
+        pending = by_partition(refs)
+        if not pending:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for p, ids in pending.items():
+            message_ids: list[StreamIdT] = list(ids)
+            pipe.xclaim(self.stream(p), self.group, self.consumer, 0, message_ids, justid=True)
+        await pipe.execute()
 
-    async def autoclaim(self, min_idle_ms: int, start: str, count: int) -> Claimed:
+    async def autoclaim(self, partition: int, min_idle_ms: int, start: str,
+                        count: int) -> Claimed:
         reply = await self.redis.xautoclaim(
-            self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=count
+            self.stream(partition), self.group, self.consumer, min_idle_ms, start_id=start,
+            count=count,
         )
-        return parse_autoclaim(reply)
+        return parse_autoclaim(reply, partition)
 
-    async def ack_vanished_own(self, limit: int = 10_000) -> list[str]:
-        """Ack our pending entries whose payload is gone; returns their ids (Redis 6.2)."""
+    async def ack_vanished_own(self, partition: int, limit: int = 10_000) -> list[str]:
+        """Ack our pending entries of `partition` whose payload is gone; returns their refs
+        (Redis 6.2)."""
+        stream = self.stream(partition)
         rows = await self.redis.xpending_range(
-            self.stream, self.group, min="-", max="+", count=limit, consumername=self.consumer
+            stream, self.group, min="-", max="+", count=limit, consumername=self.consumer
         )
         ids = [_s(r["message_id"]) for r in rows]
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for i in ids:
-            pipe.xrange(self.stream, min=i, max=i, count=1)
-        gone = [i for i, found in zip(ids, await pipe.execute(), strict=True) if not found]
+            pipe.xrange(stream, min=i, max=i, count=1)
+        gone = [ref(partition, i)
+                for i, found in zip(ids, await pipe.execute(), strict=True) if not found]
         await self.ack(gone)
         return gone
 
-    async def release(self) -> bool:
-        """Leave the group if we own no pending entry; True if we left."""
-        summary = await self.redis.xpending(self.stream, self.group)
-        owned = {_s(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []}
-        if owned.get(self.consumer, 0) > 0:
-            return False
-        await self.redis.xgroup_delconsumer(self.stream, self.group, self.consumer)
-        return True
+    async def owns_pending(self, partitions: Iterable[int]) -> set[int]:
+        """The partitions (of `partitions`) where this consumer still owns pending entries."""
+        parts = sorted(partitions)
+        if not parts:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for p in parts:
+            pipe.xpending(self.stream(p), self.group)
+        out: set[int] = set()
+        for p, summary in zip(parts, await pipe.execute(), strict=True):
+            owned = {_s(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []}
+            if owned.get(self.consumer, 0) > 0:
+                out.add(p)
+        return out
+
+    async def release(self, partitions: Iterable[int] | None = None) -> bool:
+        """Leave the group on every partition where we own no pending entry; True if we
+        left everywhere."""
+        parts = sorted(range(self.keys.count) if partitions is None else partitions)
+        busy = await self.owns_pending(parts)
+        pipe = self.redis.pipeline(transaction=False)
+        for p in parts:
+            if p not in busy:
+                pipe.xgroup_delconsumer(self.stream(p), self.group, self.consumer)
+        try:
+            await pipe.execute()
+        except ResponseError as exc:  # a stream or group deleted meanwhile: nothing to leave
+            if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                raise
+        return not busy
 
 
 async def ensure_group(client: RedisClient, stream: str, group: str) -> None:

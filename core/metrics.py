@@ -33,6 +33,8 @@ ENTRIES_VANISHED = Counter(
 )
 ENTRIES_CLAIMED = Counter("livefeed_entries_claimed", "Stale entries claimed from other consumers",
                           ["group"])
+PARTITIONS_OWNED = Gauge("livefeed_partitions_owned",
+                         "Partitions whose lease this consumer holds", ["group"])
 TRANSIENT_FAILURES = Counter(
     "livefeed_transient_failures", "Batches retried after a transient failure (e.g. DB down)",
     ["group"],
@@ -55,6 +57,10 @@ DELIVERY_SECONDS = Histogram(
 STREAM_LENGTH = Gauge("livefeed_stream_length", "Entries in a stream", ["stream"])
 GROUP_LAG = Gauge("livefeed_group_lag", "Entries not yet delivered to the group", ["group"])
 GROUP_PENDING = Gauge("livefeed_group_pending", "Entries delivered, not acked", ["group"])
+PARTITION_LAG = Gauge("livefeed_partition_lag", "Entries of a partition not yet delivered "
+                      "to the group", ["group", "partition"])
+PARTITION_PENDING = Gauge("livefeed_partition_pending", "Entries of a partition delivered, "
+                          "not acked", ["group", "partition"])
 GROUP_CONSUMERS = Gauge("livefeed_group_consumers", "Consumers known to the group", ["group"])
 GROUP_OLDEST_PENDING = Gauge(
     "livefeed_group_oldest_pending_seconds", "Age of the group's oldest pending entry", ["group"],

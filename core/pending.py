@@ -1,4 +1,7 @@
-"""Pending entries of the ingest stream's groups, and moving them to a consumer (claim)."""
+"""Pending entries of the ingest streams' groups, and moving them to a consumer (claim).
+
+Every partition has its own ingest stream and group state; entries are named by refs
+(`<partition>/<stream id>`, see core.groupstream) and listed partition by partition."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 from livefeed.core.durations import format_ms
 from livefeed.core.errors import LivefeedError
 from livefeed.core.eventlog import parse_stream_id
+from livefeed.core.groupstream import ref, split_ref
 from livefeed.core.keys import Keys
 from livefeed.core.preview import preview
 from livefeed.core.redis_client import RedisClient
@@ -32,31 +36,47 @@ class Pending:
         self.redis = redis
         self.keys = keys
 
+    async def names(self) -> list[str]:
+        """The groups found on any partition's ingest stream."""
+        found: dict[str, None] = {}
+        for stream in self.keys.ingests:
+            found.update(dict.fromkeys(await group_names(self.redis, stream)))
+        return list(found)
+
+    async def _partitions_of(self, group: str) -> list[int]:
+        return [p for p, stream in enumerate(self.keys.ingests)
+                if group in await group_names(self.redis, stream)]
+
     async def _require_group(self, group: str) -> None:
-        names = await group_names(self.redis, self.keys.ingest)
+        names = await self.names()
         if group not in names:
             known = ", ".join(names) or "none"
-            raise PendingError(f"no group {group!r} on {self.keys.ingest} (groups: {known})")
+            raise PendingError(f"no group {group!r} on the ingest streams (groups: {known})")
 
     async def view(self, *, group: str | None = None, consumer: str | None = None,
                       min_idle_ms: int = 0, limit: int = 100) -> PendingView:
         """Pending entries oldest first, group by group, with a preview of each event."""
         if group is not None:
             await self._require_group(group)
-        names = [group] if group is not None else await group_names(self.redis, self.keys.ingest)
+        names = [group] if group is not None else await self.names()
         entries: list[PendingEntry] = []
         total = 0
         truncated = False
         for name in names:
-            total += int((await self.redis.xpending(self.keys.ingest, name))["pending"])
-            rows, more = await self._pending_rows(name, consumer, min_idle_ms,
-                                                  limit - len(entries))
-            truncated = truncated or more
-            entries += await self._with_payloads(name, rows)
+            for partition in await self._partitions_of(name):
+                stream = self.keys.ingest(partition)
+                total += int((await self.redis.xpending(stream, name))["pending"])
+                if len(entries) >= limit:
+                    truncated = truncated or total > len(entries)
+                    continue
+                rows, more = await self._pending_rows(partition, name, consumer, min_idle_ms,
+                                                      limit - len(entries))
+                truncated = truncated or more
+                entries += await self._with_payloads(partition, name, rows)
         return PendingView(entries=entries, total=total, truncated=truncated)
 
-    async def _pending_rows(self, group: str, consumer: str | None, min_idle_ms: int,
-                            limit: int) -> tuple[list[dict[str, Any]], bool]:
+    async def _pending_rows(self, partition: int, group: str, consumer: str | None,
+                            min_idle_ms: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
         """XPENDING (extended form) pages; True when more rows matched than `limit`."""
         rows: list[dict[str, Any]] = []
         start = "-"
@@ -65,7 +85,7 @@ class Pending:
             if want <= 0:
                 return rows, False
             page = await self.redis.xpending_range(
-                self.keys.ingest, group, min=start, max="+", count=want,
+                self.keys.ingest(partition), group, min=start, max="+", count=want,
                 consumername=consumer, idle=min_idle_ms or None,
             )
             rows += page
@@ -75,17 +95,18 @@ class Pending:
                 return rows, False
             start = f"({_s(page[-1]['message_id'])}"
 
-    async def _with_payloads(self, group: str,
+    async def _with_payloads(self, partition: int, group: str,
                              rows: list[dict[str, Any]]) -> list[PendingEntry]:
         if not rows:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for row in rows:
-            pipe.xrange(self.keys.ingest, min=row["message_id"], max=row["message_id"])
+            pipe.xrange(self.keys.ingest(partition), min=row["message_id"],
+                        max=row["message_id"])
         found = await pipe.execute()
         out = []
         for row, hit in zip(rows, found, strict=True):
-            sid = _s(row["message_id"])
+            sid = ref(partition, _s(row["message_id"]))
             fields = hit[0][1] if hit else None
             out.append(_entry(group, sid, _s(row["consumer"]),
                               int(row["time_since_delivered"]), int(row["times_delivered"]),
@@ -102,8 +123,12 @@ class Pending:
         `progress(done, total)` is called after each page.
         """
         await self._require_group(group)
-        rows, _ = await self._pending_rows(group, None, min_idle_ms, limit)
-        candidates = await self._with_payloads(group, rows)
+        partitions = await self._partitions_of(group)
+        candidates: list[PendingEntry] = []
+        for partition in partitions:
+            rows, _ = await self._pending_rows(partition, group, None, min_idle_ms,
+                                               limit - len(candidates))
+            candidates += await self._with_payloads(partition, group, rows)
         if to is None:
             to = await self.live_consumer(group, min_idle_ms, {e.consumer for e in candidates})
         if dry_run:
@@ -112,41 +137,48 @@ class Pending:
         owners = {e.id: e for e in candidates}
         moved: list[PendingEntry] = []
         vanished: list[str] = []
-        cursor = "0-0"
         target = len(candidates)
-        nil_claimed = False
-        while len(moved) < limit:
-            reply = await self.redis.xautoclaim(
-                self.keys.ingest, group, to, min_idle_ms, start_id=cursor,
-                count=min(100, limit - len(moved)),
-            )
-            cursor = _s(reply[0])
-            for sid_raw, fields in reply[1]:
-                if sid_raw is None:
-                    # Redis 6.2 claims an entry whose payload was deleted as a nil pair,
-                    # keeping it pending under `to`; which ids they were is found below.
-                    nil_claimed = True
-                    continue
-                sid = _s(sid_raw)
-                before = owners.get(sid)
-                moved.append(_entry(
-                    group, sid, before.consumer if before else "?", 0,
-                    (before.deliveries + 1) if before else 0, fields,
-                ))
-            # Redis 7 only: ids whose payload was deleted, dropped from the pending list.
-            if len(reply) > 2:
-                vanished += [_s(x) for x in reply[2]]
-            if progress is not None:
-                progress(len(moved) + len(vanished), max(target, len(moved) + len(vanished)))
-            if cursor == "0-0":
-                break
-        if nil_claimed:
-            moved = sorted(moved + await self._deleted_among(group, candidates, moved),
-                           key=lambda e: parse_stream_id(e.id) or (0, 0))
+        for partition in partitions:
+            cursor = "0-0"
+            nil_claimed = False
+            before_moved = len(moved)
+            while len(moved) < limit:
+                reply = await self.redis.xautoclaim(
+                    self.keys.ingest(partition), group, to, min_idle_ms, start_id=cursor,
+                    count=min(100, limit - len(moved)),
+                )
+                cursor = _s(reply[0])
+                for sid_raw, fields in reply[1]:
+                    if sid_raw is None:
+                        # Redis 6.2 claims an entry whose payload was deleted as a nil
+                        # pair, keeping it pending under `to`; which ids: found below.
+                        nil_claimed = True
+                        continue
+                    entry_ref = ref(partition, _s(sid_raw))
+                    before = owners.get(entry_ref)
+                    moved.append(_entry(
+                        group, entry_ref, before.consumer if before else "?", 0,
+                        (before.deliveries + 1) if before else 0, fields,
+                    ))
+                # Redis 7 only: ids whose payload was deleted, dropped from the pending list.
+                if len(reply) > 2:
+                    vanished += [ref(partition, _s(x)) for x in reply[2]]
+                if progress is not None:
+                    done = len(moved) + len(vanished)
+                    progress(done, max(target, done))
+                if cursor == "0-0":
+                    break
+            if nil_claimed:
+                mine = [e for e in candidates if split_ref(e.id)[0] == partition]
+                moved[before_moved:] = sorted(
+                    moved[before_moved:] + await self._deleted_among(
+                        partition, group, mine, moved[before_moved:]),
+                    key=lambda e: parse_stream_id(split_ref(e.id)[1]) or (0, 0))
         return ClaimView(group=group, to=to, min_idle_ms=min_idle_ms, dry_run=False,
                          entries=moved, vanished=vanished)
 
-    async def _deleted_among(self, group: str, candidates: list[PendingEntry],
+    async def _deleted_among(self, partition: int, group: str,
+                             candidates: list[PendingEntry],
                              moved: list[PendingEntry]) -> list[PendingEntry]:
         """The candidates XAUTOCLAIM moved without a payload: no longer in the stream."""
         got = {e.id for e in moved}
@@ -155,7 +187,8 @@ class Pending:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for e in rest:
-            pipe.xrange(self.keys.ingest, min=e.id, max=e.id, count=1)
+            sid = split_ref(e.id)[1]
+            pipe.xrange(self.keys.ingest(partition), min=sid, max=sid, count=1)
         found = await pipe.execute()
         return [_entry(group, e.id, e.consumer, 0, e.deliveries + 1, None)
                 for e, rows in zip(rest, found, strict=True) if not rows]
@@ -164,9 +197,13 @@ class Pending:
                             stale_owners: set[str]) -> str:
         """The most recently active consumer that was active within `min_idle_ms` and owns
         none of the stale entries (an owner of stale entries is stuck or dead)."""
-        consumers = await self.redis.xinfo_consumers(self.keys.ingest, group)
-        live = [(int(c["idle"]), _s(c["name"])) for c in consumers
-                if int(c["idle"]) < min_idle_ms and _s(c["name"]) not in stale_owners]
+        idle: dict[str, int] = {}
+        for partition in await self._partitions_of(group):
+            for c in await self.redis.xinfo_consumers(self.keys.ingest(partition), group):
+                name = _s(c["name"])
+                idle[name] = min(idle.get(name, int(c["idle"])), int(c["idle"]))
+        live = [(ms, name) for name, ms in idle.items()
+                if ms < min_idle_ms and name not in stale_owners]
         if not live:
             raise PendingError(
                 f"group {group!r} has no consumer active within the last "

@@ -27,6 +27,16 @@ COMMAND_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 5
 
 
+def node_options(*, blocking: bool = False) -> dict[str, Any]:
+    """Options of a plain client to one node (see `connect`)."""
+    return {
+        "socket_timeout": None if blocking else COMMAND_TIMEOUT_S,
+        "socket_connect_timeout": COMMAND_TIMEOUT_S,
+        "health_check_interval": HEALTH_CHECK_S,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+    }
+
+
 @overload
 def connect(url: str, *, cluster: Literal[False] = ..., blocking: bool = ...,
             max_connections: int | None = ..., decode_responses: bool = ...) -> aioredis.Redis:
@@ -52,13 +62,8 @@ def connect(
     Returns `redis.asyncio.Redis` (or `RedisCluster` with `cluster=True`); bytes replies
     unless `decode_responses`. Connections are opened lazily, on first command.
     """
-    options: dict[str, Any] = {
-        "socket_timeout": None if blocking else COMMAND_TIMEOUT_S,
-        "socket_connect_timeout": COMMAND_TIMEOUT_S,
-        "health_check_interval": HEALTH_CHECK_S,
-        "decode_responses": decode_responses,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-    }
+    options = node_options(blocking=blocking)
+    options["decode_responses"] = decode_responses
     if cluster:
         return RedisCluster.from_url(url, **options)
     if max_connections is not None:

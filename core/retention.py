@@ -22,14 +22,17 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def safe_minid(redis: RedisClient, keys: Keys, groups: Sequence[str] = GROUPS) -> str | None:
-    """The lowest id any of `groups` still needs, or None if a group is missing."""
-    info = {_s(g["name"]): g for g in await redis.xinfo_groups(keys.ingest)}
+async def safe_minid(redis: RedisClient, keys: Keys, partition: int,
+                     groups: Sequence[str] = GROUPS) -> str | None:
+    """The lowest id of `partition`'s ingest stream any of `groups` still needs, or None if
+    a group is missing."""
+    stream = keys.ingest(partition)
+    info = {_s(g["name"]): g for g in await redis.xinfo_groups(stream)}
     lowest: tuple[int, int] | None = None
     for group in groups:
         if group not in info:
             return None
-        summary = await redis.xpending(keys.ingest, group)
+        summary = await redis.xpending(stream, group)
         if summary.get("pending"):
             needed = _s(summary["min"])
         else:
@@ -44,15 +47,16 @@ async def safe_minid(redis: RedisClient, keys: Keys, groups: Sequence[str] = GRO
     return f"{lowest[0]}-{lowest[1]}"
 
 
-async def trim_acked(redis: RedisClient, keys: Keys, groups: Sequence[str] = GROUPS, *,
-                     approximate: bool = True) -> int:
-    """XTRIM MINID the ingest stream below what every group has acked; returns entries
-    removed. Creates missing groups first (at id 0), so an absent group cannot make its
-    unread entries look trimmable."""
+async def trim_acked(redis: RedisClient, keys: Keys, partition: int,
+                     groups: Sequence[str] = GROUPS, *, approximate: bool = True) -> int:
+    """XTRIM MINID `partition`'s ingest stream below what every group has acked; returns
+    entries removed. Creates missing groups first (at id 0), so an absent group cannot
+    make its unread entries look trimmable."""
+    stream = keys.ingest(partition)
     for group in groups:
-        await ensure_group(redis, keys.ingest, group)
-    minid = await safe_minid(redis, keys, groups)
+        await ensure_group(redis, stream, group)
+    minid = await safe_minid(redis, keys, partition, groups)
     if minid is None or minid == "0-0":
         return 0
     # `~` trims whole radix-tree nodes only: never more than asked, far cheaper.
-    return int(await redis.xtrim(keys.ingest, minid=minid, approximate=approximate))
+    return int(await redis.xtrim(stream, minid=minid, approximate=approximate))

@@ -33,6 +33,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     database_url: str | None = None
     delivery: Delivery = "streams"
     prefix: str = "lf"
+    # Fixed per deployment: key names depend on it (docs/design.md: changing it).
+    partitions: int = 16
+    # How long a consumer's partition lease lives without renewal (a dead consumer's
+    # partitions move after about this long).
+    lease_ms: int = 6_000
+    # Ingest answers 202 only once the append reached this many replicas (WAIT).
+    ingest_replicas: int = 0
     secret: str | None = None
     webhook_secret: str | None = None
     data_dir: str = ".livefeed"
@@ -179,6 +186,13 @@ def validate(s: Settings) -> None:
         raise SettingsError(
             f"{env_name('prefix')}={s.prefix!r}: use letters, digits, ':', '-' or '_'"
         )
+    if not 1 <= s.partitions <= 256:
+        raise SettingsError(f"{env_name('partitions')}={s.partitions}: use 1..256 (key names "
+                            "depend on it: keep the deployment's value)")
+    if s.lease_ms < 100:
+        raise SettingsError(f"{env_name('lease_ms')}={s.lease_ms}: use at least 100 ms")
+    if s.ingest_replicas < 0:
+        raise SettingsError(f"{env_name('ingest_replicas')} must be 0 or more")
     for name in ("feed_maxlen", "dead_maxlen", "max_deliveries", "batch_size", "flush_ms",
                  "send_queue"):
         if getattr(s, name) < 1:

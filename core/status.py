@@ -1,4 +1,5 @@
-"""Status views of one prefix: the ingest and dead-letter streams, groups, feeds.
+"""Status views of one prefix: the ingest and dead-letter streams, groups, feeds, per
+partition (with each group's lease holder) and in total.
 
 Used by the operator CLI, the admin API and the stream gauges alike. Works on Redis 6.2,
 whose XINFO GROUPS has no `lag` (it is counted here), and on Redis 7 (whose `lag` is nil
@@ -10,8 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from livefeed.core.keys import Keys
+from livefeed.core.leases import owners
 from livefeed.core.redis_client import RedisClient
-from livefeed.schemas.admin import ConsumerView, GroupView, StatusView, StreamView
+from livefeed.schemas.admin import (
+    ConsumerView,
+    GroupView,
+    OwnerView,
+    PartitionView,
+    StatusView,
+    StreamView,
+)
 
 # Counting lag by XRANGE reads the entries; past this many the count is a lower bound.
 LAG_COUNT_CAP = 10_000
@@ -63,8 +72,8 @@ class Status:
             groups=groups,
         )
 
-    async def groups(self, key: str | None = None, now_ms: int | None = None) -> list[GroupView]:
-        key = key or self.keys.ingest
+    async def groups(self, key: str, now_ms: int | None = None) -> list[GroupView]:
+        """The groups of one ingest stream."""
         if not await self.redis.exists(key):
             return []
         now_ms = now_ms if now_ms is not None else await self.now_ms()
@@ -137,18 +146,79 @@ class Status:
         found.sort()
         return [await self.stream("feed", k) for k in found], more
 
+    async def partition_groups(self, now_ms: int) -> list[list[GroupView]]:
+        """Each partition's groups (empty where its stream does not exist yet)."""
+        return [await self.groups(key, now_ms) for key in self.keys.ingests]
+
     async def status(self) -> StatusView:
         now = await self.now_ms()
         info = await self.redis.info("server")
-        streams = [await self.stream("ingest", self.keys.ingest),
-                   await self.stream("dead", self.keys.dead)]
+        ingests = [await self.stream("ingest", k) for k in self.keys.ingests]
+        deads = [await self.stream("dead", k) for k in self.keys.deads]
+        per_partition = await self.partition_groups(now)
         feeds, more = await self.feeds()
+        partitions = []
+        held = {g: await owners(self.redis, self.keys, g)
+                for g in sorted({g.name for gs in per_partition for g in gs})}
+        for p, (ingest, dead, groups) in enumerate(zip(ingests, deads, per_partition,
+                                                       strict=True)):
+            views = []
+            for g in groups:
+                holder, left = held.get(g.name, {}).get(p, (None, None))
+                views.append(OwnerView(group=g.name, holder=holder, lease_left_ms=left,
+                                       pending=g.pending, lag=g.lag))
+            partitions.append(PartitionView(partition=p, tag=self.keys.partitions.tags[p],
+                                            ingest_length=ingest.length,
+                                            dead_length=dead.length, owners=views))
         return StatusView(
             redis_version=str(info.get("redis_version", "?")),
             server_time_ms=now,
-            streams=streams,
-            groups=await self.groups(now_ms=now),
+            streams=[total_stream("ingest", f"{self.keys.prefix}:{{*}}:ingest", ingests),
+                     total_stream("dead", f"{self.keys.prefix}:{{*}}:dead", deads)],
+            groups=total_groups(per_partition),
             feeds=feeds,
             feeds_more=more,
+            partitions=partitions,
         )
 
+
+def total_stream(name: str, key: str, parts: list[StreamView]) -> StreamView:
+    firsts = [s.first_id for s in parts if s.first_id]
+    lasts = [s.last_id for s in parts if s.last_id]
+    return StreamView(name=name, key=key, length=sum(s.length for s in parts),
+                      first_id=min(firsts, key=_id_tuple) if firsts else None,
+                      last_id=max(lasts, key=_id_tuple) if lasts else None,
+                      groups=max((s.groups for s in parts), default=0))
+
+
+def total_groups(per_partition: list[list[GroupView]]) -> list[GroupView]:
+    """One view per group over all partitions: sums, the oldest pending entry, each
+    consumer's pending total and its least idle time."""
+    by_name: dict[str, list[GroupView]] = {}
+    for groups in per_partition:
+        for g in groups:
+            by_name.setdefault(g.name, []).append(g)
+    out = []
+    for name, views in by_name.items():
+        consumers: dict[str, ConsumerView] = {}
+        for g in views:
+            for c in g.consumers:
+                seen = consumers.get(c.name)
+                consumers[c.name] = c if seen is None else ConsumerView(
+                    name=c.name, pending=seen.pending + c.pending,
+                    idle_ms=min(seen.idle_ms, c.idle_ms))
+        oldest = [g for g in views if g.oldest_pending_id is not None]
+        first = min(oldest, key=lambda g: _id_tuple(g.oldest_pending_id or "0-0"),
+                    default=None)
+        lags = [g.lag for g in views]
+        out.append(GroupView(
+            stream="*", name=name, consumers=sorted(consumers.values(), key=lambda c: c.name),
+            pending=sum(g.pending for g in views),
+            lag=None if any(lag is None for lag in lags) else sum(lag or 0 for lag in lags),
+            lag_exact=all(g.lag_exact for g in views),
+            last_delivered_id=max((g.last_delivered_id for g in views), key=_id_tuple),
+            oldest_pending_id=first.oldest_pending_id if first else None,
+            oldest_pending_age_ms=first.oldest_pending_age_ms if first else None,
+            oldest_pending_idle_ms=first.oldest_pending_idle_ms if first else None,
+        ))
+    return out

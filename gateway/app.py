@@ -49,7 +49,7 @@ def create_app(settings: Resolved, features: Sequence[str] = FEATURES) -> Starle
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        keys = Keys(settings.prefix, cluster=settings.redis_cluster)
+        keys = Keys(settings.prefix, partitions=settings.partitions)
         redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(redis.aclose)
@@ -61,7 +61,9 @@ def create_app(settings: Resolved, features: Sequence[str] = FEATURES) -> Starle
                 redis=redis,
                 pool=pool,
                 log=EventLog(redis, keys, feed_maxlen=settings.feed_maxlen,
-                             dedupe_ttl_s=settings.dedupe_ttl_s),
+                             dedupe_ttl_s=settings.dedupe_ttl_s,
+                             cluster=settings.redis_cluster,
+                             replicas=settings.ingest_replicas),
                 signing_secret=signing_secret(settings),
             )
             app.state.lf = state

@@ -1,11 +1,20 @@
-"""The gateway's one pub/sub connection: live frames of the users connected to this process.
+"""The gateway's pub/sub links: live frames of the users connected to this process.
 
 A user's channel is subscribed while at least one local session of that user is open
-(reference-counted across tabs) and unsubscribed when the last one leaves. A single
-reader task owns the connection; sessions are called back synchronously and never block
-it. Pub/sub is only the live wire: when the link fails or goes silent, the hub reconnects
-with backoff, subscribes again and asks every session to re-sync from its feed stream,
-so a lost link costs a delay, never an event.
+(reference-counted across tabs) and unsubscribed when the last one leaves. Sessions are
+called back synchronously and never block a reader.
+
+One link (a plain connection with its own reader task and watchdog) per Redis node: one
+on a standalone server; on a cluster one per primary, each channel subscribed with
+SSUBSCRIBE on the primary that owns its slot. Links never share a reader loop, so one
+stalled node cannot delay the others (redis-py's ClusterPubSub reads all nodes from one
+loop, and went silent after a slot move: it is not used).
+
+Pub/sub is only the live wire. When a link fails or goes silent, when the server pushes
+`sunsubscribe` (the slot moved) or a failover moves a slot, the hub looks the slot up
+again, subscribes the channel where it now lives and asks exactly the sessions of the
+affected users to re-sync from their feed streams: a lost link costs a delay, never an
+event.
 """
 
 from __future__ import annotations
@@ -23,19 +32,24 @@ from typing import Any, Protocol
 import anyio
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from livefeed.core import metrics
+from livefeed.core import metrics, redis_client
 from livefeed.core.errors import REDIS_UNAVAILABLE
 from livefeed.core.keys import Keys
+from livefeed.core.topology import STANDALONE, Topology
 from livefeed.gateway.live import Sessions
 
 logger = logging.getLogger(__name__)
 
 PING_INTERVAL_S = 5.0
 JOIN_TIMEOUT_S = 5.0
+SUBSCRIBE_BATCH = 500
 _PING = b"lf-hub"
-_LINK_ERRORS = REDIS_UNAVAILABLE
+# A reply error on the link (MOVED for a channel whose slot moved) ends it like a failure:
+# the hub looks the slot up again.
+_LINK_ERRORS = (*REDIS_UNAVAILABLE, ResponseError)
 
 
 class Listener(Protocol):
@@ -47,50 +61,225 @@ class Listener(Protocol):
 
 
 class _Sub:
-    __slots__ = ("channel", "listeners", "confirmed", "resync")
+    __slots__ = ("user", "channel", "listeners", "confirmed", "resync", "link")
 
-    def __init__(self, channel: bytes) -> None:
+    def __init__(self, user: str, channel: bytes) -> None:
+        self.user = user
         self.channel = channel
         self.listeners: set[Listener] = set()
         # A bare future, not an Event: there is one sub per connected user (an Event costs
-        # ~1 KiB); set once Redis confirms the SUBSCRIBE.
+        # ~1 KiB); set once Redis confirms the subscription.
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.resync = False
+        self.link: _Link | None = None
 
 
 class StaleLink(Exception):
     """The pub/sub connection stopped answering PINGs."""
 
 
+class _Moved(Exception):
+    """The server dropped a channel of ours (`sunsubscribe`): its slot lives elsewhere."""
+
+
+class _Link:
+    """One pub/sub connection to one node, its reader and its watchdog."""
+
+    def __init__(self, hub: Hub, node: str, client: Any) -> None:
+        self.hub = hub
+        self.node = node
+        self.client = client
+        self.subs: dict[bytes, _Sub] = {}
+        # Subs waiting for Redis to confirm their subscription, per channel, in order.
+        self.pending: dict[bytes, deque[_Sub]] = {}
+        self.pubsub: Any = None
+        self.healthy = False
+        self.closed = False
+        self.last_rx = 0.0
+        self.lock = anyio.Lock()
+        self.subscribe_cmd = "ssubscribe" if hub.sharded else "subscribe"
+        self.unsubscribe_cmd = "sunsubscribe" if hub.sharded else "unsubscribe"
+        self.message_type = "smessage" if hub.sharded else "message"
+        self.confirm_type = "ssubscribe" if hub.sharded else "subscribe"
+
+    async def subscribe(self, subs: list[_Sub]) -> None:
+        if self.pubsub is None or not self.healthy:
+            return  # subscribed when the link (re)opens
+        for i in range(0, len(subs), SUBSCRIBE_BATCH):
+            part = subs[i : i + SUBSCRIBE_BATCH]
+            for sub in part:
+                self.pending.setdefault(sub.channel, deque()).append(sub)
+            try:
+                await getattr(self.pubsub, self.subscribe_cmd)(*[s.channel for s in part])
+            except _LINK_ERRORS as exc:
+                # The reader sees the same failure, reconnects and subscribes everyone.
+                logger.info("%s on %s failed (%r); the reader reconnects",
+                            self.subscribe_cmd.upper(), self.node, exc)
+                return
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        if self.pubsub is not None and self.healthy:
+            with contextlib.suppress(*_LINK_ERRORS):
+                await getattr(self.pubsub, self.unsubscribe_cmd)(channel)
+
+    async def run(self) -> None:
+        """Own the connection until closed: read, dispatch, reconnect with backoff."""
+        backoff = 0.05
+        first = True
+        while not self.closed:
+            try:
+                await self._open()
+                if not first:
+                    metrics.PUBSUB_RECONNECTS.inc()
+                    logger.warning("pub/sub link to %s back; re-syncing %d users", self.node,
+                                   len(self.subs))
+                first = False
+                backoff = 0.05
+                self.hub.connected_once.set()
+                await self._read()
+            except (*_LINK_ERRORS, StaleLink, _Moved) as exc:
+                if self.healthy:
+                    logger.warning("pub/sub link to %s lost: %r", self.node, exc)
+            finally:
+                self.healthy = False
+                await self._drop()
+            if self.closed:
+                return
+            # The node may be gone for good (a failover): home the channels again.
+            await self.hub.rehome(self)
+            if self.closed:
+                return
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _open(self) -> None:
+        pubsub = self.client.pubsub()
+        async with self.lock:
+            self.pubsub = pubsub
+            await pubsub.ping(_PING)
+            subs = list(self.subs.values())
+            # Every user subscribed on a new link re-syncs once Redis confirms the channel:
+            # whatever was published while the link was down is in their feed stream.
+            for sub in subs:
+                sub.resync = True
+            self.healthy = True
+            if subs:
+                await self.subscribe(subs)
+
+    async def _drop(self) -> None:
+        pubsub, self.pubsub = self.pubsub, None
+        self.pending.clear()
+        if pubsub is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(*_LINK_ERRORS):
+                await pubsub.aclose()
+
+    async def _read(self) -> None:
+        """Block on the link and dispatch; the watchdog pings the link when it idles and
+        ends the read when it stays silent. (A read timeout per message would cost
+        redis-py a timer per message: a large part of the fan-out's CPU.)"""
+        pubsub = self.pubsub
+        self.last_rx = time.monotonic()
+        failure: list[Exception] = []
+        with anyio.CancelScope() as scope:
+            watchdog = asyncio.create_task(self._watch(pubsub, scope, failure))
+            try:
+                while True:
+                    msg = await pubsub.get_message(timeout=None)
+                    self.last_rx = time.monotonic()
+                    if msg is not None:
+                        self._dispatch(msg)
+            finally:
+                watchdog.cancel()
+        raise failure[0] if failure else StaleLink("watchdog ended the read")
+
+    async def _watch(self, pubsub: Any, reader: anyio.CancelScope,
+                     failure: list[Exception]) -> None:
+        interval = self.hub.ping_interval_s
+        last_ping = time.monotonic()
+        try:
+            while True:
+                await anyio.sleep(min(1.0, interval))
+                now = time.monotonic()
+                silent = now - self.last_rx
+                if silent > 2 * interval + 1:
+                    failure.append(StaleLink(f"no reply for {silent:.1f}s"))
+                    break
+                if now - last_ping >= interval and silent >= interval:
+                    last_ping = now
+                    # Bounded: a write stuck on a dead link must not stop the silence check.
+                    with anyio.move_on_after(interval):
+                        async with self.lock:
+                            await pubsub.ping(_PING)
+        except _LINK_ERRORS as exc:
+            failure.append(exc)
+        reader.cancel()
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == self.message_type:
+            sub = self.subs.get(msg["channel"])
+            if sub is not None:
+                # No copy: listeners never join or leave synchronously from on_live.
+                data = msg["data"]
+                for listener in sub.listeners:
+                    listener.on_live(data)
+        elif kind == self.confirm_type:
+            pending = self.pending.get(msg["channel"])
+            if not pending:
+                return
+            sub = pending.popleft()
+            if not pending:
+                del self.pending[msg["channel"]]
+            if not sub.confirmed.done():
+                sub.confirmed.set_result(None)
+            if sub.resync:
+                sub.resync = False
+                for listener in list(sub.listeners):
+                    listener.on_resync()
+        elif kind == "sunsubscribe":
+            channel = msg["channel"]
+            sub = self.subs.get(channel)
+            if sub is not None and sub.link is self:
+                # Pushed by the server, not asked for: the slot moved to another node.
+                self.hub.moved(self, sub)
+
+
 class Hub:
-    """One pub/sub connection per gateway process, shared by all its sessions."""
+    """The pub/sub links of one gateway process, shared by all its sessions."""
 
     def __init__(self, redis_url: str, keys: Keys, *, ping_interval_s: float = PING_INTERVAL_S,
-                 name: str | None = None) -> None:
+                 name: str | None = None, cluster: bool = False) -> None:
         self.keys = keys
         self.ping_interval_s = ping_interval_s
-        # Scoped by prefix so operators (and tests) can find and kill exactly this link.
+        self.sharded = cluster
+        # Scoped by prefix so operators (and tests) can find and kill exactly these links.
         self.name = name or f"{keys.prefix}-hub-{os.getpid()}-{secrets.token_hex(3)}"
         # No retries and no redis-py health check: redis-py would silently reconnect and
         # resubscribe, hiding the messages lost meanwhile; we must see every failure.
-        self._client: Any = aioredis.Redis.from_url(
-            redis_url, socket_timeout=None, socket_connect_timeout=5.0,
-            retry=Retry(NoBackoff(), 0), client_name=self.name, protocol=2,
-        )
-        self._pubsub: Any = None
+        options: dict[str, Any] = dict(socket_timeout=None, socket_connect_timeout=5.0,
+                                       retry=Retry(NoBackoff(), 0), client_name=self.name,
+                                       protocol=2)
+        self._url = redis_url
+        self._options = options
+        self._topology: Topology | None = None
+        if cluster:
+            self._topology = Topology(redis_client.connect(redis_url, cluster=True),
+                                      cluster=True, **options)
+        self._links: dict[str, _Link] = {}
         self._subs: dict[str, _Sub] = {}
-        self._channels: dict[bytes, _Sub] = {}  # the same subs by channel, for dispatch
-        # Subs waiting for Redis to confirm their SUBSCRIBE, per channel, in command order.
-        self._pending: dict[bytes, deque[_Sub]] = {}
         self._lock = anyio.Lock()
-        self.healthy = False
+        self._tg: Any = None
+        self._moves: asyncio.Queue[tuple[_Link, _Sub]] = asyncio.Queue()
         self.connected_once = anyio.Event()
-        self._last_rx = 0.0
 
-    # -- sessions -------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return bool(self._links) and all(link.healthy for link in self._links.values())
 
     def local_users(self) -> int:
         return len(self._subs)
+
+    # -- sessions -------------------------------------------------------------------------
 
     async def join(self, user: str, listener: Listener) -> bool:
         """Count `listener` in for `user`. Returns True once the channel is subscribed, False
@@ -99,10 +288,8 @@ class Hub:
         async with self._lock:
             sub = self._subs.get(user)
             if sub is None:
-                channel = self.keys.live(user).encode()
-                sub = self._subs[user] = self._channels[channel] = _Sub(channel)
-                if self._pubsub is not None and self.healthy:
-                    await self._subscribe([(user, sub)])
+                sub = self._subs[user] = _Sub(user, self.keys.live(user).encode())
+                await self._home(sub)
             sub.listeners.add(listener)
         if not sub.confirmed.done():
             # asyncio.wait: a timeout must not cancel the future other tabs wait on too.
@@ -118,143 +305,117 @@ class Hub:
             if sub.listeners:
                 return
             del self._subs[user]
-            del self._channels[sub.channel]
-            if self._pubsub is not None and self.healthy:
-                with contextlib.suppress(*_LINK_ERRORS):
-                    await self._pubsub.unsubscribe(self.keys.live(user))
+            link, sub.link = sub.link, None
+            if link is not None:
+                link.subs.pop(sub.channel, None)
+                await link.unsubscribe(sub.channel)
 
-    async def _subscribe(self, subs: list[tuple[str, _Sub]]) -> None:
-        channels = []
-        for _, sub in subs:
-            self._pending.setdefault(sub.channel, deque()).append(sub)
-            channels.append(sub.channel)
-        try:
-            await self._pubsub.subscribe(*channels)
-        except _LINK_ERRORS as exc:
-            # The reader sees the same failure, reconnects and subscribes everyone again.
-            logger.info("SUBSCRIBE failed (%r); waiting for the reader to reconnect", exc)
+    # -- homing channels on nodes ---------------------------------------------------------
 
-    # -- the reader -----------------------------------------------------------------------
+    def _node_of(self, channel: bytes) -> str:
+        return STANDALONE if self._topology is None else self._topology.node_of(
+            channel.decode())
+
+    def _link(self, node: str) -> _Link:
+        link = self._links.get(node)
+        if link is None:
+            if self._topology is None:
+                client = aioredis.Redis.from_url(self._url, **self._options)
+            else:
+                client = self._topology.node_client(node)
+            link = self._links[node] = _Link(self, node, client)
+            if self._tg is not None:
+                self._tg.start_soon(link.run)
+        return link
+
+    async def _home(self, sub: _Sub, *, resync: bool = False) -> None:
+        """Subscribe `sub` on the link of the node that owns its channel now."""
+        link = self._link(self._node_of(sub.channel))
+        sub.link = link
+        sub.resync = sub.resync or resync
+        link.subs[sub.channel] = sub
+        async with link.lock:
+            await link.subscribe([sub])
+
+    async def rehome(self, failed: _Link) -> None:
+        """After `failed` lost its connection: look the slots up again and move every
+        channel that lives elsewhere now; re-sync its sessions once subscribed there."""
+        if self._topology is None:
+            return  # one node: the link reconnects and re-syncs its own users
+        await self._topology.refresh()
+        async with self._lock:
+            for sub in list(failed.subs.values()):
+                if self._node_of(sub.channel) != failed.node:
+                    failed.subs.pop(sub.channel, None)
+                    await self._home(sub, resync=True)
+            if not failed.subs and failed.node not in self._topology.primaries():
+                failed.closed = True  # a node that is no longer a primary
+                self._links.pop(failed.node, None)
+
+    def moved(self, link: _Link, sub: _Sub) -> None:
+        self._moves.put_nowait((link, sub))
+
+    async def _handle_moves(self) -> None:
+        while True:
+            link, sub = await self._moves.get()
+            if self._topology is not None:
+                await self._topology.refresh()
+            async with self._lock:
+                if sub.link is not link or self._subs.get(sub.user) is not sub:
+                    continue
+                logger.info("channel %s moved off %s; re-homing", sub.channel, link.node)
+                link.subs.pop(sub.channel, None)
+                await self._home(sub, resync=True)
+
+    # -- running --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Own the connection until cancelled: read, dispatch, reconnect with backoff."""
-        backoff = 0.05
-        first = True
+        """Run every link (one per primary) until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._handle_moves)
+            if self._topology is not None:
+                await self._start_cluster()
+            else:
+                self._link(STANDALONE)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+
+    async def _start_cluster(self) -> None:
+        assert self._topology is not None
+        delay = 0.05
         while True:
             try:
-                await self._open()
-                if not first:
-                    metrics.PUBSUB_RECONNECTS.inc()
-                    logger.warning("pub/sub link back; re-syncing %d users", len(self._subs))
-                first = False
-                backoff = 0.05
-                self.connected_once.set()
-                await self._read()
-            except (*_LINK_ERRORS, StaleLink) as exc:
-                if self.healthy:
-                    logger.warning("pub/sub link lost: %r", exc)
-            finally:
-                self.healthy = False
-                await self._drop()
-            await anyio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
-
-    async def _open(self) -> None:
-        pubsub = self._client.pubsub()
-        async with self._lock:
-            self._pubsub = pubsub
-            await pubsub.ping(_PING)
-            subs = list(self._subs.items())
-            # Every user subscribed on a new link re-syncs once Redis confirms the channel:
-            # whatever was published while the link was down is in their feed stream.
-            for _, sub in subs:
-                sub.resync = True
-            if subs:
-                await self._subscribe(subs)
-            self.healthy = True
-
-    async def _drop(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        self._pending.clear()
-        if pubsub is not None:
-            with anyio.CancelScope(shield=True), contextlib.suppress(*_LINK_ERRORS):
-                await pubsub.aclose()
-
-    async def _read(self) -> None:
-        """Block on the link and dispatch; a watchdog pings the link when it idles and ends
-        the read when it stays silent. (A read timeout per message would cost redis-py a
-        timer per message: a large part of the fan-out's CPU.)"""
-        pubsub = self._pubsub
-        self._last_rx = time.monotonic()
-        failure: list[Exception] = []
-        with anyio.CancelScope() as scope:
-            watchdog = asyncio.create_task(self._watch(pubsub, scope, failure))
-            try:
-                while True:
-                    msg = await pubsub.get_message(timeout=None)
-                    self._last_rx = time.monotonic()
-                    if msg is not None:
-                        self._dispatch(msg)
-            finally:
-                watchdog.cancel()
-        raise failure[0] if failure else StaleLink("watchdog ended the read")
-
-    async def _watch(self, pubsub: Any, reader: anyio.CancelScope,
-                     failure: list[Exception]) -> None:
-        interval = self.ping_interval_s
-        last_ping = time.monotonic()
-        try:
-            while True:
-                await anyio.sleep(min(1.0, interval))
-                now = time.monotonic()
-                silent = now - self._last_rx
-                if silent > 2 * interval + 1:
-                    failure.append(StaleLink(f"no reply for {silent:.1f}s"))
-                    break
-                if now - last_ping >= interval and silent >= interval:
-                    last_ping = now
-                    # Bounded: a write stuck on a dead link must not stop the silence check.
-                    with anyio.move_on_after(interval):
-                        async with self._lock:
-                            await pubsub.ping(_PING)
-        except _LINK_ERRORS as exc:
-            failure.append(exc)
-        reader.cancel()
-
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind = msg["type"]
-        if kind == "message":
-            sub = self._channels.get(msg["channel"])
-            if sub is not None:
-                # No copy: listeners never join or leave synchronously from on_live.
-                data = msg["data"]
-                for listener in sub.listeners:
-                    listener.on_live(data)
-        elif kind == "subscribe":
-            pending = self._pending.get(msg["channel"])
-            if not pending:
-                return
-            sub = pending.popleft()
-            if not pending:
-                del self._pending[msg["channel"]]
-            if not sub.confirmed.done():
-                sub.confirmed.set_result(None)
-            if sub.resync:
-                sub.resync = False
-                for listener in list(sub.listeners):
-                    listener.on_resync()
+                await self._topology.ready()
+                break
+            except _LINK_ERRORS as exc:
+                logger.warning("cluster unreachable (%r); retrying", exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        for node in self._topology.primaries():
+            self._link(node)
 
     async def aclose(self) -> None:
-        await self._drop()
-        with contextlib.suppress(*_LINK_ERRORS):
-            await self._client.aclose()
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            link.closed = True
+            await link._drop()
+            if self._topology is None:
+                with contextlib.suppress(*_LINK_ERRORS):
+                    await link.client.aclose()
+        if self._topology is not None:
+            await self._topology.aclose()
+            with contextlib.suppress(*_LINK_ERRORS):
+                await self._topology.client.aclose()
 
 
 @contextlib.asynccontextmanager
 async def lifespan(state: Any) -> AsyncIterator[None]:
     """Start the process's hub (as `state.extras["hub"]`) and the registry of its live
     sessions (`state.extras["sessions"]`, stopped when `state.draining` is set)."""
-    hub = Hub(state.settings.redis_url, state.keys)
+    hub = Hub(state.settings.redis_url, state.keys, cluster=state.settings.redis_cluster)
     sessions = Sessions()
     state.extras["hub"] = hub
     state.extras["sessions"] = sessions

@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, metrics, newsletters
 from livefeed.core.errors import DB_UNAVAILABLE, REDIS_ERRORS
-from livefeed.core.eventlog import IdConflict
+from livefeed.core.eventlog import IdConflict, NotReplicated
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
     MAX_BATCH_EVENTS,
@@ -130,6 +130,9 @@ async def ingest(request: Request) -> Response:
         triples = [(str(e.id), e.user_id, encode_event(e)) for e in events]
         try:
             appended = await state.log.append(triples)
+        except NotReplicated as exc:
+            logger.warning("ingest: %s; answering 503", exc)
+            return _unavailable("Redis (replication)")
         except REDIS_ERRORS as exc:
             logger.warning("ingest: Redis unavailable (%s); answering 503", exc)
             return _unavailable("Redis")

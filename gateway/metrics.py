@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from livefeed.core import metrics
 from livefeed.core.errors import REDIS_ERRORS
-from livefeed.core.status import Status
+from livefeed.core.status import Status, total_groups
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -54,15 +54,24 @@ class StreamFigures:
         ins = self.inspector
         keys = ins.keys
         now = await ins.now_ms()
-        ingest = await ins.stream("ingest", keys.ingest)
-        dead = await ins.stream("dead", keys.dead)
-        groups = await ins.groups(now_ms=now)
-        metrics.STREAM_LENGTH.labels("ingest").set(ingest.length)
-        metrics.STREAM_LENGTH.labels("dead").set(dead.length)
+        pipe = ins.redis.pipeline(transaction=False)
+        for key in (*keys.ingests, *keys.deads):
+            pipe.xlen(key)
+        lengths = [int(n) for n in await pipe.execute()]
+        per_partition = await ins.partition_groups(now)
+        groups = total_groups(per_partition)
+        metrics.STREAM_LENGTH.labels("ingest").set(sum(lengths[: keys.count]))
+        metrics.STREAM_LENGTH.labels("dead").set(sum(lengths[keys.count :]))
         # Groups can disappear (XGROUP DESTROY): start from no series, not stale ones.
         for gauge in (metrics.GROUP_LAG, metrics.GROUP_PENDING, metrics.GROUP_CONSUMERS,
-                      metrics.GROUP_OLDEST_PENDING):
+                      metrics.GROUP_OLDEST_PENDING, metrics.PARTITION_LAG,
+                      metrics.PARTITION_PENDING):
             gauge.clear()
+        for p, part in enumerate(per_partition):
+            for g in part:
+                if g.lag is not None:
+                    metrics.PARTITION_LAG.labels(g.name, str(p)).set(g.lag)
+                metrics.PARTITION_PENDING.labels(g.name, str(p)).set(g.pending)
         for g in groups:
             if g.lag is not None:
                 metrics.GROUP_LAG.labels(g.name).set(g.lag)

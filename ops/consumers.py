@@ -31,9 +31,28 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None,
                    help="consumer name in the group (default: hostname-pid); reuse it on "
                    "restart to resume this consumer's pending entries at once")
+    p.add_argument("--own-partitions", dest="own_partitions", type=partition_list,
+                   default=None, metavar="LIST",
+                   help="own exactly these partitions (e.g. 0-7 or 0,2,4) instead of "
+                   "sharing them with the group's other consumers through leases")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve this consumer's Prometheus metrics on 127.0.0.1:PORT")
     p.set_defaults(func=consumer)
+
+
+def partition_list(text: str) -> list[int]:
+    """`0-3,7` -> [0, 1, 2, 3, 7]."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, sep, high = part.strip().partition("-")
+            out.update(range(int(low), int(high) + 1) if sep else [int(low)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give partition numbers and ranges, e.g. 0-7 or 0,2,4") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: partitions are numbered from 0")
+    return sorted(out)
 
 
 async def consumer(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,6 +64,6 @@ async def consumer(args: argparse.Namespace, settings: Settings) -> int:
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(serve.stop_on_signals, stopping.set)
-        await ROLES[args.role](settings, stopping, name=args.name)
+        await ROLES[args.role](settings, stopping, name=args.name, partitions=args.own_partitions)
         tg.cancel_scope.cancel()
     return 0

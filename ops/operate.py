@@ -117,7 +117,7 @@ async def _redis(settings: Settings) -> AsyncIterator[tuple[Any, Keys]]:
     await runtime.preflight(settings)
     client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
-        yield client, Keys(settings.prefix, cluster=settings.redis_cluster)
+        yield client, Keys(settings.prefix, partitions=settings.partitions)
     finally:
         await client.aclose()
 
@@ -259,7 +259,7 @@ def render_claim(console: Console, view: ClaimView) -> None:
 
 def _dead(redis: Any, keys: Keys, settings: Settings) -> DeadLetters:
     log = EventLog(redis, keys, feed_maxlen=settings.feed_maxlen,
-                   dedupe_ttl_s=settings.dedupe_ttl_s)
+                   dedupe_ttl_s=settings.dedupe_ttl_s, cluster=settings.redis_cluster)
     return DeadLetters(redis, keys, log)
 
 

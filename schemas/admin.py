@@ -6,7 +6,8 @@ import msgspec
 
 
 class StreamView(msgspec.Struct, frozen=True):
-    """One stream: `name` is its role (`ingest`, `dead`, `feed`), `key` its Redis key."""
+    """One stream: `name` is its role (`ingest`, `dead`, `feed`), `key` its Redis key (a
+    pattern for the total over partitions)."""
 
     name: str
     key: str
@@ -35,13 +36,32 @@ class GroupView(msgspec.Struct, frozen=True):
     oldest_pending_idle_ms: int | None = None  # since it was last delivered
 
 
+class OwnerView(msgspec.Struct, frozen=True):
+    """Which consumer of a group holds a partition's lease, and for how much longer."""
+
+    group: str
+    holder: str | None  # consumer name#token; None: no lease (unowned, or static consumers)
+    lease_left_ms: int | None = None
+    pending: int = 0
+    lag: int | None = 0
+
+
+class PartitionView(msgspec.Struct, frozen=True):
+    partition: int
+    tag: str  # the hash tag every key of the partition carries
+    ingest_length: int
+    dead_length: int
+    owners: list[OwnerView]
+
+
 class StatusView(msgspec.Struct, frozen=True):
     redis_version: str
     server_time_ms: int
-    streams: list[StreamView]
-    groups: list[GroupView]
+    streams: list[StreamView]  # totals over the partitions
+    groups: list[GroupView]  # totals over the partitions
     feeds: list[StreamView]  # a sample of per-user feed streams (SCAN order)
     feeds_more: bool  # True when there are more feed streams than the sample shows
+    partitions: list[PartitionView] = []
 
 
 class PendingEntry(msgspec.Struct, frozen=True):

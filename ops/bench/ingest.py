@@ -47,9 +47,9 @@ async def run(ctx: Context, result: BenchResult) -> None:
 
         redis = redis_client.connect(s.redis_url)
         try:
-            ceiling = await _xadd_ceiling(redis, Keys(s.prefix).ingest + ":ceiling",
+            ceiling = await _xadd_ceiling(redis, Keys(s.prefix).ingest(0) + ":ceiling",
                                           data.triples(batched), 100)
-            ceiling_single = await _xadd_ceiling(redis, Keys(s.prefix).ingest + ":ceiling1",
+            ceiling_single = await _xadd_ceiling(redis, Keys(s.prefix).ingest(0) + ":ceiling1",
                                                  data.triples(singles), 1)
         finally:
             await redis.aclose()

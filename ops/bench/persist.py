@@ -53,11 +53,16 @@ async def _group_ready(redis: Any, stream: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"the persist consumer did not create its group on {stream}")
 
 
-async def _drained(redis: Any, stream: str, last_id: bytes) -> bool:
-    for g in await redis.xinfo_groups(stream):
-        if g["name"] in (PERSIST_GROUP, PERSIST_GROUP.encode()):
-            return bool(g["pending"] == 0 and g["last-delivered-id"] == last_id)
-    return False
+async def _drained(redis: Any, last_ids: dict[str, bytes]) -> bool:
+    """Every stream read up to its last id and nothing pending."""
+    for stream, last_id in last_ids.items():
+        done = False
+        for g in await redis.xinfo_groups(stream):
+            if g["name"] in (PERSIST_GROUP, PERSIST_GROUP.encode()):
+                done = g["pending"] == 0 and g["last-delivered-id"] == last_id
+        if not done:
+            return False
+    return True
 
 
 async def _consumer_rate(ctx: Context, s: Resolved, triples: list[tuple[str, str, bytes]],
@@ -67,19 +72,24 @@ async def _consumer_rate(ctx: Context, s: Resolved, triples: list[tuple[str, str
     The consumer is frozen (SIGSTOP) while the backlog is written, so the writer does not
     compete with it for the 2 cores; the clock runs from SIGCONT to the last ack.
     """
-    keys = Keys(s.prefix)
+    keys = Keys(s.prefix, partitions=s.partitions)
     redis = redis_client.connect(s.redis_url)
     try:
         with procs.consumer(s, ctx.workdir, "persist") as child:
-            await _group_ready(redis, keys.ingest)
+            for stream in keys.ingests:
+                await _group_ready(redis, stream)
             await anyio.sleep(0.3)
             os.kill(child.pid, signal.SIGSTOP)
             try:
+                last_ids: dict[str, bytes] = {}
                 for start in range(0, len(triples), 1000):
                     pipe = redis.pipeline(transaction=False)
-                    for eid, user, payload in triples[start : start + 1000]:
-                        pipe.xadd(keys.ingest, {"event_id": eid, "user": user, "data": payload})
-                    last_id = (await pipe.execute())[-1]
+                    part = triples[start : start + 1000]
+                    for eid, user, payload in part:
+                        pipe.xadd(keys.ingest_of(user),
+                                  {"event_id": eid, "user": user, "data": payload})
+                    for (_, user, _), sid in zip(part, await pipe.execute(), strict=True):
+                        last_ids[keys.ingest_of(user)] = sid
                 # The profiler attaches (0.3 s) while the consumer is still frozen: that
                 # time must not be a head start outside the clock.
                 with procs.profiled(child.pid, ctx.profile_dir,
@@ -87,7 +97,7 @@ async def _consumer_rate(ctx: Context, s: Resolved, triples: list[tuple[str, str
                     os.kill(child.pid, signal.SIGCONT)
                     with Timer() as t:
                         deadline = time.monotonic() + 120
-                        while not await _drained(redis, keys.ingest, last_id):
+                        while not await _drained(redis, last_ids):
                             if not child.alive():
                                 raise RuntimeError(f"persist consumer died:\n{child.tail()}")
                             if time.monotonic() > deadline:

@@ -58,7 +58,7 @@ class Cluster:
         self.mode = mode
         self.log_dir = log_dir
         self.prefix, self.schema = namespace()
-        self.keys = Keys(self.prefix, cluster=base.redis_cluster)
+        self.keys = Keys(self.prefix, partitions=base.partitions)
         self.secret = uuid.uuid4().hex
         self.webhook_secret = uuid.uuid4().hex
         self.dsn = with_params(base.database_url, search_path=self.schema)

@@ -38,10 +38,10 @@ async def run_until_settled(redis: Any, keys: Keys, log: EventLog, dead: int = 0
         tg.start_soon(runner.run, stopping)
         with anyio.fail_after(30):
             while True:
-                pending = (await redis.xpending(keys.ingest, FANOUT_GROUP))["pending"]
+                pending = (await redis.xpending(keys.ingest_of("alice"), FANOUT_GROUP))["pending"]
                 # Redis 6.2 has no `lag`: read all = delivered up to the newest entry
-                groups = await redis.xinfo_groups(keys.ingest)
-                newest = (await redis.xrevrange(keys.ingest, count=1))[0][0]
+                groups = await redis.xinfo_groups(keys.ingest_of("alice"))
+                newest = (await redis.xrevrange(keys.ingest_of("alice"), count=1))[0][0]
                 read_all = all(g["last-delivered-id"] == newest for g in groups
                                if g["name"] == b"fanout")
                 if pending == 0 and read_all and await redis.xlen(keys.dead) == dead:
@@ -56,7 +56,7 @@ def feed_event_ids(rows: list[Any]) -> list[str]:
 
 async def test_each_event_reaches_its_users_feed_and_channel_once(redis: Any, keys: Keys) -> None:
     log = make_log(redis, keys)
-    await ensure_group(redis, keys.ingest, FANOUT_GROUP)
+    await ensure_group(redis, keys.ingest_of("alice"), FANOUT_GROUP)
     events = [event(i, f"u{i % 3}") for i in range(60)]
     pubsub = redis.pubsub()
     await pubsub.subscribe(keys.live("u0"))
@@ -91,10 +91,10 @@ async def test_redelivered_entries_are_not_fanned_out_twice(redis: Any, keys: Ke
 
 async def test_poison_entries_are_isolated(redis: Any, keys: Keys) -> None:
     log = make_log(redis, keys)
-    await ensure_group(redis, keys.ingest, FANOUT_GROUP)
+    await ensure_group(redis, keys.ingest_of("alice"), FANOUT_GROUP)
     good = [event(i, "alice") for i in range(4)]
     await log.append([(str(e.id), e.user_id, encode_event(e)) for e in good[:2]])
-    await redis.xadd(keys.ingest, {"event_id": "x", "user": "alice", "data": b"not json"})
+    await redis.xadd(keys.ingest_of("alice"), {"event_id": "x", "user": "alice", "data": b"not json"})
     # a key of the wrong type makes this user's fanout script fail: only this entry
     await redis.set(keys.feed("broken"), "a string, not a stream")
     wrong = event(9, "broken")

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from livefeed.core.eventlog import EventLog, IdConflict, content_digest
+from livefeed.core.eventlog import EventLog, IdConflict, NotReplicated, content_digest
 from livefeed.core.keys import Keys
 from livefeed.schemas.frames import event_frame
 
@@ -22,9 +22,11 @@ async def test_append_is_idempotent_on_event_id(redis: Any, keys: Keys) -> None:
     assert all(a.stream_id for a in first)
     again = await log.append([("e2", "bob", b"{}"), ("e3", "bob", b"{}")])
     assert again[0].stream_id is None and again[1].stream_id is not None
-    rows = await redis.xrange(keys.ingest)
-    assert [r[1][b"event_id"] for r in rows] == [b"e1", b"e2", b"e3"]
-    assert rows[0][1][b"user"] == b"alice"
+    assert keys.partition_of("alice") != keys.partition_of("bob")
+    alice = await redis.xrange(keys.ingest_of("alice"))
+    bob = await redis.xrange(keys.ingest_of("bob"))
+    assert [r[1][b"event_id"] for r in alice] == [b"e1"] and alice[0][1][b"user"] == b"alice"
+    assert [r[1][b"event_id"] for r in bob] == [b"e2", b"e3"]
     assert await redis.get(keys.seen("bob", "e2")) == content_digest(b"{}").encode()
     assert 0 < await redis.ttl(keys.seen("bob", "e2")) <= 60
 
@@ -34,7 +36,8 @@ async def test_event_ids_are_scoped_per_user(redis: Any, keys: Keys) -> None:
     first = await log.append([("e1", "alice", b'{"a":1}')])
     other = await log.append([("e1", "bob", b'{"b":2}')])
     assert first[0].stream_id and other[0].stream_id
-    rows = await redis.xrange(keys.ingest)
+    rows = [*await redis.xrange(keys.ingest_of("alice")),
+            *await redis.xrange(keys.ingest_of("bob"))]
     assert [(f[b"event_id"], f[b"user"], f[b"data"]) for _, f in rows] == [
         (b"e1", b"alice", b'{"a":1}'), (b"e1", b"bob", b'{"b":2}')]
 
@@ -45,7 +48,7 @@ async def test_the_same_event_twice_in_one_append_is_one_entry(redis: Any, keys:
                              ("e1", "alice", b"{}")])
     assert [a.event_id for a in done] == ["e1", "e2", "e1"]
     assert done[0].stream_id and done[1].stream_id and done[2].stream_id is None
-    assert await redis.xlen(keys.ingest) == 2
+    assert await redis.xlen(keys.ingest_of("alice")) == 2
 
 
 async def test_a_reused_id_with_other_content_appends_nothing(redis: Any, keys: Keys) -> None:
@@ -60,7 +63,8 @@ async def test_a_reused_id_with_other_content_appends_nothing(redis: Any, keys: 
         await log.append([("e3", "bob", b"{}"), ("e4", "bob", b'{"v":1}'),
                           ("e4", "bob", b'{"v":2}')])
     assert (caught.value.index, caught.value.event_id) == (2, "e4")
-    assert [f[b"event_id"] for _, f in await redis.xrange(keys.ingest)] == [b"e1"]
+    assert [f[b"event_id"] for _, f in await redis.xrange(keys.ingest_of("alice"))] == [b"e1"]
+    assert await redis.xlen(keys.ingest_of("bob")) == 0
     for user, eid in (("alice", "e2"), ("bob", "e3"), ("bob", "e4")):
         assert await redis.exists(keys.seen(user, eid)) == 0
     assert await redis.get(keys.seen("alice", "e1")) == content_digest(b'{"v":1}').encode()
@@ -76,7 +80,30 @@ async def test_after_the_dedupe_window_a_reused_id_is_a_new_entry(
     await redis.delete(keys.seen("alice", "e1"))  # what the window's expiry does
     again = await log.append([("e1", "alice", b'{"v":2}')])
     assert again[0].stream_id is not None
-    assert [f[b"data"] for _, f in await redis.xrange(keys.ingest)] == [b'{"v":1}', b'{"v":2}']
+    rows = await redis.xrange(keys.ingest_of("alice"))
+    assert [f[b"data"] for _, f in rows] == [b'{"v":1}', b'{"v":2}']
+
+async def test_append_waits_for_replicas_when_asked(redis: Any, keys: Keys) -> None:
+    # The test Redis has no replica: WAIT 1 times out, the append is not acknowledged.
+    log = EventLog(redis, keys, feed_maxlen=100, dedupe_ttl_s=60, replicas=1)
+    with pytest.raises(NotReplicated, match="0 of 1 replicas"):
+        await log.append([("r1", "alice", b"{}")])
+    # ...but it is in the stream, so a retry is a duplicate (and is refused the same way).
+    assert len(await redis.xrange(keys.ingest_of("alice"))) == 1
+    with pytest.raises(NotReplicated):
+        await log.append([("r1", "alice", b"{}")])
+
+
+async def test_one_request_spans_partitions_in_one_call(redis: Any, keys: Keys) -> None:
+    log = make_log(redis, keys)
+    users = [f"user{i}" for i in range(50)]
+    events = [(f"e{i}", u, b"{}") for i, u in enumerate(users)]
+    appended = await log.append(events)
+    assert [a.event_id for a in appended] == [e[0] for e in events]
+    assert len({keys.partition_of(u) for u in users}) == 16
+    for (eid, user, _), a in zip(events, appended, strict=True):
+        rows = await redis.xrange(keys.ingest_of(user), min=a.stream_id, max=a.stream_id)
+        assert rows[0][1][b"event_id"].decode() == eid
 
 
 async def test_fan_out_appends_and_publishes_once(redis: Any, keys: Keys) -> None:

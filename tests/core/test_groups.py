@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from livefeed.core import redis_client
 from livefeed.core.errors import RetryBatch
 from livefeed.core.groups import GroupRunner, RunnerConfig
-from livefeed.core.groupstream import Entry, parse_autoclaim
+from livefeed.core.groupstream import Entry, parse_autoclaim, ref
 from livefeed.core.keys import Keys
 
 # Marked here, not only by conftest after collection: anyio's plugin otherwise rebuilds the
@@ -80,19 +80,20 @@ def cfg(**kw: Any) -> RunnerConfig:
 async def add(r: Any, keys: Keys, *event_ids: str) -> list[str]:
     out = []
     for eid in event_ids:
-        sid = await r.xadd(keys.ingest, {"event_id": eid, "user": "u", "data": b'{"x":1}'})
+        sid = await r.xadd(keys.ingest_of("u"),
+                           {"event_id": eid, "user": "u", "data": b'{"x":1}'})
         out.append(sid.decode())
     return out
 
 
 async def read_as(r: Any, keys: Keys, consumer: str, count: int) -> list[str]:
     """Deliver `count` new entries to `consumer` and never ack them (a consumer that dies)."""
-    reply = await r.xreadgroup(GROUP, consumer, {keys.ingest: ">"}, count=count)
+    reply = await r.xreadgroup(GROUP, consumer, {keys.ingest_of("u"): ">"}, count=count)
     return [i.decode() for i, _ in reply[0][1]] if reply else []
 
 
 async def ensure(r: Any, keys: Keys) -> None:
-    await r.xgroup_create(keys.ingest, GROUP, id="0", mkstream=True)
+    await r.xgroup_create(keys.ingest_of("u"), GROUP, id="0", mkstream=True)
 
 
 async def eventually(cond: Callable[[], Any], timeout: float = 20) -> None:
@@ -106,7 +107,7 @@ def metric(name: str) -> float:
 
 
 async def pending_count(r: Any, keys: Keys) -> int:
-    return int((await r.xpending(keys.ingest, GROUP))["pending"])
+    return int((await r.xpending(keys.ingest_of("u"), GROUP))["pending"])
 
 
 class Running:
@@ -148,9 +149,9 @@ async def test_own_pending_entries_come_first_then_acked_and_consumer_leaves(
         await run.stop()
     assert rec.batches[0] == ["a", "b"]  # its own pending, before anything new
     assert sorted(rec.handled) == ["a", "b", "c", "d"]
-    assert await r.xinfo_consumers(keys.ingest, GROUP) == []  # left the group: owns nothing
+    assert await r.xinfo_consumers(keys.ingest_of("u"), GROUP) == []  # left the group: owns nothing
     # retention needs every group to exist: the runner created both
-    names = {g["name"] for g in await r.xinfo_groups(keys.ingest)}
+    names = {g["name"] for g in await r.xinfo_groups(keys.ingest_of("u"))}
     assert names == {b"persist", b"fanout"}
 
 
@@ -177,13 +178,13 @@ async def test_poison_entry_is_dead_lettered_after_max_deliveries(r: Any, keys: 
     rec = Recorder(poison=["bad"])
     async with anyio.create_task_group() as tg:
         run = Running(runner(r, keys, rec, "c1", max_deliveries=3, claim_idle_ms=100), tg)
-        await eventually(lambda: _is(r.xlen(keys.dead), 1))
+        await eventually(lambda: _is(r.xlen(keys.dead(keys.partition_of("u"))), 1))
         await eventually(lambda: _is(pending_count(r, keys), 0))
         await run.stop()
     assert rec.handled.count("ok1") == 1 and rec.handled.count("ok2") == 1
     assert rec.handled.count("bad") == 3  # tried max_deliveries times, then given up
-    [(_, fields)] = await r.xrange(keys.dead)
-    assert fields[b"source_id"].decode() == ids[1]
+    [(_, fields)] = await r.xrange(keys.dead(keys.partition_of("u")))
+    assert fields[b"source_id"].decode() == ref(keys.partition_of("u"), ids[1])
     assert fields[b"group"] == b"persist" and fields[b"consumer"] == b"c1"
     assert fields[b"error"] == b"cannot store bad"
     assert fields[b"deliveries"] == b"3" and fields[b"data"] == b'{"x":1}'
@@ -194,20 +195,21 @@ async def test_poison_entry_is_dead_lettered_after_max_deliveries(r: Any, keys: 
 @both
 async def test_malformed_and_worn_out_entries_skip_the_handler(r: Any, keys: Keys) -> None:
     await ensure(r, keys)
-    await r.xadd(keys.ingest, {"junk": "1"})
+    await r.xadd(keys.ingest_of("u"), {"junk": "1"})
     [worn] = await add(r, keys, "worn")
     await read_as(r, keys, "c1", 2)
     for _ in range(2):  # delivered three times already, never settled (crashed consumers)
-        await r.xreadgroup(GROUP, "c1", {keys.ingest: "0"})
+        await r.xreadgroup(GROUP, "c1", {keys.ingest_of("u"): "0"})
     rec = Recorder()
     async with anyio.create_task_group() as tg:
         run = Running(runner(r, keys, rec, "c1", max_deliveries=2, claim_idle_ms=100), tg)
-        await eventually(lambda: _is(r.xlen(keys.dead), 2))
+        await eventually(lambda: _is(r.xlen(keys.dead(keys.partition_of("u"))), 2))
         await eventually(lambda: _is(pending_count(r, keys), 0))
         await run.stop()
     assert rec.handled == []
-    errors = {f[b"source_id"].decode(): f[b"error"].decode() for _, f in await r.xrange(keys.dead)}
-    assert errors[worn].startswith("no outcome after")
+    dead = await r.xrange(keys.dead(keys.partition_of("u")))
+    errors = {f[b"source_id"].decode(): f[b"error"].decode() for _, f in dead}
+    assert errors[ref(keys.partition_of("u"), worn)].startswith("no outcome after")
     assert any(e.startswith("malformed entry: missing field(s) event_id, user, data")
                for e in errors.values())
 
@@ -232,7 +234,7 @@ async def test_transient_failure_keeps_entries_pending_without_burning_deliverie
         # a second consumer would claim entries idle past 300 ms: the keepalive prevents it
         second = Running(runner(r, keys, other, "c2", claim_idle_ms=300), tg)
         await eventually(lambda: _true(rec.attempts >= 12))  # well past 300 ms of retries
-        rows = await r.xpending_range(keys.ingest, GROUP, min="-", max="+", count=10)
+        rows = await r.xpending_range(keys.ingest_of("u"), GROUP, min="-", max="+", count=10)
         assert [(x["consumer"], x["times_delivered"]) for x in rows] == [(b"c1", 1)] * 2
         assert other.handled == []
         rec.down = False
@@ -253,7 +255,7 @@ async def test_stop_leaves_an_unfinished_batch_pending(r: Any, keys: Keys) -> No
         await eventually(lambda: _true(rec.attempts == 1))
         await run.stop()
     assert await pending_count(r, keys) == 2  # nothing acked that was not done
-    consumers = await r.xinfo_consumers(keys.ingest, GROUP)
+    consumers = await r.xinfo_consumers(keys.ingest_of("u"), GROUP)
     assert [(c["name"], c["pending"]) for c in consumers] == [(b"c1", 2)]
 
 
@@ -279,8 +281,8 @@ class Gated(Recorder):
 
 async def owners(r: Any, keys: Keys) -> list[tuple[str, bytes, int]]:
     """(event id, consumer, deliveries) of every pending entry, in stream order."""
-    rows = await r.xpending_range(keys.ingest, GROUP, min="-", max="+", count=100)
-    by_id = {i.decode(): f[b"event_id"].decode() for i, f in await r.xrange(keys.ingest)}
+    rows = await r.xpending_range(keys.ingest_of("u"), GROUP, min="-", max="+", count=100)
+    by_id = {i.decode(): f[b"event_id"].decode() for i, f in await r.xrange(keys.ingest_of("u"))}
     return [(by_id[x["message_id"].decode()], x["consumer"], x["times_delivered"])
             for x in rows]
 
@@ -304,9 +306,9 @@ async def test_stop_finishes_the_prefetched_batch_and_reads_nothing_more(
         await run.stop()
     assert rec.batches == [["a", "b"], ["c", "d"], ["e", "f"]]  # each once, in order
     assert await pending_count(r, keys) == 0  # the last acks were flushed at stop
-    [group] = [g for g in await r.xinfo_groups(keys.ingest) if g["name"] == b"persist"]
+    [group] = [g for g in await r.xinfo_groups(keys.ingest_of("u")) if g["name"] == b"persist"]
     assert group["last-delivered-id"].decode() == ids[-1]  # g, h: never read after stop
-    assert await r.xinfo_consumers(keys.ingest, GROUP) == []
+    assert await r.xinfo_consumers(keys.ingest_of("u"), GROUP) == []
 
 
 @both
@@ -331,7 +333,7 @@ async def test_abandoned_and_prefetched_batches_stay_pending_for_the_restart(
         await eventually(lambda: _is(pending_count(r, keys), 0))
         await run.stop()
     assert again.batches == [["c", "d"], ["e", "f"]]  # own pending first (id 0), once each
-    assert await r.xinfo_consumers(keys.ingest, GROUP) == []
+    assert await r.xinfo_consumers(keys.ingest_of("u"), GROUP) == []
 
 
 @both
@@ -397,7 +399,7 @@ async def test_vanished_pending_entries_are_acked_and_counted(r: Any, keys: Keys
     ids = await add(r, keys, "a", "b", "c", "d", "e", "f")
     await read_as(r, keys, "me", 3)  # a b c: my own pending
     await read_as(r, keys, "dead", 3)  # d e f: a dead consumer's
-    await r.xdel(keys.ingest, ids[1], ids[4])
+    await r.xdel(keys.ingest_of("u"), ids[1], ids[4])
     before = metric("entries_vanished")
     rec = Recorder()
     async with anyio.create_task_group() as tg:
@@ -409,10 +411,10 @@ async def test_vanished_pending_entries_are_acked_and_counted(r: Any, keys: Keys
 
 
 def test_parse_autoclaim_both_reply_shapes() -> None:
-    v62 = parse_autoclaim([b"0-0", [(b"1-0", {b"k": b"v"}), (None, None)]])
-    assert [e.id for e in v62.entries] == ["1-0"] and v62.nil_seen and v62.deleted == []
-    v7 = parse_autoclaim([b"5-0", [(b"1-0", {b"k": b"v"})], [b"2-0"]])
-    assert v7.cursor == "5-0" and v7.deleted == ["2-0"] and not v7.nil_seen
+    v62 = parse_autoclaim([b"0-0", [(b"1-0", {b"k": b"v"}), (None, None)]], 3)
+    assert [e.id for e in v62.entries] == ["3/1-0"] and v62.nil_seen and v62.deleted == []
+    v7 = parse_autoclaim([b"5-0", [(b"1-0", {b"k": b"v"})], [b"2-0"]], 0)
+    assert v7.cursor == "5-0" and v7.deleted == ["0/2-0"] and not v7.nil_seen
 
 
 async def _true(value: bool) -> bool:

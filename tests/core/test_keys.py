@@ -1,34 +1,43 @@
 from __future__ import annotations
 
 import pytest
+from redis.crc import key_slot
 
 from livefeed.core.keys import Keys
 
 
 def test_names_follow_the_contract() -> None:
-    k = Keys("lf")
-    assert k.ingest == "lf:ingest"
-    assert k.dead == "lf:dead"
-    assert k.feed("alice") == "lf:feed:{alice}"
-    assert k.live("alice") == "lf:live:{alice}"
-    assert k.seen("alice", "e1") == "lf:seen:{alice}:e1"
-    assert k.fanned("alice", "e1") == "lf:fanned:{alice}:e1"
+    k = Keys("lf", partitions=16)
+    p = k.partition_of("alice")
+    tag = k.partitions.tags[p]
+    assert k.ingest_of("alice") == k.ingest(p) == f"lf:{{{tag}}}:ingest"
+    assert k.dead(p) == f"lf:{{{tag}}}:dead"
+    assert k.feed("alice") == f"lf:{{{tag}}}:feed:alice"
+    assert k.live("alice") == f"lf:{{{tag}}}:live:alice"
+    assert k.seen("alice", "e1") == f"lf:{{{tag}}}:seen:alice:e1"
+    assert k.fanned("alice", "e1") == f"lf:{{{tag}}}:fanned:alice:e1"
+    assert k.lease(p, "persist") == f"lf:{{{tag}}}:lease:persist"
+    assert k.members("fanout") == "lf:members:fanout"
+    assert len(k.ingests) == len(k.deads) == 16
 
 
-def test_cluster_mode_colocates_the_ingest_side() -> None:
-    k = Keys("lf", cluster=True)
-    # one hash tag for the ingest script's keys, the user's tag for per-user keys
-    assert k.ingest == "{lf}:ingest" and k.dead == "{lf}:dead"
-    assert k.seen("bob", "e1") == "{lf}:seen:{bob}:e1"
-    assert k.feed("bob") == "lf:feed:{bob}"
+def test_a_users_keys_share_its_partitions_slot() -> None:
+    k = Keys("lf", partitions=16)
+    for user in ("alice", "bob", "x.y:z-1"):
+        p = k.partition_of(user)
+        names = [k.ingest(p), k.dead(p), k.lease(p, "g"), k.seen(user, "e"), k.feed(user),
+                 k.live(user), k.fanned(user, "e")]
+        assert len({key_slot(n.encode()) for n in names}) == 1
 
 
-def test_inverse_of_live_and_feed() -> None:
+def test_inverse_of_names() -> None:
     k = Keys("p")
     assert k.user_of_live(k.live("a.b:c-d")) == "a.b:c-d"
     assert k.user_of_feed(k.feed("u1").encode()) == "u1"
-    with pytest.raises(ValueError):
-        k.user_of_live("q:live:{x}")
+    assert k.partition_of_key(k.ingest(5)) == 5
+    for bad in ("q:live:{x}", "p:{0.13}:live:alice", Keys("q").live("x"), k.feed("x")):
+        with pytest.raises(ValueError):
+            k.user_of_live(bad)
 
 
 def test_prefix_must_not_break_hash_tags() -> None:

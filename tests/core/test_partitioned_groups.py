@@ -1,0 +1,119 @@
+"""The consumer-group runner over many partitions with leases, on the real Redis: the
+group's consumers split the partitions, a batch spans partitions, per-user order holds,
+and a consumer that dies hands its partitions (and what it left pending) to the others."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from livefeed.core.groups import GroupRunner, RunnerConfig
+from livefeed.core.groupstream import Entry
+from livefeed.core.keys import Keys
+from livefeed.core.leases import PartitionLeases
+
+pytestmark = pytest.mark.anyio
+GROUP = "fanout"
+USERS = [f"user{i}" for i in range(40)]
+
+
+class Recorder:
+    def __init__(self, name: str, log: dict[str, list[tuple[str, str]]],
+                 hold: anyio.Event | None = None) -> None:
+        self.name, self.log, self.hold = name, log, hold
+        self.batches = 0
+        self.partitions_per_batch: list[int] = []
+
+    async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
+        if self.hold is not None:
+            await self.hold.wait()  # a consumer that hangs holding its batch
+        self.batches += 1
+        self.partitions_per_batch.append(len({e.id.split("/")[0] for e in entries}))
+        for e in entries:
+            self.log[e.user].append((e.event_id, self.name))
+        return {}
+
+
+async def post(r: Any, keys: Keys, per_user: int, start: int = 0) -> None:
+    pipe = r.pipeline(transaction=False)
+    for n in range(start, start + per_user):
+        for user in USERS:
+            pipe.xadd(keys.ingest_of(user), {"event_id": f"{user}-{n}", "user": user,
+                                             "data": b"{}"})
+    await pipe.execute()
+
+
+def runner(r: Any, keys: Keys, name: str, handler: Any, lease_ms: int = 600) -> GroupRunner:
+    cfg = RunnerConfig(batch_size=50, block_ms=50, claim_idle_ms=60_000, trim_every_s=None,
+                       backoff_base_s=0.05, drain_timeout_s=5)
+    return GroupRunner(r, keys, GROUP, handler, consumer=name, config=cfg,
+                       leases=PartitionLeases(r, keys, GROUP, name, lease_ms=lease_ms))
+
+
+async def until(cond: Any, timeout: float = 30) -> None:
+    with anyio.fail_after(timeout):
+        while not cond():
+            await anyio.sleep(0.05)
+
+
+def check_each_once_in_order(log: dict[str, list[tuple[str, str]]], per_user: int) -> None:
+    for user in USERS:
+        got = [eid for eid, _ in log[user]]
+        assert got == [f"{user}-{n}" for n in range(per_user)], user
+
+
+async def test_two_consumers_split_the_partitions_and_keep_per_user_order(
+        redis: Any, keys: Keys) -> None:
+    log: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    a, b = Recorder("a", log), Recorder("b", log)
+    ra, rb = runner(redis, keys, "a", a), runner(redis, keys, "b", b)
+    stop_a, stop_b = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ra.run, stop_a)
+        await until(lambda: len(ra.stream.owned) == 16)
+        tg.start_soon(rb.run, stop_b)
+        await until(lambda: len(rb.stream.owned) == 8 and len(ra.stream.owned) == 8)
+        assert set(ra.stream.owned).isdisjoint(rb.stream.owned)
+        await post(redis, keys, 30)
+        await until(lambda: sum(len(v) for v in log.values()) == 30 * len(USERS))
+        stop_a.set()
+        stop_b.set()
+    check_each_once_in_order(log, 30)
+    # Each user was handled by one consumer only, the owner of its partition.
+    assert all(len({who for _, who in log[u]}) == 1 for u in USERS)
+    assert a.batches and b.batches
+    # One batch is drawn from several partitions (one INSERT, acks per partition).
+    assert max(a.partitions_per_batch + b.partitions_per_batch) > 1
+
+
+async def test_a_consumer_that_dies_holding_a_batch_hands_its_partitions_over(
+        redis: Any, keys: Keys) -> None:
+    log: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    survivor = Recorder("survivor", log)
+    stuck = anyio.Event()  # never set: the victim hangs inside its first batch
+    victim = Recorder("victim", log, hold=stuck)
+    rs, rv = runner(redis, keys, "survivor", survivor), runner(redis, keys, "victim", victim)
+    stop_s = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rs.run, stop_s)
+        async with anyio.create_task_group() as victim_tg:
+            victim_tg.start_soon(rv.run, anyio.Event())
+            await until(lambda: len(rv.stream.owned) == 8 and len(rs.stream.owned) == 8)
+            owned_by_victim = set(rv.stream.owned)
+            await post(redis, keys, 10)
+            await until(lambda: bool(rv._held))  # it holds a batch it will never finish
+            # The victim dies: no release, no more heartbeats (like SIGKILL).
+            victim_tg.cancel_scope.cancel()
+        await until(lambda: sum(len(v) for v in log.values()) == 10 * len(USERS))
+        assert owned_by_victim <= set(rs.stream.owned)
+        await post(redis, keys, 5, start=10)
+        await until(lambda: sum(len(v) for v in log.values()) == 15 * len(USERS))
+        stop_s.set()
+    check_each_once_in_order(log, 15)
+    assert victim.batches == 0
+    for p in range(16):
+        assert (await redis.xpending(keys.ingest(p), GROUP))["pending"] == 0
