@@ -28,7 +28,8 @@ def test_wheel_holds_only_the_livefeed_package(tmp_path: Path) -> None:
 
 def test_cli_runs_beside_a_users_own_core_package(tmp_path: Path) -> None:
     (tmp_path / "core").mkdir()
-    (tmp_path / "core" / "__init__.py").write_text("raise SystemExit('the user core was imported')\n")
+    (tmp_path / "core" / "__init__.py").write_text(
+        "raise SystemExit('the user core was imported')\n")
     proc = subprocess.run([sys.executable, "-m", "livefeed.ops.cli", "--help"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
