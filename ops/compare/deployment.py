@@ -31,7 +31,7 @@ START_TIMEOUT_S = 40.0
 CONSUMER_GROUPS = (PERSIST_GROUP, FANOUT_GROUP)
 
 
-class ClusterError(RuntimeError):
+class DeploymentError(RuntimeError):
     """A process did not come up; the message carries the tail of its log."""
 
 
@@ -48,13 +48,13 @@ def with_params(dsn: str, **params: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-class Cluster:
+class Deployment:
     """Processes for one cell. Use `async with`; everything is killed and dropped on exit."""
 
     def __init__(self, base: Settings, *, mode: str, log_dir: Path,
                  env: dict[str, str] | None = None) -> None:
         if base.redis_url is None or base.database_url is None:
-            raise ValueError("Cluster needs resolved redis_url and database_url")
+            raise ValueError("Deployment needs resolved redis_url and database_url")
         self.base = base
         self.mode = mode
         self.log_dir = log_dir
@@ -83,7 +83,7 @@ class Cluster:
         env.update(self.extra_env)
         return env
 
-    async def __aenter__(self) -> Cluster:
+    async def __aenter__(self) -> Deployment:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         await db.migrate_dsn(self.dsn)
         return self
@@ -164,7 +164,7 @@ class Cluster:
 
     def _check_alive(self, proc: Child) -> None:
         if not proc.alive():
-            raise ClusterError(f"{proc.name} exited at start:\n{proc.tail()}")
+            raise DeploymentError(f"{proc.name} exited at start:\n{proc.tail()}")
 
     # -- faults ------------------------------------------------------------------------
 
