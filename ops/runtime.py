@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from livefeed.core import redis_client
 from livefeed.core.embedded import EmbeddedPostgres, EmbeddedRedis
+from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings, env_name
 
 logger = logging.getLogger(__name__)
@@ -100,7 +103,6 @@ async def preflight(settings: Settings) -> None:
     import asyncpg
     import redis.exceptions
 
-    from livefeed.core import redis_client
     from livefeed.core.settings import SettingsError, _hide_password
 
     if settings.redis_url:
@@ -122,3 +124,17 @@ async def preflight(settings: Settings) -> None:
                 "it to use the embedded PostgreSQL"
             ) from None
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def connect_redis(settings: Settings) -> AsyncIterator[tuple[Any, Keys]]:
+    """A Redis client and the keys of `settings` for an operator command (`status`,
+    `pending`, `claim`, `dead`), after `attach` and `preflight`; closed on exit."""
+    settings = attach(settings)
+    await preflight(settings)
+    assert settings.redis_url is not None
+    client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+    try:
+        yield client, Keys(settings.prefix, cluster=settings.redis_cluster)
+    finally:
+        await client.aclose()

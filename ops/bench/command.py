@@ -9,7 +9,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -18,11 +17,12 @@ from livefeed.core.settings import Settings
 from livefeed.ops import runtime
 from livefeed.ops.bench import procs, profile, report
 from livefeed.ops.bench.runner import Benchmark, Context, run_one
+from livefeed.ops.commands import Subparsers
 
 BENCHMARKS = ("persist", "ingest", "e2e", "fanout", "replay")
 
 
-def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "bench", parents=[parent], help="measure throughput, latency, fan-out, memory, replay",
         description="Run benchmarks against LIVEFEED_REDIS_URL / LIVEFEED_DATABASE_URL (else "
