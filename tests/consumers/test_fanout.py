@@ -18,6 +18,7 @@ from livefeed.core.groupstream import Entry, ensure_group
 from livefeed.core.keys import FANOUT_GROUP, Keys
 from livefeed.schemas.event import Event, decode_event, encode_event
 from livefeed.schemas.frames import EventFrame, decode_frame
+from tests.helpers.waiting import eventually
 
 
 def event(i: int, user: str) -> Event:
@@ -33,20 +34,20 @@ async def run_until_settled(redis: Any, keys: Keys, log: EventLog, dead: int = 0
     runner = GroupRunner(redis, keys, FANOUT_GROUP, FanoutHandler(log), consumer="f1",
                          config=RunnerConfig(batch_size=20, block_ms=50, claim_idle_ms=150,
                                              max_deliveries=1, trim_every_s=None))
+
+    async def settled() -> bool:
+        pending = (await redis.xpending(keys.ingest, FANOUT_GROUP))["pending"]
+        # Redis 6.2 has no `lag`: read all = delivered up to the newest entry
+        groups = await redis.xinfo_groups(keys.ingest)
+        newest = (await redis.xrevrange(keys.ingest, count=1))[0][0]
+        read_all = all(g["last-delivered-id"] == newest for g in groups
+                       if g["name"] == b"fanout")
+        return bool(pending == 0 and read_all and await redis.xlen(keys.dead) == dead)
+
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run, stopping)
-        with anyio.fail_after(30):
-            while True:
-                pending = (await redis.xpending(keys.ingest, FANOUT_GROUP))["pending"]
-                # Redis 6.2 has no `lag`: read all = delivered up to the newest entry
-                groups = await redis.xinfo_groups(keys.ingest)
-                newest = (await redis.xrevrange(keys.ingest, count=1))[0][0]
-                read_all = all(g["last-delivered-id"] == newest for g in groups
-                               if g["name"] == b"fanout")
-                if pending == 0 and read_all and await redis.xlen(keys.dead) == dead:
-                    break
-                await anyio.sleep(0.05)
+        await eventually(settled, what="every entry fanned out or dead")
         stopping.set()
 
 

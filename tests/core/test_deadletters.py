@@ -2,45 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import msgspec
-
 from livefeed.core.deadletters import DeadLetters
-from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import PERSIST_GROUP, Keys
-from livefeed.schemas.admin import DeadLetter
-from livefeed.schemas.event import encode_event
-from tests.core.test_inspect import any_redis_url, both, event, r
-
-__all__ = ["any_redis_url", "r"]  # fixtures shared with test_inspect
-
-
-def log_of(r: Any, keys: Keys) -> EventLog:
-    return EventLog(r, keys, feed_maxlen=100, dedupe_ttl_s=60)
-
-
-async def bury(r: Any, keys: Keys, data: bytes, *, error: str = "boom",
-               group: str = PERSIST_GROUP, source_id: str = "1-1") -> str:
-    """A dead letter exactly as the group runner writes one (the DeadLetter fields)."""
-    letter = DeadLetter(source_id=source_id, group=group, consumer="persist-1", error=error,
-                        deliveries=5, data=data.decode(), failed_at_ms=int(time.time() * 1000))
-    fields = msgspec.to_builtins(letter)
-    sid = await r.xadd(keys.dead, {k: str(v) for k, v in fields.items()})
-    return str(sid.decode())
-
-
-async def poisoned(r: Any, keys: Keys, subject: str = "Poison") -> tuple[str, str, bytes]:
-    """An event accepted by ingest (seen marker set), then given up on by a group."""
-    ev = event("bob", subject)
-    data = encode_event(ev)
-    [appended] = await log_of(r, keys).append([(str(ev.id), ev.user_id, data)])
-    assert appended.stream_id is not None
-    dead_id = await bury(r, keys, data, error="ValueError: bad sender",
-                         source_id=appended.stream_id)
-    await r.xdel(keys.ingest, appended.stream_id)  # as if trimmed after the ack
-    return dead_id, str(ev.id), data
+from tests.helpers.streams import both, bury, log_of, poisoned
 
 
 @both

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -13,6 +13,7 @@ from livefeed.core import redis_client
 from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry, parse_autoclaim
 from livefeed.core.keys import Keys
+from tests.helpers.waiting import eventually
 
 # Marked here, not only by conftest after collection: anyio's plugin otherwise rebuilds the
 # callspec of parametrized async tests and drops their parameters.
@@ -91,12 +92,6 @@ async def read_as(r: Any, keys: Keys, consumer: str, count: int) -> list[str]:
 
 async def ensure(r: Any, keys: Keys) -> None:
     await r.xgroup_create(keys.ingest, GROUP, id="0", mkstream=True)
-
-
-async def eventually(cond: Callable[[], Any], timeout: float = 20) -> None:
-    with anyio.fail_after(timeout):
-        while not await cond():
-            await anyio.sleep(0.02)
 
 
 def metric(name: str) -> float:
