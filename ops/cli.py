@@ -7,7 +7,6 @@ the flag of the same name (`LIVEFEED_REDIS_URL` -> `--redis-url`).
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import logging
 import sys
@@ -18,15 +17,36 @@ import anyio
 
 from livefeed.core import settings as settings_mod
 from livefeed.core.settings import Settings, SettingsError
+from livefeed.ops.bench import command as bench
+from livefeed.ops.commands import (
+    Register,
+    claim,
+    consumer,
+    dead,
+    gateway,
+    migrate,
+    pending,
+    send,
+    status,
+    tokens,
+    up,
+)
+from livefeed.ops.compare import command as compare
 
-# Modules that add one or more subcommands with `register(subparsers)`, in help order.
-COMMAND_MODULES = (
-    "livefeed.ops.up",
-    "livefeed.ops.basic",
-    "livefeed.ops.consumers",
-    "livefeed.ops.operate",
-    "livefeed.ops.bench.command",
-    "livefeed.ops.compare.command",
+# Each adds its subcommand(s) to the parser; in help order.
+COMMANDS: tuple[Register, ...] = (
+    up.register,
+    gateway.register,
+    migrate.register,
+    tokens.register,
+    send.register,
+    consumer.register,
+    status.register,
+    pending.register,
+    claim.register,
+    dead.register,
+    bench.register,
+    compare.register,
 )
 
 Command = Callable[[argparse.Namespace, Settings], "int | None | Awaitable[int | None]"]
@@ -59,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parent = _settings_parent()
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(sub, parent)
+    for register in COMMANDS:
+        register(sub, parent)
     return parser
 
 

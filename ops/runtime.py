@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from livefeed.core import redis_client
 from livefeed.core.embedded import EmbeddedPostgres, EmbeddedRedis
+from livefeed.core.keys import Keys
 from livefeed.core.settings import Resolved, Settings, env_name
 
 logger = logging.getLogger(__name__)
@@ -96,7 +99,6 @@ async def preflight(settings: Resolved, *, database: bool = True) -> None:
     `database=False`: only Redis must answer now (a consumer waits for PostgreSQL)."""
     import asyncpg
 
-    from livefeed.core import redis_client
     from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
     from livefeed.core.settings import SettingsError, _hide_password
 
@@ -118,3 +120,17 @@ async def preflight(settings: Resolved, *, database: bool = True) -> None:
                 "it to use the embedded PostgreSQL"
             ) from None
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def connect_redis(settings: Settings) -> AsyncIterator[tuple[Any, Keys]]:
+    """A Redis client and the keys of `settings` for an operator command (`status`,
+    `pending`, `claim`, `dead`), after `attach` and `preflight`; closed on exit."""
+
+    resolved = attach(settings)
+    await preflight(resolved)
+    client = redis_client.connect(resolved.redis_url, cluster=resolved.redis_cluster)
+    try:
+        yield client, Keys(resolved.prefix, partitions=resolved.partitions)
+    finally:
+        await client.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from livefeed.core import db, redis_client
 from livefeed.core.embedded import EmbeddedRedis
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Resolved
+from livefeed.ops import namespace
 from tests import servers
 
 # The live-delivery fixtures (hub, gateways) for tests/gateway and tests/e2e.
@@ -48,9 +48,14 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def prefix() -> str:
-    """A key prefix no other test (or concurrent test run) uses."""
-    return f"lft{uuid.uuid4().hex[:10]}"
+def namespace_names() -> tuple[str, str]:
+    """This test's throwaway (key prefix, schema): no other test or concurrent run uses them."""
+    return namespace.fresh_names("lft")
+
+
+@pytest.fixture
+def prefix(namespace_names: tuple[str, str]) -> str:
+    return namespace_names[0]
 
 
 @pytest.fixture
@@ -70,18 +75,14 @@ async def redis(redis_url: str, keys: Keys) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def database_url(postgres_url: str) -> AsyncIterator[str]:
-    """A DSN whose connections live in a fresh, migrated schema, dropped afterwards."""
-    schema = f"lft_{uuid.uuid4().hex[:12]}"
-    dsn = servers.with_search_path(postgres_url, schema)
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'CREATE SCHEMA "{schema}"')
-        await db.migrate_dsn(dsn)
+async def database_url(postgres_url: str, namespace_names: tuple[str, str]) -> AsyncIterator[str]:
+    """A DSN whose connections live in a fresh, migrated schema, dropped afterwards.
+
+    The keys (`redis`) and the schema are separate fixtures, so a test that uses only
+    Redis does not pay for a schema; bench and compare take both at once
+    (`namespace.throwaway_namespace`)."""
+    async with namespace.throwaway_schema(postgres_url, namespace_names[1]) as dsn:
         yield dsn
-    finally:
-        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await admin.close()
 
 
 @pytest.fixture

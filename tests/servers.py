@@ -75,8 +75,3 @@ def postgres_server() -> Iterator[str]:
         ) as server:
             yield server.url
 
-
-def with_search_path(dsn: str, schema: str) -> str:
-    """`dsn` whose connections use `schema` (asyncpg passes unknown query params as settings)."""
-    sep = "&" if "?" in dsn else "?"
-    return f"{dsn}{sep}search_path={schema}"

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from rich.console import Console
 
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
-from livefeed.ops.bench import procs, profile, report
+from livefeed.ops.bench import e2e, fanout, ingest, persist, procs, profile, replay, report
 from livefeed.ops.bench.runner import Benchmark, Context, run_one
+from livefeed.ops.commands import Subparsers
 
-BENCHMARKS = ("persist", "ingest", "e2e", "fanout", "replay")
+# In the order they run.
+BENCHMARKS: dict[str, Benchmark] = {
+    "persist": persist.run,
+    "ingest": ingest.run,
+    "e2e": e2e.run,
+    "fanout": fanout.run,
+    "replay": replay.run,
+}
 
 
-def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "bench", parents=[parent], help="measure throughput, latency, fan-out, memory, replay",
         description="Run benchmarks against LIVEFEED_REDIS_URL / LIVEFEED_DATABASE_URL (else "
@@ -40,11 +46,6 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="sample the gateway/consumer processes with py-spy (PATH or $PY_SPY) "
                    "into collapsed-stack files in DIR")
     p.set_defaults(func=bench)
-
-
-def _benchmark(name: str) -> Benchmark:
-    run: Benchmark = importlib.import_module(f"livefeed.ops.bench.{name}").run
-    return run
 
 
 async def bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -72,7 +73,7 @@ async def bench(args: argparse.Namespace, settings: Settings) -> int:
             results = {}
             for name in names:
                 console.print(f"[dim]running {name}...[/dim]")
-                results[name] = await run_one(name, _benchmark(name), ctx)
+                results[name] = await run_one(name, BENCHMARKS[name], ctx)
             machine.load_after = os.getloadavg()
             rep = report.Report(machine=machine, quick=args.quick, benchmarks=results)
             report.render(rep, console)

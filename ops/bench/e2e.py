@@ -21,7 +21,8 @@ from livefeed.core import auth, redis_client
 from livefeed.core.settings import Resolved
 from livefeed.ops.bench import data, httpload, loadgen, procs
 from livefeed.ops.bench.clients import Spec, sent_at
-from livefeed.ops.bench.runner import BenchResult, Context, Goal, percentile, row
+from livefeed.ops.bench.runner import BenchResult, Context, Goal, row
+from livefeed.ops.stats import percentile
 
 CLIENT_PROCS = 2
 TICK_S = 0.01
@@ -161,7 +162,8 @@ async def run(ctx: Context, result: BenchResult) -> None:
             ctx.note(f"{mode}: {sent} events sent, {got} delivered to clients")
 
     def ms(values: list[float], q: float) -> float:
-        return percentile(values, q) / 1000
+        p = percentile(values, q)
+        return float("nan") if p is None else p / 1000
 
     result.rows += [
         row("streams p50", ms(lat["streams"], 50), "ms", "pubsub mode p50",

@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import asyncpg
 import msgspec
 
-from livefeed.core import db, redis_client
-from livefeed.core.keys import Keys
 from livefeed.core.settings import Resolved
+from livefeed.ops.namespace import throwaway_namespace
 
 logger = logging.getLogger(__name__)
 
@@ -102,31 +100,13 @@ class Context:
     @contextlib.asynccontextmanager
     async def namespace(self, **overrides: Any) -> AsyncIterator[Resolved]:
         """Settings with their own key prefix and migrated Postgres schema, removed after."""
-        tag = uuid.uuid4().hex[:8]
-        prefix, schema = f"lfb{tag}", f"lfb_{tag}"
-        sep = "&" if "?" in self.settings.database_url else "?"
-        dsn = f"{self.settings.database_url}{sep}search_path={schema}"
-        admin = await asyncpg.connect(self.settings.database_url)
-        try:
-            await admin.execute(f'CREATE SCHEMA "{schema}"')
-            await db.migrate_dsn(dsn)
+        async with throwaway_namespace(self.settings.redis_url, self.settings.database_url,
+                                       label="lfb", cluster=self.settings.redis_cluster) as ns:
             yield msgspec.structs.replace(
-                self.settings, prefix=prefix, database_url=dsn, secret=uuid.uuid4().hex * 2,
-                webhook_secret=uuid.uuid4().hex * 2, data_dir=str(self.workdir / tag),
-                log_level="WARNING", **overrides,
+                self.settings, prefix=ns.prefix, database_url=ns.database_url,
+                secret=uuid.uuid4().hex * 2, webhook_secret=uuid.uuid4().hex * 2,
+                data_dir=str(self.workdir / ns.prefix), log_level="WARNING", **overrides,
             )
-        finally:
-            await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            await admin.close()
-            await delete_prefix(self.settings.redis_url, Keys(prefix))
-
-
-async def delete_prefix(redis_url: str, keys: Keys) -> None:
-    client = redis_client.connect(redis_url)
-    try:
-        await redis_client.delete_keys(client, keys)
-    finally:
-        await client.aclose()
 
 
 Benchmark = Callable[[Context, BenchResult], Awaitable[None]]
@@ -157,11 +137,3 @@ class Timer:
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
 
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of `values`; nan when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k]

@@ -9,13 +9,13 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from rich.console import Console
 
 from livefeed.core.settings import Resolved, Settings
 from livefeed.ops import runtime
+from livefeed.ops.commands import Subparsers
 from livefeed.ops.compare import report
 from livefeed.ops.compare.measure import CellResult
 from livefeed.ops.compare.run import Params, run_matrix, to_json
@@ -26,7 +26,7 @@ MODES = ("streams", "pubsub")
 BROKEN = 3
 
 
-def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     defaults = Params()
     p = sub.add_parser(
         "compare", parents=[parent], help="measure what Pub/Sub loses against Streams under faults",

@@ -17,13 +17,13 @@ Definitions (per client, then summed over clients):
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
 from livefeed.ops.compare.records import Away, ClientLog, Mark, Sent
+from livefeed.ops.stats import percentile
 
 
 class ClientStats(msgspec.Struct):
@@ -57,17 +57,6 @@ class RowCount(msgspec.Struct):
     missing: int
     duplicate: int
     unexpected: int
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of `values`; None when empty."""
-    if not values:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} outside 0..100")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def accepted_by_user(sent: Iterable[Sent]) -> dict[str, list[Sent]]:

@@ -1,4 +1,4 @@
-"""Running cells: one (scenario, mode) on a fresh cluster, then the whole matrix.
+"""Running cells: one (scenario, mode) on a fresh deployment, then the whole matrix.
 
 A cell: start the processes, connect every client and wait for its `hello`, run the load
 and the scenario script side by side, let the system settle (until every client has every
@@ -21,7 +21,7 @@ import msgspec
 from livefeed.core import auth
 from livefeed.core.settings import Resolved
 from livefeed.ops.compare.clients import FeedClient, NotReady
-from livefeed.ops.compare.cluster import Cluster, ClusterError, monotonic_clock
+from livefeed.ops.compare.deployment import Deployment, DeploymentError, monotonic_clock
 from livefeed.ops.compare.load import Auth, LoadGenerator
 from livefeed.ops.compare.measure import CellResult, ClientCount, count_clients, summarize
 from livefeed.ops.compare.records import ClientLog, Sent
@@ -69,7 +69,7 @@ async def run_cell(base: Resolved, scenario: Scenario, mode: str, params: Params
     run = CellRun(result=cell, sent=[], logs=[], counts=[])
     try:
         await _run(run, base, scenario, mode, params, log_dir, progress or _no_progress)
-    except* (ClusterError, NotReady, TimeoutError) as group:
+    except* (DeploymentError, NotReady, TimeoutError) as group:
         cell.failed = "; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions)
         logger.warning("%s/%s failed: %s (logs in %s)", scenario.name, mode, cell.failed,
                        log_dir)
@@ -85,24 +85,24 @@ async def _run(run: CellRun, base: Resolved, scenario: Scenario, mode: str, para
     rng = random.Random(f"{params.seed}:{scenario.name}")
     clock = monotonic_clock()
     progress(0.0, "starting processes")
-    async with Cluster(base, mode=mode, log_dir=log_dir, env=dict(scenario.env)) as cluster:
-        await cluster.start(gateways=scenario.gateways, consumers=mode == "streams",
+    async with Deployment(base, mode=mode, log_dir=log_dir, env=dict(scenario.env)) as deployment:
+        await deployment.start(gateways=scenario.gateways, consumers=mode == "streams",
                             db_proxy=scenario.db_proxy)
         users = users_for(params.clients)
         clients = [
-            FeedClient(f"client{i}", users[i % len(users)], auth.mint(cluster.secret,
-                       users[i % len(users)]), cluster.gateway_urls, clock=clock, mode=mode,
+            FeedClient(f"client{i}", users[i % len(users)], auth.mint(deployment.secret,
+                       users[i % len(users)]), deployment.gateway_urls, clock=clock, mode=mode,
                        first_gateway=i % scenario.gateways,
                        small_buffer=i >= params.clients - scenario.slow_clients)
             for i in range(params.clients)
         ]
         run.logs = [c.log for c in clients]
-        urls = cluster.gateway_urls
+        urls = deployment.gateway_urls
         targets = urls[scenario.load_gateway:] + urls[: scenario.load_gateway]
         load = LoadGenerator(
             targets, users, rate=params.rate, duration=params.duration,
             seed=rng.getrandbits(64), clock=clock, auth_mode=params.auth,
-            secret=cluster.secret, webhook_secret=cluster.webhook_secret,
+            secret=deployment.secret, webhook_secret=deployment.webhook_secret,
             preview_chars=scenario.preview_chars, weights=_weights(users, params, scenario),
         )
         run.sent = load.sent
@@ -113,7 +113,7 @@ async def _run(run: CellRun, base: Resolved, scenario: Scenario, mode: str, para
             async with anyio.create_task_group() as tg:
                 for c in clients:
                     tg.start_soon(c.wait_ready)
-            ctx = Context(cluster=cluster, clients=clients, load=load, clock=clock,
+            ctx = Context(deployment=deployment, clients=clients, load=load, clock=clock,
                           started=clock(), duration=params.duration, rng=rng)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(load.run)
@@ -122,13 +122,13 @@ async def _run(run: CellRun, base: Resolved, scenario: Scenario, mode: str, para
                 await load.done.wait()
             run.result.timeline = ctx.marks
             progress(1.0, "settling")
-            await _settle(ctx, cluster, mode, params.settle_s)
+            await _settle(ctx, deployment, mode, params.settle_s)
             with anyio.move_on_after(STOP_TIMEOUT_S):
                 async with anyio.create_task_group() as tg:
                     for c in clients:
                         tg.start_soon(c.stop)
             ctg.cancel_scope.cancel()
-        rows = await cluster.rows()
+        rows = await deployment.rows()
     run.counts = count_clients(run.logs, run.sent)
     summarize(run.result, run.sent, run.counts, rows)
     run.result.errors = dict(load.errors)
@@ -155,7 +155,7 @@ async def _report_progress(ctx: Context, progress: Progress) -> None:
         await anyio.sleep(0.25)
 
 
-async def _settle(ctx: Context, cluster: Cluster, mode: str, limit_s: float) -> None:
+async def _settle(ctx: Context, deployment: Deployment, mode: str, limit_s: float) -> None:
     """Wait until nothing is missing, or nothing moved for QUIET_S, or `limit_s` passed."""
     accepted = ctx.load.accepted
     quiet = QUIET_S.get(mode, 2.0)
@@ -163,7 +163,7 @@ async def _settle(ctx: Context, cluster: Cluster, mode: str, limit_s: float) -> 
     last_change = ctx.clock()
     with anyio.move_on_after(limit_s):
         while True:
-            rows = await cluster.row_count()
+            rows = await deployment.row_count()
             if ctx.missing() == 0 and rows >= accepted:
                 return
             state = (sum(len(c.log.received) for c in ctx.clients), rows)

@@ -14,7 +14,7 @@ import anyio
 
 from livefeed.core.settings import env_name
 from livefeed.ops.compare.clients import FeedClient
-from livefeed.ops.compare.cluster import CONSUMER_GROUPS, Cluster
+from livefeed.ops.compare.deployment import CONSUMER_GROUPS, Deployment
 from livefeed.ops.compare.load import LoadGenerator
 from livefeed.ops.compare.records import Mark
 
@@ -25,7 +25,7 @@ QUIESCE_TIMEOUT_S = 5.0
 class Context:
     """What a scenario script may act on while the load runs."""
 
-    cluster: Cluster
+    deployment: Deployment
     clients: Sequence[FeedClient]
     load: LoadGenerator
     clock: Callable[[], float]
@@ -108,7 +108,7 @@ async def gateway_restart(ctx: Context) -> None:
     first is SIGKILLed; its clients reconnect to the second with their last id."""
     await ctx.at(0.4)
     on_it = sum(1 for c in ctx.clients if c.gateway_index == 0)
-    ctx.cluster.kill_gateway(0)
+    ctx.deployment.kill_gateway(0)
     ctx.mark(f"SIGKILL gateway 0 ({on_it} clients on it)")
 
 
@@ -118,33 +118,33 @@ async def consumer_crash(ctx: Context) -> None:
     of the run, restart them under the same names (they re-read their own pending)."""
     for fraction in (0.3, 0.65):
         await ctx.at(fraction)
-        if not ctx.cluster.consumers:
+        if not ctx.deployment.consumers:
             ctx.mark("no consumers in pubsub mode: nothing to kill")
             return
         held: dict[str, int] = {}
         async with anyio.create_task_group() as tg:
             for group in CONSUMER_GROUPS:
-                tg.start_soon(_kill_mid_batch, ctx.cluster, group, held)
+                tg.start_soon(_kill_mid_batch, ctx.deployment, group, held)
         shown = ", ".join(f"{g} holding {n}" for g, n in held.items())
         ctx.mark(f"SIGKILL persist and fanout ({shown} unacked)")
         await anyio.sleep(max(0.5, 0.1 * ctx.duration))
-        await ctx.cluster.restart_consumers()
+        await ctx.deployment.restart_consumers()
         ctx.mark("consumers restarted")
 
 
-async def _kill_mid_batch(cluster: Cluster, group: str, held: dict[str, int]) -> None:
+async def _kill_mid_batch(deployment: Deployment, group: str, held: dict[str, int]) -> None:
     pending = 0
     with anyio.move_on_after(2.0):
-        while not (pending := (await cluster.pending()).get(group, 0)):
+        while not (pending := (await deployment.pending()).get(group, 0)):
             await anyio.sleep(0.002)
-    cluster.kill_consumer(group)
+    deployment.kill_consumer(group)
     held[group] = pending
 
 
 async def db_outage(ctx: Context) -> None:
     """PostgreSQL unreachable through the fault proxy from 25% for 35% of the run: open
     connections are reset, new ones dropped; then the link is restored."""
-    proxy = ctx.cluster.proxy
+    proxy = ctx.deployment.proxy
     assert proxy is not None
     await ctx.at(0.25)
     proxy.cut()
@@ -174,7 +174,7 @@ async def pubsub_drop(ctx: Context) -> None:
     the hub's client name, so a shared Redis's other clients are untouched)."""
     for fraction in (0.3, 0.55, 0.8):
         await ctx.at(fraction)
-        killed = await ctx.cluster.kill_pubsub()
+        killed = await ctx.deployment.kill_pubsub()
         ctx.mark(f"CLIENT KILL of {killed} pub/sub link(s)")
 
 

@@ -23,6 +23,7 @@ from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings
 from livefeed.ops.faultproxy import FaultProxy
 from livefeed.schemas.event import Event, decode_event, encode_event
+from tests.helpers.waiting import eventually
 from tests.procs import Proc, running, start_gateway
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -39,18 +40,6 @@ def consumer(role: str, name: str, settings: Settings, log_dir: Path,
              *extra: str) -> Proc:
     return Proc(["consumer", role, "--name", name, *extra], settings, log_dir,
                 name=f"{role}-{name}").start()
-
-
-async def eventually(cond: Callable[[], Any], timeout: float, why: str,
-                     procs: tuple[Proc, ...] = ()) -> None:
-    with anyio.move_on_after(timeout):
-        while not await cond():
-            for p in procs:
-                assert p.alive(), f"{p.name} died:\n{p.output()}"
-            await anyio.sleep(0.1)
-        return
-    logs = "\n".join(f"--- {p.name}\n{p.output()}" for p in procs)
-    raise AssertionError(f"timed out waiting for {why}\n{logs}")
 
 
 async def pending(redis: Any, keys: Keys, group: str) -> int:
@@ -82,7 +71,8 @@ async def test_persist_killed_mid_run_loses_and_duplicates_nothing(
                     async def writing() -> bool:
                         return bool(await pool.fetchval("SELECT count(*) FROM newsletters"))
 
-                    await eventually(writing, 60, "persist to start writing", (persist,))
+                    await eventually(writing, timeout=60, what="persist writing", procs=(persist,),
+                                     interval=0.1)
                     persist.kill()
                 if n == 13:
                     restarted = consumer("persist", "p1", settings, tmp_path)
@@ -97,7 +87,8 @@ async def test_persist_killed_mid_run_loses_and_duplicates_nothing(
                             and sum([await redis.xlen(keys.feed(u)) for u in USERS])
                             == len(sent))
 
-            await eventually(drained, 120, "the pipeline to drain", (restarted, fanout))
+            await eventually(drained, timeout=120, what="drained pipeline",
+                             procs=(restarted, fanout), interval=0.1)
             assert restarted.terminate() == 0
             assert fanout.terminate() == 0
 
@@ -142,7 +133,8 @@ async def test_two_consumers_split_the_work_and_the_survivor_claims_the_dead_one
                 owners = {c["name"]: c["pending"] for c in summary["consumers"] or []}
                 return owners.get(b"a") == 100 and owners.get(b"b") == 100
 
-            await eventually(both_hold_a_batch, 60, "both consumers to hold a batch", (a, b))
+            await eventually(both_hold_a_batch, timeout=60, what="batch held by both consumers",
+                             procs=(a, b), interval=0.1)
             a.kill()
             proxy.restore()
 
@@ -150,7 +142,8 @@ async def test_two_consumers_split_the_work_and_the_survivor_claims_the_dead_one
                 rows = await pool.fetchval("SELECT count(*) FROM newsletters")
                 return bool(rows == len(sent) and await pending(redis, keys, PERSIST_GROUP) == 0)
 
-            await eventually(drained, 90, "b to write everything", (b,))
+            await eventually(drained, timeout=90, what="everything written by b", procs=(b,),
+                             interval=0.1)
             assert scrape(port, "livefeed_entries_claimed_total") >= 100
             # Waited for off the event loop: the proxy lives on it, and b's pool close waits
             # for PostgreSQL's goodbye through the proxy (a blocked loop hung it).

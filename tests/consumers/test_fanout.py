@@ -18,6 +18,7 @@ from livefeed.core.groupstream import Entry, ensure_group
 from livefeed.core.keys import FANOUT_GROUP, Keys
 from livefeed.schemas.event import Event, decode_event, encode_event
 from livefeed.schemas.frames import EventFrame, decode_frame
+from tests.helpers.waiting import eventually
 
 
 def event(i: int, user: str) -> Event:
@@ -33,20 +34,20 @@ async def run_until_settled(redis: Any, keys: Keys, log: EventLog, dead: int = 0
     runner = GroupRunner(redis, keys, FANOUT_GROUP, FanoutHandler(log), consumer="f1",
                          config=RunnerConfig(batch_size=20, block_ms=50, claim_idle_ms=150,
                                              max_deliveries=1, trim_every_s=None))
+
+    async def settled() -> bool:
+        pending = (await redis.xpending(keys.ingest, FANOUT_GROUP))["pending"]
+        # Redis 6.2 has no `lag`: read all = delivered up to the newest entry
+        groups = await redis.xinfo_groups(keys.ingest)
+        newest = (await redis.xrevrange(keys.ingest, count=1))[0][0]
+        read_all = all(g["last-delivered-id"] == newest for g in groups
+                       if g["name"] == b"fanout")
+        return bool(pending == 0 and read_all and await redis.xlen(keys.dead) == dead)
+
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run, stopping)
-        with anyio.fail_after(30):
-            while True:
-                pending = (await redis.xpending(keys.ingest_of("alice"), FANOUT_GROUP))["pending"]
-                # Redis 6.2 has no `lag`: read all = delivered up to the newest entry
-                groups = await redis.xinfo_groups(keys.ingest_of("alice"))
-                newest = (await redis.xrevrange(keys.ingest_of("alice"), count=1))[0][0]
-                read_all = all(g["last-delivered-id"] == newest for g in groups
-                               if g["name"] == b"fanout")
-                if pending == 0 and read_all and await redis.xlen(keys.dead) == dead:
-                    break
-                await anyio.sleep(0.05)
+        await eventually(settled, what="every entry fanned out or dead")
         stopping.set()
 
 
@@ -94,7 +95,8 @@ async def test_poison_entries_are_isolated(redis: Any, keys: Keys) -> None:
     await ensure_group(redis, keys.ingest_of("alice"), FANOUT_GROUP)
     good = [event(i, "alice") for i in range(4)]
     await log.append([(str(e.id), e.user_id, encode_event(e)) for e in good[:2]])
-    await redis.xadd(keys.ingest_of("alice"), {"event_id": "x", "user": "alice", "data": b"not json"})
+    await redis.xadd(keys.ingest_of("alice"),
+                     {"event_id": "x", "user": "alice", "data": b"not json"})
     # a key of the wrong type makes this user's fanout script fail: only this entry
     await redis.set(keys.feed("broken"), "a string, not a stream")
     wrong = event(9, "broken")

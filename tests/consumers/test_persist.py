@@ -23,6 +23,7 @@ from livefeed.core.groupstream import Entry, ensure_group
 from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.ops.faultproxy import FaultProxy
 from livefeed.schemas.event import Event, encode_event
+from tests.helpers.waiting import eventually
 
 # Marked here too: anyio's plugin drops the parameters of tests it is told about only
 # after collection (as tests/conftest.py does).
@@ -51,12 +52,6 @@ def config(**kw: Any) -> RunnerConfig:
 
 async def rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT id, subject, stream_id FROM newsletters ORDER BY stream_id")
-
-
-async def eventually(cond: Any, timeout: float = 30) -> None:
-    with anyio.fail_after(timeout):
-        while not await cond():
-            await anyio.sleep(0.05)
 
 
 def transient_count() -> float:
@@ -133,7 +128,7 @@ async def run_until(runner: GroupRunner, cond: Any, timeout: float = 30) -> None
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run, stopping)
         try:
-            await eventually(cond, timeout)
+            await eventually(cond, timeout=timeout)
         finally:
             stopping.set()
 

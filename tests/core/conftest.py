@@ -1,4 +1,4 @@
-"""Fixtures of the core tests: a client on either Redis (7, or the embedded 6.2)."""
+"""Fixtures of the core tests: a client on either Redis version."""
 
 from __future__ import annotations
 

@@ -7,11 +7,11 @@ import asyncpg
 import pytest
 
 from livefeed.core import db
-from tests.servers import with_search_path
+from livefeed.ops.namespace import drop_schema, fresh_names, with_search_path
 
 
 async def test_migrate_is_idempotent_and_creates_its_schema(postgres_url: str) -> None:
-    schema = f"lft_{uuid.uuid4().hex[:12]}"
+    _, schema = fresh_names("lft")
     dsn = with_search_path(postgres_url, schema)
     try:
         assert await db.migrate_dsn(dsn) == ["0001_newsletters.sql",
@@ -26,9 +26,7 @@ async def test_migrate_is_idempotent_and_creates_its_schema(postgres_url: str) -
             await conn.close()
         assert {"id", "user_id", "subject", "sender", "category", "received_at", "preview"} <= cols
     finally:
-        admin = await asyncpg.connect(postgres_url)
-        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await admin.close()
+        await drop_schema(postgres_url, schema)
 
 
 async def primary_key(conn: asyncpg.Connection) -> list[str]:

@@ -6,39 +6,8 @@ from typing import Any
 
 from livefeed.core import deadletters
 from livefeed.core.deadletters import DeadLetter, DeadLetters
-from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import PERSIST_GROUP, Keys
-from livefeed.schemas.event import encode_event
-from tests.core.streamhelp import both, event
-
-
-def log_of(r: Any, keys: Keys) -> EventLog:
-    return EventLog(r, keys, feed_maxlen=100, dedupe_ttl_s=60)
-
-
-async def bury(r: Any, keys: Keys, data: bytes, *, error: str = "boom",
-               group: str = PERSIST_GROUP, source_id: str = "1-1",
-               entry: dict[bytes, bytes] | None = None) -> str:
-    """A dead letter written exactly as the group runner writes one (with the ack of its
-    ingest entry, whose fields are `entry`: by default a malformed one, only `data`)."""
-    letter = deadletters.letter_of(source_id, entry or {b"data": data}, group=group,
-                                   consumer="persist-1", error=error, deliveries=5)
-    await deadletters.bury(r, keys, group, [letter], maxlen=1000)
-    rows = await r.xrevrange(keys.dead, count=1)
-    return str(rows[0][0].decode())
-
-
-async def poisoned(r: Any, keys: Keys, subject: str = "Poison") -> tuple[str, str, bytes]:
-    """An event accepted by ingest (seen marker set), then given up on by a group."""
-    ev = event("bob", subject)
-    data = encode_event(ev)
-    [appended] = await log_of(r, keys).append([(str(ev.id), ev.user_id, data)])
-    assert appended.stream_id is not None
-    entry = {b"event_id": str(ev.id).encode(), b"user": ev.user_id.encode(), b"data": data}
-    dead_id = await bury(r, keys, data, error="ValueError: bad sender",
-                         source_id=appended.stream_id, entry=entry)
-    await r.xdel(keys.ingest, appended.stream_id)  # as if trimmed after the ack
-    return dead_id, str(ev.id), data
+from tests.helpers.streams import both, bury, log_of, poisoned
 
 
 @both

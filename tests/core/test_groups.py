@@ -14,6 +14,7 @@ from livefeed.core.errors import RetryBatch
 from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry, parse_autoclaim, ref
 from livefeed.core.keys import Keys
+from tests.helpers.waiting import eventually
 
 # Marked here, not only by conftest after collection: anyio's plugin otherwise rebuilds the
 # callspec of parametrized async tests and drops their parameters.
@@ -94,12 +95,6 @@ async def read_as(r: Any, keys: Keys, consumer: str, count: int) -> list[str]:
 
 async def ensure(r: Any, keys: Keys) -> None:
     await r.xgroup_create(keys.ingest_of("u"), GROUP, id="0", mkstream=True)
-
-
-async def eventually(cond: Callable[[], Any], timeout: float = 20) -> None:
-    with anyio.fail_after(timeout):
-        while not await cond():
-            await anyio.sleep(0.02)
 
 
 def metric(name: str) -> float:

@@ -9,7 +9,7 @@ import pytest
 
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.pending import Pending, PendingError
-from tests.core.streamhelp import both, groups, ingest, make_stale, wait_consumer_idle
+from tests.helpers.streams import both, groups, ingest, make_stale, wait_consumer_idle
 
 
 @both

@@ -11,7 +11,7 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.status import Status
 from livefeed.schemas.event import encode_event
-from tests.core.streamhelp import both, event, groups, ingest
+from tests.helpers.streams import both, event, groups, ingest
 
 
 @both

@@ -18,9 +18,9 @@ from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
 from livefeed.gateway import app as app_mod
-from tests.core.streamhelp import groups, ingest, make_stale
-from tests.core.test_deadletters import poisoned
-from tests.gateway.test_admin import MINE
+from tests.helpers.admin import MINE
+from tests.helpers.streams import groups, ingest, make_stale, poisoned
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.browser
 
@@ -35,9 +35,7 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         url = f"http://127.0.0.1:{port}"
-        with anyio.fail_after(30):
-            while not server.started:
-                await anyio.sleep(0.05)
+        await eventually(lambda: server.started, what="the admin server")
         try:
             yield url
         finally:

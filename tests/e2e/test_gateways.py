@@ -22,7 +22,8 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
 from tests.gateway.livehelp import SECRET, Gateways, WsClient, assert_exact, publish, ws_url
-from tests.gateway.test_ws import closed_code
+from tests.helpers.frames import closed_code
+from tests.helpers.waiting import eventually
 from tests.procs import Proc, wait_http
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -79,9 +80,8 @@ async def test_workers_share_a_port_and_all_drain_on_sigterm(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/healthz", proc=proc)
-        with anyio.fail_after(30):
-            while len(children(proc.pid)) < 2:
-                await anyio.sleep(0.1)
+        await eventually(lambda: len(children(proc.pid)) >= 2, what="two workers",
+                         procs=(proc,), interval=0.1)
         workers = children(proc.pid)
         log = EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
         clients = [await WsClient.open(ws_url(url, f"u{i}")) for i in range(6)]

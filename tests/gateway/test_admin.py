@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,16 +11,8 @@ from livefeed.core import auth, metrics
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
-from tests.core.streamhelp import groups, ingest, make_stale
-from tests.core.test_deadletters import poisoned
-from tests.gateway.livehelp import app_client as _app_client
-
-MINE = ("livefeed.gateway.admin", "livefeed.gateway.metrics", "livefeed.gateway.health")
-
-
-def app_client(settings: Settings, features: Sequence[str] = MINE) -> Any:
-    """The admin features do not depend on the others: serve only them."""
-    return _app_client(settings, features)
+from tests.helpers.admin import app_client
+from tests.helpers.streams import groups, ingest, make_stale, poisoned
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import anyio
-
 from livefeed.core.embedded import EmbeddedRedis
 from livefeed.core.settings import Settings
 from livefeed.ops.faultproxy import FaultProxy
-from tests.gateway.test_admin import MINE, app_client
+from tests.helpers.admin import MINE, app_client
+from tests.helpers.waiting import eventually
 
 
 async def test_readyz_turns_unready_when_redis_stops(
@@ -19,10 +18,12 @@ async def test_readyz_turns_unready_when_redis_stops(
     try:
         settings = settings_factory(redis_url=server.url)
         async with app_client(settings, (*MINE, "livefeed.gateway.hub")) as (client, _):
-            with anyio.fail_after(30):  # the hub connects in the background
-                while (r := await client.get("/readyz")).status_code != 200:
-                    await anyio.sleep(0.1)
-            assert r.json() == {"ready": True, "failed": [], "checks": {
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, what="ready", interval=0.1)  # the hub connects later
+            r = await client.get("/readyz")
+            assert r.status_code == 200 and r.json() == {"ready": True, "failed": [], "checks": {
                 "redis": "ok", "postgres": "ok", "pubsub": "ok"}}
 
             server.stop()
@@ -30,9 +31,11 @@ async def test_readyz_turns_unready_when_redis_stops(
             assert r.status_code == 503
             body = r.json()
             assert "redis" in body["failed"] and body["checks"]["postgres"] == "ok"
-            with anyio.fail_after(30):  # the hub notices its link is gone
-                while "pubsub" not in (await client.get("/readyz")).json()["failed"]:
-                    await anyio.sleep(0.1)
+            async def pubsub_failed() -> bool:
+                return "pubsub" in (await client.get("/readyz")).json()["failed"]
+
+            # the hub notices its link is gone
+            await eventually(pubsub_failed, what="pubsub failing", interval=0.1)
             assert (await client.get("/healthz")).status_code == 200  # alive, not ready
     finally:
         server.stop()
@@ -56,6 +59,7 @@ async def test_readyz_names_postgres_when_it_is_cut_off(
             assert r.status_code == 503
             assert r.json()["failed"] == ["postgres"] and r.json()["checks"]["redis"] == "ok"
             proxy.restore()
-            with anyio.fail_after(30):  # the pool opens a new connection
-                while (await client.get("/readyz")).status_code != 200:
-                    await anyio.sleep(0.1)
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, what="ready", interval=0.1)  # the pool reconnects

@@ -6,14 +6,15 @@ from typing import Any
 
 import anyio
 import pytest
+from prometheus_client import REGISTRY
 
-from livefeed.core import metrics
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
 from livefeed.gateway.live import Session
 from tests.gateway.livehelp import assert_exact, publish
-from tests.gateway.test_live import Recorder
+from tests.helpers.frames import Recorder
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -30,14 +31,12 @@ class Counting:
         self.resyncs += 1
 
 
+def reconnects() -> float:
+    return REGISTRY.get_sample_value("livefeed_pubsub_reconnects_total") or 0.0
+
+
 async def numsub(redis: Any, channel: str) -> int:
     return int((await redis.pubsub_numsub(channel))[0][1])
-
-
-async def wait_for(check: Any, timeout: float = 20) -> None:
-    with anyio.fail_after(timeout):
-        while not await check():
-            await anyio.sleep(0.02)
 
 
 async def test_channel_is_subscribed_while_a_user_has_a_session(redis: Any, keys: Keys,
@@ -49,12 +48,12 @@ async def test_channel_is_subscribed_while_a_user_has_a_session(redis: Any, keys
     assert await hub.join("bob", other) is True
     assert await numsub(redis, channel) == 1  # one connection, however many tabs
     await redis.publish(channel, b"x")
-    await wait_for(lambda: _true(len(tab1.frames) == len(tab2.frames) == 1))
+    await eventually(lambda: _true(len(tab1.frames) == len(tab2.frames) == 1))
     assert other.frames == []
     await hub.leave("alice", tab1)
     assert await numsub(redis, channel) == 1
     await hub.leave("alice", tab2)
-    await wait_for(lambda: _eq(numsub(redis, channel), 0))
+    await eventually(lambda: _eq(numsub(redis, channel), 0))
     assert await numsub(redis, keys.live("bob")) == 1
     assert hub.local_users() == 1
 
@@ -80,7 +79,7 @@ async def test_killed_link_reconnects_and_resyncs_without_loss(redis: Any, keys:
     log = EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
     rec = Recorder()
     session = Session(user="alice", log=log, hub=hub, transport=rec, last_id=None)
-    before = metrics.PUBSUB_RECONNECTS._value.get()
+    before = reconnects()
     async with anyio.create_task_group() as tg:
         tg.start_soon(session.run)
         await rec.until(lambda r: r.types() == ["hello"])
@@ -89,8 +88,7 @@ async def test_killed_link_reconnects_and_resyncs_without_loss(redis: Any, keys:
         await kill_hub_link(redis, hub)
         # Published while the link is down: only the feed stream has these.
         gap = await publish(log, "alice", 50, start=20)
-        await wait_for(lambda: _true(hub.healthy and
-                                     metrics.PUBSUB_RECONNECTS._value.get() > before))
+        await eventually(lambda: hub.healthy and reconnects() > before)
         after = await publish(log, "alice", 20, start=70)
         await rec.until(lambda r: len(r.events()) >= 90)
         await anyio.sleep(0.3)

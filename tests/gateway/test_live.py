@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -12,36 +10,14 @@ import pytest
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
-from livefeed.gateway.live import SLOW_CLOSE, FrameType, Session, frame_id
+from livefeed.gateway.live import SLOW_CLOSE, Session, frame_id
 from livefeed.schemas.frames import event_frame
 from tests.gateway.livehelp import assert_exact, make_log, publish
+from tests.helpers.frames import Recorder
+from tests.helpers.waiting import eventually
 
 # Marked here too: anyio's plugin otherwise drops the parameters of parametrized async tests.
 pytestmark = pytest.mark.anyio
-
-
-class Recorder:
-    """A transport that keeps (type, sse id, frame) and can be made to stall."""
-
-    def __init__(self) -> None:
-        self.frames: list[tuple[str, str | None, dict[str, Any]]] = []
-        self.stalled = False
-
-    async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
-        while self.stalled:
-            await anyio.sleep(3600)
-        self.frames.append((kind, feed_id, json.loads(frame)))
-
-    def events(self) -> list[str]:
-        return [f["id"] for k, _, f in self.frames if k == "event"]
-
-    def types(self) -> list[str]:
-        return [k for k, _, _ in self.frames]
-
-    async def until(self, done: Callable[[Recorder], bool], timeout: float = 30) -> None:
-        with anyio.fail_after(timeout):
-            while not done(self):
-                await anyio.sleep(0.01)
 
 
 def session(log: EventLog, hub: Hub, rec: Recorder, last_id: str | None, **kw: Any) -> Session:
@@ -145,9 +121,7 @@ async def test_slow_client_is_closed_with_4008(redis: Any, keys: Keys, hub: Hub)
         await rec.until(lambda r: r.types() == ["hello"])
         rec.stalled = True
         await publish(log, "alice", 20)
-        with anyio.fail_after(20):
-            while not result:
-                await anyio.sleep(0.01)
+        await eventually(lambda: result, what="the session's end", timeout=20)
     assert result == [SLOW_CLOSE]
     assert hub.local_users() == 0
 

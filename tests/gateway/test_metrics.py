@@ -10,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings
 from livefeed.gateway import metrics as gw_metrics
-from tests.core.streamhelp import groups, ingest
-from tests.gateway.test_admin import app_client
+from tests.helpers.admin import app_client
+from tests.helpers.streams import groups, ingest
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

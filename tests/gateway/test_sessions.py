@@ -14,8 +14,8 @@ import anyio
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
+from prometheus_client import REGISTRY
 
-from livefeed.core import metrics
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
 from livefeed.gateway.live import DRAINING, Session, Sessions, run_with
@@ -28,7 +28,8 @@ from tests.gateway.livehelp import (
     token,
     ws_url,
 )
-from tests.gateway.test_live import Recorder
+from tests.helpers.frames import Recorder
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -37,10 +38,15 @@ async def numsub(redis: Any, channel: str) -> int:
     return int((await redis.pubsub_numsub(channel))[0][1])
 
 
-async def until_numsub(redis: Any, channel: str, want: int, timeout: float = 30) -> None:
-    with anyio.fail_after(timeout):
-        while await numsub(redis, channel) != want:
-            await anyio.sleep(0.05)
+async def until_numsub(redis: Any, channel: str, want: int) -> None:
+    async def reached() -> bool:
+        return await numsub(redis, channel) == want
+
+    await eventually(reached, what=f"{want} subscribers of {channel}")
+
+
+def reconnects() -> float:
+    return REGISTRY.get_sample_value("livefeed_pubsub_reconnects_total") or 0.0
 
 
 async def test_drain_stops_sessions_even_while_blocked_on_a_stalled_client(
@@ -64,9 +70,7 @@ async def test_drain_stops_sessions_even_while_blocked_on_a_stalled_client(
         await until_numsub(redis, keys.live("alice"), 1)
         assert len(sessions) == 2
         sessions.drain()
-        with anyio.fail_after(20):
-            while len(results) < 2:
-                await anyio.sleep(0.01)
+        await eventually(lambda: len(results) == 2, what="both sessions ended", timeout=20)
     assert results == {"alice": DRAINING, "bob": DRAINING}
     assert len(sessions) == 0
     assert hub.local_users() == 0
@@ -96,9 +100,7 @@ async def test_a_gone_client_ends_its_session(redis: Any, keys: Keys, hub: Hub) 
         tg.start_soon(run)
         await rec.until(lambda r: r.types() == ["hello"])
         gone.set()
-        with anyio.fail_after(10):
-            while not result:
-                await anyio.sleep(0.01)
+        await eventually(lambda: result, what="the session's end", timeout=10)
     assert result == [None]
     assert await numsub(redis, keys.live("alice")) == 0
 
@@ -193,7 +195,7 @@ async def test_a_silent_pubsub_link_is_replaced_and_resynced(redis_url: str, red
     target = urlsplit(redis_url)
     log = make_log(redis, keys)
     rec = Recorder()
-    before = metrics.PUBSUB_RECONNECTS._value.get()
+    before = reconnects()
     async with FreezingProxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
         hub = Hub(proxy.url(), keys, ping_interval_s=0.5)
         session = Session(user="alice", log=log, hub=hub, transport=rec, last_id=None)
@@ -206,9 +208,8 @@ async def test_a_silent_pubsub_link_is_replaced_and_resynced(redis_url: str, red
             proxy.freeze()
             # Published while the link is silent: only the feed stream delivers these.
             gap = await publish(log, "alice", 20, start=10)
-            with anyio.fail_after(30):
-                while metrics.PUBSUB_RECONNECTS._value.get() == before or not hub.healthy:
-                    await anyio.sleep(0.05)
+            await eventually(lambda: reconnects() > before and hub.healthy,
+                             what="a replaced, healthy pub/sub link")
             after = await publish(log, "alice", 5, start=30)
             await rec.until(lambda r: len(r.events()) >= 35)
             await anyio.sleep(0.3)

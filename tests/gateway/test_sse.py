@@ -13,6 +13,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from livefeed.core.keys import Keys
 from tests.gateway.livehelp import Gateways, assert_exact, make_log, publish, token
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -41,9 +42,7 @@ class SseReader:
         return [e.id for e in self.of("event")]
 
     async def until(self, done: Callable[[SseReader], bool], timeout: float = 60) -> None:
-        with anyio.fail_after(timeout):
-            while not done(self):
-                await anyio.sleep(0.02)
+        await eventually(lambda: done(self), what="the expected SSE events", timeout=timeout)
 
 
 async def test_bad_token_is_401(gateways: Gateways) -> None:

@@ -6,7 +6,6 @@ from typing import Any
 
 import anyio
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from livefeed.core import auth
 from livefeed.core.keys import Keys
@@ -19,17 +18,9 @@ from tests.gateway.livehelp import (
     token,
     ws_url,
 )
+from tests.helpers.frames import closed_code
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-async def closed_code(client: WsClient, timeout: float = 30) -> int | None:
-    with anyio.fail_after(timeout):
-        try:
-            while True:
-                await client.conn.recv()
-        except ConnectionClosed as exc:
-            return exc.rcvd.code if exc.rcvd else None
 
 
 @pytest.mark.parametrize("tok", ["garbage", "expired", "other-secret", "none"])

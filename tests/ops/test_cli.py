@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from livefeed.core import auth
 from livefeed.core.embedded import free_port
+from livefeed.ops import cli, commands
 from livefeed.ops.cli import build_parser
 from tests.procs import Proc, wait_http
 
@@ -36,6 +39,14 @@ def test_help_explains_every_command() -> None:
         sub = livefeed(name, "--help")
         assert sub.returncode == 0, sub.stderr
         assert "LIVEFEED_REDIS_URL" in sub.stdout  # every command takes the same settings
+
+
+def test_every_command_module_is_registered() -> None:
+    """A module in ops/commands with a `register` is one of the CLI's commands."""
+    for info in pkgutil.iter_modules(commands.__path__):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        assert register is None or register in cli.COMMANDS, info.name
 
 
 def test_token_is_alone_on_stdout_and_verifies(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from livefeed.ops.compare.measure import (
     count_client,
     count_clients,
     count_rows,
-    percentile,
     posted_while_away,
 )
 from livefeed.ops.compare.records import Away, ClientLog, Received, Sent
@@ -85,17 +84,6 @@ def test_away_window_and_latency() -> None:
     assert count.stats.lost_while_away == 3
     assert sorted(round(x, 3) for x in count.latencies) == [0.05, 0.25]
     assert posted_while_away(events, [Away(down=1.5, up=2.5)]) == {"e2"}
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50.0
-    assert percentile(values, 99) == 99.0
-    assert percentile(values, 100) == 100.0
-    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert percentile([], 50) is None
-    with pytest.raises(ValueError):
-        percentile(values, 101)
 
 
 def test_rows_missing_duplicate_and_unexpected() -> None:

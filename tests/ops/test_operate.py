@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import asyncpg
 import pytest
 from redis import exceptions as redis_exceptions
@@ -20,8 +19,8 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings, to_env
 from livefeed.schemas.event import encode_event
-from tests.core.streamhelp import event, groups, ingest, make_stale
-from tests.core.test_deadletters import poisoned
+from tests.helpers.streams import event, groups, ingest, make_stale, poisoned
+from tests.helpers.waiting import eventually
 from tests.procs import Proc, running
 
 
@@ -137,19 +136,6 @@ async def test_dead_retry_all(redis: Any, keys: Keys,
     assert await redis.xlen(keys.dead) == 0 and await redis.xlen(keys.ingest) == 3
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, proc: Proc | None = None,
-                   timeout: float = 60) -> None:
-    deadline = anyio.current_time() + timeout
-    while not await check():
-        if proc is not None and not proc.alive():
-            raise AssertionError(f"{proc.name} exited while waiting for {what}:\n"
-                                 f"{proc.output()}")
-        if anyio.current_time() > deadline:
-            raise AssertionError(f"no {what} after {timeout}s"
-                                 + (f"\n{proc.output()}" if proc else ""))
-        await anyio.sleep(0.1)
-
-
 @pytest.mark.slow
 async def test_crashed_consumer_entries_are_claimed_and_completed(
         redis: Any, keys: Keys, settings_factory: Callable[..., Settings], tmp_path: Path,
@@ -172,7 +158,8 @@ async def test_crashed_consumer_entries_are_claimed_and_completed(
                         await redis.xinfo_consumers(keys.ingest, PERSIST_GROUP)}
             return set()
 
-        await wait_for(lambda: _has(consumers(), "persist-a"), "consumer persist-a", first)
+        await eventually(lambda: _has(consumers(), "persist-a"), what="consumer persist-a",
+                         procs=(first,), timeout=60, interval=0.1)
         # Hold the table so persist-a's INSERT waits: its entries stay pending, as in a
         # crash in the middle of a batch.
         lock = await asyncpg.connect(database_url)
@@ -186,7 +173,8 @@ async def test_crashed_consumer_entries_are_claimed_and_completed(
                 summary = await redis.xpending(keys.ingest, PERSIST_GROUP)
                 return int(summary["pending"]) == 5
 
-            await wait_for(held, "5 pending entries in persist-a", first)
+            await eventually(held, what="5 pending entries in persist-a",
+                             procs=(first,), timeout=60, interval=0.1)
             first.kill()
             await tx.rollback()
         finally:
@@ -207,7 +195,8 @@ async def test_crashed_consumer_entries_are_claimed_and_completed(
         async def drained() -> bool:
             return int((await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]) == 0
 
-        await wait_for(drained, "persist-b acking the claimed entries", second)
+        await eventually(drained, what="persist-b acking the claimed entries",
+                         procs=(second,), timeout=60, interval=0.1)
         conn = await asyncpg.connect(database_url)
         try:
             rows = await conn.fetchval("SELECT count(*) FROM newsletters")
@@ -245,7 +234,8 @@ async def test_poison_entry_dead_lettered_then_retried_once_fixed(
             async def buried() -> bool:
                 return int(await redis.xlen(keys.dead)) == 1
 
-            await wait_for(buried, "a dead letter", consumer)
+            await eventually(buried, what="a dead letter",
+                             procs=(consumer,), timeout=60, interval=0.1)
             [letter] = as_json(settings, "dead", "list")["letters"]
             assert letter["event_id"] == str(events[1].id)
             assert letter["group"] == PERSIST_GROUP and "no_pills" in letter["error"]
@@ -259,7 +249,8 @@ async def test_poison_entry_dead_lettered_then_retried_once_fixed(
             async def persisted() -> bool:
                 return int(await db.fetchval("SELECT count(*) FROM newsletters")) == 3
 
-            await wait_for(persisted, "the retried event in PostgreSQL", consumer)
+            await eventually(persisted, what="the retried event in PostgreSQL",
+                             procs=(consumer,), timeout=60, interval=0.1)
             assert await db.fetchval("SELECT subject FROM newsletters WHERE id = $1",
                                      events[1].id) == "Poison pill"
             assert as_json(settings, "dead", "list")["total"] == 0

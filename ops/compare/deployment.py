@@ -11,19 +11,19 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import asyncpg
 import httpx
 import redis.exceptions
 
-from livefeed.core import db, redis_client
+from livefeed.core import redis_client
 from livefeed.core.embedded import free_port
 from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS, LivefeedError
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Resolved, env_name
 from livefeed.ops.faultproxy import FaultProxy
+from livefeed.ops.namespace import Namespace, throwaway_namespace
 from livefeed.ops.procs import Child, child_env, livefeed_argv
 
 logger = logging.getLogger(__name__)
@@ -32,24 +32,11 @@ START_TIMEOUT_S = 40.0
 CONSUMER_GROUPS = (PERSIST_GROUP, FANOUT_GROUP)
 
 
-class ClusterError(LivefeedError, RuntimeError):
+class DeploymentError(LivefeedError, RuntimeError):
     """A process did not come up; the message carries the tail of its log."""
 
 
-def namespace() -> tuple[str, str]:
-    """A fresh (key prefix, schema) pair."""
-    tag = uuid.uuid4().hex[:10]
-    return f"lfc{tag}", f"lfc_{tag}"
-
-
-def with_params(dsn: str, **params: str) -> str:
-    parts = urlsplit(dsn)
-    query = dict(parse_qsl(parts.query))
-    query.update(params)
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-class Cluster:
+class Deployment:
     """Processes for one cell. Use `async with`; everything is killed and dropped on exit."""
 
     def __init__(self, base: Resolved, *, mode: str, log_dir: Path,
@@ -57,11 +44,11 @@ class Cluster:
         self.base = base
         self.mode = mode
         self.log_dir = log_dir
-        self.prefix, self.schema = namespace()
-        self.keys = Keys(self.prefix, partitions=base.partitions)
+        self._namespace = throwaway_namespace(base.redis_url, base.database_url, label="lfc",
+                                              cluster=base.redis_cluster)
+        self._ns: Namespace | None = None
         self.secret = uuid.uuid4().hex
         self.webhook_secret = uuid.uuid4().hex
-        self.dsn = with_params(base.database_url, search_path=self.schema)
         self.extra_env = env or {}
         self.proxy: FaultProxy | None = None
         self.gateways: list[Child] = []
@@ -82,35 +69,42 @@ class Cluster:
         env.update(self.extra_env)
         return env
 
-    async def __aenter__(self) -> Cluster:
+    async def __aenter__(self) -> Deployment:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        await db.migrate_dsn(self.dsn)
+        self._ns = await self._namespace.__aenter__()
         return self
+
+    @property
+    def namespace(self) -> Namespace:
+        if self._ns is None:
+            raise RuntimeError("use `async with Deployment(...)` first")
+        return self._ns
+
+    @property
+    def prefix(self) -> str:
+        return self.namespace.prefix
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix, partitions=self.base.partitions)
+
+    @property
+    def dsn(self) -> str:
+        """The database URL of this cell's schema."""
+        return self.namespace.database_url
 
     async def __aexit__(self, *exc: object) -> None:
         for proc in [*self.gateways, *self.consumers]:
             proc.kill()
         if self.proxy is not None:
             await self.proxy.aclose()
-        with anyio.CancelScope(shield=True):
-            await self._drop_namespace()
-
-    async def _drop_namespace(self) -> None:
         try:
-            await redis_client.delete_keys(self.redis, self.keys)
-        except REDIS_ERRORS as exc:
-            logger.warning("could not delete keys of %s: %s", self.prefix, exc)
+            await self._namespace.__aexit__(None, None, None)
+        except (*REDIS_ERRORS, *DB_ERRORS, asyncpg.PostgresError) as exc:
+            # The cell's figures matter more than a leftover namespace.
+            logger.warning("could not drop namespace %s: %s", self.prefix, exc)
         finally:
             await self.redis.aclose()
-        try:
-            conn = await asyncpg.connect(self.base.database_url, timeout=10)
-        except DB_ERRORS as exc:
-            logger.warning("could not drop schema %s: %s", self.schema, exc)
-            return
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-        finally:
-            await conn.close()
 
     async def start(self, *, gateways: int = 1, consumers: bool = True,
                     db_proxy: bool = False) -> None:
@@ -162,7 +156,7 @@ class Cluster:
 
     def _check_alive(self, proc: Child) -> None:
         if not proc.alive():
-            raise ClusterError(f"{proc.name} exited at start:\n{proc.tail()}")
+            raise DeploymentError(f"{proc.name} exited at start:\n{proc.tail()}")
 
     # -- faults ------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import prometheus_client
@@ -13,6 +12,7 @@ import prometheus_client
 from livefeed.consumers import fanout, persist
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime, serve
+from livefeed.ops.commands import Subparsers
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ Role = Callable[..., Awaitable[None]]
 ROLES: dict[str, Role] = {"persist": persist.run, "fanout": fanout.run}
 
 
-def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "consumer", parents=[parent], help="run one consumer: persist (PostgreSQL) or fanout",
         description="Run one consumer of the `persist` group (batched writes to PostgreSQL) "

@@ -1,9 +1,9 @@
-"""`livefeed up` (every role in one process) and `livefeed gateway`."""
+"""`livefeed up`: the gateway and both consumers in one process, on embedded servers
+unless URLs are set."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from typing import Any
 
@@ -14,11 +14,10 @@ from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Resolved, Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
+from livefeed.ops.commands import Subparsers
 
-logger = logging.getLogger(__name__)
 
-
-def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "up", parents=[parent], help="run everything: gateway and consumers (embedded default)",
         description="Run the gateway, the persist and fanout consumers in one process. With "
@@ -28,18 +27,6 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
     p.set_defaults(func=up)
-
-    p = sub.add_parser(
-        "gateway", parents=[parent], help="run a gateway (HTTP ingest, WebSocket, SSE, admin)",
-        description="Serve ingest, live delivery, history, admin and metrics. Several gateways "
-        "may run against one Redis; any client can land on any of them.",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="gateway processes sharing the port (default 1)")
-    p.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # set by --workers for children
-    p.set_defaults(func=gateway)
 
 
 def banner(settings: Resolved, url: str, embedded: list[str]) -> str:
@@ -100,16 +87,3 @@ def _consumer_roles() -> list[Any]:
     from livefeed.consumers import fanout, persist
 
     return [persist.run, fanout.run]
-
-
-async def gateway(args: argparse.Namespace, settings: Settings) -> int:
-    settings = runtime.attach(settings)
-    await runtime.preflight(settings)
-    if args.workers > 1:
-        from livefeed.ops import workers
-
-        return await workers.run(args, settings)
-    await serve.serve(create_app(settings), host=args.host, port=args.port,
-                      log_level=settings.log_level, fd=args.fd,
-                      drain_timeout_s=settings.drain_timeout_s)
-    return 0

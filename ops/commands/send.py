@@ -1,4 +1,4 @@
-"""Small commands: `migrate`, `token`, `send`."""
+"""`livefeed send`: post generated newsletters to a gateway."""
 
 from __future__ import annotations
 
@@ -7,35 +7,21 @@ import datetime as dt
 import random
 import sys
 import uuid
-from typing import Any
 
 import httpx
 import msgspec
 
-from livefeed.core import auth, db
+from livefeed.core import auth
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
+from livefeed.ops.commands import Subparsers
 from livefeed.schemas.event import Event
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 
 
-def register(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("migrate", parents=[parent], help="apply database migrations",
-                       description="Create or upgrade the `newsletters` table (idempotent).")
-    p.set_defaults(func=migrate)
-
-    p = sub.add_parser(
-        "token", parents=[parent], help="print a signed client or admin token",
-        description="Print a token signed with LIVEFEED_SECRET (or the data dir's secret) "
-        "alone on stdout. Browsers pass it as ?token=; operators as a bearer token.",
-    )
-    p.add_argument("user", help="the user the token is for (its `sub`)")
-    p.add_argument("--admin", action="store_true", help="an operator token for /admin and ingest")
-    p.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL_S, help="lifetime in seconds")
-    p.set_defaults(func=token)
-
+def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "send", parents=[parent], help="post test newsletters to a gateway",
         description="POST generated newsletters to /v1/events, signed with an admin token.",
@@ -48,19 +34,6 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=100, help="events per request (default 100)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible content")
     p.set_defaults(func=send)
-
-
-async def migrate(args: argparse.Namespace, settings: Settings) -> int:
-    settings = runtime.attach(settings)
-    await runtime.preflight(settings)
-    applied = await db.migrate_dsn(settings.database_url)
-    print(f"applied: {', '.join(applied)}" if applied else "up to date")
-    return 0
-
-
-def token(args: argparse.Namespace, settings: Settings) -> int:
-    print(auth.mint(signing_secret(settings), args.user, admin=args.admin, ttl_s=args.ttl))
-    return 0
 
 
 SUBJECTS = ("Weekly digest", "Release notes", "Your invoice", "New comment", "Sale ends today",

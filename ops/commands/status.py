@@ -1,0 +1,67 @@
+"""`livefeed status`: streams, consumer groups, lag, pending entries, consumers."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from livefeed.core.durations import format_ms
+from livefeed.core.settings import Settings
+from livefeed.core.status import Status
+from livefeed.ops import runtime
+from livefeed.ops.commands import Subparsers, terminal
+from livefeed.schemas.admin import StatusView
+
+
+def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
+    out = terminal.json_flag()
+    p = sub.add_parser(
+        "status", parents=[parent, out], help="streams, groups, lag, pending, consumers",
+        description="Per stream its length and first/last ids; per consumer group its "
+        "consumers, pending entries, lag (entries not delivered yet) and oldest pending age.",
+    )
+    p.set_defaults(func=status)
+
+
+async def status(args: argparse.Namespace, settings: Settings) -> int:
+    async with runtime.connect_redis(settings) as (redis, keys):
+        view = await Status(redis, keys).status()
+    if args.json:
+        terminal.emit_json(view)
+    else:
+        render_status(terminal.console(), view)
+    return 0
+
+
+def render_status(console: Console, view: StatusView) -> None:
+    streams = Table(title=f"Streams (Redis {view.redis_version})", title_justify="left")
+    for col in ("stream", "key", "length", "first id", "last id", "groups"):
+        streams.add_column(col, justify="right" if col in ("length", "groups") else "left")
+    for s in [*view.streams, *view.feeds]:
+        streams.add_row(s.name, s.key, str(s.length), s.first_id or "-", s.last_id or "-",
+                        str(s.groups))
+    console.print(streams)
+    if view.feeds_more:
+        console.print(f"(a sample of {len(view.feeds)} feed streams; there are more)")
+
+    groups = Table(title="Consumer groups", title_justify="left")
+    for col in ("group", "consumers", "pending", "lag", "oldest pending", "its age",
+                "idle since delivery", "last delivered"):
+        groups.add_column(col)
+    consumers = Table(title="Consumers", title_justify="left")
+    for col in ("group", "consumer", "pending", "idle"):
+        consumers.add_column(col)
+    for g in view.groups:
+        lag = "?" if g.lag is None else f"{g.lag}{'' if g.lag_exact else '+'}"
+        groups.add_row(g.name, str(len(g.consumers)), str(g.pending), lag,
+                       g.oldest_pending_id or "-", format_ms(g.oldest_pending_age_ms),
+                       format_ms(g.oldest_pending_idle_ms), g.last_delivered_id)
+        for c in g.consumers:
+            consumers.add_row(g.name, c.name, str(c.pending), format_ms(c.idle_ms))
+    if view.groups:
+        console.print(groups)
+        console.print(consumers)
+    else:
+        console.print("No consumer groups yet (start `livefeed consumer persist|fanout`).")

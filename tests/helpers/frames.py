@@ -1,0 +1,46 @@
+"""What a session transport or a WebSocket client received: frames, and the close code."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from websockets.exceptions import ConnectionClosed
+
+from livefeed.gateway.live import FrameType
+from tests.gateway.livehelp import WsClient
+from tests.helpers.waiting import eventually
+
+
+class Recorder:
+    """A transport that keeps (type, sse id, frame) and can be made to stall."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.stalled = False
+
+    async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
+        while self.stalled:
+            await anyio.sleep(3600)
+        self.frames.append((kind, feed_id, json.loads(frame)))
+
+    def events(self) -> list[str]:
+        return [f["id"] for k, _, f in self.frames if k == "event"]
+
+    def types(self) -> list[str]:
+        return [k for k, _, _ in self.frames]
+
+    async def until(self, done: Callable[[Recorder], bool], timeout: float = 30) -> None:
+        await eventually(lambda: done(self), what="the expected frames", timeout=timeout,
+                         interval=0.01)
+
+
+async def closed_code(client: WsClient, timeout: float = 30) -> int | None:
+    with anyio.fail_after(timeout):
+        try:
+            while True:
+                await client.conn.recv()
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else None
