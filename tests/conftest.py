@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from livefeed.core import db, redis_client
 from livefeed.core.embedded import EmbeddedRedis
+from livefeed.core.embedded_cluster import EmbeddedCluster
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
 from tests import servers
@@ -40,6 +42,39 @@ def redis62_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis62")), persist=False,
                        binary=servers.redis62_binary()) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """One node of the test Redis Cluster (3 primaries, 3 replicas when embedded), shared
+    by the session: isolate by prefix, never kill its nodes (use `cluster_factory`)."""
+    with servers.redis_cluster_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_cluster(redis_cluster_url: str, keys: Keys) -> AsyncIterator[Any]:
+    """A `RedisCluster` client of the test cluster; this test's keys are deleted after."""
+    client = redis_client.connect(redis_cluster_url, cluster=True)
+    try:
+        yield client
+    finally:
+        await redis_client.delete_keys(client, keys)
+        await client.aclose()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedCluster]]:
+    """Start a private embedded cluster (arguments as `EmbeddedCluster`), for a test that
+    kills or stops nodes; every cluster it started is stopped after the test."""
+    with ExitStack() as stack:
+
+        def start(**options: Any) -> EmbeddedCluster:
+            options.setdefault("persist", False)
+            where = tmp_path / f"cluster-{uuid.uuid4().hex[:6]}"
+            return stack.enter_context(EmbeddedCluster(where, **options))
+
+        yield start
 
 
 @pytest.fixture(scope="session")
