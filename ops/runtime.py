@@ -26,6 +26,7 @@ class Runtime(msgspec.Struct):
     database_url: str
     gateway_url: str | None = None
     pid: int | None = None
+    redis_cluster: bool = False
 
 
 def runtime_path(settings: Settings) -> Path:
@@ -75,6 +76,7 @@ def attach(settings: Settings) -> Settings:
     return msgspec.structs.replace(
         settings,
         redis_url=settings.redis_url or rt.redis_url,
+        redis_cluster=settings.redis_cluster if settings.redis_url else rt.redis_cluster,
         database_url=settings.database_url or rt.database_url,
     )
 
