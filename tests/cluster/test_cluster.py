@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from livefeed.core import redis_client
-from livefeed.core.embedded_cluster import SLOTS, EmbeddedCluster, parse_nodes
+from livefeed.core.embedded_cluster import SLOTS, ClusterError, EmbeddedCluster, parse_nodes
 from livefeed.core.keys import Keys
 
 pytestmark = pytest.mark.anyio
@@ -125,7 +126,7 @@ async def test_a_killed_primary_is_replaced_by_its_replica(
         await client.aclose()
 
 
-def test_the_nodes_die_with_a_killed_owner(tmp_path: Any) -> None:
+def test_the_nodes_die_with_a_killed_owner(tmp_path: Path) -> None:
     """A test run or `livefeed up` SIGKILLed leaves no server behind."""
     script = (
         "import sys, time\n"
@@ -158,3 +159,21 @@ def _running(pid: int) -> bool:
     # a zombie is gone for our purpose: its parent (init here) reaps it
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(") ")[1][0] != "Z"
+
+
+def test_a_restarted_cluster_comes_back_with_its_data(tmp_path: Path) -> None:
+    """`livefeed up --cluster` twice on one data dir: same nodes, same slots, the data."""
+    with EmbeddedCluster(tmp_path, primaries=2) as cluster:
+        ports = sorted(n.port for n in cluster.nodes)
+        client = redis.RedisCluster.from_url(cluster.url)
+        keys = [f"restart:{{{i}}}" for i in range(20)]
+        for key in keys:
+            client.xadd(key, {"k": "v"})
+        client.close()
+    with EmbeddedCluster(tmp_path, primaries=2) as cluster:
+        assert sorted(n.port for n in cluster.nodes) == ports
+        client = redis.RedisCluster.from_url(cluster.url)
+        assert [client.xlen(key) for key in keys] == [1] * len(keys)
+        client.close()
+    with pytest.raises(ClusterError, match="delete the directory"):
+        EmbeddedCluster(tmp_path, primaries=3).start()
