@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -83,9 +84,10 @@ def spawn(args: Sequence[str], *, process_group: int = 0) -> subprocess.Popen[by
     """Start a server in process group `process_group` (0: a new one, led by the server).
 
     Its own group keeps a terminal's Ctrl-C from killing it before its owner stops it
-    cleanly. On Linux it is also sent SIGTERM if its parent dies (a SIGKILLed `livefeed up`
-    or test run leaves no server behind); the parent is the *thread* that starts it, so
-    start servers from a thread that outlives them.
+    cleanly. Started from the main thread on Linux, it is also sent SIGTERM when its parent
+    dies (a SIGKILLed `livefeed up` or test run leaves no server behind). Not from other
+    threads: the kernel would signal it when that *thread* ends (an idle worker thread of
+    anyio's pool ends after 10 s); a pidfile then lets the next start stop an orphan.
     """
     return subprocess.Popen(
         args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -94,7 +96,8 @@ def spawn(args: Sequence[str], *, process_group: int = 0) -> subprocess.Popen[by
 
 
 def _die_with_parent() -> Callable[[], None] | None:
-    if not sys.platform.startswith("linux"):
+    main = threading.current_thread() is threading.main_thread()
+    if not (main and sys.platform.startswith("linux")):
         return None
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     prctl = libc.prctl  # looked up before the fork: the child only calls it

@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,7 +329,7 @@ class EmbeddedCluster:
                     return next((v.slots for v in views if v.port == port), [])
         return []
 
-    def _wait(self, problem: Any, timeout: float, what: str) -> None:
+    def _wait(self, problem: Callable[[], str | None], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         last: str | None = "not checked"
         while time.monotonic() < deadline:
