@@ -36,6 +36,13 @@ import msgspec
 import redis
 from redis.crc import key_slot
 
+from livefeed.core.cluster_view import (
+    SLOTS,
+    NodeView,
+    parse_nodes,
+    served_slots,
+    slot_owner,
+)
 from livefeed.core.embedded import (
     START_TIMEOUT_S,
     free_port,
@@ -50,7 +57,6 @@ from livefeed.core.embedded import (
 
 logger = logging.getLogger(__name__)
 
-SLOTS = 16384
 NODE_TIMEOUT_MS = 2000
 FORM_TIMEOUT_S = 30.0
 FAILOVER_TIMEOUT_S = 30.0
@@ -69,6 +75,7 @@ class ClusterNode:
     dir: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
+    paused: bool = False
 
     @property
     def url(self) -> str:
@@ -80,7 +87,13 @@ class ClusterNode:
 
     @property
     def alive(self) -> bool:
+        """The process exists (it may be SIGSTOPped)."""
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def serving(self) -> bool:
+        """Alive and not stopped through `signal(SIGSTOP)`: it answers its peers."""
+        return self.alive and not self.paused
 
     def client(self, **options: Any) -> redis.Redis:
         """A plain (non-cluster) sync client of this node, string replies."""
@@ -95,9 +108,12 @@ class ClusterNode:
         return "primary" if reply[0] == "master" else "replica"
 
     def signal(self, sig: int) -> None:
-        """Send `sig` (SIGKILL, SIGSTOP, SIGCONT...) to the server process."""
+        """Send `sig` (SIGKILL, SIGSTOP, SIGCONT...) to the server process. A SIGSTOPped
+        node is left out of the cluster's health checks until SIGCONT."""
         assert self.proc is not None, "node not started"
         self.proc.send_signal(sig)
+        if sig in (signal.SIGSTOP, signal.SIGCONT):
+            self.paused = sig == signal.SIGSTOP
 
     def kill(self) -> None:
         """SIGKILL the server (a crash: no shutdown, no final AOF flush) and reap it."""
@@ -105,55 +121,13 @@ class ClusterNode:
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        self.paused = False
 
 
 class _Layout(msgspec.Struct):
     primaries: int
     replicas_per_primary: int
     ports: list[tuple[int, int]]
-
-
-@dataclass
-class NodeView:
-    """One line of CLUSTER NODES: a node as a peer sees it."""
-
-    node_id: str
-    port: int
-    flags: frozenset[str]
-    primary_id: str | None
-    slots: list[tuple[int, int]]
-
-    @property
-    def is_primary(self) -> bool:
-        return "master" in self.flags
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.flags & {"fail", "fail?", "handshake", "noaddr"})
-
-
-def parse_nodes(text: str) -> list[NodeView]:
-    views = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        parts = line.split()
-        node_id, addr, flags, primary = parts[:4]
-        address = addr.split(",")[0].split("@")[0]
-        slots = []
-        for item in parts[8:]:
-            if item.startswith("["):  # a slot being imported or migrated
-                continue
-            start, _, end = item.partition("-")
-            slots.append((int(start), int(end or start)))
-        views.append(NodeView(
-            node_id=node_id,
-            port=int(address.rsplit(":", 1)[1] or 0),
-            flags=frozenset(flags.split(",")),
-            primary_id=None if primary == "-" else primary,
-            slots=slots,
-        ))  # fmt: skip
-    return views
 
 
 class EmbeddedCluster:
@@ -189,7 +163,7 @@ class EmbeddedCluster:
     @property
     def url(self) -> str:
         """The first live node: any node leads a cluster client to the others."""
-        node = next((n for n in self.nodes if n.alive), None)
+        node = next((n for n in self.nodes if n.serving), None)
         if node is None:
             raise ClusterError("no node of the embedded cluster is running")
         return node.url
@@ -208,7 +182,7 @@ class EmbeddedCluster:
                 self._fresh_nodes()
                 self._form(timeout)
             else:
-                self._start_nodes([n.port for n in self.nodes])
+                self._start_nodes()
                 self.wait_until_ok(timeout)
         except BaseException:
             self.stop()
@@ -230,7 +204,7 @@ class EmbeddedCluster:
         for node in self.nodes:
             if node.proc is not None:
                 stop_process(node.proc)
-                node.proc = None
+                node.proc, node.paused = None, False
         self._pgid = 0
 
     def __enter__(self) -> EmbeddedCluster:
@@ -251,7 +225,7 @@ class EmbeddedCluster:
     def view(self) -> list[NodeView]:
         """CLUSTER NODES as the first live node that answers sees it."""
         for node in self.nodes:
-            if not node.alive:
+            if not node.serving:
                 continue
             with contextlib.suppress(redis.RedisError, OSError), node.client() as c:
                 return parse_nodes(c.execute_command("CLUSTER", "NODES"))
@@ -287,8 +261,9 @@ class EmbeddedCluster:
     def wait_for_failover(
         self, dead: ClusterNode, timeout: float = FAILOVER_TIMEOUT_S
     ) -> ClusterNode:
-        """After `dead` (a primary) was killed or stopped: wait until every live node sees
-        its slots served by a promoted replica; return that new primary."""
+        """After `dead` (a primary) was killed or SIGSTOPped: wait until every live node sees
+        its slots served by a promoted replica; return that new primary. (The replica is
+        elected by a majority of the primaries: with 2, the other one alone cannot.)"""
         slots = self._slots_of(dead.port)
         if not slots:
             raise ClusterError(f"node {dead.port} serves no slots: not a primary")
@@ -296,34 +271,29 @@ class EmbeddedCluster:
         def promoted() -> str | None:
             owners = set()
             for node in self.nodes:
-                if not node.alive or node is dead:
+                if not node.serving or node is dead:
                     continue
                 views = self._views_of(node)
                 if views is None:
                     return "a live node does not answer"
-                for v in views:
-                    if (
-                        v.is_primary
-                        and not v.failed
-                        and any(a <= slots[0][0] <= b for a, b in v.slots)
-                    ):
-                        owners.add(v.port)
-            if len(owners) != 1 or dead.port in owners:
-                return f"slot {slots[0][0]} still served by {sorted(owners) or 'nobody'}"
+                owner = slot_owner(views, slots[0][0])
+                owners.add(owner.port if owner else 0)
+            if len(owners) != 1 or owners & {0, dead.port}:
+                return f"slot {slots[0][0]} not yet served by one new primary in every view"
             return self._healthy()
 
         self._wait(promoted, timeout, f"a replica of {dead.port} to take over")
         return self.owner_of_slot(slots[0][0])
 
     def owner_of_slot(self, slot: int) -> ClusterNode:
-        for v in self.view():
-            if v.is_primary and not v.failed and any(a <= slot <= b for a, b in v.slots):
-                return self.node(v.port)
-        raise ClusterError(f"slot {slot} is not served by a live primary")
+        owner = slot_owner(self.view(), slot)
+        if owner is None:
+            raise ClusterError(f"slot {slot} is not served by a live primary")
+        return self.node(owner.port)
 
     def _slots_of(self, port: int) -> list[tuple[int, int]]:
         for node in self.nodes:
-            if node.alive and node.port != port:
+            if node.serving and node.port != port:
                 views = self._views_of(node)
                 if views is not None:
                     return next((v.slots for v in views if v.port == port), [])
@@ -349,9 +319,9 @@ class EmbeddedCluster:
 
     def _healthy(self) -> str | None:
         """None if the cluster is ok as every live node sees it, else what is wrong."""
-        live = {n.port for n in self.nodes if n.alive}
+        live = {n.port for n in self.nodes if n.serving}
         for node in self.nodes:
-            if not node.alive:
+            if not node.serving:
                 continue
             try:
                 with node.client() as c:
@@ -362,13 +332,10 @@ class EmbeddedCluster:
                 return f"node {node.port}: {exc}"
             if "cluster_state:ok" not in info:
                 return f"node {node.port}: cluster_state is not ok"
-            covered = 0
             for v in views:
                 if v.port in live and v.failed:
                     return f"node {node.port} sees live node {v.port} as {','.join(v.flags)}"
-                if v.is_primary and not v.failed:
-                    covered += sum(b - a + 1 for a, b in v.slots)
-            if covered != SLOTS:
+            if (covered := served_slots(views)) != SLOTS:
                 return f"node {node.port} sees {covered} of {SLOTS} slots served"
             if len({v.port for v in views} & live) != len(live):
                 return f"node {node.port} does not know every live node yet"
@@ -413,7 +380,7 @@ class EmbeddedCluster:
             ClusterNode(pairs[2 * i], pairs[2 * i + 1], self.dir / f"node-{pairs[2 * i]}")
             for i in range(self.size)
         ]
-        self._start_nodes([n.port for n in self.nodes])
+        self._start_nodes()
         if self.persist:
             layout = _Layout(
                 self.primaries,
@@ -422,7 +389,7 @@ class EmbeddedCluster:
             )
             (self.dir / "cluster.json").write_bytes(msgspec.json.encode(layout))
 
-    def _start_nodes(self, ports: list[int]) -> None:
+    def _start_nodes(self) -> None:
         for node in self.nodes:
             node.dir.mkdir(parents=True, exist_ok=True)
             stop_orphan(node.dir / "redis.pid")

@@ -19,7 +19,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from livefeed.core import redis_client
-from livefeed.core.embedded_cluster import SLOTS, ClusterError, EmbeddedCluster, parse_nodes
+from livefeed.core.cluster_view import SLOTS, parse_nodes
+from livefeed.core.embedded_cluster import ClusterError, EmbeddedCluster
 from livefeed.core.keys import Keys
 
 pytestmark = pytest.mark.anyio
@@ -124,6 +125,20 @@ async def test_a_killed_primary_is_replaced_by_its_replica(
             assert [f[b"n"] for _, f in await client.xrange(key)] == [b"during"]
     finally:
         await client.aclose()
+
+
+async def test_a_stopped_primary_is_replaced_and_rejoins_as_a_replica(
+    cluster_factory: Callable[..., EmbeddedCluster],
+) -> None:
+    """SIGSTOP (a hung primary): its replica takes over; after SIGCONT the old primary
+    learns it was replaced and follows its successor."""
+    cluster = cluster_factory()  # 3 primaries: a failover needs a majority of them
+    hung = cluster.owner("{hang}")
+    hung.signal(signal.SIGSTOP)
+    new_primary = await anyio.to_thread.run_sync(cluster.wait_for_failover, hung, 30.0)
+    hung.signal(signal.SIGCONT)
+    await anyio.to_thread.run_sync(cluster.wait_until_ok, 30.0)
+    assert hung.role() == "replica" and cluster.replicas_of(new_primary) == [hung]
 
 
 def test_the_nodes_die_with_a_killed_owner(tmp_path: Path) -> None:
