@@ -182,8 +182,7 @@ class EmbeddedCluster:
                 self._fresh_nodes()
                 self._form(timeout)
             else:
-                self._start_nodes()
-                self.wait_until_ok(timeout)
+                self._restart_saved(timeout)
         except BaseException:
             self.stop()
             raise
@@ -366,6 +365,17 @@ class EmbeddedCluster:
             )
         self.nodes = [ClusterNode(p, b, self.dir / f"node-{p}") for p, b in layout.ports]
         return layout
+
+    def _restart_saved(self, timeout: float) -> None:
+        try:
+            self._start_nodes()
+        except RuntimeError as exc:
+            raise ClusterError(
+                f"{exc}\nthe cluster in {self.dir} restarts on the ports it was formed with "
+                f"({', '.join(str(n.port) for n in self.nodes)}): free them, or delete the "
+                "directory to start a fresh cluster"
+            ) from None
+        self.wait_until_ok(timeout)
 
     def _fresh_nodes(self) -> None:
         for old in self.dir.glob("node-*"):

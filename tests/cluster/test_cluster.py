@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -192,3 +193,9 @@ def test_a_restarted_cluster_comes_back_with_its_data(tmp_path: Path) -> None:
         client.close()
     with pytest.raises(ClusterError, match="delete the directory"):
         EmbeddedCluster(tmp_path, primaries=3).start()
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its old TIME_WAITs
+        taken.bind(("127.0.0.1", ports[0]))
+        taken.listen()
+        with pytest.raises(ClusterError, match=f"ports it was formed with .*{ports[0]}"):
+            EmbeddedCluster(tmp_path, primaries=2).start()
