@@ -50,7 +50,7 @@ def render(text: str, *, prefix: Path, gateways: Sequence[str], https_port: int,
         "user": [user],
         "pid": [f"pid {prefix / 'nginx.pid'};"],
         "error_log": [f"error_log {prefix / 'error.log'} info;"],
-        "access_log": [f"access_log {prefix / 'access.log'};"],
+        "access_log": [f"access_log {prefix / 'access.log'} upstreams;"],
         "listen_http": [f"listen 127.0.0.1:{http_port};"],
         "listen_https": [f"listen 127.0.0.1:{https_port} ssl http2;"],
         "certificate": [f"ssl_certificate {cert};"],
@@ -65,6 +65,8 @@ def render(text: str, *, prefix: Path, gateways: Sequence[str], https_port: int,
             if line.strip() == "http {":  # keep nginx's temporary files private too
                 out += [f"    {name}_temp_path {prefix / name};"
                         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")]
+                # Which gateway(s) each request went to (access.log: `served_by`).
+                out.append("    log_format upstreams '$request_uri $status $upstream_addr';")
             continue
         k = m["key"]
         if k == "gateway":
@@ -160,6 +162,17 @@ class Nginx:
                     return self
             time.sleep(0.1)
         raise AssertionError(f"nginx not up after {timeout}s:\n{self.errors()}")
+
+    def served_by(self, uri: str) -> list[list[str]]:
+        """For each logged request to `uri` (logged when it ends), the gateway addresses
+        nginx tried, in order."""
+        path = self.prefix / "access.log"
+        out = []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            req_uri, _status, upstreams = line.split(" ", 2)
+            if req_uri == uri:
+                out.append([u.strip() for u in upstreams.split(",")])
+        return out
 
     def errors(self) -> str:
         path = self.prefix / "error.log"

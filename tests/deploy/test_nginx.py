@@ -14,12 +14,14 @@ import pytest
 
 from livefeed.core.keys import Keys
 from livefeed.schemas.event import MAX_BODY_BYTES
-from tests.deploy.nginxsite import running_nginx
+from tests.deploy.nginxsite import NGINX_CONF, running_nginx
 from tests.e2e.test_browser import shown, wait_shown
 from tests.gateway.livehelp import Gateways, make_log, publish, token
 from tests.procs import Proc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+FAIL_TIMEOUT_S = int(re.findall(r"fail_timeout=(\d+)s", NGINX_CONF.read_text())[0])
 
 
 def clients(url: str, transport: str) -> int:
@@ -68,6 +70,9 @@ async def test_a_page_behind_nginx_survives_its_gateways_being_killed_one_after_
         await page.goto(f"{nginx.url}/?token={token('dana')}&transport={transport}")
         await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
         assert await page.evaluate("location.protocol") == "https:"
+        # HTTP/2 toward the browser (SSE streams share one connection).
+        assert await page.evaluate(
+            "performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
         # Every status the page goes through, to see the reconnects happen.
         await page.evaluate("""() => {
             window.seenStatuses = [];
@@ -81,6 +86,13 @@ async def test_a_page_behind_nginx_survives_its_gateways_being_killed_one_after_
         for round_ in range(2):
             first = await serving(page, urls, transport)
             procs[first].kill()  # no close frame, no goodbye: nginx sees the upstream drop
+            # Plain requests keep working: one that nginx sends to the dead gateway fails
+            # to connect and is passed to the live one (which then takes them all).
+            dead, alive = (u.removeprefix("http://") for u in (urls[first], urls[1 - first]))
+            async with httpx.AsyncClient(base_url=nginx.url, verify=False) as http:
+                for _ in range(4):
+                    assert (await http.get("/healthz")).status_code == 200
+            assert [dead, alive] in nginx.served_by("/healthz")  # tried, then passed on
             missed = await publish(log, "dana", 5, start=len(published))
             published += missed
             await wait_shown(page, len(published))
@@ -95,6 +107,17 @@ async def test_a_page_behind_nginx_survives_its_gateways_being_killed_one_after_
             if round_ == 0:  # bring the killed one back on its port, then kill the other
                 port = int(urls[first].rsplit(":", 1)[1])
                 procs[first], _ = gateways.start(port=port)
+                # nginx may skip a gateway for fail_timeout after failed connects: wait
+                # until plain requests reach the restarted one before killing the other.
+                await page.wait_for_timeout(FAIL_TIMEOUT_S * 1000 + 500)
+                back = urls[first].removeprefix("http://")
+                async with httpx.AsyncClient(base_url=nginx.url, verify=False) as http:
+                    for _ in range(50):
+                        assert (await http.get("/healthz")).status_code == 200
+                        if any(tried[-1] == back for tried in nginx.served_by("/healthz")):
+                            break
+                    else:
+                        raise AssertionError(f"nginx never sent a request to {back} again")
 
         await page.wait_for_timeout(500)  # a duplicate would show up by now
         ids = await shown(page)
