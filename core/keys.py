@@ -73,6 +73,9 @@ class Keys:
     def dead(self, partition: int) -> str:
         return self.deads[partition]
 
+    def dead_of(self, user: str) -> str:
+        return self.deads[self.partitions.of(user)]
+
     def seen(self, user: str, event_id: str) -> str:
         return f"{self._head(user)}seen:{user}:{event_id}"
 

@@ -65,3 +65,30 @@ def render_status(console: Console, view: StatusView) -> None:
         console.print(consumers)
     else:
         console.print("No consumer groups yet (start `livefeed consumer persist|fanout`).")
+    if view.partitions:
+        console.print(partitions_table(view))
+
+
+def partitions_table(view: StatusView) -> Table:
+    """Per partition: its tag, stream lengths and, per group, owner, lease, pending, lag."""
+    names = sorted({o.group for p in view.partitions for o in p.owners})
+    table = Table(title="Partitions", title_justify="left")
+    for col in ("partition", "tag", "ingest", "dead"):
+        table.add_column(col, justify="right" if col in ("ingest", "dead") else "left")
+    for name in names:
+        table.add_column(f"{name}: owner (lease)")
+        table.add_column(f"{name}: pending/lag", justify="right")
+    for p in view.partitions:
+        by_group = {o.group: o for o in p.owners}
+        cells = [str(p.partition), p.tag, str(p.ingest_length), str(p.dead_length)]
+        for name in names:
+            owner = by_group.get(name)
+            if owner is None:
+                cells += ["-", "-"]
+                continue
+            lease = format_ms(owner.lease_left_ms) if owner.lease_left_ms is not None else ""
+            holder = f"{owner.holder} ({lease})" if owner.holder else "unowned"
+            lag = "?" if owner.lag is None else str(owner.lag)
+            cells += [holder, f"{owner.pending}/{lag}"]
+        table.add_row(*cells)
+    return table

@@ -26,8 +26,8 @@ async def test_status_of_an_empty_prefix(r: Any, keys: Keys) -> None:
 async def test_status_counts_pending_lag_and_consumers(r: Any, keys: Keys) -> None:
     ids = await ingest(r, keys, 10)
     await groups(r, keys)
-    await r.xreadgroup(PERSIST_GROUP, "persist-1", {keys.ingest: ">"}, count=4)
-    await r.xack(keys.ingest, PERSIST_GROUP, ids[0])
+    await r.xreadgroup(PERSIST_GROUP, "persist-1", {keys.ingest_of("alice"): ">"}, count=4)
+    await r.xack(keys.ingest_of("alice"), PERSIST_GROUP, ids[0])
 
     status = await Status(r, keys).status()
     ingest_view = status.streams[0]
@@ -51,8 +51,8 @@ async def test_lag_is_counted_after_deletions(r: Any, keys: Keys) -> None:
     # Redis 6.2 never reports one. Both must come out as the entries left to deliver.
     ids = await ingest(r, keys, 10)
     await groups(r, keys)
-    await r.xreadgroup(PERSIST_GROUP, "p", {keys.ingest: ">"}, count=4)
-    await r.xdel(keys.ingest, ids[6])
+    await r.xreadgroup(PERSIST_GROUP, "p", {keys.ingest_of("alice"): ">"}, count=4)
+    await r.xdel(keys.ingest_of("alice"), ids[6])
     persist = {g.name: g for g in await Status(r, keys).groups()}[PERSIST_GROUP]
     assert (persist.lag, persist.lag_exact) == (5, True)
 
@@ -64,8 +64,8 @@ async def test_lag_count_stops_at_the_cap(r: Any, keys: Keys,
     monkeypatch.setattr(status_mod, "_PAGE", 2)
     ids = await ingest(r, keys, 12)
     await groups(r, keys)
-    await r.xreadgroup(PERSIST_GROUP, "p", {keys.ingest: ">"}, count=2)
-    await r.xdel(keys.ingest, ids[5])  # Redis 7 too must count: its lag is nil now
+    await r.xreadgroup(PERSIST_GROUP, "p", {keys.ingest_of("alice"): ">"}, count=2)
+    await r.xdel(keys.ingest_of("alice"), ids[5])  # Redis 7 too must count: its lag is nil now
     persist = {g.name: g for g in await Status(r, keys).groups()}[PERSIST_GROUP]
     assert persist.lag_exact is False
     assert persist.lag is not None and 4 <= persist.lag <= 9

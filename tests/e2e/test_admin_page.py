@@ -48,10 +48,10 @@ async def test_admin_page_shows_groups_lag_and_dead_letters(
     settings = settings_factory(secret="admin-page-test-secret-long-enough-for-hs256")
     ids = await ingest(redis, keys, 8)
     await groups(redis, keys)
-    await redis.xreadgroup(PERSIST_GROUP, "persist-dead", {keys.ingest: ">"}, count=3)
+    await redis.xreadgroup(PERSIST_GROUP, "persist-dead", {keys.ingest_of("alice"): ">"}, count=3)
     await make_stale(redis, keys, PERSIST_GROUP, "persist-dead", 300_000)
-    await redis.xreadgroup(FANOUT_GROUP, "fanout-1", {keys.ingest: ">"}, count=8)
-    await redis.xack(keys.ingest, FANOUT_GROUP, *ids[:6])
+    await redis.xreadgroup(FANOUT_GROUP, "fanout-1", {keys.ingest_of("alice"): ">"}, count=8)
+    await redis.xack(keys.ingest_of("alice"), FANOUT_GROUP, *ids[:6])
     dead_id, _, _ = await poisoned(redis, keys, "Poison pill")
     token = auth.mint(signing_secret(settings), "ops", admin=True)
 
@@ -90,13 +90,13 @@ async def test_admin_page_shows_groups_lag_and_dead_letters(
         await page.click("#dead button:text('Retry')")
         await page.wait_for_selector("#dead :text('No dead letters.')", timeout=30_000)
         assert questions == [f"Put dead letter {dead_id} back into the ingest stream?"]
-        assert await redis.xlen(keys.ingest) == 9
+        assert await redis.xlen(keys.ingest_of("alice")) == 9
 
         # Claim moves the crashed consumer's entries to the named consumer.
         await page.fill("#claim-to", "persist-2")
         await page.click(f"button[data-group='{PERSIST_GROUP}']")
         await page.wait_for_selector("#notice:text('moved 3 entries')", timeout=30_000)
         assert "from persist-dead to persist-2" in questions[-1]
-        owners = await redis.xpending_range(keys.ingest, PERSIST_GROUP, min="-", max="+",
+        owners = await redis.xpending_range(keys.ingest_of("alice"), PERSIST_GROUP, min="-", max="+",
                                             count=10)
         assert {o["consumer"] for o in owners} == {b"persist-2"}

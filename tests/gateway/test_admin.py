@@ -64,7 +64,7 @@ async def test_status_pending_and_claim(settings: Settings, admin: dict[str, str
                                         redis: Any, keys: Keys) -> None:
     ids = await ingest(redis, keys, 5)
     await groups(redis, keys)
-    await redis.xreadgroup(PERSIST_GROUP, "persist-dead", {keys.ingest: ">"}, count=2)
+    await redis.xreadgroup(PERSIST_GROUP, "persist-dead", {keys.ingest_of("alice"): ">"}, count=2)
     await make_stale(redis, keys, PERSIST_GROUP, "persist-dead", 300_000)
     async with app_client(settings) as (client, _):
         status = (await client.get("/admin/api/status", headers=admin)).json()
@@ -87,7 +87,7 @@ async def test_status_pending_and_claim(settings: Settings, admin: dict[str, str
         assert dry.status_code == 200 and len(dry.json()["entries"]) == 2
         moved = await client.post("/admin/api/claim", headers=admin, json=body)
         assert [e["id"] for e in moved.json()["entries"]] == ids[:2]
-        owners = await redis.xpending_range(keys.ingest, PERSIST_GROUP, min="-", max="+",
+        owners = await redis.xpending_range(keys.ingest_of("alice"), PERSIST_GROUP, min="-", max="+",
                                             count=10)
         assert {o["consumer"] for o in owners} == {b"persist-2"}
         assert (await client.post("/admin/api/claim", headers=admin,
@@ -111,7 +111,7 @@ async def test_dead_letters_over_http(settings: Settings, admin: dict[str, str],
                                   json={})).status_code == 400
         retried = await client.post("/admin/api/dead/retry", headers=admin, json={"ids": [first]})
         assert [(a["id"], a["outcome"]) for a in retried.json()] == [(first, "retried")]
-        [(_, fields)] = await redis.xrange(keys.ingest)
+        [(_, fields)] = await redis.xrange(keys.ingest_of("alice"))
         assert fields[b"event_id"] == event_id.encode() and fields[b"data"] == data
 
         dropped = await client.post("/admin/api/dead/drop", headers=admin, json={"all": True})

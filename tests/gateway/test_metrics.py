@@ -23,7 +23,7 @@ async def test_scrape_reports_streams_lag_and_pending(
         settings_factory: Callable[..., Settings], redis: Any, keys: Keys) -> None:
     await ingest(redis, keys, 7)
     await groups(redis, keys)
-    await redis.xreadgroup(PERSIST_GROUP, "p1", {keys.ingest: ">"}, count=3)
+    await redis.xreadgroup(PERSIST_GROUP, "p1", {keys.ingest_of("alice"): ">"}, count=3)
     async with app_client(settings_factory()) as (client, app):
         r = await client.get("/metrics")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -42,9 +42,9 @@ async def test_scrape_reports_streams_lag_and_pending(
         # Within the cache interval a scrape does not go back to Redis...
         figures: gw_metrics.StreamFigures = app.state.lf.extras["stream_figures"]
         figures.cache_s = 3600
-        await redis.xack(keys.ingest, PERSIST_GROUP,
+        await redis.xack(keys.ingest_of("alice"), PERSIST_GROUP,
                          *[row["message_id"] for row in await redis.xpending_range(
-                             keys.ingest, PERSIST_GROUP, min="-", max="+", count=10)])
+                             keys.ingest_of("alice"), PERSIST_GROUP, min="-", max="+", count=10)])
         cached = samples((await client.get("/metrics")).text)
         assert cached[("livefeed_group_pending", (("group", PERSIST_GROUP),))] == 3
         # ...and after it, it does.

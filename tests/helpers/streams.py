@@ -1,6 +1,6 @@
 """Entries in a prefix's streams as the pipeline leaves them: ingested events, consumer
-groups, stale pending entries of a dead consumer, dead letters. Entry and dead-letter ids
-are refs (`<partition>/<stream id>`), as operators see them."""
+groups, stale pending entries of a dead consumer, dead letters. Operators name entries
+and dead letters by refs (`<partition>/<stream id>`, `ref()`)."""
 
 from __future__ import annotations
 
@@ -32,12 +32,11 @@ def log_of(r: Any, keys: Keys) -> EventLog:
 
 
 async def ingest(r: Any, keys: Keys, n: int, user: str = "alice") -> list[str]:
-    """Append `n` events of `user`; their refs."""
+    """Append `n` events of `user`; their stream ids (in `keys.ingest_of(user)`)."""
     events = [event(user, f"Issue {i}") for i in range(n)]
     done = await log_of(r, keys).append([(str(e.id), e.user_id, encode_event(e))
                                          for e in events])
-    partition = keys.partition_of(user)
-    return [ref(partition, a.stream_id) for a in done if a.stream_id]
+    return [a.stream_id for a in done if a.stream_id]
 
 
 async def groups(r: Any, keys: Keys) -> None:

@@ -16,6 +16,7 @@ import pytest
 from redis import exceptions as redis_exceptions
 
 from livefeed.core.eventlog import EventLog
+from livefeed.core.groupstream import ref
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings, to_env
 from livefeed.schemas.event import encode_event
@@ -41,9 +42,9 @@ async def crashed_consumer(redis: Any, keys: Keys) -> list[str]:
     """Six events; `persist-dead` took three and died a while ago, `persist-live` took one."""
     ids = await ingest(redis, keys, 6)
     await groups(redis, keys)
-    await redis.xreadgroup(PERSIST_GROUP, "persist-dead", {keys.ingest: ">"}, count=3)
+    await redis.xreadgroup(PERSIST_GROUP, "persist-dead", {keys.ingest_of("alice"): ">"}, count=3)
     await make_stale(redis, keys, PERSIST_GROUP, "persist-dead", 300_000)
-    await redis.xreadgroup(PERSIST_GROUP, "persist-live", {keys.ingest: ">"}, count=1)
+    await redis.xreadgroup(PERSIST_GROUP, "persist-live", {keys.ingest_of("alice"): ">"}, count=1)
     return ids
 
 
@@ -59,9 +60,10 @@ async def test_status_pending_and_claim(redis: Any, keys: Keys,
     assert (by_group[FANOUT_GROUP]["pending"], by_group[FANOUT_GROUP]["lag"]) == (0, 6)
     assert by_group[PERSIST_GROUP]["oldest_pending_id"] == ids[0]
 
+    refs = [ref(keys.partition_of("alice"), i) for i in ids]
     stale = as_json(settings, "pending", "--group", PERSIST_GROUP, "--min-idle", "30s")
     assert [(e["id"], e["consumer"], e["deliveries"]) for e in stale["entries"]] == [
-        (i, "persist-dead", 1) for i in ids[:3]]
+        (i, "persist-dead", 1) for i in refs[:3]]
     assert stale["entries"][0]["preview"] == "news@example.com: Issue 0"
 
     dry = as_json(settings, "claim", "--group", PERSIST_GROUP, "--min-idle", "60s", "--dry-run")
@@ -69,17 +71,18 @@ async def test_status_pending_and_claim(redis: Any, keys: Keys,
     moved = as_json(settings, "claim", "--group", PERSIST_GROUP, "--min-idle", "1m",
                     "--to", "persist-2")
     assert [(e["id"], e["consumer"]) for e in moved["entries"]] == [
-        (i, "persist-dead") for i in ids[:3]]
+        (i, "persist-dead") for i in refs[:3]]
     after = as_json(settings, "pending", "--consumer", "persist-2")
-    assert [(e["id"], e["deliveries"]) for e in after["entries"]] == [(i, 2) for i in ids[:3]]
+    assert [(e["id"], e["deliveries"]) for e in after["entries"]] == [(i, 2) for i in refs[:3]]
 
     table = livefeed(settings, "status")
     assert table.returncode == 0, table.stderr
+    partition = keys.partition_of("alice")
     for text in ("Consumer groups", PERSIST_GROUP, FANOUT_GROUP, "persist-live", "persist-2",
-                 keys.ingest):
+                 f"{keys.prefix}:{{*}}:ingest", "Partitions", keys.partitions.tags[partition]):
         assert text in table.stdout
     rows = livefeed(settings, "pending", "--limit", "2")
-    assert rows.returncode == 0 and ids[0] in rows.stdout and "more match" in rows.stdout
+    assert rows.returncode == 0 and refs[0] in rows.stdout and "more match" in rows.stdout
 
 
 async def test_claim_and_pending_errors(redis: Any, keys: Keys,
@@ -111,12 +114,12 @@ async def test_dead_list_show_retry_drop(redis: Any, keys: Keys,
 
     retried = as_json(settings, "dead", "retry", first)
     assert [(a["id"], a["outcome"]) for a in retried] == [(first, "retried")]
-    [(_, fields)] = await redis.xrange(keys.ingest)
+    [(_, fields)] = await redis.xrange(keys.ingest_of("bob"))
     assert fields[b"event_id"] == event_id.encode() and fields[b"data"] == data
 
     refused = livefeed(settings, "dead", "drop", second)
     assert refused.returncode == 1 and "--yes" in refused.stderr
-    assert await redis.xlen(keys.dead) == 1
+    assert await redis.xlen(keys.dead_of("bob")) == 1
     dropped = livefeed(settings, "dead", "drop", second, "--yes")
     assert dropped.returncode == 0 and f"{second}: dropped" in dropped.stdout
     assert as_json(settings, "dead", "list")["total"] == 0
@@ -133,7 +136,8 @@ async def test_dead_retry_all(redis: Any, keys: Keys,
     done = livefeed(settings, "dead", "retry", "--all")
     assert done.returncode == 0, done.stderr
     assert "3 of 3 retried" in done.stdout
-    assert await redis.xlen(keys.dead) == 0 and await redis.xlen(keys.ingest) == 3
+    assert await redis.xlen(keys.dead_of("bob")) == 0
+    assert await redis.xlen(keys.ingest_of("bob")) == 3
 
 
 @pytest.mark.slow
@@ -151,11 +155,12 @@ async def test_crashed_consumer_entries_are_claimed_and_completed(
                   name="persist-b")
     with running(first, second):
         async def consumers() -> set[str]:
-            if not await redis.exists(keys.ingest):
+            stream = keys.ingest_of("alice")
+            if not await redis.exists(stream):
                 return set()
             with contextlib.suppress(redis_exceptions.ResponseError):
                 return {c["name"].decode() for c in
-                        await redis.xinfo_consumers(keys.ingest, PERSIST_GROUP)}
+                        await redis.xinfo_consumers(stream, PERSIST_GROUP)}
             return set()
 
         await eventually(lambda: _has(consumers(), "persist-a"), what="consumer persist-a",
@@ -170,7 +175,7 @@ async def test_crashed_consumer_entries_are_claimed_and_completed(
             ids = await ingest(redis, keys, 5)
 
             async def held() -> bool:
-                summary = await redis.xpending(keys.ingest, PERSIST_GROUP)
+                summary = await redis.xpending(keys.ingest_of("alice"), PERSIST_GROUP)
                 return int(summary["pending"]) == 5
 
             await eventually(held, what="5 pending entries in persist-a",
@@ -181,19 +186,21 @@ async def test_crashed_consumer_entries_are_claimed_and_completed(
             await lock.close()
 
         stale = as_json(settings, "pending", "--group", PERSIST_GROUP)
+        refs = [ref(keys.partition_of("alice"), i) for i in ids]
         assert [(e["id"], e["consumer"], e["deliveries"]) for e in stale["entries"]] == [
-            (i, "persist-a", 1) for i in ids]
+            (i, "persist-a", 1) for i in refs]
         moved = as_json(settings, "claim", "--group", PERSIST_GROUP, "--min-idle", "1ms",
                         "--to", "persist-b")
         assert [(e["id"], e["consumer"]) for e in moved["entries"]] == [
-            (i, "persist-a") for i in ids]
+            (i, "persist-a") for i in refs]
         now_b = as_json(settings, "pending", "--group", PERSIST_GROUP)
         assert {(e["consumer"], e["deliveries"]) for e in now_b["entries"]} == {("persist-b", 2)}
 
         second.start()
 
         async def drained() -> bool:
-            return int((await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]) == 0
+            summary = await redis.xpending(keys.ingest_of("alice"), PERSIST_GROUP)
+            return int(summary["pending"]) == 0
 
         await eventually(drained, what="persist-b acking the claimed entries",
                          procs=(second,), timeout=60, interval=0.1)
@@ -232,7 +239,7 @@ async def test_poison_entry_dead_lettered_then_retried_once_fixed(
             await log.append([(str(e.id), e.user_id, encode_event(e)) for e in events])
 
             async def buried() -> bool:
-                return int(await redis.xlen(keys.dead)) == 1
+                return int(await redis.xlen(keys.dead_of("carol"))) == 1
 
             await eventually(buried, what="a dead letter",
                              procs=(consumer,), timeout=60, interval=0.1)
