@@ -15,7 +15,7 @@ import msgspec
 from livefeed.core import auth, db
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
-from livefeed.schemas.event import Event
+from livefeed.schemas.event import Event, valid_user_id
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 
@@ -30,7 +30,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         description="Print a token signed with LIVEFEED_SECRET (or the data dir's secret) "
         "alone on stdout. Browsers pass it as ?token=; operators as a bearer token.",
     )
-    p.add_argument("user", help="the user the token is for (its `sub`)")
+    p.add_argument("user", type=_user_id, help="the user the token is for (its `sub`)")
     p.add_argument("--admin", action="store_true", help="an operator token for /admin and ingest")
     p.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL_S, help="lifetime in seconds")
     p.set_defaults(func=token)
@@ -56,6 +56,12 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> int:
     applied = await db.migrate_dsn(settings.database_url)
     print(f"applied: {', '.join(applied)}" if applied else "up to date")
     return 0
+
+
+def _user_id(text: str) -> str:
+    if not valid_user_id(text):
+        raise argparse.ArgumentTypeError(f"not a valid user id: {text!r} (1-128 of A-Za-z0-9._:-)")
+    return text
 
 
 def token(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import datetime as dt
+
 import msgspec
 import pytest
 
-from livefeed.schemas.event import decode_ingest_body, encode_event
+from livefeed.schemas.event import decode_ingest_body, encode_event, valid_user_id
 from livefeed.schemas.frames import (
     EventFrame,
     Hello,
@@ -31,12 +33,62 @@ def test_single_event_or_array() -> None:
         (b"[" + GOOD + b"," + GOOD.replace(b'"a@b.c"', b"1") + b"]", "$[1].sender"),
         (GOOD[:-1] + b',"id":"not-a-uuid"}', "$.id"),
         (GOOD[:-1] + b',"extra":1}', "extra"),
+        # What PostgreSQL cannot store is refused with the path, not accepted and lost.
+        (GOOD.replace(b'"Hi"', b'"H\\u0000i"'), "$.subject"),
+        (b"[" + GOOD + b"," + GOOD.replace(b'"a@b.c"', b'"a\\u0000"') + b"]", "$[1].sender"),
+        (GOOD[:-1] + b',"category":"\\u0000"}', "$.category"),
+        (GOOD[:-1] + b',"preview":"ok\\u0000"}', "$.preview"),
+        (GOOD.replace(b"2026-11-30T10:00:00+00:00", b"9999-12-31T23:59:59-23:59"),
+         "$.received_at"),
+        (b"[" + GOOD + b"," + GOOD.replace(b"2026-11-30T10:00:00+00:00",
+                                           b"0001-01-01T00:00:00+01:00") + b"]",
+         "$[1].received_at"),
+        # `$` would match before a final newline: the user id pattern is anchored with \Z.
+        (GOOD.replace(b'"alice"', b'"alice\\n"'), "$.user_id"),
+        (GOOD.replace(b'"alice"', b'"' + b"a" * 129 + b'"'), "$.user_id"),
     ],
 )
 def test_field_errors_name_the_path(body: bytes, path: str) -> None:
     with pytest.raises(msgspec.ValidationError) as info:
         decode_ingest_body(body)
     assert path in str(info.value)
+    if path.startswith("$"):  # exactly that path, which ingest answers as `path`
+        assert str(info.value).endswith(f" - at `{path}`")
+
+
+@pytest.mark.parametrize(
+    "when", ["0001-01-01T00:00:00-01:00", "0001-01-01T00:00:00+00:00",
+             "9999-12-31T23:59:59.999999+00:00", "9999-12-31T23:59:59+01:00"])
+def test_times_at_the_edges_of_the_utc_range_are_accepted(when: str) -> None:
+    body = GOOD.replace(b"2026-11-30T10:00:00+00:00", when.encode())
+    assert decode_ingest_body(body)[0].received_at == dt.datetime.fromisoformat(when)
+
+
+def test_text_that_postgres_stores_is_accepted_unchanged() -> None:
+    text = "tab\tnewline\n\u00e9 \U0001f600 \ufeff\uffff end\u007f"
+    body = GOOD.replace(b'"Hi"', msgspec.json.encode(text))
+    assert decode_ingest_body(body)[0].subject == text
+
+
+@pytest.mark.parametrize("raw", [b'"\\ud800"', b'"\\udc00x"', b'"\xed\xa0\x80"', b'"\xff"'])
+def test_lone_surrogates_and_bad_utf8_never_become_a_str(raw: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_ingest_body(GOOD.replace(b'"Hi"', raw))
+
+
+@pytest.mark.parametrize(
+    ("user", "valid"),
+    [("alice", True), ("a.b_c:d-1", True), ("x" * 128, True), ("", False), ("x" * 129, False),
+     ("alice\n", False), ("\nalice", False), ("al ice", False), ("\u00e9", False),
+     ("alice\x00", False)])
+def test_valid_user_id_is_the_schema_rule(user: str, valid: bool) -> None:
+    assert valid_user_id(user) is valid
+    body = GOOD.replace(b'"alice"', msgspec.json.encode(user))
+    if valid:
+        assert decode_ingest_body(body)[0].user_id == user
+    else:
+        with pytest.raises(msgspec.ValidationError, match=r"at `\$\.user_id`"):
+            decode_ingest_body(body)
 
 
 def test_missing_required_field() -> None:
