@@ -10,7 +10,9 @@ silently changing a subject is worse than telling the sender.
   `str` (the JSON decoder refuses them), so every other string is valid `text`.
 - `received_at` must lie within years 1-9999 once converted to UTC, the range a Python
   `datetime` (and so asyncpg's `timestamptz` codec) can represent: `9999-12-31T23:59:59-23:59`
-  or `0001-01-01T00:00:00+01:00` have a valid local date but no UTC one.
+  or `0001-01-01T00:00:00+01:00` have a valid local date but no UTC one. The two end
+  instants themselves are refused too: asyncpg stores them as `infinity`/`-infinity` and
+  reads them back without a time zone.
 - `user_id` is 1-128 characters of `A-Za-z0-9._:-`, the whole string (`"alice\\n"` is
   refused); `valid_user_id` applies the same rule wherever else a user id is accepted.
 
@@ -93,13 +95,18 @@ def decode_event(raw: bytes | str) -> Event:
     return _event_decoder.decode(raw)
 
 
+_FIRST = dt.datetime.min.replace(tzinfo=dt.UTC)
+_LAST = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
 def storable_time(value: dt.datetime) -> bool:
-    """True if `value` has a UTC date in years 1-9999 (what `timestamptz` can bind)."""
+    """True if `value` is strictly between the first and last instant of years 1-9999 UTC:
+    what asyncpg binds to `timestamptz` as that very time (the end instants become
+    -infinity/infinity, anything beyond does not convert to UTC)."""
     try:
-        value.astimezone(dt.UTC)
+        return _FIRST < value.astimezone(dt.UTC) < _LAST
     except OverflowError:
         return False
-    return True
 
 
 def decode_ingest_body(raw: bytes) -> list[Event]:
@@ -113,7 +120,8 @@ def decode_ingest_body(raw: bytes) -> list[Event]:
         if not storable_time(event.received_at):
             where = f"$[{i}]" if isinstance(body, list) else "$"
             raise msgspec.ValidationError(
-                "Expected a time within years 1-9999 once converted to UTC"
+                "Expected a time within years 1-9999 in UTC, after its first and before its"
+                " last instant"
                 f" - at `{where}.received_at`"
             )
     return events

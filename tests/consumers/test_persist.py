@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
@@ -145,7 +146,13 @@ async def test_poison_entries_end_in_dead_letters_and_their_batch_is_written(
     redis: Any, keys: Keys, pool: asyncpg.Pool
 ) -> None:
     events = [event(i) for i in range(10)]
-    events.insert(4, event(4, subject="NUL \u0000 byte"))
+    # Ingest refuses both; entries appended before that rule (or by hand) still arrive.
+    # The database refuses a time that does not convert to UTC (the row is isolated and
+    # retried until max_deliveries); the decoder refuses NUL without a database round trip.
+    too_late = msgspec.structs.replace(
+        event(4), received_at=dt.datetime.fromisoformat("9999-12-31T23:59:59-23:59"))
+    events.insert(4, too_late)
+    events.insert(7, event(7, subject="NUL \u0000 byte"))
     await append(redis, keys, events)
     junk = (await redis.xadd(keys.ingest, {"event_id": "j", "user": "u", "data": b"{nope"}))
     runner = GroupRunner(redis, keys, PERSIST_GROUP, PersistHandler(pool), consumer="p1",
@@ -153,14 +160,17 @@ async def test_poison_entries_end_in_dead_letters_and_their_batch_is_written(
 
     async def settled() -> bool:
         pending = (await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]
-        return bool(await redis.xlen(keys.dead) == 2 and pending == 0)
+        return bool(await redis.xlen(keys.dead) == 3 and pending == 0)
 
     await run_until(runner, settled)
     assert len(await rows(pool)) == 10
     dead = {f[b"event_id"]: f for _, f in await redis.xrange(keys.dead)}
-    nul = dead[str(events[4].id).encode()]
-    assert b"CharacterNotInRepertoire" in nul[b"error"] and nul[b"deliveries"] == b"2"
-    assert nul[b"group"] == b"persist"
+    late = dead[str(too_late.id).encode()]
+    assert b"DataError" in late[b"error"] and b"out of range" in late[b"error"]
+    assert late[b"deliveries"] == b"2" and late[b"group"] == b"persist"
+    nul = dead[str(events[7].id).encode()]
+    assert nul[b"error"].startswith(b"undecodable payload") and b"$.subject" in nul[b"error"]
+    assert nul[b"deliveries"] == b"2" and nul[b"group"] == b"persist"
     assert dead[b"j"][b"error"].startswith(b"undecodable payload")
     assert dead[b"j"][b"source_id"] == junk and dead[b"j"][b"data"] == b"{nope"
 
