@@ -8,41 +8,50 @@ a marker without its entry would turn a retry into a silent loss.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from string import Template
 from typing import Any, Literal, NamedTuple
 
 from redis.exceptions import NoScriptError
 
 from livefeed.core.keys import Keys
+from livefeed.schemas.stream import (
+    DATA,
+    EVENT_ID,
+    FEED_DATA,
+    FEED_DATA_KEY,
+    USER,
+    IngestEntry,
+)
 
 # KEYS: ingest stream, then one seen-marker per event.
 # ARGV: ttl, then per event: event id, user, payload.
 # Returns per event the new entry id, or false (nil) when the id was seen already.
-_APPEND = """
+_APPEND = Template("""
 local ttl = ARGV[1]
 local out = {}
 for i = 2, #KEYS do
   local a = 2 + (i - 2) * 3
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
     out[i - 1] = redis.call('XADD', KEYS[1], '*',
-      'event_id', ARGV[a], 'user', ARGV[a + 1], 'data', ARGV[a + 2])
+      '$event_id', ARGV[a], '$user', ARGV[a + 1], '$data', ARGV[a + 2])
   else
     out[i - 1] = false
   end
 end
 return out
-"""
+""").substitute(event_id=EVENT_ID, user=USER, data=DATA)
 
 # KEYS: feed stream, fanned marker.  ARGV: maxlen, ttl, payload, live channel.
 # Returns {feed id, 1} when appended now, {feed id, 0} when this event was fanned out before
 # (a redelivered entry): the marker holds the feed id, so the publish is not repeated either.
-_FAN_OUT = """
+_FAN_OUT = Template("""
 local prev = redis.call('GET', KEYS[2])
 if prev then return {prev, 0} end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'data', ARGV[3])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', '$data', ARGV[3])
 redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[4], '{"type":"event","id":"' .. id .. '","data":' .. ARGV[3] .. '}')
 return {id, 1}
-"""
+""").substitute(data=FEED_DATA)
 
 
 class Appended(NamedTuple):
@@ -113,9 +122,7 @@ class EventLog:
         """Append again, bypassing the seen marker (`dead retry`): the marker is still set
         for an event that was accepted once; the consumers' own idempotency (ON CONFLICT,
         fanned markers) keeps the retry from doubling anything already done."""
-        sid = await self.redis.xadd(
-            self.keys.ingest, {"event_id": event_id, "user": user, "data": data}
-        )
+        sid = await self.redis.xadd(self.keys.ingest, IngestEntry(event_id, user, data).fields())
         return _s(sid)
 
     async def fan_out(self, events: Sequence[tuple[str, str, bytes]]) -> list[Fanned]:
@@ -150,7 +157,7 @@ class EventLog:
     async def read_feed(self, user: str, after: str, count: int) -> list[FeedEntry]:
         """Up to `count` feed entries strictly after `after`, oldest first."""
         rows = await self.redis.xrange(self.keys.feed(user), min=f"({after}", count=count)
-        return [FeedEntry(_s(fid), fields[b"data"]) for fid, fields in rows]
+        return [FeedEntry(_s(fid), fields[FEED_DATA_KEY]) for fid, fields in rows]
 
     async def resume(self, user: str, last_id: str, count: int) -> Resume:
         """The first page after `last_id`, or the reason the gap cannot be filled.
@@ -165,7 +172,7 @@ class EventLog:
         key = self.keys.feed(user)
         rows = await self.redis.xrange(key, min=last_id, count=count + 1)
         if rows and _s(rows[0][0]) == last_id:
-            return Resume([FeedEntry(_s(f), d[b"data"]) for f, d in rows[1:]], None)
+            return Resume([FeedEntry(_s(f), d[FEED_DATA_KEY]) for f, d in rows[1:]], None)
         first = await self.redis.xrange(key, count=1)
         if not first:
             return Resume([], "stream_lost")

@@ -15,11 +15,9 @@ from redis.exceptions import ResponseError
 
 from livefeed.core.keys import GROUPS, Keys
 from livefeed.schemas.admin import DeadLetter
+from livefeed.schemas.stream import DATA_KEY, EVENT_ID, USER, parse_ingest
 
 logger = logging.getLogger(__name__)
-
-ENTRY_FIELDS = (b"event_id", b"user", b"data")
-
 
 class Entry(NamedTuple):
     """One ingest stream entry, as the group handlers see it."""
@@ -50,13 +48,8 @@ def _s(value: bytes | str) -> str:
 
 def to_entry(raw: Raw) -> Entry | str:
     """The entry, or why it is malformed (a poison entry)."""
-    f = raw.fields
-    try:
-        event_id, user, data = f[b"event_id"], f[b"user"], f[b"data"]
-    except KeyError:
-        missing = [name.decode() for name in ENTRY_FIELDS if name not in f]
-        return f"malformed entry: missing field(s) {', '.join(missing)}"
-    return Entry(raw.id, _s(event_id), _s(user), data)
+    parsed = parse_ingest(raw.fields)
+    return parsed if isinstance(parsed, str) else Entry(raw.id, *parsed)
 
 
 class Batch(NamedTuple):
@@ -233,11 +226,11 @@ class GroupStream:
         f = raw.fields
         letter = DeadLetter(
             source_id=raw.id, group=self.group, consumer=self.consumer, error=error[:2000],
-            deliveries=deliveries, data=_s(f.get(b"data", b"")),
+            deliveries=deliveries, data=_s(f.get(DATA_KEY, b"")),
             failed_at_ms=int(time.time() * 1000),
         )
         # `dead retry` re-appends with the original event id and user.
-        extra = {k.decode(): _s(f[k]) for k in (b"event_id", b"user") if k in f}
+        extra = {k: _s(f[k.encode()]) for k in (EVENT_ID, USER) if k.encode() in f}
         return letter, extra
 
     async def release(self) -> bool:

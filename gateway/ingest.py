@@ -27,6 +27,7 @@ from livefeed.schemas.event import (
     encode_event,
 )
 from livefeed.schemas.frames import event_frame
+from livefeed.schemas.stream import IngestEntry
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +127,8 @@ async def ingest(request: Request) -> Response:
     events = [e.with_id() for e in events]
     if state.settings.delivery == "pubsub":
         return await _ingest_pubsub(state, events)
-    triples = [(str(e.id), e.user_id, encode_event(e)) for e in events]
     try:
-        appended = await state.log.append(triples)
+        appended = await state.log.append([IngestEntry.of(e) for e in events])
     except REDIS_ERRORS as exc:
         logger.warning("ingest: Redis unavailable (%s); answering 503", exc)
         return _unavailable("Redis")

@@ -8,7 +8,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from livefeed.schemas.event import Event, encode_event
+from livefeed.schemas.event import Event
+from livefeed.schemas.stream import IngestEntry
 
 ROW_COLUMNS = ("id", "user_id", "subject", "sender", "category", "received_at", "preview",
                "stream_id")
@@ -42,9 +43,9 @@ def events(count: int, users: Sequence[str], seed: int = 7, preview: str | None 
     ]
 
 
-def triples(evs: Sequence[Event]) -> list[tuple[str, str, bytes]]:
+def triples(evs: Sequence[Event]) -> list[IngestEntry]:
     """(event id, user, payload): what ingest appends and the consumers read."""
-    return [(str(e.id), e.user_id, encode_event(e)) for e in evs]
+    return [IngestEntry.of(e) for e in evs]
 
 
 def row_of(e: Event, stream_id: str) -> tuple[Any, ...]:

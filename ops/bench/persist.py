@@ -22,6 +22,7 @@ from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings
 from livefeed.ops.bench import data, procs
 from livefeed.ops.bench.runner import BenchResult, Context, Goal, Timer, row
+from livefeed.schemas.stream import IngestEntry
 
 BIG_BATCH = 1000
 
@@ -60,7 +61,7 @@ async def _drained(redis: Any, stream: str, last_id: bytes) -> bool:
     return False
 
 
-async def _consumer_rate(ctx: Context, s: Settings, triples: list[tuple[str, str, bytes]],
+async def _consumer_rate(ctx: Context, s: Settings, triples: list[IngestEntry],
                          ) -> float:
     """Rows/s of a `livefeed consumer persist` process draining a backlog of `triples`.
 
@@ -78,8 +79,8 @@ async def _consumer_rate(ctx: Context, s: Settings, triples: list[tuple[str, str
             try:
                 for start in range(0, len(triples), 1000):
                     pipe = redis.pipeline(transaction=False)
-                    for eid, user, payload in triples[start : start + 1000]:
-                        pipe.xadd(keys.ingest, {"event_id": eid, "user": user, "data": payload})
+                    for entry in triples[start : start + 1000]:
+                        pipe.xadd(keys.ingest, entry.fields())
                     last_id = (await pipe.execute())[-1]
                 # The profiler attaches (0.3 s) while the consumer is still frozen: that
                 # time must not be a head start outside the clock.

@@ -21,6 +21,7 @@ from livefeed.core.groupstream import Entry, ensure_group
 from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.ops.faultproxy import FaultProxy
 from livefeed.schemas.event import Event, encode_event
+from livefeed.schemas.stream import IngestEntry
 
 # Marked here too: anyio's plugin drops the parameters of tests it is told about only
 # after collection (as tests/conftest.py does).
@@ -36,7 +37,7 @@ def event(i: int, user: str = "alice", subject: str | None = None) -> Event:
 async def append(redis: Any, keys: Keys, events: Sequence[Event]) -> list[str]:
     await ensure_group(redis, keys.ingest, PERSIST_GROUP)
     log = EventLog(redis, keys, feed_maxlen=100, dedupe_ttl_s=60)
-    done = await log.append([(str(e.id), e.user_id, encode_event(e)) for e in events])
+    done = await log.append([IngestEntry.of(e) for e in events])
     return [a.stream_id for a in done if a.stream_id]
 
 
