@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from string import Template
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError
 
 from livefeed.core.keys import Keys
+from livefeed.schemas.frames import ResumeProblem
 from livefeed.schemas.stream import (
     DATA,
     EVENT_ID,
@@ -67,9 +68,6 @@ class Fanned(NamedTuple):
 class FeedEntry(NamedTuple):
     feed_id: str
     data: bytes
-
-
-ResumeProblem = Literal["trimmed", "unknown_id", "stream_lost"]
 
 
 class Resume(NamedTuple):

@@ -9,12 +9,12 @@ import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-Delivery = Literal["streams", "pubsub"]
+from livefeed.schemas.frames import Delivery
 
 
 class SettingsError(ValueError):

@@ -27,6 +27,7 @@ from livefeed.schemas.event import (
     encode_event,
 )
 from livefeed.schemas.frames import event_frame
+from livefeed.schemas.http import Accepted, Problem
 from livefeed.schemas.stream import IngestEntry
 
 logger = logging.getLogger(__name__)
@@ -42,18 +43,6 @@ INSERT_ONE = (
     "stream_id) VALUES ($1, $2, $3, $4, $5, $6, $7, '') ON CONFLICT (id) DO NOTHING"
 )
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
-
-
-class Accepted(msgspec.Struct, frozen=True):
-    ids: list[str]
-    accepted: list[str]
-    duplicates: list[str]
-
-
-class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
-    error: str
-    detail: str
-    path: str | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -25,23 +25,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol, get_args
 
 import anyio
 import msgspec
 
 from livefeed.core import metrics
 from livefeed.core.eventlog import EventLog, parse_stream_id
-from livefeed.core.settings import Delivery
 from livefeed.schemas import frames
+from livefeed.schemas.frames import CloseCode, Delivery, FrameType
 
 logger = logging.getLogger(__name__)
 
 PAGE = 250
 RESTOP_S = 1.0
-SLOW_CLOSE = 4008
-DRAINING = 1012
-FrameType = Literal["hello", "event", "recovered", "reset"]
 StreamId = tuple[int, int]
 
 _EVENT_HEAD = b'{"type":"event","id":"'
@@ -159,7 +156,7 @@ class Session:
         logger.info("client of %s too slow (%d frames queued): closing", self.user,
                     self.queue_size)
         metrics.SLOW_CLOSES.inc()
-        self.stop(SLOW_CLOSE)
+        self.stop(CloseCode.TOO_SLOW)
 
     def stop(self, code: int | None = None) -> None:
         """End the session from outside (drain, slow or gone client): `run` returns the
@@ -192,7 +189,7 @@ class Session:
     # -- the session's own task -----------------------------------------------------------
 
     async def run(self) -> int | None:
-        """Deliver until stopped; returns the code given to `stop` (SLOW_CLOSE if the client
+        """Deliver until stopped; returns the code given to `stop` (TOO_SLOW if the client
         could not keep up). A cancellation from outside propagates as usual."""
         task = self._task = asyncio.current_task()
         assert task is not None
@@ -354,7 +351,7 @@ class Sessions:
 
     def add(self, session: Session) -> None:
         if self.draining:
-            session.stop(DRAINING)
+            session.stop(CloseCode.DRAINING)
         else:
             self._live.add(session)
 
@@ -362,11 +359,11 @@ class Sessions:
         self._live.discard(session)
 
     def drain(self) -> None:
-        """Stop every session with DRAINING, and every session added from now on."""
+        """Stop every session with CloseCode.DRAINING, and every session added from now on."""
         self.draining = True
         live, self._live = self._live, set()
         for session in live:
-            session.stop(DRAINING)
+            session.stop(CloseCode.DRAINING)
 
     async def drain_on(self, draining: anyio.Event) -> None:
         await draining.wait()

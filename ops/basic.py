@@ -16,6 +16,7 @@ from livefeed.core import auth, db
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
 from livefeed.schemas.event import Event, valid_user_id
+from livefeed.schemas.http import Accepted
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 
@@ -113,9 +114,9 @@ async def send(args: argparse.Namespace, settings: Settings) -> int:
             if r.status_code != 202:
                 print(f"livefeed send: {r.status_code} {r.text}", file=sys.stderr)
                 return 1
-            reply = r.json()
-            accepted += len(reply["accepted"])
-            duplicates += len(reply["duplicates"])
+            reply = msgspec.json.decode(r.content, type=Accepted)
+            accepted += len(reply.accepted)
+            duplicates += len(reply.duplicates)
     print(f"sent {len(events)} to {', '.join(users)} via {url}: "
           f"{accepted} accepted, {duplicates} duplicates")
     return 0

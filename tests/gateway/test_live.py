@@ -12,8 +12,8 @@ import pytest
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
-from livefeed.gateway.live import SLOW_CLOSE, FrameType, Session, frame_id
-from livefeed.schemas.frames import event_frame
+from livefeed.gateway.live import Session, frame_id
+from livefeed.schemas.frames import CloseCode, FrameType, event_frame
 from tests.gateway.livehelp import assert_exact, make_log, publish
 
 # Marked here too: anyio's plugin otherwise drops the parameters of parametrized async tests.
@@ -148,7 +148,7 @@ async def test_slow_client_is_closed_with_4008(redis: Any, keys: Keys, hub: Hub)
         with anyio.fail_after(20):
             while not result:
                 await anyio.sleep(0.01)
-    assert result == [SLOW_CLOSE]
+    assert result == [CloseCode.TOO_SLOW]
     assert hub.local_users() == 0
 
 
