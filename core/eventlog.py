@@ -14,7 +14,12 @@ from typing import Any, NamedTuple
 from redis.exceptions import NoScriptError
 
 from livefeed.core.keys import Keys
-from livefeed.schemas.frames import ResumeProblem
+from livefeed.schemas.frames import (
+    EVENT_FRAME_HEAD,
+    EVENT_FRAME_MID,
+    EVENT_FRAME_TAIL,
+    ResumeProblem,
+)
 from livefeed.schemas.stream import (
     DATA,
     EVENT_ID,
@@ -50,9 +55,10 @@ local prev = redis.call('GET', KEYS[2])
 if prev then return {prev, 0} end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', '$data', ARGV[3])
 redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
-redis.call('PUBLISH', ARGV[4], '{"type":"event","id":"' .. id .. '","data":' .. ARGV[3] .. '}')
+redis.call('PUBLISH', ARGV[4], '$head' .. id .. '$mid' .. ARGV[3] .. '$tail')
 return {id, 1}
-""").substitute(data=FEED_DATA)
+""").substitute(data=FEED_DATA, head=EVENT_FRAME_HEAD.decode(), mid=EVENT_FRAME_MID.decode(),
+               tail=EVENT_FRAME_TAIL.decode())
 
 
 class Appended(NamedTuple):

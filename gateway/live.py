@@ -33,7 +33,7 @@ import msgspec
 from livefeed.core import metrics
 from livefeed.core.eventlog import EventLog, parse_stream_id
 from livefeed.schemas import frames
-from livefeed.schemas.frames import CloseCode, Delivery, FrameType
+from livefeed.schemas.frames import EVENT_FRAME_HEAD, CloseCode, Delivery, FrameType
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ PAGE = 250
 RESTOP_S = 1.0
 StreamId = tuple[int, int]
 
-_EVENT_HEAD = b'{"type":"event","id":"'
 # Label children looked up once: `labels()` per frame was a measurable share of a send.
 _SENT = {kind: metrics.FRAMES_SENT.labels(kind) for kind in get_args(FrameType)}
 # (stream id, feed id, frame) of a live frame; None: re-sync from the feed stream.
@@ -62,10 +61,10 @@ class HubLike(Protocol):
 
 def frame_id(frame: bytes) -> str | None:
     """The feed id of a published `event` frame, without decoding its payload."""
-    if frame.startswith(_EVENT_HEAD):
-        end = frame.find(b'"', len(_EVENT_HEAD))
+    if frame.startswith(EVENT_FRAME_HEAD):
+        end = frame.find(b'"', len(EVENT_FRAME_HEAD))
         if end > 0:
-            return frame[len(_EVENT_HEAD) : end].decode()
+            return frame[len(EVENT_FRAME_HEAD) : end].decode()
     try:
         decoded = frames.decode_frame(frame)
     except msgspec.DecodeError:

@@ -42,7 +42,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--url", default=None, help=f"gateway URL (default: the running "
                    f"`livefeed up`, else {DEFAULT_GATEWAY})")
-    p.add_argument("--user", action="append", default=None,
+    p.add_argument("--user", action="append", default=None, type=_user_id,
                    help="recipient user id (repeat for several; default: demo)")
     p.add_argument("--count", type=int, default=5, help="how many events (default 5)")
     p.add_argument("--batch", type=int, default=100, help="events per request (default 100)")

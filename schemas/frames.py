@@ -65,6 +65,13 @@ def decode_frame(raw: bytes | str) -> Frame:
     return _decoder.decode(raw)
 
 
+# The `event` frame as bytes around the feed id and the payload: built here, by the fanout
+# script in Lua (core.eventlog) and recognised without decoding (gateway.live.frame_id).
+EVENT_FRAME_HEAD = b'{"type":"event","id":"'
+EVENT_FRAME_MID = b'","data":'
+EVENT_FRAME_TAIL = b"}"
+
+
 def event_frame(feed_id: str, data: bytes) -> bytes:
     """The `event` frame for one feed entry; byte-identical to what the fanout script publishes."""
-    return b'{"type":"event","id":"' + feed_id.encode() + b'","data":' + data + b"}"
+    return EVENT_FRAME_HEAD + feed_id.encode() + EVENT_FRAME_MID + data + EVENT_FRAME_TAIL

@@ -22,8 +22,10 @@ def test_tokens_carry_only_valid_user_ids() -> None:
         auth.verify(secret, forged)
 
 
-def test_cli_token_refuses_a_bad_user_id(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("argv", [["token", "alice\n"], ["send", "--user", "al ice"]])
+def test_the_cli_refuses_a_bad_user_id(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                       ) -> None:
     with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["token", "alice\n"])
+        build_parser().parse_args(argv)
     assert info.value.code == 2
     assert "not a valid user id" in capsys.readouterr().err
