@@ -5,7 +5,7 @@ import datetime as dt
 import msgspec
 import pytest
 
-from livefeed.schemas.event import decode_ingest_body, encode_event, valid_user_id
+from livefeed.schemas.event import decode_event, decode_ingest_body, encode_event, valid_user_id
 from livefeed.schemas.frames import (
     EventFrame,
     Hello,
@@ -122,3 +122,17 @@ def test_event_frame_bytes_decode_as_the_tagged_union() -> None:
     assert raw == encode_frame(EventFrame(id="1-0", data=frame.data))
     assert decode_frame(encode_frame(Hello(user="u", mode="streams"))) == Hello("u", "streams")
     assert encode_frame(Reset(reason="trimmed")) == b'{"type":"reset","reason":"trimmed"}'
+
+
+def test_stream_payloads_ignore_unknown_fields_but_refuse_nul() -> None:
+    newer = GOOD[:-1] + b',"priority":1,"labels":["x"]}'
+    assert encode_event(decode_event(newer)) == encode_event(decode_event(GOOD))
+    assert encode_event(decode_event(newer.decode())) == encode_event(decode_event(GOOD))
+    nul = GOOD.replace(b'"Hi"', b'"H\\u0000i"')
+    for raw in (nul, nul.decode()):
+        with pytest.raises(msgspec.ValidationError, match=r"NUL .* - at `\$\.subject`$"):
+            decode_event(raw)
+    # An escaped backslash before u0000 is text, not a NUL.
+    text = GOOD.replace(b'"Hi"', b'"\\\\u0000"')
+    assert decode_event(text).subject == "\\u0000"
+    assert decode_ingest_body(text)[0].subject == "\\u0000"
