@@ -80,8 +80,9 @@ def test_text_that_postgres_stores_is_accepted_unchanged() -> None:
     assert decode_ingest_body(body)[0].subject == text
 
 
-@pytest.mark.parametrize("raw", [b'"\\ud800"', b'"\\udc00x"', b'"\xed\xa0\x80"', b'"\xff"'])
-def test_lone_surrogates_and_bad_utf8_never_become_a_str(raw: bytes) -> None:
+@pytest.mark.parametrize("raw", [b'"\\ud800"', b'"\\udc00x"', b'"\xed\xa0\x80"', b'"\xff"',
+                                 b'"a\x00b"'])
+def test_raw_nul_lone_surrogates_and_bad_utf8_never_become_a_str(raw: bytes) -> None:
     with pytest.raises(msgspec.DecodeError):
         decode_ingest_body(GOOD.replace(b'"Hi"', raw))
 
