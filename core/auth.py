@@ -9,7 +9,7 @@ import time
 import jwt
 import msgspec
 
-from livefeed.schemas.event import valid_user_id
+from livefeed.schemas.event import USER_ID_RULE, valid_user_id
 
 ALGORITHM = "HS256"
 DEFAULT_TTL_S = 24 * 3600
@@ -28,7 +28,7 @@ class InvalidToken(Exception):
 def mint(secret: str, user: str, *, admin: bool = False, ttl_s: int = DEFAULT_TTL_S) -> str:
     """A token for `user`; raises ValueError for a user id ingest would refuse."""
     if not valid_user_id(user):
-        raise ValueError(f"not a valid user id: {user!r} (1-128 of A-Za-z0-9._:-)")
+        raise ValueError(f"not a valid user id: {user!r} ({USER_ID_RULE})")
     now = int(time.time())
     payload: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl_s}
     if admin:

@@ -19,6 +19,7 @@ from livefeed.schemas.stream import DATA_KEY, EVENT_ID, USER, parse_ingest
 
 logger = logging.getLogger(__name__)
 
+
 class Entry(NamedTuple):
     """One ingest stream entry, as the group handlers see it."""
 

@@ -15,7 +15,7 @@ import msgspec
 from livefeed.core import auth, db
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
-from livefeed.schemas.event import Event, valid_user_id
+from livefeed.schemas.event import USER_ID_RULE, Event, valid_user_id
 from livefeed.schemas.http import Accepted
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
@@ -61,7 +61,7 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _user_id(text: str) -> str:
     if not valid_user_id(text):
-        raise argparse.ArgumentTypeError(f"not a valid user id: {text!r} (1-128 of A-Za-z0-9._:-)")
+        raise argparse.ArgumentTypeError(f"not a valid user id: {text!r} ({USER_ID_RULE})")
     return text
 
 

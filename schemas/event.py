@@ -37,6 +37,7 @@ from msgspec import Meta
 # msgspec applies `pattern` with re.search semantics: anchor with \A and \Z, because `$`
 # also matches before a final newline.
 USER_ID_PATTERN = r"\A[A-Za-z0-9._:-]{1,128}\Z"
+USER_ID_RULE = "1-128 characters of A-Za-z0-9._:-"  # the pattern, for error messages
 
 UserId = Annotated[str, Meta(pattern=USER_ID_PATTERN)]
 Subject = Annotated[str, Meta(max_length=998)]
