@@ -10,6 +10,7 @@ import jwt
 import msgspec
 
 from livefeed.core.errors import LivefeedError
+from livefeed.schemas.event import USER_ID_RULE, valid_user_id
 
 ALGORITHM = "HS256"
 DEFAULT_TTL_S = 24 * 3600
@@ -26,6 +27,9 @@ class InvalidToken(LivefeedError):
 
 
 def mint(secret: str, user: str, *, admin: bool = False, ttl_s: int = DEFAULT_TTL_S) -> str:
+    """A token for `user`; raises ValueError for a user id ingest would refuse."""
+    if not valid_user_id(user):
+        raise ValueError(f"not a valid user id: {user!r} ({USER_ID_RULE})")
     now = int(time.time())
     payload: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl_s}
     if admin:
@@ -42,7 +46,10 @@ def verify(secret: str, token: str | None) -> Claims:
         )
     except jwt.PyJWTError as exc:
         raise InvalidToken(str(exc)) from None
-    return Claims(user=str(payload["sub"]), admin=payload.get("adm") is True)
+    user = payload["sub"]
+    if not isinstance(user, str) or not valid_user_id(user):
+        raise InvalidToken("the token's subject is not a valid user id")
+    return Claims(user=user, admin=payload.get("adm") is True)
 
 
 def sign_body(secret: str, body: bytes) -> str:

@@ -14,7 +14,8 @@ import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from string import Template
+from typing import Any, NamedTuple
 
 import anyio
 from redis.exceptions import NoScriptError
@@ -23,6 +24,20 @@ from livefeed.core import redis_client
 from livefeed.core.keys import Keys
 from livefeed.core.redis_client import RedisClient, stream_rows
 from livefeed.core.topology import Topology, is_topology_error
+from livefeed.schemas.frames import (
+    EVENT_FRAME_HEAD,
+    EVENT_FRAME_MID,
+    EVENT_FRAME_TAIL,
+    ResumeProblem,
+)
+from livefeed.schemas.stream import (
+    DATA,
+    EVENT_ID,
+    FEED_DATA,
+    FEED_DATA_KEY,
+    USER,
+    IngestEntry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +55,7 @@ class NotReplicated(Exception):
 # Returns per event the new entry id, or false (nil) when the event was seen already with
 # the same content; or, appending nothing, the (1-based) position of the first event whose
 # (user, id) was seen with a different content, earlier or in the same call.
-_APPEND = """
+_APPEND = Template("""
 local ttl = ARGV[1]
 local n = #KEYS - 1
 local here = {}
@@ -55,7 +70,7 @@ for i = 1, n do
   local key, a = KEYS[i + 1], 2 + (i - 1) * 4
   if not done[key] and redis.call('SET', key, ARGV[a + 3], 'NX', 'EX', ttl) then
     out[i] = redis.call('XADD', KEYS[1], '*',
-      'event_id', ARGV[a], 'user', ARGV[a + 1], 'data', ARGV[a + 2])
+      '$event_id', ARGV[a], '$user', ARGV[a + 1], '$data', ARGV[a + 2])
   else
     -- A write even for a duplicate: a WAIT after this script then also covers the first
     -- append (replication is one ordered stream), so a retried 202 is as durable.
@@ -65,7 +80,7 @@ for i = 1, n do
   done[key] = true
 end
 return out
-"""
+""").substitute(event_id=EVENT_ID, user=USER, data=DATA)
 
 # One partition's events of a batch, in order.
 # KEYS: per event its feed stream, fanned marker and live channel (declared as keys so a
@@ -76,7 +91,7 @@ return out
 # published again. Another content under the same (user, id) is a new version accepted
 # after the dedupe window, fanned out as a new entry. (A marker written before digests were
 # kept holds the feed id alone: the same event.)
-_FAN_OUT = """
+_FAN_OUT = Template("""
 local out = {}
 for i = 1, (#ARGV - 3) / 2 do
   local k = (i - 1) * 3
@@ -84,20 +99,21 @@ for i = 1, (#ARGV - 3) / 2 do
   local prev = redis.call('GET', KEYS[k + 2])
   local fid, known
   if prev then
-    fid, known = string.match(prev, '^(%S+) (%x+)$')
+    fid, known = string.match(prev, '^(%S+) (%x+)$$')
     if not fid then fid, known = prev, digest end
   end
   if prev and known == digest then
     out[i] = {fid, 0}
   else
-    local id = redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', ARGV[1], '*', 'data', data)
+    local id = redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', ARGV[1], '*', '$data', data)
     redis.call('SET', KEYS[k + 2], id .. ' ' .. digest, 'EX', ARGV[2])
-    redis.call(ARGV[3], KEYS[k + 3], '{"type":"event","id":"' .. id .. '","data":' .. data .. '}')
+    redis.call(ARGV[3], KEYS[k + 3], '$head' .. id .. '$mid' .. data .. '$tail')
     out[i] = {id, 1}
   end
 end
 return out
-"""
+""").substitute(data=FEED_DATA, head=EVENT_FRAME_HEAD.decode(), mid=EVENT_FRAME_MID.decode(),
+               tail=EVENT_FRAME_TAIL.decode())
 
 
 class IdConflict(Exception):
@@ -133,9 +149,6 @@ class Fanned(NamedTuple):
 class FeedEntry(NamedTuple):
     feed_id: str
     data: bytes
-
-
-ResumeProblem = Literal["trimmed", "unknown_id", "stream_lost"]
 
 
 class Resume(NamedTuple):
@@ -290,7 +303,7 @@ class EventLog:
         for an event that was accepted once; the consumers' own idempotency (ON CONFLICT,
         fanned markers) keeps the retry from doubling anything already done."""
         sid = await self.redis.xadd(
-            self.keys.ingest_of(user), {"event_id": event_id, "user": user, "data": data}
+            self.keys.ingest_of(user), IngestEntry(event_id, user, data).fields()
         )
         return _s(sid)
 
@@ -331,7 +344,7 @@ class EventLog:
         """Up to `count` feed entries strictly after `after`, oldest first."""
         rows = stream_rows(
             await self.redis.xrange(self.keys.feed(user), min=f"({after}", count=count))
-        return [FeedEntry(fid, fields[b"data"]) for fid, fields in rows]
+        return [FeedEntry(fid, fields[FEED_DATA_KEY]) for fid, fields in rows]
 
     async def resume(self, user: str, last_id: str, count: int) -> Resume:
         """The first page after `last_id`, or the reason the gap cannot be filled.
@@ -346,7 +359,7 @@ class EventLog:
         key = self.keys.feed(user)
         rows = stream_rows(await self.redis.xrange(key, min=last_id, count=count + 1))
         if rows and rows[0][0] == last_id:
-            return Resume([FeedEntry(f, d[b"data"]) for f, d in rows[1:]], None)
+            return Resume([FeedEntry(f, d[FEED_DATA_KEY]) for f, d in rows[1:]], None)
         first = stream_rows(await self.redis.xrange(key, count=1))
         if not first:
             return Resume([], "stream_lost")

@@ -27,10 +27,10 @@ from redis.typing import KeyT, StreamIdT
 
 from livefeed.core.keys import GROUPS, Keys
 from livefeed.core.redis_client import RedisClient
+from livefeed.schemas.stream import parse_ingest
 
 logger = logging.getLogger(__name__)
 
-ENTRY_FIELDS = (b"event_id", b"user", b"data")
 POLL_S = 0.02  # cluster: pause between empty sweeps of the owned partitions
 
 
@@ -80,13 +80,8 @@ def by_partition(refs: Iterable[str]) -> dict[int, list[str]]:
 
 def to_entry(raw: Raw) -> Entry | str:
     """The entry, or why it is malformed (a poison entry)."""
-    f = raw.fields
-    try:
-        event_id, user, data = f[b"event_id"], f[b"user"], f[b"data"]
-    except KeyError:
-        missing = [name.decode() for name in ENTRY_FIELDS if name not in f]
-        return f"malformed entry: missing field(s) {', '.join(missing)}"
-    return Entry(raw.id, _s(event_id), _s(user), data)
+    parsed = parse_ingest(raw.fields)
+    return parsed if isinstance(parsed, str) else Entry(raw.id, *parsed)
 
 
 class Batch(NamedTuple):

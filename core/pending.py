@@ -17,6 +17,7 @@ from livefeed.core.preview import preview
 from livefeed.core.redis_client import RedisClient
 from livefeed.core.status import group_names
 from livefeed.schemas.admin import ClaimView, PendingEntry, PendingView
+from livefeed.schemas.stream import DATA_KEY, EVENT_ID_KEY, USER_KEY
 
 _PAGE = 500
 
@@ -218,11 +219,11 @@ def _entry(group: str, sid: str, consumer: str, idle_ms: int, deliveries: int,
     if fields is None:
         return PendingEntry(id=sid, group=group, consumer=consumer, idle_ms=idle_ms,
                             deliveries=deliveries, gone=True)
-    event_id = fields.get(b"event_id")
-    user = fields.get(b"user")
+    event_id = fields.get(EVENT_ID_KEY)
+    user = fields.get(USER_KEY)
     return PendingEntry(
         id=sid, group=group, consumer=consumer, idle_ms=idle_ms, deliveries=deliveries,
         event_id=_s(event_id) if event_id is not None else None,
         user=_s(user) if user is not None else None,
-        preview=preview(fields.get(b"data")),
+        preview=preview(fields.get(DATA_KEY)),
     )

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
 from livefeed.core.errors import LivefeedError
-
-Delivery = Literal["streams", "pubsub"]
+from livefeed.schemas.frames import Delivery
 
 
 class SettingsError(LivefeedError, ValueError):

@@ -20,25 +20,10 @@ from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, newsletters
 from livefeed.gateway.state import GatewayState
+from livefeed.schemas.http import HistoryItem, HistoryPage
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-
-
-class Item(msgspec.Struct, frozen=True, omit_defaults=True):
-    id: uuid.UUID
-    user_id: str
-    subject: str
-    sender: str
-    received_at: datetime
-    stream_id: str
-    category: str | None = None
-    preview: str | None = None
-
-
-class Page(msgspec.Struct, frozen=True):
-    items: list[Item]
-    next: str | None
 
 
 class Cursor(msgspec.Struct, frozen=True, array_like=True):
@@ -62,15 +47,16 @@ def decode_cursor(text: str) -> Cursor:
         raise ValueError("bad cursor") from exc
 
 
-async def read_page(pool: asyncpg.Pool, user: str, before: Cursor | None, limit: int) -> Page:
+async def read_page(pool: asyncpg.Pool, user: str, before: Cursor | None, limit: int,
+                    ) -> HistoryPage:
     keyset = None if before is None else (before.received_at, before.id)
     rows = await newsletters.read_page(pool, user, keyset, limit + 1)
-    items = [Item(**dict(r)) for r in rows[:limit]]
+    items = [HistoryItem(**dict(r)) for r in rows[:limit]]
     nxt = None
     if len(rows) > limit:
         last = items[-1]
         nxt = encode_cursor(Cursor(last.received_at, last.id))
-    return Page(items, nxt)
+    return HistoryPage(items, nxt)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -36,23 +36,13 @@ from livefeed.schemas.event import (
     encode_event,
 )
 from livefeed.schemas.frames import event_frame
+from livefeed.schemas.http import Accepted, Problem
+from livefeed.schemas.stream import IngestEntry
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
-
-
-class Accepted(msgspec.Struct, frozen=True):
-    ids: list[str]
-    accepted: list[str]
-    duplicates: list[str]
-
-
-class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
-    error: str
-    detail: str
-    path: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -127,9 +117,8 @@ async def ingest(request: Request) -> Response:
     try:
         if state.settings.delivery == "pubsub":
             return await _ingest_pubsub(state, events)
-        triples = [(str(e.id), e.user_id, encode_event(e)) for e in events]
         try:
-            appended = await state.log.append(triples)
+            appended = await state.log.append([IngestEntry.of(e) for e in events])
         except NotReplicated as exc:
             logger.warning("ingest: %s; answering 503", exc)
             return _unavailable("Redis (replication)")

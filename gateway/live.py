@@ -25,26 +25,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol, get_args
 
 import anyio
 import msgspec
 
 from livefeed.core import metrics
 from livefeed.core.eventlog import EventLog, parse_stream_id
-from livefeed.core.settings import Delivery
 from livefeed.schemas import frames
+from livefeed.schemas.frames import EVENT_FRAME_HEAD, CloseCode, Delivery, FrameType
 
 logger = logging.getLogger(__name__)
 
 PAGE = 250
 RESTOP_S = 1.0
-SLOW_CLOSE = 4008
-DRAINING = 1012
-FrameType = Literal["hello", "event", "recovered", "reset"]
 StreamId = tuple[int, int]
 
-_EVENT_HEAD = b'{"type":"event","id":"'
 # Label children looked up once: `labels()` per frame was a measurable share of a send.
 _SENT = {kind: metrics.FRAMES_SENT.labels(kind) for kind in get_args(FrameType)}
 # (stream id, feed id, frame) of a live frame; None: re-sync from the feed stream.
@@ -65,10 +61,10 @@ class HubLike(Protocol):
 
 def frame_id(frame: bytes) -> str | None:
     """The feed id of a published `event` frame, without decoding its payload."""
-    if frame.startswith(_EVENT_HEAD):
-        end = frame.find(b'"', len(_EVENT_HEAD))
+    if frame.startswith(EVENT_FRAME_HEAD):
+        end = frame.find(b'"', len(EVENT_FRAME_HEAD))
         if end > 0:
-            return frame[len(_EVENT_HEAD) : end].decode()
+            return frame[len(EVENT_FRAME_HEAD) : end].decode()
     try:
         decoded = frames.decode_frame(frame)
     except msgspec.DecodeError:
@@ -159,7 +155,7 @@ class Session:
         logger.info("client of %s too slow (%d frames queued): closing", self.user,
                     self.queue_size)
         metrics.SLOW_CLOSES.inc()
-        self.stop(SLOW_CLOSE)
+        self.stop(CloseCode.TOO_SLOW)
 
     def stop(self, code: int | None = None) -> None:
         """End the session from outside (drain, slow or gone client): `run` returns the
@@ -192,7 +188,7 @@ class Session:
     # -- the session's own task -----------------------------------------------------------
 
     async def run(self) -> int | None:
-        """Deliver until stopped; returns the code given to `stop` (SLOW_CLOSE if the client
+        """Deliver until stopped; returns the code given to `stop` (TOO_SLOW if the client
         could not keep up). A cancellation from outside propagates as usual."""
         task = self._task = asyncio.current_task()
         assert task is not None
@@ -354,7 +350,7 @@ class Sessions:
 
     def add(self, session: Session) -> None:
         if self.draining:
-            session.stop(DRAINING)
+            session.stop(CloseCode.DRAINING)
         else:
             self._live.add(session)
 
@@ -362,11 +358,11 @@ class Sessions:
         self._live.discard(session)
 
     def drain(self) -> None:
-        """Stop every session with DRAINING, and every session added from now on."""
+        """Stop every session with CloseCode.DRAINING, and every session added from now on."""
         self.draining = True
         live, self._live = self._live, set()
         for session in live:
-            session.stop(DRAINING)
+            session.stop(CloseCode.DRAINING)
 
     async def drain_on(self, draining: anyio.Event) -> None:
         await draining.wait()

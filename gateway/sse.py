@@ -18,8 +18,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from livefeed.core import auth, metrics
-from livefeed.gateway.live import FrameType, Session, run_with
+from livefeed.gateway.live import Session, run_with
 from livefeed.gateway.state import GatewayState
+from livefeed.schemas.frames import FrameType
 
 logger = logging.getLogger(__name__)
 

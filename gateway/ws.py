@@ -1,7 +1,7 @@
 """`GET /v1/ws?token=..&last_id=..`: live delivery over WebSocket (JSON text frames).
 
-Close codes: 4001 bad or expired token, 4008 client too slow (it reconnects and
-replays), 1012 gateway draining.
+Close codes (`schemas.frames.CloseCode`): 4001 bad or expired token, 4008 client too slow
+(it reconnects and replays), 1012 gateway draining.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livefeed.core import auth, metrics
-from livefeed.gateway.live import DRAINING, FrameType, Session, run_with
+from livefeed.gateway.live import Session, run_with
 from livefeed.gateway.state import GatewayState
+from livefeed.schemas.frames import CloseCode, FrameType
 
 logger = logging.getLogger(__name__)
 
-BAD_TOKEN = 4001
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -41,10 +41,10 @@ async def live_ws(websocket: WebSocket) -> None:
     try:
         claims = auth.verify(state.signing_secret, websocket.query_params.get("token"))
     except auth.InvalidToken:
-        await websocket.close(BAD_TOKEN, "bad or expired token")
+        await websocket.close(CloseCode.BAD_TOKEN, "bad or expired token")
         return
     if state.draining.is_set():
-        await websocket.close(DRAINING, "gateway draining")
+        await websocket.close(CloseCode.DRAINING, "gateway draining")
         return
     session = Session(
         user=claims.user, log=state.log, hub=state.extras["hub"],

@@ -6,14 +6,31 @@ the feed stream keeps the exact bytes ingest validated.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Literal
 
 import msgspec
 
+# How events reach the gateways (LIVEFEED_DELIVERY); `hello` tells the client which.
+Delivery = Literal["streams", "pubsub"]
+FrameType = Literal["hello", "event", "recovered", "reset"]
+# Why a client's history after its last id cannot be replayed (`reset.reason`).
+ResumeProblem = Literal["trimmed", "unknown_id", "stream_lost"]
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the gateway sends (the browser client repeats the numbers in
+    gateway/static/livefeed.js; a test keeps both equal). SSE has no close code: a bad
+    token is HTTP 401; a slow client's or a draining gateway's stream just ends."""
+
+    BAD_TOKEN = 4001  # bad or expired token: do not retry with it
+    TOO_SLOW = 4008  # the client did not keep up: reconnect with last_id and replay
+    DRAINING = 1012  # "service restart": the gateway is shutting down, reconnect
+
 
 class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="type", omit_defaults=True):
     user: str
-    mode: Literal["streams", "pubsub"]
+    mode: Delivery
     # On a connection without last_id: the feed's current end, where a reconnect resumes.
     last_id: str | None = None
 
@@ -29,7 +46,7 @@ class Recovered(msgspec.Struct, frozen=True, tag="recovered", tag_field="type"):
 
 
 class Reset(msgspec.Struct, frozen=True, tag="reset", tag_field="type", omit_defaults=True):
-    reason: Literal["trimmed", "unknown_id", "stream_lost"]
+    reason: ResumeProblem
     # Where live delivery continues from (None: the feed is empty); the next last_id.
     last_id: str | None = None
 
@@ -48,6 +65,13 @@ def decode_frame(raw: bytes | str) -> Frame:
     return _decoder.decode(raw)
 
 
+# The `event` frame as bytes around the feed id and the payload: built here, by the fanout
+# script in Lua (core.eventlog) and recognised without decoding (gateway.live.frame_id).
+EVENT_FRAME_HEAD = b'{"type":"event","id":"'
+EVENT_FRAME_MID = b'","data":'
+EVENT_FRAME_TAIL = b"}"
+
+
 def event_frame(feed_id: str, data: bytes) -> bytes:
     """The `event` frame for one feed entry; byte-identical to what the fanout script publishes."""
-    return b'{"type":"event","id":"' + feed_id.encode() + b'","data":' + data + b"}"
+    return EVENT_FRAME_HEAD + feed_id.encode() + EVENT_FRAME_MID + data + EVENT_FRAME_TAIL

@@ -3,6 +3,11 @@
 (function (global) {
   "use strict";
 
+  // The gateway's contract, copied from livefeed/schemas/frames.py (CloseCode, FrameType);
+  // tests/schemas/test_frames.py keeps these equal to the Python definitions.
+  const CLOSE = { BAD_TOKEN: 4001, TOO_SLOW: 4008, DRAINING: 1012 };
+  const FRAME_TYPES = ["hello", "event", "recovered", "reset"];
+
   function parseId(id) {
     const [ms, seq] = String(id).split("-");
     return [Number(ms), Number(seq || 0)];
@@ -107,18 +112,18 @@
       ws.onmessage = (m) => this.frame(JSON.parse(m.data));
       ws.onclose = (e) => {
         if (this.conn !== ws) return;
-        if (e.code === 4001) { this.stopped = true; this.status("unauthorized"); return; }
+        if (e.code === CLOSE.BAD_TOKEN) { this.stopped = true; this.status("unauthorized"); return; }
         if (!opened && this.opts.transport === "auto" && ++this.wsFailures >= 2) {
           this.transport = "sse"; // WebSocket blocked on the way: fall back to SSE
         }
-        this.retry(e.code === 1012 ? "draining" : "closed " + e.code);
+        this.retry(e.code === CLOSE.DRAINING ? "draining" : "closed " + e.code);
       };
     }
 
     connectSse() {
       const es = new EventSource(this.url("/v1/sse", { last_id: this.lastId }));
       this.conn = es;
-      for (const type of ["hello", "event", "recovered", "reset"]) {
+      for (const type of FRAME_TYPES) {
         es.addEventListener(type, (m) => this.frame(JSON.parse(m.data)));
       }
       es.onerror = () => {

@@ -8,7 +8,8 @@ import random
 import uuid
 from collections.abc import Sequence
 
-from livefeed.schemas.event import Event, encode_event
+from livefeed.schemas.event import Event
+from livefeed.schemas.stream import IngestEntry
 
 
 def events(count: int, users: Sequence[str], seed: int = 7, preview: str | None = None,
@@ -30,6 +31,6 @@ def events(count: int, users: Sequence[str], seed: int = 7, preview: str | None 
     ]
 
 
-def triples(evs: Sequence[Event]) -> list[tuple[str, str, bytes]]:
+def triples(evs: Sequence[Event]) -> list[IngestEntry]:
     """(event id, user, payload): what ingest appends and the consumers read."""
-    return [(str(e.id), e.user_id, encode_event(e)) for e in evs]
+    return [IngestEntry.of(e) for e in evs]

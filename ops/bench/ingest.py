@@ -10,6 +10,7 @@ from livefeed.core import auth, redis_client
 from livefeed.core.keys import Keys
 from livefeed.ops.bench import data, httpload, procs
 from livefeed.ops.bench.runner import BenchResult, Context, Goal, Timer, row
+from livefeed.schemas.stream import IngestEntry
 
 CONCURRENCY = 8
 
@@ -22,13 +23,13 @@ def _requests(secret: str, bodies: list[bytes]) -> list[bytes]:
     ]
 
 
-async def _xadd_ceiling(redis: Any, stream: str, triples: list[tuple[str, str, bytes]],
+async def _xadd_ceiling(redis: Any, stream: str, triples: list[IngestEntry],
                         batch: int) -> float:
     with Timer() as t:
         for start in range(0, len(triples), batch):
             pipe = redis.pipeline(transaction=False)
-            for eid, user, payload in triples[start : start + batch]:
-                pipe.xadd(stream, {"event_id": eid, "user": user, "data": payload})
+            for entry in triples[start : start + batch]:
+                pipe.xadd(stream, entry.fields())
             await pipe.execute()
     return len(triples) / t.seconds
 

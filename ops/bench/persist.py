@@ -22,6 +22,7 @@ from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.core.settings import Resolved
 from livefeed.ops.bench import data, procs
 from livefeed.ops.bench.runner import BenchResult, Context, Goal, Timer, row
+from livefeed.schemas.stream import IngestEntry
 
 BIG_BATCH = 1000
 
@@ -65,7 +66,7 @@ async def _drained(redis: Any, last_ids: dict[str, bytes]) -> bool:
     return True
 
 
-async def _consumer_rate(ctx: Context, s: Resolved, triples: list[tuple[str, str, bytes]],
+async def _consumer_rate(ctx: Context, s: Resolved, triples: list[IngestEntry],
                          ) -> float:
     """Rows/s of a `livefeed consumer persist` process draining a backlog of `triples`.
 
@@ -85,11 +86,10 @@ async def _consumer_rate(ctx: Context, s: Resolved, triples: list[tuple[str, str
                 for start in range(0, len(triples), 1000):
                     pipe = redis.pipeline(transaction=False)
                     part = triples[start : start + 1000]
-                    for eid, user, payload in part:
-                        pipe.xadd(keys.ingest_of(user),
-                                  {"event_id": eid, "user": user, "data": payload})
-                    for (_, user, _), sid in zip(part, await pipe.execute(), strict=True):
-                        last_ids[keys.ingest_of(user)] = sid
+                    for entry in part:
+                        pipe.xadd(keys.ingest_of(entry.user), entry.fields())
+                    for entry, sid in zip(part, await pipe.execute(), strict=True):
+                        last_ids[keys.ingest_of(entry.user)] = sid
                 # The profiler attaches (0.3 s) while the consumer is still frozen: that
                 # time must not be a head start outside the clock.
                 with procs.profiled(child.pid, ctx.profile_dir,

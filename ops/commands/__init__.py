@@ -14,3 +14,12 @@ from typing import TypeAlias
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Register: TypeAlias = Callable[[Subparsers, argparse.ArgumentParser], None]
+
+
+def user_id(text: str) -> str:
+    """An argparse type: a user id as ingest and tokens accept it."""
+    from livefeed.schemas.event import USER_ID_RULE, valid_user_id
+
+    if not valid_user_id(text):
+        raise argparse.ArgumentTypeError(f"not a valid user id: {text!r} ({USER_ID_RULE})")
+    return text

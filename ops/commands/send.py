@@ -15,8 +15,9 @@ from livefeed.core import auth
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
-from livefeed.ops.commands import Subparsers
+from livefeed.ops.commands import Subparsers, user_id
 from livefeed.schemas.event import Event
+from livefeed.schemas.http import Accepted
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 
@@ -28,7 +29,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--url", default=None, help=f"gateway URL (default: the running "
                    f"`livefeed up`, else {DEFAULT_GATEWAY})")
-    p.add_argument("--user", action="append", default=None,
+    p.add_argument("--user", action="append", default=None, type=user_id,
                    help="recipient user id (repeat for several; default: demo)")
     p.add_argument("--count", type=int, default=5, help="how many events (default 5)")
     p.add_argument("--batch", type=int, default=100, help="events per request (default 100)")
@@ -80,9 +81,9 @@ async def send(args: argparse.Namespace, settings: Settings) -> int:
             if r.status_code != 202:
                 print(f"livefeed send: {r.status_code} {r.text}", file=sys.stderr)
                 return 1
-            reply = r.json()
-            accepted += len(reply["accepted"])
-            duplicates += len(reply["duplicates"])
+            reply = msgspec.json.decode(r.content, type=Accepted)
+            accepted += len(reply.accepted)
+            duplicates += len(reply.duplicates)
     print(f"sent {len(events)} to {', '.join(users)} via {url}: "
           f"{accepted} accepted, {duplicates} duplicates")
     return 0

@@ -10,7 +10,7 @@ import argparse
 from livefeed.core import auth
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
-from livefeed.ops.commands import Subparsers
+from livefeed.ops.commands import Subparsers, user_id
 
 
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         description="Print a token signed with LIVEFEED_SECRET (or the data dir's secret) "
         "alone on stdout. Browsers pass it as ?token=; operators as a bearer token.",
     )
-    p.add_argument("user", help="the user the token is for (its `sub`)")
+    p.add_argument("user", type=user_id, help="the user the token is for (its `sub`)")
     p.add_argument("--admin", action="store_true", help="an operator token for /admin and ingest")
     p.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL_S, help="lifetime in seconds")
     p.set_defaults(func=token)

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import msgspec
 from rich.console import Console
@@ -20,8 +21,9 @@ from livefeed.ops.compare import report
 from livefeed.ops.compare.measure import CellResult
 from livefeed.ops.compare.run import Params, run_matrix, to_json
 from livefeed.ops.compare.scenarios import SCENARIOS, describe
+from livefeed.schemas.frames import Delivery
 
-MODES = ("streams", "pubsub")
+MODES = get_args(Delivery)
 # Exit status when a `streams` cell lost, duplicated or failed to persist an event.
 BROKEN = 3
 

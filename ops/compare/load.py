@@ -24,6 +24,7 @@ import msgspec
 from livefeed.core import auth
 from livefeed.ops.compare.records import Sent
 from livefeed.schemas.event import MAX_BATCH_EVENTS, Event
+from livefeed.schemas.http import Accepted
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,6 @@ TICK_S = 0.02
 REQUEST_TIMEOUT_S = 10.0
 
 _encoder = msgspec.json.Encoder()
-
-
-class Reply(msgspec.Struct):
-    accepted: list[str] = msgspec.field(default_factory=list)
-    duplicates: list[str] = msgspec.field(default_factory=list)
 
 
 class LoadGenerator:
@@ -147,7 +143,7 @@ class LoadGenerator:
             r = await client.post(f"{target}/v1/events", content=body, headers=self._headers(body))
             status = r.status_code
             if status == 202:
-                reply = msgspec.json.decode(r.content, type=Reply)
+                reply = msgspec.json.decode(r.content, type=Accepted)
                 ok = {*reply.accepted, *reply.duplicates}
             else:
                 self.errors[f"HTTP {status}"] += 1

@@ -24,6 +24,7 @@ import msgspec
 
 from livefeed.ops.compare.records import Away, ClientLog, Mark, Sent
 from livefeed.ops.stats import percentile
+from livefeed.schemas.frames import CloseCode
 
 
 class ClientStats(msgspec.Struct):
@@ -120,7 +121,7 @@ def count_client(log: ClientLog, expected: Sequence[Sent]) -> ClientCount:
         away_published=len(away_ids),
         lost_while_away=len(lost_ids & away_ids),
         connections=len(log.connections),
-        closed_4008=sum(1 for c in log.connections if c.close_code == 4008),
+        closed_4008=sum(1 for c in log.connections if c.close_code == CloseCode.TOO_SLOW),
         resets=sum(1 for c in log.connections if c.reset is not None),
         consistent_at=consistent_at,
     )

@@ -18,6 +18,7 @@ from livefeed.core.groupstream import Entry, ensure_group
 from livefeed.core.keys import FANOUT_GROUP, Keys
 from livefeed.schemas.event import Event, decode_event, encode_event
 from livefeed.schemas.frames import EventFrame, decode_frame
+from livefeed.schemas.stream import IngestEntry
 from tests.helpers.waiting import eventually
 
 
@@ -62,7 +63,7 @@ async def test_each_event_reaches_its_users_feed_and_channel_once(redis: Any, ke
     pubsub = redis.pubsub()
     await pubsub.subscribe(keys.live("u0"))
     await pubsub.get_message(timeout=1)
-    await log.append([(str(e.id), e.user_id, encode_event(e)) for e in events])
+    await log.append([IngestEntry.of(e) for e in events])
     await run_until_settled(redis, keys, log)
     for u in ("u0", "u1", "u2"):
         got = feed_event_ids(await redis.xrange(keys.feed(u)))
@@ -94,14 +95,14 @@ async def test_poison_entries_are_isolated(redis: Any, keys: Keys) -> None:
     log = make_log(redis, keys)
     await ensure_group(redis, keys.ingest_of("alice"), FANOUT_GROUP)
     good = [event(i, "alice") for i in range(4)]
-    await log.append([(str(e.id), e.user_id, encode_event(e)) for e in good[:2]])
+    await log.append([IngestEntry.of(e) for e in good[:2]])
     await redis.xadd(keys.ingest_of("alice"),
                      {"event_id": "x", "user": "alice", "data": b"not json"})
     # a key of the wrong type makes this user's fanout script fail: only this entry
     await redis.set(keys.feed("broken"), "a string, not a stream")
     wrong = event(9, "broken")
     await log.append([(str(wrong.id), "broken", encode_event(wrong))])
-    await log.append([(str(e.id), e.user_id, encode_event(e)) for e in good[2:]])
+    await log.append([IngestEntry.of(e) for e in good[2:]])
     await run_until_settled(redis, keys, log, dead=2)
     assert feed_event_ids(await redis.xrange(keys.feed("alice"))) == [str(e.id) for e in good]
     errors = {f[b"event_id"]: f[b"error"] for _, f in await redis.xrange(keys.dead)}

@@ -19,10 +19,11 @@ from livefeed.core.embedded import free_port
 from livefeed.core.errors import RetryBatch
 from livefeed.core.eventlog import EventLog
 from livefeed.core.groups import GroupRunner, Permanent, RunnerConfig
-from livefeed.core.groupstream import Entry, ensure_group
+from livefeed.core.groupstream import Entry, ensure_group, ref
 from livefeed.core.keys import PERSIST_GROUP, Keys
 from livefeed.ops.faultproxy import FaultProxy
 from livefeed.schemas.event import Event, encode_event
+from livefeed.schemas.stream import IngestEntry
 from tests.helpers.waiting import eventually
 
 # Marked here too: anyio's plugin drops the parameters of tests it is told about only
@@ -37,9 +38,9 @@ def event(i: int, user: str = "alice", subject: str | None = None) -> Event:
 
 
 async def append(redis: Any, keys: Keys, events: Sequence[Event]) -> list[str]:
-    await ensure_group(redis, keys.ingest, PERSIST_GROUP)
+    await ensure_group(redis, keys.ingest_of("alice"), PERSIST_GROUP)
     log = EventLog(redis, keys, feed_maxlen=100, dedupe_ttl_s=60)
-    done = await log.append([(str(e.id), e.user_id, encode_event(e)) for e in events])
+    done = await log.append([IngestEntry.of(e) for e in events])
     return [a.stream_id for a in done if a.stream_id]
 
 
@@ -156,27 +157,38 @@ async def test_poison_entries_end_in_dead_letters_and_their_batch_is_written(
     redis: Any, keys: Keys, pool: asyncpg.Pool
 ) -> None:
     events = [event(i) for i in range(10)]
-    events.insert(4, event(4, subject="NUL \u0000 byte"))
+    # Ingest refuses both; entries appended before that rule (or by hand) still arrive.
+    # The database refuses a time that does not convert to UTC (the row is isolated and
+    # retried until max_deliveries); the decoder refuses NUL without a database round trip.
+    too_late = msgspec.structs.replace(
+        event(4), received_at=dt.datetime.fromisoformat("9999-12-31T23:59:59-23:59"))
+    events.insert(4, too_late)
+    events.insert(7, event(7, subject="NUL \u0000 byte"))
     await append(redis, keys, events)
-    junk = (await redis.xadd(keys.ingest, {"event_id": "j", "user": "u", "data": b"{nope"}))
+    junk = await redis.xadd(keys.ingest_of("alice"),
+                            {"event_id": "j", "user": "u", "data": b"{nope"})
     runner = GroupRunner(redis, keys, PERSIST_GROUP, PersistHandler(pool), consumer="p1",
                          config=config(max_deliveries=2, claim_idle_ms=200))
 
     async def settled() -> bool:
-        pending = (await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]
-        return bool(await redis.xlen(keys.dead) == 2 and pending == 0)
+        pending = (await redis.xpending(keys.ingest_of("alice"), PERSIST_GROUP))["pending"]
+        return bool(await redis.xlen(keys.dead_of("alice")) == 3 and pending == 0)
 
     await run_until(runner, settled)
     assert len(await rows(pool)) == 10
-    dead = {f[b"event_id"]: f for _, f in await redis.xrange(keys.dead)}
-    nul = dead[str(events[4].id).encode()]
+    dead = {f[b"event_id"]: f for _, f in await redis.xrange(keys.dead_of("alice"))}
+    late = dead[str(too_late.id).encode()]
+    assert b"DataError" in late[b"error"] and b"out of range" in late[b"error"]
     # the database refuses the row's data: no redelivery can fix it, so at once
-    assert b"CharacterNotInRepertoire" in nul[b"error"] and nul[b"deliveries"] == b"1"
-    assert nul[b"group"] == b"persist"
+    assert late[b"deliveries"] == b"1" and late[b"group"] == b"persist"
     # an undecodable payload may be a newer producer's: redelivered to max_deliveries
+    nul = dead[str(events[7].id).encode()]
+    assert nul[b"error"].startswith(b"undecodable payload") and b"$.subject" in nul[b"error"]
+    assert nul[b"deliveries"] == b"2" and nul[b"group"] == b"persist"
     assert dead[b"j"][b"error"].startswith(b"undecodable payload")
     assert dead[b"j"][b"deliveries"] == b"2"
-    assert dead[b"j"][b"source_id"] == junk and dead[b"j"][b"data"] == b"{nope"
+    assert dead[b"j"][b"source_id"] == ref(keys.partition_of("alice"), junk.decode()).encode()
+    assert dead[b"j"][b"data"] == b"{nope"
 
 
 OUT_OF_RANGE = dt.datetime(9999, 12, 31, 23, 59, 59,
@@ -209,15 +221,15 @@ async def test_rows_the_database_refuses_are_isolated_once_and_dead_lettered_at_
                          config=config(max_deliveries=5, claim_idle_ms=200))
 
     async def settled() -> bool:
-        pending = (await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]
-        return bool(await redis.xlen(keys.dead) == len(bad) and pending == 0)
+        pending = (await redis.xpending(keys.ingest_of("alice"), PERSIST_GROUP))["pending"]
+        return bool(await redis.xlen(keys.dead_of("alice")) == len(bad) and pending == 0)
 
     await run_until(runner, settled)
     good = [e for i, e in enumerate(events) if i not in bad]
     assert sorted(str(r["id"]) for r in await rows(pool)) == sorted(str(e.id) for e in good)
     assert spy.sizes == [30]  # one delivery, no redelivery of the bad entries
     assert len(statements) <= 2 * len(events)  # one bisection
-    dead = {f[b"source_id"].decode(): f for _, f in await redis.xrange(keys.dead)}
+    dead = {f[b"source_id"].decode(): f for _, f in await redis.xrange(keys.dead_of("alice"))}
     assert set(dead) == {ids[i] for i in bad}
     for i, e in bad.items():
         letter = dead[ids[i]]
@@ -240,12 +252,12 @@ async def test_a_refused_constraint_is_retried_up_to_max_deliveries(
                          config=config(max_deliveries=3, claim_idle_ms=200))
 
     async def settled() -> bool:
-        pending = (await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]
-        return bool(await redis.xlen(keys.dead) == 1 and pending == 0)
+        pending = (await redis.xpending(keys.ingest_of("alice"), PERSIST_GROUP))["pending"]
+        return bool(await redis.xlen(keys.dead_of("alice")) == 1 and pending == 0)
 
     await run_until(runner, settled)
     assert {r["id"] for r in await rows(pool)} == {events[0].id, events[2].id}
-    [(_, letter)] = await redis.xrange(keys.dead)
+    [(_, letter)] = await redis.xrange(keys.dead_of("alice"))
     assert letter[b"deliveries"] == b"3" and b"no_pills" in letter[b"error"]
     assert spy.sizes == [3, 1, 1]
 
@@ -274,8 +286,8 @@ async def test_database_outage_keeps_entries_pending_then_drains(
                     return transient_count() - before >= 20
 
                 await eventually(retried_a_while)
-                pending = await redis.xpending_range(keys.ingest, PERSIST_GROUP, min="-",
-                                                     max="+", count=1000)
+                pending = await redis.xpending_range(keys.ingest_of("alice"), PERSIST_GROUP,
+                                                     min="-", max="+", count=1000)
                 # both consumers hold a batch; none was claimed by the other (the keepalive)
                 # and no delivery was burned by the retries
                 assert {p["consumer"] for p in pending} == {b"p1", b"p2"}
@@ -284,12 +296,12 @@ async def test_database_outage_keeps_entries_pending_then_drains(
                 proxy.restore()
 
                 async def drained() -> bool:
-                    left = (await redis.xpending(keys.ingest, PERSIST_GROUP))["pending"]
+                    left = (await redis.xpending(keys.ingest_of("alice"), PERSIST_GROUP))["pending"]
                     return bool(left == 0 and len(await rows(pool)) == 120)
 
                 await eventually(drained)
                 stopping.set()
-            assert await redis.xlen(keys.dead) == 0
+            assert await redis.xlen(keys.dead_of("alice")) == 0
             assert {r["id"] for r in await rows(pool)} == {e.id for e in events}
         finally:
             await through.close()

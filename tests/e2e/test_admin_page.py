@@ -97,6 +97,6 @@ async def test_admin_page_shows_groups_lag_and_dead_letters(
         await page.click(f"button[data-group='{PERSIST_GROUP}']")
         await page.wait_for_selector("#notice:text('moved 3 entries')", timeout=30_000)
         assert "from persist-dead to persist-2" in questions[-1]
-        owners = await redis.xpending_range(keys.ingest_of("alice"), PERSIST_GROUP, min="-", max="+",
-                                            count=10)
+        owners = await redis.xpending_range(keys.ingest_of("alice"), PERSIST_GROUP, min="-",
+                                            max="+", count=10)
         assert {o["consumer"] for o in owners} == {b"persist-2"}

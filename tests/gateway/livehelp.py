@@ -23,7 +23,8 @@ from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
 from livefeed.gateway.app import FEATURES, create_app
 from livefeed.gateway.hub import Hub
-from livefeed.schemas.event import Event, encode_event
+from livefeed.schemas.event import Event
+from livefeed.schemas.stream import IngestEntry
 from tests.procs import Proc, start_gateway
 
 SECRET = "live-test-secret-long-enough-for-hs256!"
@@ -33,11 +34,10 @@ def token(user: str, **kw: Any) -> str:
     return auth.mint(SECRET, user, **kw)
 
 
-def event(user: str, i: int, *, preview: str | None = None) -> tuple[str, str, bytes]:
-    eid = uuid.uuid4()
+def event(user: str, i: int, *, preview: str | None = None) -> IngestEntry:
     ev = Event(user_id=user, subject=f"subject {i}", sender=f"sender{i}@example.com",
-               received_at=datetime.now(UTC), id=eid, preview=preview)
-    return str(eid), user, encode_event(ev)
+               received_at=datetime.now(UTC), id=uuid.uuid4(), preview=preview)
+    return IngestEntry.of(ev)
 
 
 async def publish(log: EventLog, user: str, n: int, *, start: int = 0,

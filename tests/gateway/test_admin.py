@@ -87,8 +87,8 @@ async def test_status_pending_and_claim(settings: Settings, admin: dict[str, str
         assert dry.status_code == 200 and len(dry.json()["entries"]) == 2
         moved = await client.post("/admin/api/claim", headers=admin, json=body)
         assert [e["id"] for e in moved.json()["entries"]] == ids[:2]
-        owners = await redis.xpending_range(keys.ingest_of("alice"), PERSIST_GROUP, min="-", max="+",
-                                            count=10)
+        owners = await redis.xpending_range(keys.ingest_of("alice"), PERSIST_GROUP, min="-",
+                                            max="+", count=10)
         assert {o["consumer"] for o in owners} == {b"persist-2"}
         assert (await client.post("/admin/api/claim", headers=admin,
                                   json={"group": PERSIST_GROUP})).status_code == 400

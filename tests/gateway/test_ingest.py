@@ -213,3 +213,29 @@ async def test_unavailable_backend_answers_503_and_a_retry_is_safe(
         assert await redis.xlen(keys.ingest) == 3
     else:
         assert await pool.fetchval("SELECT count(*) FROM newsletters") == 3
+
+
+@modes
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [({"subject": "a\x00b"}, "subject"), ({"sender": "\x00"}, "sender"),
+     ({"category": "news\x00"}, "category"), ({"preview": "x" * 10 + "\x00"}, "preview"),
+     ({"received_at": "9999-12-31T23:59:59-23:59"}, "received_at"),
+     ({"received_at": "0001-01-01T00:00:00+01:00"}, "received_at"),
+     ({"user_id": "alice\n"}, "user_id")],
+)
+async def test_refuses_what_postgres_cannot_store_with_the_path(
+    mode: str, over: dict[str, str], field: str, gateway: Any, redis: Any, keys: Keys,
+    pool: Any
+) -> None:
+    client = await gateway(mode)
+    r = await post(client, [event(), event(), event(), event(**over)])
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["error"] == "invalid" and body["path"] == f"$[3].{field}"
+    assert set(body) == {"error", "detail", "path"}
+    r = await post(client, event(**over))
+    assert r.status_code == 422 and r.json()["path"] == f"$.{field}"
+    # Nothing of the refused requests was accepted.
+    assert await redis.exists(keys.ingest) == 0
+    assert await pool.fetchval("SELECT count(*) FROM newsletters") == 0

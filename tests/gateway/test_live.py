@@ -10,8 +10,8 @@ import pytest
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
-from livefeed.gateway.live import SLOW_CLOSE, Session, frame_id
-from livefeed.schemas.frames import event_frame
+from livefeed.gateway.live import Session, frame_id
+from livefeed.schemas.frames import CloseCode, event_frame
 from tests.gateway.livehelp import assert_exact, make_log, publish
 from tests.helpers.frames import Recorder
 from tests.helpers.waiting import eventually
@@ -122,7 +122,7 @@ async def test_slow_client_is_closed_with_4008(redis: Any, keys: Keys, hub: Hub)
         rec.stalled = True
         await publish(log, "alice", 20)
         await eventually(lambda: result, what="the session's end", timeout=20)
-    assert result == [SLOW_CLOSE]
+    assert result == [CloseCode.TOO_SLOW]
     assert hub.local_users() == 0
 
 

@@ -18,7 +18,8 @@ from prometheus_client import REGISTRY
 
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
-from livefeed.gateway.live import DRAINING, Session, Sessions, run_with
+from livefeed.gateway.live import Session, Sessions, run_with
+from livefeed.schemas.frames import CloseCode
 from tests.gateway.livehelp import (
     Gateways,
     WsClient,
@@ -71,7 +72,7 @@ async def test_drain_stops_sessions_even_while_blocked_on_a_stalled_client(
         assert len(sessions) == 2
         sessions.drain()
         await eventually(lambda: len(results) == 2, what="both sessions ended", timeout=20)
-    assert results == {"alice": DRAINING, "bob": DRAINING}
+    assert results == {"alice": CloseCode.DRAINING, "bob": CloseCode.DRAINING}
     assert len(sessions) == 0
     assert hub.local_users() == 0
 
@@ -83,7 +84,7 @@ async def test_a_session_that_starts_after_the_drain_ends_at_once(redis: Any, ke
     rec = Recorder()
     s = Session(user="alice", log=make_log(redis, keys), hub=hub, transport=rec, last_id=None)
     with anyio.fail_after(10):
-        assert await run_with(s, sessions, anyio.sleep_forever) == DRAINING
+        assert await run_with(s, sessions, anyio.sleep_forever) == CloseCode.DRAINING
     assert rec.frames == [] and hub.local_users() == 0
 
 
@@ -120,8 +121,8 @@ async def test_stop_is_consumed_but_an_outer_cancel_goes_on(redis: Any, keys: Ke
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_then_await_more)
         await rec.until(lambda r: r.types() == ["hello"])
-        s.stop(DRAINING)
-    assert after_stop == [DRAINING]
+        s.stop(CloseCode.DRAINING)
+    assert after_stop == [CloseCode.DRAINING]
 
     # A plain task cancel at the same time (as uvicorn cancels a connection's task on
     # shutdown): cancelled once, by nobody who retries, so it must not be swallowed.
@@ -136,7 +137,7 @@ async def test_stop_is_consumed_but_an_outer_cancel_goes_on(redis: Any, keys: Ke
 
     task = asyncio.create_task(run_and_mark())
     await rec2.until(lambda r: r.types() == ["hello"])
-    s2.stop(DRAINING)
+    s2.stop(CloseCode.DRAINING)
     task.cancel()
     await asyncio.wait([task], timeout=20)
     assert task.cancelled() and reached == []

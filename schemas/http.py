@@ -1,0 +1,47 @@
+"""HTTP bodies of the client-facing API: the ingest answers and the history page."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import msgspec
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    """202 from `POST /v1/events`: every id of the request in order (assigned ones
+    included), those appended now, and those seen before (not appended again)."""
+
+    ids: list[str]
+    accepted: list[str]
+    duplicates: list[str]
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A refused ingest request: `error` a stable code (`invalid`, `too_large`, ...),
+    `detail` for people, `path` the offending field (`$[3].subject`) when there is one."""
+
+    error: str
+    detail: str
+    path: str | None = None
+
+
+class HistoryItem(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One persisted newsletter in `GET /v1/feed`."""
+
+    id: uuid.UUID
+    user_id: str
+    subject: str
+    sender: str
+    received_at: datetime
+    stream_id: str
+    category: str | None = None
+    preview: str | None = None
+
+
+class HistoryPage(msgspec.Struct, frozen=True):
+    """`GET /v1/feed`: newest first; `next` is the `before` cursor of the next page, null
+    on the last one."""
+
+    items: list[HistoryItem]
+    next: str | None
