@@ -82,6 +82,20 @@ end
 return out
 """).substitute(event_id=EVENT_ID, user=USER, data=DATA)
 
+# A request spanning several partitions is checked for conflicts first, in all of them, so
+# a 409 appends nothing anywhere (one partition's append script checks again, atomically).
+# KEYS: seen markers.  ARGV: their content digests.  The (1-based) position of the first
+# conflict, or 0.
+_CHECK = """
+local here = {}
+for i = 1, #KEYS do
+  local known = here[KEYS[i]] or redis.call('GET', KEYS[i])
+  if known and known ~= ARGV[i] then return i end
+  here[KEYS[i]] = ARGV[i]
+end
+return 0
+"""
+
 # One partition's events of a batch, in order.
 # KEYS: per event its feed stream, fanned marker and live channel (declared as keys so a
 # cluster checks they share the slot).  ARGV: maxlen, ttl, publish command (PUBLISH on a
@@ -117,9 +131,10 @@ return out
 
 
 class IdConflict(Exception):
-    """An append named an event already seen with another content: nothing of its
-    partition was appended (other partitions of the same call may have been: a corrected
-    retry finds them as duplicates)."""
+    """An append named an event already seen with another content: nothing was appended
+    (unless a conflicting event raced in between the check of all partitions and the
+    append of one; then the others' events are in, and a corrected retry finds them as
+    duplicates)."""
 
     def __init__(self, index: int, event_id: str, user: str, *, earlier: bool = False,
                  ) -> None:
@@ -190,6 +205,7 @@ class EventLog:
         # Sharded pub/sub on a cluster: a plain PUBLISH is copied to every node.
         self.publish_command = "SPUBLISH" if cluster else "PUBLISH"
         self._append_sha = _sha(_APPEND)
+        self._check_sha = _sha(_CHECK)
         self._fan_out_sha = _sha(_FAN_OUT)
 
     def _by_partition(self, events: Sequence[tuple[str, str, bytes]]
@@ -221,14 +237,13 @@ class EventLog:
                 keys.append(self.keys.seen(user, eid))
                 args += [eid, user, data, content_digest(data)]
             calls[p] = (keys, args)
+        if len(parts) > 1:
+            checks = {p: (keys[1:], args[4::4]) for p, (keys, args) in calls.items()}
+            found = await self._per_node(_CHECK, self._check_sha, checks, 0)
+            self._raise_conflict(events, parts, {p: int(i) for p, i in found.items()})
         replies = await self._per_node(_APPEND, self._append_sha, calls, self.replicas)
-        conflicts = [idx[replies[p] - 1] for p, idx in parts.items()
-                     if isinstance(replies[p], int)]
-        if conflicts:
-            first = min(conflicts)
-            eid, user, _ = events[first]
-            earlier = any((e, u) == (eid, user) for e, u, _ in events[:first])
-            raise IdConflict(first, eid, user, earlier=earlier)
+        self._raise_conflict(events, parts, {p: r for p, r in replies.items()
+                                             if isinstance(r, int)})
         out: list[Appended | None] = [None] * len(events)
         for p, idx in parts.items():
             for i, sid in zip(idx, replies[p], strict=True):
@@ -297,6 +312,17 @@ class EventLog:
                                         f"the append within {WAIT_TIMEOUT_MS} ms")
             return list(replies)
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _raise_conflict(events: Sequence[tuple[str, str, bytes]], parts: dict[int, list[int]],
+                        positions: dict[int, int]) -> None:
+        """IdConflict for the earliest event a partition reported (1-based; 0: none)."""
+        conflicts = [parts[p][i - 1] for p, i in positions.items() if i]
+        if conflicts:
+            first = min(conflicts)
+            eid, user, _ = events[first]
+            earlier = any((e, u) == (eid, user) for e, u, _ in events[:first])
+            raise IdConflict(first, eid, user, earlier=earlier)
 
     async def reappend(self, event_id: str, user: str, data: bytes) -> str:
         """Append again, bypassing the seen marker (`dead retry`): the marker is still set

@@ -1,5 +1,5 @@
 """The browser fixture of tests/e2e, for the page-behind-nginx test."""
 
-from tests.e2e.conftest import chromium
+from tests.helpers.browser import chromium
 
 __all__ = ["chromium"]

@@ -15,8 +15,8 @@ import pytest
 from livefeed.core.keys import Keys
 from livefeed.schemas.event import MAX_BODY_BYTES
 from tests.deploy.nginxsite import NGINX_CONF, running_nginx
-from tests.e2e.test_browser import shown, wait_shown
 from tests.gateway.livehelp import Gateways, make_log, publish, token
+from tests.helpers.browser import shown, wait_shown
 from tests.procs import Proc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -1,31 +1,5 @@
-"""Headless Chromium for the browser tests: Debian's `chromium` driven by Playwright
-(never Playwright's own browser download)."""
+"""The browser tests' fixtures."""
 
-from __future__ import annotations
+from tests.helpers.browser import chromium
 
-import shutil
-from collections.abc import AsyncIterator
-from typing import Any
-
-import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Any]:
-    """A launched browser (playwright.async_api.Browser), closed afterwards."""
-    from playwright.async_api import async_playwright
-
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (ops/test does)")
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+__all__ = ["chromium"]

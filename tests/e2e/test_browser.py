@@ -10,19 +10,9 @@ import pytest
 from livefeed.core.embedded import free_port
 from livefeed.core.keys import Keys
 from tests.gateway.livehelp import Gateways, make_log, publish, token
+from tests.helpers.browser import shown, wait_shown
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
-
-async def shown(page: Any) -> list[str]:
-    ids: list[str] = await page.eval_on_selector_all(
-        "#feed li", "els => els.map(e => e.dataset.eventId)")
-    return ids
-
-
-async def wait_shown(page: Any, n: int) -> None:
-    await page.wait_for_function(f"document.querySelectorAll('#feed li').length >= {n}",
-                                 timeout=60_000)
-
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_demo_page_survives_a_gateway_restart_without_gap_or_duplicate(

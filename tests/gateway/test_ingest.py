@@ -19,6 +19,7 @@ from livefeed.core.settings import Settings
 from livefeed.ops.faultproxy import FaultProxy
 from livefeed.schemas.event import MAX_BATCH_EVENTS, MAX_BODY_BYTES
 from tests.gateway.livehelp import app_client
+from tests.helpers.streams import ingest_length, ingest_rows
 
 pytestmark = pytest.mark.anyio
 modes = pytest.mark.parametrize("mode", ["streams", "pubsub"])
@@ -74,13 +75,13 @@ async def test_accepts_events_and_reports_duplicates(
     assert again.status_code == 202
     assert again.json() == {"ids": [known, known], "accepted": [], "duplicates": [known, known]}
     if mode == "streams":
-        rows = await redis.xrange(keys.ingest)
+        rows = await ingest_rows(redis, keys)
         assert [f[b"event_id"].decode() for _, f in rows] == body["ids"]
         assert rows[1][1][b"user"] == b"bob"
     else:
         ids = {str(r["id"]) for r in await pool.fetch("SELECT id FROM newsletters")}
         assert ids == set(body["ids"])
-        assert await redis.exists(keys.ingest) == 0
+        assert await ingest_length(redis, keys) == 0
         msg = None
         with anyio.move_on_after(3):
             while msg is None:
@@ -96,7 +97,7 @@ async def stored(mode: str, redis: Any, keys: Keys, pool: Any) -> list[tuple[str
     if mode == "streams":
         return [(f[b"user"].decode(), f[b"event_id"].decode(),
                  msgspec.json.decode(f[b"data"])["subject"])
-                for _, f in await redis.xrange(keys.ingest)]
+                for _, f in await ingest_rows(redis, keys)]
     return [(r["user_id"], str(r["id"]), r["subject"]) for r in await pool.fetch(
         "SELECT user_id, id, subject FROM newsletters ORDER BY inserted_at, user_id")]
 
@@ -210,7 +211,7 @@ async def test_unavailable_backend_answers_503_and_a_retry_is_safe(
         r = await post(client, payload)
         assert r.status_code == 202 and len(r.json()["accepted"]) == 3
     if mode == "streams":
-        assert await redis.xlen(keys.ingest) == 3
+        assert await ingest_length(redis, keys) == 3
     else:
         assert await pool.fetchval("SELECT count(*) FROM newsletters") == 3
 
@@ -237,5 +238,5 @@ async def test_refuses_what_postgres_cannot_store_with_the_path(
     r = await post(client, event(**over))
     assert r.status_code == 422 and r.json()["path"] == f"$.{field}"
     # Nothing of the refused requests was accepted.
-    assert await redis.exists(keys.ingest) == 0
+    assert await ingest_length(redis, keys) == 0
     assert await pool.fetchval("SELECT count(*) FROM newsletters") == 0

@@ -95,3 +95,20 @@ async def poisoned(r: Any, keys: Keys, subject: str = "Poison") -> tuple[str, st
     # as if trimmed after the ack
     await r.xdel(keys.ingest(partition), appended.stream_id)
     return dead_id, str(ev.id), data
+
+
+async def ingest_rows(r: Any, keys: Keys) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Every partition's ingest entries as (ref, fields), in append order (entries of one
+    millisecond in different partitions ordered by partition)."""
+    rows: list[tuple[tuple[int, int, int], str, dict[bytes, bytes]]] = []
+    for partition, stream in enumerate(keys.ingests):
+        for sid, fields in await r.xrange(stream):
+            text = sid.decode()
+            ms, _, seq = text.partition("-")
+            rows.append(((int(ms), int(seq), partition), ref(partition, text), fields))
+    return [(entry_ref, fields) for _, entry_ref, fields in sorted(rows)]
+
+
+async def ingest_length(r: Any, keys: Keys) -> int:
+    """Entries in all partitions' ingest streams (0 where none exists)."""
+    return sum([int(await r.xlen(stream)) for stream in keys.ingests])
