@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +56,19 @@ class Handler(Protocol):
         one is handled; `handle` must work on unprepared entries too.
         """
         ...
+
+
+def _ranges(partitions: Iterable[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (for logs)."""
+    out: list[str] = []
+    for p in sorted(partitions):
+        if out and "-" not in out[-1].split(",")[-1] and int(out[-1]) == p - 1:
+            out[-1] = f"{out[-1]}-{p}"
+        elif out and "-" in out[-1] and int(out[-1].rsplit("-", 1)[1]) == p - 1:
+            out[-1] = f"{out[-1].rsplit('-', 1)[0]}-{p}"
+        else:
+            out.append(str(p))
+    return ",".join(out)
 
 
 def default_consumer_name() -> str:
@@ -223,9 +236,10 @@ class GroupRunner:
         if change.gained:
             await self.stream.ensure_groups(change.gained)
         self.stream.owned = sorted(change.owned - change.surplus)
+        if change.gained:
+            logger.info("group %s: consumer %s took partitions %s", self.group, self.consumer,
+                        _ranges(change.gained))
         for partition in sorted(change.gained):
-            logger.info("group %s: consumer %s took partition %d", self.group, self.consumer,
-                        partition)
             await self._take_over(partition)
         if change.surplus:
             busy = {split_ref(r)[0] for r in (*self._held, *self._to_ack)}
@@ -234,7 +248,7 @@ class GroupRunner:
                 await self._flush_acks()
                 await self.leases.release(idle)
                 logger.info("group %s: consumer %s handed over partitions %s", self.group,
-                            self.consumer, idle)
+                            self.consumer, _ranges(idle))
         metrics.PARTITIONS_OWNED.labels(self.group).set(len(self.stream.owned))
 
     async def _take_over(self, partition: int) -> None:
