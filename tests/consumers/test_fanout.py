@@ -19,6 +19,7 @@ from livefeed.core.keys import FANOUT_GROUP, Keys
 from livefeed.schemas.event import Event, decode_event, encode_event
 from livefeed.schemas.frames import EventFrame, decode_frame
 from livefeed.schemas.stream import IngestEntry
+from tests.helpers.streams import all_read, dead_rows, pending_total
 from tests.helpers.waiting import eventually
 
 
@@ -37,13 +38,10 @@ async def run_until_settled(redis: Any, keys: Keys, log: EventLog, dead: int = 0
                                              max_deliveries=1, trim_every_s=None))
 
     async def settled() -> bool:
-        pending = (await redis.xpending(keys.ingest, FANOUT_GROUP))["pending"]
-        # Redis 6.2 has no `lag`: read all = delivered up to the newest entry
-        groups = await redis.xinfo_groups(keys.ingest)
-        newest = (await redis.xrevrange(keys.ingest, count=1))[0][0]
-        read_all = all(g["last-delivered-id"] == newest for g in groups
-                       if g["name"] == b"fanout")
-        return bool(pending == 0 and read_all and await redis.xlen(keys.dead) == dead)
+        # over every partition: nothing pending, delivered up to each newest entry
+        return bool(await pending_total(redis, keys, FANOUT_GROUP) == 0
+                    and await all_read(redis, keys, FANOUT_GROUP)
+                    and len(await dead_rows(redis, keys)) == dead)
 
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -105,7 +103,7 @@ async def test_poison_entries_are_isolated(redis: Any, keys: Keys) -> None:
     await log.append([IngestEntry.of(e) for e in good[2:]])
     await run_until_settled(redis, keys, log, dead=2)
     assert feed_event_ids(await redis.xrange(keys.feed("alice"))) == [str(e.id) for e in good]
-    errors = {f[b"event_id"]: f[b"error"] for _, f in await redis.xrange(keys.dead)}
+    errors = {f[b"event_id"]: f[b"error"] for _, f in await dead_rows(redis, keys)}
     assert errors[b"x"].startswith(b"undecodable payload")
     assert b"WRONGTYPE" in errors[str(wrong.id).encode()]
 

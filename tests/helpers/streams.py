@@ -112,3 +112,44 @@ async def ingest_rows(r: Any, keys: Keys) -> list[tuple[str, dict[bytes, bytes]]
 async def ingest_length(r: Any, keys: Keys) -> int:
     """Entries in all partitions' ingest streams (0 where none exists)."""
     return sum([int(await r.xlen(stream)) for stream in keys.ingests])
+
+
+async def pending_total(r: Any, keys: Keys, group: str) -> int:
+    """Entries pending in `group` over every partition (XPENDING where the stream exists;
+    a stream without the group yet has none pending in it: `all_read` tells it unread)."""
+    from redis.exceptions import ResponseError  # (appended helpers: imports kept local)
+
+    total = 0
+    for stream in keys.ingests:
+        if not await r.exists(stream):
+            continue
+        try:
+            total += int((await r.xpending(stream, group))["pending"])
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+    return total
+
+
+async def all_read(r: Any, keys: Keys, group: str) -> bool:
+    """Every existing partition stream's `group` was delivered up to the stream's newest
+    entry (Redis 6.2 has no `lag`): last-delivered-id == newest id, the group present
+    wherever the stream holds entries."""
+    for stream in keys.ingests:
+        if not await r.exists(stream):
+            continue
+        newest = await r.xrevrange(stream, count=1)
+        if not newest:
+            continue
+        found = [g for g in await r.xinfo_groups(stream) if g["name"] == group.encode()]
+        if not found or found[0]["last-delivered-id"] != newest[0][0]:
+            return False
+    return True
+
+
+async def dead_rows(r: Any, keys: Keys) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Every partition's dead letters as (ref, fields), in partition order, oldest first
+    within a partition."""
+    return [(ref(partition, sid.decode()), fields)
+            for partition, stream in enumerate(keys.deads)
+            for sid, fields in await r.xrange(stream)]
