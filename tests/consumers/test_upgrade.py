@@ -20,6 +20,7 @@ from livefeed.core.groupstream import ensure_group
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.schemas.event import Event, decode_ingest_body, encode_event
 from livefeed.schemas.frames import EventFrame, decode_frame
+from tests.helpers.streams import dead_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +40,7 @@ async def test_events_with_unknown_fields_are_persisted_and_fanned_out(
 ) -> None:
     log = EventLog(redis, keys, feed_maxlen=100, dedupe_ttl_s=60)
     for group in (PERSIST_GROUP, FANOUT_GROUP):
-        await ensure_group(redis, keys.ingest, group)
+        await ensure_group(redis, keys.ingest_of("alice"), group)
     sent = [newer_payload(i) for i in range(5)]
     # The HTTP body of today's gateway stays strict: an unknown field there is a typo.
     with pytest.raises(msgspec.ValidationError, match="priority"):
@@ -61,13 +62,13 @@ async def test_events_with_unknown_fields_are_persisted_and_fanned_out(
             tg.start_soon(runner.run, stopping)
         with anyio.fail_after(30):
             # Until both groups are done, or one dead-lettered something (the old failure).
-            while not await redis.xlen(keys.dead) and (
+            while not await dead_rows(redis, keys) and (
                     await pool.fetchval("SELECT count(*) FROM newsletters") < len(sent)
                     or await redis.xlen(keys.feed("alice")) < len(sent)):
                 await anyio.sleep(0.05)
         stopping.set()
 
-    assert [f[b"error"] for _, f in await redis.xrange(keys.dead)] == []
+    assert [f[b"error"] for _, f in await dead_rows(redis, keys)] == []
     rows = await pool.fetch("SELECT id, subject, category FROM newsletters")
     assert {str(r["id"]) for r in rows} == {eid for eid, _ in sent}
     assert {r["category"] for r in rows} == {"news"}
