@@ -169,6 +169,12 @@ class EmbeddedCluster:
         return node.url
 
     @property
+    def cluster_url(self) -> str:
+        """Every node in one URL (`redis://h:p,h:p,...`): livefeed's clients start from any
+        of them, so a dead node at start-up is no problem."""
+        return "redis://" + ",".join(f"{h}:{p}" for h, p in self.startup_nodes)
+
+    @property
     def startup_nodes(self) -> list[tuple[str, int]]:
         """(host, port) of every node, for `ClusterNode(host, port)` startup lists."""
         return [(n.host, n.port) for n in self.nodes]

@@ -28,8 +28,12 @@ REDIS_UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError (Redis loading its data)
     redis.exceptions.TimeoutError,
     redis.exceptions.TryAgainError,  # cluster: a slot is migrating
+    redis.exceptions.ClusterDownError,  # cluster: a shard has no primary (failover)
+    # cluster: no node reachable, or the slot map could not be built; not a RedisError
+    redis.exceptions.RedisClusterException,
 )
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError,
+                TimeoutError)
 
 DB_UNAVAILABLE = (
     OSError,

@@ -67,9 +67,9 @@ class Pending:
             for partition in await self._partitions_of(name):
                 stream = self.keys.ingest(partition)
                 total += int((await self.redis.xpending(stream, name))["pending"])
-                if len(entries) >= limit:
-                    truncated = truncated or total > len(entries)
-                    continue
+                if len(entries) >= limit and truncated:
+                    continue  # only `total` is still counted
+                # At the limit this probes for one more *matching* row (the filters apply).
                 rows, more = await self._pending_rows(partition, name, consumer, min_idle_ms,
                                                       limit - len(entries))
                 truncated = truncated or more

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias, cast, overload
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from livefeed.core.keys import Keys
@@ -25,6 +28,17 @@ Fields: TypeAlias = dict[bytes, bytes]
 
 COMMAND_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 5
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a cluster URL: `redis://h1:p1,h2:p2` lists several
+    startup nodes, so a client can start while one of them is down."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    nodes = []
+    for part in netloc.split(","):
+        host, _, port = part.rpartition(":")
+        nodes.append((host.strip("[]") or "127.0.0.1", int(port or 6379)))
+    return nodes
 
 
 def node_options(*, blocking: bool = False) -> dict[str, Any]:
@@ -65,19 +79,45 @@ def connect(
     options = node_options(blocking=blocking)
     options["decode_responses"] = decode_responses
     if cluster:
-        return RedisCluster.from_url(url, **options)
+        nodes = cluster_nodes(url)
+        if len(nodes) == 1:
+            return RedisCluster.from_url(url, **options)
+        parts = urlsplit(url)
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+                            username=parts.username or None, password=parts.password or None,
+                            ssl=parts.scheme == "rediss", **options)
     if max_connections is not None:
         options["max_connections"] = max_connections
     return aioredis.Redis.from_url(url, **options)
 
 
 async def ping(url: str, *, cluster: bool = False) -> None:
-    """Raise redis.ConnectionError (or TimeoutError) if `url` does not answer PING."""
-    client = connect(url, cluster=cluster)
-    try:
-        await client.ping()
-    finally:
-        await client.aclose()
+    """Raise redis.ConnectionError (or TimeoutError) if `url` does not answer PING; for a
+    cluster, if none of the URL's nodes does (a node down while its replica takes over is
+    the clients' business, not a reason for a role to refuse to start)."""
+    if not cluster:
+        client = connect(url)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+        return
+    parts = urlsplit(url)
+    failure: Exception | None = None
+    for host, port in cluster_nodes(url):
+        node = aioredis.Redis(host=host, port=port, username=parts.username or None,
+                              password=parts.password or None, ssl=parts.scheme == "rediss",
+                              socket_connect_timeout=COMMAND_TIMEOUT_S,
+                              socket_timeout=COMMAND_TIMEOUT_S)
+        try:
+            await node.ping()
+            return
+        except (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError) as exc:
+            failure = exc
+        finally:
+            await node.aclose()
+    assert failure is not None
+    raise failure
 
 
 async def delete_keys(client: RedisClient, keys: Keys) -> int:

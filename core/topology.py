@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ STANDALONE = "standalone"
 
 def is_topology_error(exc: BaseException) -> bool:
     """A reply that means the slot map is stale or the node is gone (retry after refresh)."""
-    if isinstance(exc, (RedisConnectionError, ConnectionError, OSError, TimeoutError)):
+    if isinstance(exc, (RedisConnectionError, RedisClusterException, ConnectionError, OSError,
+                        TimeoutError)):
         return True
     text = str(exc)
     return isinstance(exc, ResponseError) and text.split(" ", 1)[0] in (

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import anyio
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
@@ -105,8 +106,7 @@ class _Link:
     async def subscribe(self, subs: list[_Sub]) -> None:
         if self.pubsub is None or not self.healthy:
             return  # subscribed when the link (re)opens
-        for i in range(0, len(subs), SUBSCRIBE_BATCH):
-            part = subs[i : i + SUBSCRIBE_BATCH]
+        for part in self._batches(subs):
             for sub in part:
                 self.pending.setdefault(sub.channel, deque()).append(sub)
             try:
@@ -116,6 +116,17 @@ class _Link:
                 logger.info("%s on %s failed (%r); the reader reconnects",
                             self.subscribe_cmd.upper(), self.node, exc)
                 return
+
+    def _batches(self, subs: list[_Sub]) -> list[list[_Sub]]:
+        """Subscriptions of up to SUBSCRIBE_BATCH channels; SSUBSCRIBE takes the channels
+        of one slot only (a partition's channels share it), so sharded batches are per slot."""
+        if not self.hub.sharded:
+            return [subs[i : i + SUBSCRIBE_BATCH] for i in range(0, len(subs), SUBSCRIBE_BATCH)]
+        by_slot: dict[int, list[_Sub]] = {}
+        for sub in subs:
+            by_slot.setdefault(key_slot(sub.channel), []).append(sub)
+        return [group[i : i + SUBSCRIBE_BATCH] for group in by_slot.values()
+                for i in range(0, len(group), SUBSCRIBE_BATCH)]
 
     async def unsubscribe(self, channel: bytes) -> None:
         if self.pubsub is not None and self.healthy:

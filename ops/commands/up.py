@@ -100,7 +100,8 @@ def _cluster(stack: contextlib.ExitStack, settings: Settings) -> tuple[Settings,
     cluster = stack.enter_context(EmbeddedCluster(settings.data_path / "redis-cluster"))
     nodes = [f"{n.url}  {n.role():7}  pid {n.pid}  log {n.dir / 'redis.log'}"
              for n in cluster.nodes]
-    return msgspec.structs.replace(settings, redis_url=cluster.url, redis_cluster=True), nodes
+    return msgspec.structs.replace(settings, redis_url=cluster.cluster_url,
+                                   redis_cluster=True), nodes
 
 
 def _consumer_roles() -> list[Any]:
