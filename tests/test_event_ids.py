@@ -22,6 +22,7 @@ from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings
 from tests.gateway.livehelp import SECRET, app_client
+from tests.helpers.streams import all_read, pending_total
 
 pytestmark = pytest.mark.anyio
 
@@ -36,13 +37,11 @@ async def settle(redis: Any, keys: Keys, pool: asyncpg.Pool) -> None:
     async with anyio.create_task_group() as tg:
         for runner in runners:
             tg.start_soon(runner.run, stopping)
-        last = (await redis.xrevrange(keys.ingest, count=1))[0][0]
         with anyio.fail_after(30):
-            while True:
-                groups = {g["name"].decode(): g for g in await redis.xinfo_groups(keys.ingest)}
-                if all(name in groups and groups[name]["last-delivered-id"] == last
-                       and groups[name]["pending"] == 0 for name in (PERSIST_GROUP, FANOUT_GROUP)):
-                    break
+            # on every partition: delivered up to the newest entry, nothing pending
+            while not all([await all_read(redis, keys, name)
+                           and await pending_total(redis, keys, name) == 0
+                           for name in (PERSIST_GROUP, FANOUT_GROUP)]):
                 await anyio.sleep(0.05)
         stopping.set()
 
