@@ -230,5 +230,6 @@ def routes() -> list[BaseRoute]:
         Route("/admin/api/dead", api_dead),
         Route("/admin/api/dead/retry", api_dead_retry, methods=["POST"]),
         Route("/admin/api/dead/drop", api_dead_drop, methods=["POST"]),
-        Route("/admin/api/dead/{id}", api_dead_show),
+        # A dead letter's id is a ref, `<partition>/<stream id>`: its "/" is part of it.
+        Route("/admin/api/dead/{id:path}", api_dead_show),
     ]

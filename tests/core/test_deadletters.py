@@ -6,8 +6,9 @@ from typing import Any
 
 from livefeed.core import deadletters
 from livefeed.core.deadletters import DeadLetter, DeadLetters
+from livefeed.core.groupstream import ref
 from livefeed.core.keys import PERSIST_GROUP, Keys
-from tests.helpers.streams import both, bury, log_of, poisoned
+from tests.helpers.streams import both, bury, ingest_length, log_of, poisoned
 
 
 @both
@@ -31,7 +32,8 @@ async def test_list_and_show(r: Any, keys: Keys) -> None:
 
     shown = await dl.show(dead_id)
     assert shown is not None and shown.data == data.decode()
-    assert await dl.show("1-1") is None
+    assert await dl.show("0/1-1") is None  # a well-formed ref of no letter
+    assert await dl.show("1-1") is None  # a bare stream id names no partition
     assert await dl.show("junk") is None
 
 
@@ -42,13 +44,15 @@ async def test_retry_puts_the_original_back_into_ingest(r: Any, keys: Keys) -> N
     [action] = await dl.retry([dead_id])
     assert action.outcome == "retried" and action.ingest_id is not None
     # Back in the ingest stream byte for byte, despite the seen marker of its first arrival.
-    rows = await r.xrange(keys.ingest)
+    # (into the user's partition: the letter's own)
+    rows = await r.xrange(keys.ingest_of("bob"))
     assert [(sid.decode(), f) for sid, f in rows] == [
         (action.ingest_id, {b"event_id": event_id.encode(), b"user": b"bob", b"data": data})]
+    assert dead_id.startswith(f"{keys.partition_of('bob')}/")
     assert await dl.count() == 0
     [again] = await dl.retry([dead_id])
     assert again.outcome == "missing"
-    assert await r.xlen(keys.ingest) == 1
+    assert await ingest_length(r, keys) == 1
 
 
 @both
@@ -57,7 +61,7 @@ async def test_retry_refuses_a_payload_that_is_no_event(r: Any, keys: Keys) -> N
     dl = DeadLetters(r, keys, log_of(r, keys))
     [action] = await dl.retry([junk])
     assert action.outcome == "invalid" and "drop" in (action.reason or "")
-    assert await dl.count() == 1 and await r.xlen(keys.ingest) == 0
+    assert await dl.count() == 1 and await ingest_length(r, keys) == 0
 
 
 @both
@@ -68,7 +72,7 @@ async def test_retry_all_with_progress(r: Any, keys: Keys) -> None:
     actions = await dl.retry(await dl.all_ids(), progress=lambda d, t: seen.append((d, t)))
     assert [a.id for a in actions] == ids and {a.outcome for a in actions} == {"retried"}
     assert seen == [(1, 3), (2, 3), (3, 3)]
-    assert await dl.count() == 0 and await r.xlen(keys.ingest) == 3
+    assert await dl.count() == 0 and await ingest_length(r, keys) == 3
 
 
 @both
@@ -76,17 +80,19 @@ async def test_drop(r: Any, keys: Keys) -> None:
     a, _, _ = await poisoned(r, keys, "A")
     b, _, _ = await poisoned(r, keys, "B")
     dl = DeadLetters(r, keys, log_of(r, keys))
-    actions = await dl.drop([a, "9-9", "junk"])
-    assert [(x.id, x.outcome) for x in actions] == [(a, "dropped"), ("9-9", "missing"),
-                                                    ("junk", "missing")]
+    actions = await dl.drop([a, "0/9-9", "9-9", "junk"])
+    assert [(x.id, x.outcome) for x in actions] == [
+        (a, "dropped"), ("0/9-9", "missing"), ("9-9", "missing"), ("junk", "missing")]
     assert [x.id for x in (await dl.letters()).letters] == [b]
-    assert await r.xlen(keys.ingest) == 0  # drop never re-appends
+    assert await ingest_length(r, keys) == 0  # drop never re-appends
 
 
 @both
 async def test_malformed_letters_still_show(r: Any, keys: Keys) -> None:
-    a = (await r.xadd(keys.dead, {"note": "hand-written"})).decode()
-    b = (await r.xadd(keys.dead, {"data": "x", "deliveries": "many"})).decode()
+    # In two partitions: the list merges them oldest first (a tie goes to the lower one).
+    a = ref(0, (await r.xadd(keys.dead(0), {"note": "hand-written"})).decode())
+    last = keys.count - 1
+    b = ref(last, (await r.xadd(keys.dead(last), {"data": "x", "deliveries": "many"})).decode())
     dl = DeadLetters(r, keys, log_of(r, keys))
     letters = (await dl.letters()).letters
     assert [(x.id, x.deliveries, x.group, x.preview) for x in letters] == [
@@ -108,16 +114,18 @@ def test_a_letter_reads_back_as_written() -> None:
 
 @both
 async def test_the_dead_letter_stream_is_bounded(r: Any, keys: Keys) -> None:
-    await r.xgroup_create(keys.ingest, PERSIST_GROUP, id="0", mkstream=True)
+    await r.xgroup_create(keys.ingest(3), PERSIST_GROUP, id="0", mkstream=True)
     maxlen = 100
     for batch in range(10):
-        letters = [deadletters.letter_of(f"{batch}-{i}", {b"data": b"x"}, group=PERSIST_GROUP,
-                                         consumer="c", error="boom", deliveries=5)
+        letters = [deadletters.letter_of(ref(3, f"{batch}-{i}"), {b"data": b"x"},
+                                         group=PERSIST_GROUP, consumer="c", error="boom",
+                                         deliveries=5)
                    for i in range(1, 101)]
         await deadletters.bury(r, keys, PERSIST_GROUP, letters, maxlen=maxlen)
-    length = await r.xlen(keys.dead)
+    assert [await r.xlen(k) for k in keys.deads if k != keys.dead(3)] == [0] * (keys.count - 1)
+    length = await r.xlen(keys.dead(3))
     # MAXLEN ~ trims whole radix-tree nodes (100 entries each by default): never fewer
     # than asked, at most one node more; 1,000 letters were written.
     assert maxlen <= length < 2 * maxlen + 1
-    newest = await r.xrevrange(keys.dead, count=1)
-    assert deadletters.from_fields(newest[0][1]).source_id == "9-100"
+    newest = await r.xrevrange(keys.dead(3), count=1)
+    assert deadletters.from_fields(newest[0][1]).source_id == "3/9-100"

@@ -9,16 +9,17 @@ import pytest
 
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.pending import Pending, PendingError
-from tests.helpers.streams import both, groups, ingest, make_stale, wait_consumer_idle
+from tests.helpers.streams import both, groups, ingest, make_stale, refs, wait_consumer_idle
 
 
 @both
 async def test_pending_shows_owner_deliveries_and_preview(r: Any, keys: Keys) -> None:
-    ids = await ingest(r, keys, 5)
+    ids = refs(keys, "alice", await ingest(r, keys, 5))
     await groups(r, keys)
-    await r.xreadgroup(PERSIST_GROUP, "crashed", {keys.ingest: ">"}, count=3)
-    await r.xreadgroup(PERSIST_GROUP, "crashed", {keys.ingest: "0"})  # a restart re-read
-    await r.xreadgroup(FANOUT_GROUP, "fan-1", {keys.ingest: ">"}, count=1)
+    stream = keys.ingest_of("alice")
+    await r.xreadgroup(PERSIST_GROUP, "crashed", {stream: ">"}, count=3)
+    await r.xreadgroup(PERSIST_GROUP, "crashed", {stream: "0"})  # a restart re-read
+    await r.xreadgroup(FANOUT_GROUP, "fan-1", {stream: ">"}, count=1)
     await make_stale(r, keys, PERSIST_GROUP, "crashed", 120_000)
     pending = Pending(r, keys)
 
@@ -34,6 +35,9 @@ async def test_pending_shows_owner_deliveries_and_preview(r: Any, keys: Keys) ->
     stale = await pending.view(min_idle_ms=60_000)
     assert [e.consumer for e in stale.entries] == ["crashed"] * 3
     assert [e.id for e in (await pending.view(consumer="fan-1")).entries] == [ids[0]]
+    # Truncated means more entries *match*: fan-1 has one, the others' do not count.
+    only = await pending.view(consumer="fan-1", limit=1)
+    assert [e.id for e in only.entries] == [ids[0]] and not only.truncated
     limited = await pending.view(group=PERSIST_GROUP, limit=2)
     assert [e.id for e in limited.entries] == ids[:2] and limited.truncated
     with pytest.raises(PendingError, match="no group 'nope'"):
@@ -42,10 +46,11 @@ async def test_pending_shows_owner_deliveries_and_preview(r: Any, keys: Keys) ->
 
 @both
 async def test_pending_entry_whose_payload_is_gone(r: Any, keys: Keys) -> None:
-    ids = await ingest(r, keys, 2)
+    sids = await ingest(r, keys, 2)
+    ids = refs(keys, "alice", sids)
     await groups(r, keys)
-    await r.xreadgroup(PERSIST_GROUP, "c", {keys.ingest: ">"})
-    await r.xdel(keys.ingest, ids[0])
+    await r.xreadgroup(PERSIST_GROUP, "c", {keys.ingest_of("alice"): ">"})
+    await r.xdel(keys.ingest_of("alice"), sids[0])
     view = await Pending(r, keys).view(group=PERSIST_GROUP)
     assert [(e.id, e.gone, e.preview) for e in view.entries] == [
         (ids[0], True, None), (ids[1], False, "news@example.com: Issue 1")]
@@ -53,10 +58,12 @@ async def test_pending_entry_whose_payload_is_gone(r: Any, keys: Keys) -> None:
 
 @both
 async def test_claim_dry_run_then_move_then_complete(r: Any, keys: Keys) -> None:
-    ids = await ingest(r, keys, 6)
+    sids = await ingest(r, keys, 6)
+    ids = refs(keys, "alice", sids)
     await groups(r, keys)
-    await r.xreadgroup(PERSIST_GROUP, "dead-1", {keys.ingest: ">"}, count=3)
-    await r.xreadgroup(PERSIST_GROUP, "alive", {keys.ingest: ">"}, count=1)
+    stream = keys.ingest_of("alice")
+    await r.xreadgroup(PERSIST_GROUP, "dead-1", {stream: ">"}, count=3)
+    await r.xreadgroup(PERSIST_GROUP, "alive", {stream: ">"}, count=1)
     await make_stale(r, keys, PERSIST_GROUP, "dead-1", 120_000)
     pending = Pending(r, keys)
 
@@ -78,10 +85,10 @@ async def test_claim_dry_run_then_move_then_complete(r: Any, keys: Keys) -> None
         ids[3]: ("alive", 1)}
 
     # The claimer completes them as a restarted consumer does: its own pending, then ack.
-    reply = await r.xreadgroup(PERSIST_GROUP, "rescuer", {keys.ingest: "0"})
+    reply = await r.xreadgroup(PERSIST_GROUP, "rescuer", {stream: "0"})
     got = [e[0].decode() for e in reply[0][1]]
-    assert got == ids[:3]
-    assert await r.xack(keys.ingest, PERSIST_GROUP, *got) == 3
+    assert got == sids[:3]
+    assert await r.xack(stream, PERSIST_GROUP, *got) == 3
     left = await pending.view(group=PERSIST_GROUP)
     assert [(e.id, e.consumer) for e in left.entries] == [(ids[3], "alive")]
 
@@ -90,16 +97,17 @@ async def test_claim_dry_run_then_move_then_complete(r: Any, keys: Keys) -> None
 async def test_claim_needs_a_live_consumer_or_a_name(r: Any, keys: Keys) -> None:
     await ingest(r, keys, 3)
     await groups(r, keys)
-    await r.xreadgroup(PERSIST_GROUP, "dead-1", {keys.ingest: ">"}, count=2)
+    stream = keys.ingest_of("alice")
+    await r.xreadgroup(PERSIST_GROUP, "dead-1", {stream: ">"}, count=2)
     await make_stale(r, keys, PERSIST_GROUP, "dead-1", 120_000)
     pending = Pending(r, keys)
     # The only recently active consumer owns the stale entries: it is no rescuer.
     with pytest.raises(PendingError, match="--to"):
         await pending.claim(group=PERSIST_GROUP, min_idle_ms=60_000)
-    await r.xreadgroup(PERSIST_GROUP, "idle-1", {keys.ingest: ">"})
-    await r.xack(keys.ingest, PERSIST_GROUP, *[
+    await r.xreadgroup(PERSIST_GROUP, "idle-1", {stream: ">"})
+    await r.xack(stream, PERSIST_GROUP, *[
         row["message_id"] for row in await r.xpending_range(
-            keys.ingest, PERSIST_GROUP, min="-", max="+", count=10, consumername="idle-1")])
+            stream, PERSIST_GROUP, min="-", max="+", count=10, consumername="idle-1")])
     # A consumer idle for longer than min-idle is not live either.
     await wait_consumer_idle(r, keys, PERSIST_GROUP, "idle-1", 300)
     with pytest.raises(PendingError, match="--to"):
@@ -113,11 +121,12 @@ async def test_claim_needs_a_live_consumer_or_a_name(r: Any, keys: Keys) -> None
 
 @both
 async def test_claim_of_deleted_payloads(r: Any, keys: Keys) -> None:
-    ids = await ingest(r, keys, 3)
+    sids = await ingest(r, keys, 3)
+    ids = refs(keys, "alice", sids)
     await groups(r, keys)
-    await r.xreadgroup(PERSIST_GROUP, "dead-1", {keys.ingest: ">"})
+    await r.xreadgroup(PERSIST_GROUP, "dead-1", {keys.ingest_of("alice"): ">"})
     await make_stale(r, keys, PERSIST_GROUP, "dead-1", 120_000)
-    await r.xdel(keys.ingest, ids[1])
+    await r.xdel(keys.ingest_of("alice"), sids[1])
     done = await Pending(r, keys).claim(group=PERSIST_GROUP, min_idle_ms=60_000, to="x")
     version = (await r.info("server"))["redis_version"]
     if version.startswith("6."):

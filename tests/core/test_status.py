@@ -8,10 +8,11 @@ import pytest
 
 from livefeed.core import status as status_mod
 from livefeed.core.eventlog import EventLog
-from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.keys import DEFAULT_PARTITIONS, FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.leases import PartitionLeases
 from livefeed.core.status import Status
 from livefeed.schemas.event import encode_event
-from tests.helpers.streams import both, event, groups, ingest
+from tests.helpers.streams import both, event, groups, ingest, poisoned
 
 
 @both
@@ -46,6 +47,38 @@ async def test_status_counts_pending_lag_and_consumers(r: Any, keys: Keys) -> No
 
 
 @both
+async def test_status_per_partition(r: Any, keys: Keys) -> None:
+    await ingest(r, keys, 4)
+    await groups(r, keys)
+    await r.xreadgroup(PERSIST_GROUP, "p1", {keys.ingest_of("alice"): ">"}, count=1)
+    await poisoned(r, keys)  # a dead letter in bob's partition
+    mine, bobs = keys.partition_of("alice"), keys.partition_of("bob")
+    assert mine != bobs
+    # One partition only (without `static` p1 would take all 16): the lease must show on
+    # that partition and no other.
+    leases = PartitionLeases(r, keys, PERSIST_GROUP, "p1", static=[mine])
+    assert (await leases.refresh()).owned == {mine}
+
+    status = await Status(r, keys).status()
+    assert len(status.partitions) == keys.count == DEFAULT_PARTITIONS == 16
+    assert [(p.partition, p.tag) for p in status.partitions] == list(
+        enumerate(keys.partitions.tags))
+    assert [(p.ingest_length, p.dead_length) for p in status.partitions] == [
+        (4 if p == mine else 0, 1 if p == bobs else 0) for p in range(16)]
+    owners = {o.group: o for o in status.partitions[mine].owners}
+    persist, fanout = owners[PERSIST_GROUP], owners[FANOUT_GROUP]
+    assert persist.holder == leases.token and persist.holder.startswith("p1#")
+    assert persist.lease_left_ms is not None and 0 < persist.lease_left_ms <= leases.lease_ms
+    assert (persist.pending, persist.lag) == (1, 3)
+    assert (fanout.holder, fanout.lease_left_ms, fanout.pending, fanout.lag) == (
+        None, None, 0, 4)
+    for p in status.partitions:
+        if p.partition != mine:
+            assert sorted((o.group, o.holder, o.pending, o.lag) for o in p.owners) == [
+                (FANOUT_GROUP, None, 0, 0), (PERSIST_GROUP, None, 0, 0)], p
+
+
+@both
 async def test_lag_is_counted_after_deletions(r: Any, keys: Keys) -> None:
     # Redis 7 reports a nil lag when entries after the group's position were deleted;
     # Redis 6.2 never reports one. Both must come out as the entries left to deliver.
@@ -53,7 +86,8 @@ async def test_lag_is_counted_after_deletions(r: Any, keys: Keys) -> None:
     await groups(r, keys)
     await r.xreadgroup(PERSIST_GROUP, "p", {keys.ingest_of("alice"): ">"}, count=4)
     await r.xdel(keys.ingest_of("alice"), ids[6])
-    persist = {g.name: g for g in await Status(r, keys).groups()}[PERSIST_GROUP]
+    persist = {g.name: g for g in await Status(r, keys).groups(
+        keys.ingest_of("alice"))}[PERSIST_GROUP]
     assert (persist.lag, persist.lag_exact) == (5, True)
 
 
@@ -66,7 +100,8 @@ async def test_lag_count_stops_at_the_cap(r: Any, keys: Keys,
     await groups(r, keys)
     await r.xreadgroup(PERSIST_GROUP, "p", {keys.ingest_of("alice"): ">"}, count=2)
     await r.xdel(keys.ingest_of("alice"), ids[5])  # Redis 7 too must count: its lag is nil now
-    persist = {g.name: g for g in await Status(r, keys).groups()}[PERSIST_GROUP]
+    persist = {g.name: g for g in await Status(r, keys).groups(
+        keys.ingest_of("alice"))}[PERSIST_GROUP]
     assert persist.lag_exact is False
     assert persist.lag is not None and 4 <= persist.lag <= 9
 
@@ -77,8 +112,10 @@ async def test_feed_sample(r: Any, keys: Keys) -> None:
     evs = [event(f"user{i:02d}") for i in range(12)]
     await log.fan_out([(str(e.id), e.user_id, encode_event(e)) for e in evs])
     status = await Status(r, keys, feed_sample=10).status()
+    feed_keys = {keys.feed(e.user_id) for e in evs}
     assert len(status.feeds) == 10 and status.feeds_more
-    assert all(f.length == 1 and f.key.startswith(f"{keys.prefix}:feed:") for f in status.feeds)
+    assert all(f.length == 1 and f.key in feed_keys for f in status.feeds)
     small = await Status(r, keys, feed_sample=20).status()
     assert len(small.feeds) == 12 and not small.feeds_more
+    assert {f.key for f in small.feeds} == feed_keys
 

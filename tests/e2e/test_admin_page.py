@@ -19,7 +19,7 @@ from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
 from livefeed.gateway import app as app_mod
 from tests.helpers.admin import MINE
-from tests.helpers.streams import groups, ingest, make_stale, poisoned
+from tests.helpers.streams import groups, ingest, make_stale, poisoned, refs
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.browser
@@ -74,7 +74,12 @@ async def test_admin_page_shows_groups_lag_and_dead_letters(
         dead_text = await page.inner_text("#dead")
         assert dead_id in dead_text and "ValueError: bad sender" in dead_text
         assert "Poison pill" in dead_text
-        assert "persist-dead" in await page.inner_text("#pending")
+        # Entries and letters are named by refs, `<partition>/<stream id>`.
+        assert dead_id.startswith(f"{keys.partition_of('bob')}/")
+        pending_text = await page.inner_text("#pending")
+        assert "persist-dead" in pending_text
+        for entry_ref in refs(keys, "alice", ids[:3]):
+            assert entry_ref in pending_text
         shot = tmp_path / "admin.png"
         await page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
@@ -90,7 +95,9 @@ async def test_admin_page_shows_groups_lag_and_dead_letters(
         await page.click("#dead button:text('Retry')")
         await page.wait_for_selector("#dead :text('No dead letters.')", timeout=30_000)
         assert questions == [f"Put dead letter {dead_id} back into the ingest stream?"]
-        assert await redis.xlen(keys.ingest_of("alice")) == 9
+        # (into bob's partition: the letter's own; alice's entries stay as they were)
+        assert await redis.xlen(keys.ingest_of("bob")) == 1
+        assert await redis.xlen(keys.ingest_of("alice")) == 8
 
         # Claim moves the crashed consumer's entries to the named consumer.
         await page.fill("#claim-to", "persist-2")

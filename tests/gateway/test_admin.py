@@ -12,7 +12,7 @@ from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
 from tests.helpers.admin import app_client
-from tests.helpers.streams import groups, ingest, make_stale, poisoned
+from tests.helpers.streams import groups, ingest, ingest_length, make_stale, poisoned, refs
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -31,7 +31,7 @@ def admin(settings: Settings) -> dict[str, str]:
 
 ENDPOINTS = [("GET", "/admin/api/status"), ("GET", "/admin/api/pending"),
              ("GET", "/admin/api/dead"), ("GET", "/admin/api/gateway"),
-             ("GET", "/admin/api/dead/1-1"), ("POST", "/admin/api/dead/retry"),
+             ("GET", "/admin/api/dead/0/1-1"), ("POST", "/admin/api/dead/retry"),
              ("POST", "/admin/api/dead/drop"), ("POST", "/admin/api/claim")]
 
 
@@ -62,7 +62,7 @@ async def test_every_endpoint_needs_an_admin_token(settings: Settings, redis: An
 
 async def test_status_pending_and_claim(settings: Settings, admin: dict[str, str],
                                         redis: Any, keys: Keys) -> None:
-    ids = await ingest(redis, keys, 5)
+    ids = refs(keys, "alice", await ingest(redis, keys, 5))
     await groups(redis, keys)
     await redis.xreadgroup(PERSIST_GROUP, "persist-dead", {keys.ingest_of("alice"): ">"}, count=2)
     await make_stale(redis, keys, PERSIST_GROUP, "persist-dead", 300_000)
@@ -103,16 +103,24 @@ async def test_dead_letters_over_http(settings: Settings, admin: dict[str, str],
     async with app_client(settings) as (client, _):
         listing = (await client.get("/admin/api/dead", headers=admin)).json()
         assert [d["id"] for d in listing["letters"]] == [first, second]
-        shown = (await client.get(f"/admin/api/dead/{first}", headers=admin)).json()
-        assert shown["data"] == data.decode() and shown["error"] == "ValueError: bad sender"
-        assert (await client.get("/admin/api/dead/1-1", headers=admin)).status_code == 404
+        # A ref holds a "/": as is, and percent-encoded as a browser's encodeURIComponent does.
+        for path in (first, first.replace("/", "%2F")):
+            shown = await client.get(f"/admin/api/dead/{path}", headers=admin)
+            assert shown.status_code == 200, path
+            assert shown.json()["id"] == first and shown.json()["data"] == data.decode()
+            assert shown.json()["error"] == "ValueError: bad sender"
+        for absent in ("0/1-1", "1-1"):
+            missing = await client.get(f"/admin/api/dead/{absent}", headers=admin)
+            assert missing.status_code == 404
+            assert missing.json() == {"error": f"no dead letter {absent}"}
 
         assert (await client.post("/admin/api/dead/retry", headers=admin,
                                   json={})).status_code == 400
         retried = await client.post("/admin/api/dead/retry", headers=admin, json={"ids": [first]})
         assert [(a["id"], a["outcome"]) for a in retried.json()] == [(first, "retried")]
-        [(_, fields)] = await redis.xrange(keys.ingest_of("alice"))
+        [(_, fields)] = await redis.xrange(keys.ingest_of("bob"))
         assert fields[b"event_id"] == event_id.encode() and fields[b"data"] == data
+        assert await ingest_length(redis, keys) == 1
 
         dropped = await client.post("/admin/api/dead/drop", headers=admin, json={"all": True})
         assert [(a["id"], a["outcome"]) for a in dropped.json()] == [(second, "dropped")]

@@ -14,6 +14,13 @@ from tests.helpers.admin import app_client
 from tests.helpers.streams import groups, ingest
 
 
+def by_partition(got: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+                 group: str) -> dict[str, float]:
+    """{partition: value} of a per-partition gauge's series of `group`."""
+    return {dict(labels)["partition"]: value for (metric, labels), value in got.items()
+            if metric == name and dict(labels)["group"] == group}
+
+
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
@@ -34,6 +41,16 @@ async def test_scrape_reports_streams_lag_and_pending(
         assert got[("livefeed_group_lag", (("group", FANOUT_GROUP),))] == 7
         assert got[("livefeed_group_pending", (("group", PERSIST_GROUP),))] == 3
         assert got[("livefeed_group_consumers", (("group", PERSIST_GROUP),))] == 1
+        # Per partition: all of it in alice's, a zero series for every other partition.
+        mine = keys.partition_of("alice")
+
+        def only_mine(value: int) -> dict[str, float]:
+            return {str(p): value if p == mine else 0 for p in range(keys.count)}
+
+        assert by_partition(got, "livefeed_partition_lag", PERSIST_GROUP) == only_mine(4)
+        assert by_partition(got, "livefeed_partition_lag", FANOUT_GROUP) == only_mine(7)
+        assert by_partition(got, "livefeed_partition_pending", PERSIST_GROUP) == only_mine(3)
+        assert by_partition(got, "livefeed_partition_pending", FANOUT_GROUP) == only_mine(0)
         # The process metrics every role counts are in the same exposition.
         for name in ("livefeed_ingest_events_total", "livefeed_batch_size",
                      "livefeed_delivery_seconds", "livefeed_frames_sent_total"):

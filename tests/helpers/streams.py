@@ -153,3 +153,10 @@ async def dead_rows(r: Any, keys: Keys) -> list[tuple[str, dict[bytes, bytes]]]:
     return [(ref(partition, sid.decode()), fields)
             for partition, stream in enumerate(keys.deads)
             for sid, fields in await r.xrange(stream)]
+
+
+def refs(keys: Keys, user: str, stream_ids: list[str]) -> list[str]:
+    """The refs of `user`'s ingest entries `stream_ids` (as `ingest` returns them), the
+    names operator views (pending, claim, status) give those entries."""
+    partition = keys.partition_of(user)
+    return [ref(partition, sid) for sid in stream_ids]

@@ -16,11 +16,11 @@ import pytest
 from redis import exceptions as redis_exceptions
 
 from livefeed.core.eventlog import EventLog
-from livefeed.core.groupstream import ref
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.leases import PartitionLeases
 from livefeed.core.settings import Settings, to_env
 from livefeed.schemas.event import encode_event
-from tests.helpers.streams import event, groups, ingest, make_stale, poisoned
+from tests.helpers.streams import event, groups, ingest, make_stale, poisoned, refs
 from tests.helpers.waiting import eventually
 from tests.procs import Proc, running
 
@@ -30,6 +30,19 @@ def livefeed(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]
     return subprocess.run([sys.executable, "-m", "livefeed.ops.cli", *args], capture_output=True,
                           text=True, env={**clean, **to_env(settings), "COLUMNS": "160"},
                           timeout=60)
+
+
+def table_rows(text: str, title: str) -> list[list[str]]:
+    """The body rows of the rich table titled `title` in `text`, as stripped cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == title)
+    rows: list[list[str]] = []
+    for line in lines[start + 1:]:
+        if line.startswith("└"):
+            break
+        if line.startswith("│"):
+            rows.append([cell.strip() for cell in line.strip().strip("│").split("│")])
+    return rows
 
 
 def as_json(settings: Settings, *args: str) -> Any:
@@ -60,10 +73,10 @@ async def test_status_pending_and_claim(redis: Any, keys: Keys,
     assert (by_group[FANOUT_GROUP]["pending"], by_group[FANOUT_GROUP]["lag"]) == (0, 6)
     assert by_group[PERSIST_GROUP]["oldest_pending_id"] == ids[0]
 
-    refs = [ref(keys.partition_of("alice"), i) for i in ids]
+    entry_refs = refs(keys, "alice", ids)
     stale = as_json(settings, "pending", "--group", PERSIST_GROUP, "--min-idle", "30s")
     assert [(e["id"], e["consumer"], e["deliveries"]) for e in stale["entries"]] == [
-        (i, "persist-dead", 1) for i in refs[:3]]
+        (i, "persist-dead", 1) for i in entry_refs[:3]]
     assert stale["entries"][0]["preview"] == "news@example.com: Issue 0"
 
     dry = as_json(settings, "claim", "--group", PERSIST_GROUP, "--min-idle", "60s", "--dry-run")
@@ -71,18 +84,31 @@ async def test_status_pending_and_claim(redis: Any, keys: Keys,
     moved = as_json(settings, "claim", "--group", PERSIST_GROUP, "--min-idle", "1m",
                     "--to", "persist-2")
     assert [(e["id"], e["consumer"]) for e in moved["entries"]] == [
-        (i, "persist-dead") for i in refs[:3]]
+        (i, "persist-dead") for i in entry_refs[:3]]
     after = as_json(settings, "pending", "--consumer", "persist-2")
-    assert [(e["id"], e["deliveries"]) for e in after["entries"]] == [(i, 2) for i in refs[:3]]
+    assert [(e["id"], e["deliveries"]) for e in after["entries"]] == [
+        (i, 2) for i in entry_refs[:3]]
 
+    partition = keys.partition_of("alice")
+    lease = PartitionLeases(redis, keys, PERSIST_GROUP, "persist-live", lease_ms=60_000,
+                            static=[partition])
+    assert (await lease.refresh()).owned == {partition}
     table = livefeed(settings, "status")
     assert table.returncode == 0, table.stderr
-    partition = keys.partition_of("alice")
     for text in ("Consumer groups", PERSIST_GROUP, FANOUT_GROUP, "persist-live", "persist-2",
                  f"{keys.prefix}:{{*}}:ingest", "Partitions", keys.partitions.tags[partition]):
         assert text in table.stdout
+    # partition, tag, ingest, dead, then per group (sorted) its owner (lease) and pending/lag
+    parts = table_rows(table.stdout, "Partitions")
+    assert [row[:2] for row in parts] == [[str(p), tag]
+                                         for p, tag in enumerate(keys.partitions.tags)]
+    for p, row in enumerate(parts):
+        if p != partition:
+            assert row[2:] == ["0", "0", "unowned", "0/0", "unowned", "0/0"], row
+    assert parts[partition][2:6] == ["6", "0", "unowned", "0/6"]
+    assert parts[partition][6].startswith(f"{lease.token} (") and parts[partition][7] == "4/2"
     rows = livefeed(settings, "pending", "--limit", "2")
-    assert rows.returncode == 0 and refs[0] in rows.stdout and "more match" in rows.stdout
+    assert rows.returncode == 0 and entry_refs[0] in rows.stdout and "more match" in rows.stdout
 
 
 async def test_claim_and_pending_errors(redis: Any, keys: Keys,
@@ -110,6 +136,7 @@ async def test_dead_list_show_retry_drop(redis: Any, keys: Keys,
     assert table.returncode == 0 and first in table.stdout and "bad sender" in table.stdout
     shown = as_json(settings, "dead", "show", first)
     assert shown["data"] == data.decode()
+    assert livefeed(settings, "dead", "show", "0/1-1").returncode == 1
     assert livefeed(settings, "dead", "show", "1-1").returncode == 1
 
     retried = as_json(settings, "dead", "retry", first)
@@ -186,13 +213,13 @@ async def test_crashed_consumer_entries_are_claimed_and_completed(
             await lock.close()
 
         stale = as_json(settings, "pending", "--group", PERSIST_GROUP)
-        refs = [ref(keys.partition_of("alice"), i) for i in ids]
+        entry_refs = refs(keys, "alice", ids)
         assert [(e["id"], e["consumer"], e["deliveries"]) for e in stale["entries"]] == [
-            (i, "persist-a", 1) for i in refs]
+            (i, "persist-a", 1) for i in entry_refs]
         moved = as_json(settings, "claim", "--group", PERSIST_GROUP, "--min-idle", "1ms",
                         "--to", "persist-b")
         assert [(e["id"], e["consumer"]) for e in moved["entries"]] == [
-            (i, "persist-a") for i in refs]
+            (i, "persist-a") for i in entry_refs]
         now_b = as_json(settings, "pending", "--group", PERSIST_GROUP)
         assert {(e["consumer"], e["deliveries"]) for e in now_b["entries"]} == {("persist-b", 2)}
 
