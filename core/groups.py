@@ -134,10 +134,13 @@ class GroupRunner:
         self.stream = GroupStream(redis, keys, group, consumer or default_consumer_name(),
                                   reader=reader, cluster=cluster,
                                   owned=() if leases is not None else None)
-        self._next_lease = 0.0
+        self._lease_lock = anyio.Lock()
+        self._to_take: set[int] = set()  # leases won, partitions not taken over yet
+        self._surplus: set[int] = set()  # leases held, partitions assigned elsewhere
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._stopping = anyio.Event()
+        self._leases_ready = anyio.Event()
         self._held: set[str] = set()  # delivered to us, not yet settled: kept alive
         self._to_ack: list[str] = []  # done; acked with the next read (or flushed)
         self._next: Batch | None = None  # prefetched: delivered to us, not yet handled
@@ -157,6 +160,8 @@ class GroupRunner:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keepalive)
             tg.start_soon(self._drain_guard)
+            if self.leases is not None:
+                tg.start_soon(self._lease_loop)
             try:
                 await self._consume()
             finally:
@@ -166,17 +171,20 @@ class GroupRunner:
     async def _consume(self) -> None:
         stopping = self._stopping
         if self.leases is not None:
-            while await self._safely(self._refresh_leases) is _DOWN:
+            while await self._safely(self._renew_leases) is _DOWN:
                 if stopping.is_set():
                     return
+            self._leases_ready.set()
         while await self._safely(self.stream.ensure_groups) is _DOWN:
             if stopping.is_set():
                 return
-        # Our own pending entries first: a restart resumes its unfinished work.
-        for partition in list(self.stream.owned):
-            while await self._safely(self._finish_own, partition) is _DOWN:
-                if stopping.is_set():
-                    return
+        # Our own pending entries first: a restart resumes its unfinished work. (A partition
+        # taken over through its lease has all its pending entries claimed, ours included.)
+        if self.leases is None:
+            for partition in list(self.stream.owned):
+                while await self._safely(self._finish_own, partition) is _DOWN:
+                    if stopping.is_set():
+                        return
         while not stopping.is_set():
             await self._safely(self._maintain)
             if self._next is not None:
@@ -225,28 +233,51 @@ class GroupRunner:
             self._held.update(r.id for r in own)
             await self._process(sort_batch(own), True)
 
-    async def _refresh_leases(self) -> None:
-        """Renew and take leases; take over gained partitions (first what their previous
-        owner left pending), give up surplus ones once nothing of theirs is in hand."""
+    async def _lease_loop(self) -> None:
+        """Heartbeat and renew the leases on a clock of their own: a batch stuck on a down
+        database must not let them lapse (another consumer would claim it mid-batch)."""
         assert self.leases is not None
-        change = await self.leases.refresh()
+        await self._leases_ready.wait()
+        while True:
+            await anyio.sleep(self.leases.refresh_every_s)
+            try:
+                await self._renew_leases()
+            except REDIS_UNAVAILABLE as exc:
+                logger.warning("group %s: lease renewal failed: %s", self.group, exc)
+
+    async def _renew_leases(self) -> None:
+        """Renew what we hold, win what is ours and free; the main loop takes the won
+        partitions over and hands the surplus ones over (`_apply_leases`)."""
+        assert self.leases is not None
+        async with self._lease_lock:
+            change = await self.leases.refresh()
         if change.lost:
             logger.warning("group %s: partitions %s taken over by another consumer",
-                           self.group, sorted(change.lost))
-        if change.gained:
-            await self.stream.ensure_groups(change.gained)
-        self.stream.owned = sorted(change.owned - change.surplus)
-        if change.gained:
+                           self.group, _ranges(change.lost))
+        self._to_take = (self._to_take | change.gained) - change.lost
+        self._surplus = change.surplus
+        self.stream.owned = sorted(set(self.stream.owned) - change.lost - change.surplus)
+
+    async def _apply_leases(self) -> None:
+        """Take over won partitions (first what their previous owner left pending), give
+        up surplus ones once nothing of theirs is in hand."""
+        assert self.leases is not None
+        gained, self._to_take = sorted(self._to_take), set()
+        if gained:
+            await self.stream.ensure_groups(gained)
             logger.info("group %s: consumer %s took partitions %s", self.group, self.consumer,
-                        _ranges(change.gained))
-        for partition in sorted(change.gained):
+                        _ranges(gained))
+        for partition in gained:
             await self._take_over(partition)
-        if change.surplus:
+            self.stream.owned = sorted({*self.stream.owned, partition})
+        if self._surplus:
             busy = {split_ref(r)[0] for r in (*self._held, *self._to_ack)}
-            idle = sorted(change.surplus - busy)
+            idle = sorted(self._surplus - busy)
             if idle:
                 await self._flush_acks()
-                await self.leases.release(idle)
+                async with self._lease_lock:
+                    await self.leases.release(idle)
+                self._surplus -= set(idle)
                 logger.info("group %s: consumer %s handed over partitions %s", self.group,
                             self.consumer, _ranges(idle))
         metrics.PARTITIONS_OWNED.labels(self.group).set(len(self.stream.owned))
@@ -265,9 +296,15 @@ class GroupRunner:
                 metrics.ENTRIES_CLAIMED.labels(self.group).inc(len(claimed.entries))
                 self._held.update(r.id for r in claimed.entries)
                 await self._process(sort_batch(claimed.entries), True)
+                # Acked now, not with the next read: nothing reads them again meanwhile.
+                await self._flush_acks()
             if claimed.cursor in ("0-0", "0"):
-                return
+                break
             start = claimed.cursor
+        # Reading our own pending entries (none left: all were claimed and handled) makes
+        # us a consumer of the partition's group at once, so operators see who owns it;
+        # a blocking read would register us only once it is served.
+        await self._finish_own(partition)
 
     async def _read(self, cursor: str, count: int, block_ms: int | None) -> list[Raw]:
         """Read entries, acking the done ones in the same round trip."""
@@ -342,9 +379,8 @@ class GroupRunner:
 
     async def _maintain(self) -> None:
         now = time.monotonic()
-        if self.leases is not None and now >= self._next_lease:
-            self._next_lease = now + self.leases.refresh_every_s
-            await self._refresh_leases()
+        if self.leases is not None and (self._to_take or self._surplus):
+            await self._apply_leases()
         if now >= self._next_claim:
             self._next_claim = now + self.config.claim_every_s
             await self._flush_acks()  # our done entries are not stale: never claim them

@@ -38,8 +38,9 @@ USERS = [f"user{i}" for i in range(12)]
 
 def cluster_settings(settings_factory: Callable[..., Settings], url: str,
                      **overrides: Any) -> Settings:
-    return settings_factory(redis_url=url, redis_cluster=True, secret=SECRET, lease_ms=1000,
-                            claim_idle_ms=3000, flush_ms=50, **overrides)
+    base: dict[str, Any] = dict(redis_url=url, redis_cluster=True, secret=SECRET,
+                                lease_ms=2000, claim_idle_ms=3000, flush_ms=50)
+    return settings_factory(**{**base, **overrides})
 
 
 async def settled(client: Any, keys: Keys, pool: asyncpg.Pool, poster: Poster,
@@ -136,7 +137,8 @@ async def test_a_primary_killed_under_load_loses_no_acknowledged_event(
         settings_factory: Callable[..., Settings], cluster_factory: Callable[..., EmbeddedCluster],
         pool: asyncpg.Pool, tmp_path: Path) -> None:
     cluster = cluster_factory()
-    settings = cluster_settings(settings_factory, cluster.cluster_url, ingest_replicas=1)
+    settings = cluster_settings(settings_factory, cluster.cluster_url, ingest_replicas=1,
+                                lease_ms=6000)
     keys = Keys(settings.prefix, partitions=settings.partitions)
     client = redis_client.connect(cluster.cluster_url, cluster=True)
     try:
