@@ -141,18 +141,24 @@ class Deployment:
                 await anyio.sleep(0.1)
 
     async def _wait_consumer(self, proc: Child, group: str, since: float | None = None) -> None:
-        """Ready once Redis lists the consumer in its group, having read after `since`."""
+        """Ready once Redis lists the consumer in its group on every partition (it took
+        them all over: the only consumer of its group), having read after `since`."""
         name = f"compare-{group}"
         while True:
             self._check_alive(proc)
-            with contextlib.suppress(redis.exceptions.ResponseError):
-                listed = await self.redis.xinfo_consumers(self.keys.ingest, group)
-                for c in listed:
-                    if _text(c.get("name")) != name:
-                        continue
-                    if since is None or int(c.get("idle", 0)) <= (time.monotonic() - since) * 1000:
-                        return
+            if all([await self._lists(stream, group, name, since)
+                    for stream in self.keys.ingests]):
+                return
             await anyio.sleep(0.05)
+
+    async def _lists(self, stream: str, group: str, name: str, since: float | None) -> bool:
+        with contextlib.suppress(redis.exceptions.ResponseError):
+            for c in await self.redis.xinfo_consumers(stream, group):
+                if _text(c.get("name")) != name:
+                    continue
+                if since is None or int(c.get("idle", 0)) <= (time.monotonic() - since) * 1000:
+                    return True
+        return False
 
     def _check_alive(self, proc: Child) -> None:
         if not proc.alive():
@@ -167,9 +173,10 @@ class Deployment:
         """Entries delivered to each group and not acked yet."""
         out: dict[str, int] = {}
         for group in CONSUMER_GROUPS:
-            with contextlib.suppress(redis.exceptions.ResponseError):
-                info = await self.redis.xpending(self.keys.ingest, group)
-                out[group] = int(info["pending"])
+            for stream in self.keys.ingests:
+                with contextlib.suppress(redis.exceptions.ResponseError):
+                    info = await self.redis.xpending(stream, group)
+                    out[group] = out.get(group, 0) + int(info["pending"])
         return out
 
     def kill_consumer(self, group: str) -> None:
