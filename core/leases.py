@@ -3,8 +3,9 @@
 Every consumer process of a group is a member: it heartbeats into the group's member set
 (a sorted set scored by the last heartbeat). All members compute the same assignment from
 the live members (partition p goes to the (p mod M)-th member in sorted order), or take a
-static list (`--partitions`). A member owns a partition while it holds its lease, a key in
-the partition's own slot set with `SET NX PX` to the member's token; only the holder may
+static list (`livefeed consumer --own-partitions`). A member owns a partition while it
+holds its lease, a key in the partition's own slot set with `SET NX PX` to the member's
+token; only the holder may
 extend it (compare-and-extend script) or delete it. A member gives a partition up when the
 assignment moves it elsewhere, after finishing the batch in hand; a dead member's leases
 simply expire. Whoever takes a partition over first finishes what the previous owner left

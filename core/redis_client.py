@@ -36,7 +36,9 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
     netloc = urlsplit(url).netloc.rpartition("@")[2]
     nodes = []
     for part in netloc.split(","):
-        host, _, port = part.rpartition(":")
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = part, ""  # no port given (or an IPv6 address without one)
         nodes.append((host.strip("[]") or "127.0.0.1", int(port or 6379)))
     return nodes
 

@@ -175,7 +175,11 @@ async def _ingest_pubsub(state: GatewayState, events: list[Event]) -> Response:
     try:
         pipe: Any = state.redis.pipeline(transaction=False)
         for e in events:
-            pipe.publish(state.keys.live(e.user_id), event_frame(str(e.id), encode_event(e)))
+            frame = event_frame(str(e.id), encode_event(e))
+            if state.settings.redis_cluster:  # the gateways SSUBSCRIBE on a cluster
+                pipe.spublish(state.keys.live(e.user_id), frame)
+            else:
+                pipe.publish(state.keys.live(e.user_id), frame)
         await pipe.execute()
     except REDIS_ERRORS as exc:
         logger.warning("ingest (pubsub): publish failed (%s); answering 503", exc)

@@ -43,3 +43,12 @@ def test_inverse_of_names() -> None:
 def test_prefix_must_not_break_hash_tags() -> None:
     with pytest.raises(ValueError):
         Keys("a{b")
+
+
+def test_cluster_urls_list_startup_nodes() -> None:
+    from livefeed.core.redis_client import cluster_nodes
+
+    assert cluster_nodes("redis://a:7000,b:7001/0") == [("a", 7000), ("b", 7001)]
+    assert cluster_nodes("redis://user:pw@h1:7000,h2") == [("h1", 7000), ("h2", 6379)]
+    assert cluster_nodes("redis://myhost") == [("myhost", 6379)]
+    assert cluster_nodes("redis://[::1]:7000") == [("::1", 7000)]
