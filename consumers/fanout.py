@@ -13,12 +13,10 @@ import anyio
 import msgspec
 import redis.exceptions
 
-from livefeed.core import redis_client
 from livefeed.core.eventlog import EventLog
-from livefeed.core.groups import GroupRunner, RunnerConfig, default_consumer_name
+from livefeed.core.groups import GroupRunner, consumer_clients
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import FANOUT_GROUP, Keys
-from livefeed.core.leases import PartitionLeases
 from livefeed.core.settings import Resolved
 from livefeed.schemas.event import decode_event
 
@@ -58,20 +56,10 @@ async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = N
     """The fanout role: one consumer until `stopping` is set, then drain. It shares the
     partitions with the group's other consumers through leases, or owns `partitions`."""
     keys = Keys(settings.prefix, partitions=settings.partitions)
-    client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
-    reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
-                                  blocking=True)
-    try:
-        log = EventLog(client, keys, feed_maxlen=settings.feed_maxlen,
+    async with consumer_clients(settings) as clients:
+        log = EventLog(clients[0], keys, feed_maxlen=settings.feed_maxlen,
                        dedupe_ttl_s=settings.dedupe_ttl_s, cluster=settings.redis_cluster)
-        consumer = name or default_consumer_name()
-        leases = PartitionLeases(client, keys, FANOUT_GROUP, consumer,
-                                 lease_ms=settings.lease_ms, static=partitions)
-        runner = GroupRunner(client, keys, FANOUT_GROUP, FanoutHandler(log), consumer=consumer,
-                             reader=reader, config=RunnerConfig.from_settings(settings,
-                                                                              linger=False),
-                             cluster=settings.redis_cluster, leases=leases)
+        runner = GroupRunner.for_role(settings, keys, FANOUT_GROUP, FanoutHandler(log),
+                                      clients, name=name, partitions=partitions,
+                                      linger=False)
         await runner.run(stopping)
-    finally:
-        await reader.aclose()
-        await client.aclose()

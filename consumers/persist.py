@@ -10,12 +10,11 @@ import anyio
 import asyncpg
 import msgspec
 
-from livefeed.core import db, newsletters, redis_client
+from livefeed.core import db, newsletters
 from livefeed.core.errors import DB_UNAVAILABLE, RetryBatch
-from livefeed.core.groups import GroupRunner, Permanent, RunnerConfig, default_consumer_name
+from livefeed.core.groups import GroupRunner, Permanent, consumer_clients
 from livefeed.core.groupstream import Entry, split_ref
 from livefeed.core.keys import PERSIST_GROUP, Keys
-from livefeed.core.leases import PartitionLeases
 from livefeed.core.newsletters import Row
 from livefeed.core.settings import Resolved, SettingsError
 from livefeed.schemas.event import decode_event
@@ -137,22 +136,13 @@ async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = N
     """The persist role: one consumer until `stopping` is set, then drain. It shares the
     partitions with the group's other consumers through leases, or owns `partitions`."""
     keys = Keys(settings.prefix, partitions=settings.partitions)
-    client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
-    reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
-                                  blocking=True)
-    pool = await create_pool(settings.database_url)
-    try:
-        await check_table(pool)
-        config = RunnerConfig.from_settings(settings, linger=True)
-        consumer = name or default_consumer_name()
-        leases = PartitionLeases(client, keys, PERSIST_GROUP, consumer,
-                                 lease_ms=settings.lease_ms, static=partitions)
-        runner = GroupRunner(client, keys, PERSIST_GROUP, PersistHandler(pool),
-                             consumer=consumer, reader=reader, config=config,
-                             cluster=settings.redis_cluster, leases=leases)
-        await runner.run(stopping)
-    finally:
-        await close_pool(pool)
-        await reader.aclose()
-        await client.aclose()
-
+    async with consumer_clients(settings) as clients:
+        pool = await create_pool(settings.database_url)
+        try:
+            await check_table(pool)
+            runner = GroupRunner.for_role(settings, keys, PERSIST_GROUP, PersistHandler(pool),
+                                          clients, name=name, partitions=partitions,
+                                          linger=True)
+            await runner.run(stopping)
+        finally:
+            await close_pool(pool)

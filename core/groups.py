@@ -14,20 +14,20 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 import redis.exceptions
 
-from livefeed.core import deadletters, metrics, retention
+from livefeed.core import deadletters, metrics, redis_client, retention
 from livefeed.core.errors import REDIS_UNAVAILABLE, RetryBatch
 from livefeed.core.groupstream import Batch, Entry, GroupStream, Raw, sort_batch, split_ref
 from livefeed.core.keys import Keys
 from livefeed.core.leases import PartitionLeases
 from livefeed.core.redis_client import RedisClient
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Resolved, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,20 @@ class RunnerConfig:
         return max(self.claim_idle_ms / 3000, 0.02)
 
 
+@contextlib.asynccontextmanager
+async def consumer_clients(settings: Resolved) -> AsyncIterator[tuple[RedisClient, RedisClient]]:
+    """A consumer role's Redis clients: one for commands, one without socket timeout for
+    its blocking reads (see core.redis_client); closed on exit."""
+    client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+    reader = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster,
+                                  blocking=True)
+    try:
+        yield client, reader
+    finally:
+        await reader.aclose()
+        await client.aclose()
+
+
 class GroupRunner:
     """Runs one consumer of `group` on the ingest stream until `stopping` is set.
 
@@ -149,6 +163,20 @@ class GroupRunner:
         self._healthy = False
         self._abandoned = False  # drain_timeout_s passed after stop: start no more work
         self._work: anyio.CancelScope | None = None
+
+    @classmethod
+    def for_role(cls, settings: Resolved, keys: Keys, group: str, handler: Handler,
+                 clients: tuple[RedisClient, RedisClient], *, name: str | None,
+                 partitions: Sequence[int] | None, linger: bool) -> GroupRunner:
+        """The runner of a `livefeed consumer` process: it shares the group's partitions
+        through leases, or owns `partitions` (`--own-partitions`)."""
+        client, reader = clients
+        consumer = name or default_consumer_name()
+        return cls(client, keys, group, handler, consumer=consumer, reader=reader,
+                   config=RunnerConfig.from_settings(settings, linger=linger),
+                   cluster=settings.redis_cluster,
+                   leases=PartitionLeases(client, keys, group, consumer,
+                                          lease_ms=settings.lease_ms, static=partitions))
 
     @property
     def consumer(self) -> str:
@@ -287,20 +315,11 @@ class GroupRunner:
         its lease is ours now) and handle them before reading new ones."""
         start = "0-0"
         while not self._stopping.is_set():
-            claimed = await self.stream.autoclaim(partition, 0, start, self.config.batch_size)
-            vanished = list(claimed.deleted)
-            if claimed.nil_seen:
-                vanished += await self.stream.ack_vanished_own(partition)
-            self._count_vanished(vanished)
-            if claimed.entries:
-                metrics.ENTRIES_CLAIMED.labels(self.group).inc(len(claimed.entries))
-                self._held.update(r.id for r in claimed.entries)
-                await self._process(sort_batch(claimed.entries), True)
-                # Acked now, not with the next read: nothing reads them again meanwhile.
-                await self._flush_acks()
-            if claimed.cursor in ("0-0", "0"):
+            start = await self._claim_page(partition, 0, start)
+            # Acked now, not with the next read: nothing reads them again meanwhile.
+            await self._flush_acks()
+            if start in ("0-0", "0"):
                 break
-            start = claimed.cursor
         # Reading our own pending entries (none left: all were claimed and handled) makes
         # us a consumer of the partition's group at once, so operators see who owns it;
         # a blocking read would register us only once it is served.
@@ -403,22 +422,26 @@ class GroupRunner:
     async def _claim_stale_in(self, partition: int) -> None:
         start = "0-0"
         for _ in range(10):
-            claimed = await self.stream.autoclaim(
-                partition, self.config.claim_idle_ms, start, self.config.batch_size
-            )
-            vanished = list(claimed.deleted)
-            if claimed.nil_seen:
-                vanished += await self.stream.ack_vanished_own(partition)
-            self._count_vanished(vanished)
-            if claimed.entries:
-                metrics.ENTRIES_CLAIMED.labels(self.group).inc(len(claimed.entries))
-                logger.info("group %s: claimed %d stale entries", self.group,
-                            len(claimed.entries))
-                self._held.update(r.id for r in claimed.entries)
-                await self._process(sort_batch(claimed.entries), True)
-            if claimed.cursor in ("0-0", "0") or self._stopping.is_set():
+            start = await self._claim_page(partition, self.config.claim_idle_ms, start)
+            if start in ("0-0", "0") or self._stopping.is_set():
                 return
-            start = claimed.cursor
+
+    async def _claim_page(self, partition: int, min_idle_ms: int, start: str) -> str:
+        """XAUTOCLAIM one page of `partition`'s entries idle `min_idle_ms` or more and
+        handle them; the cursor of the next page ("0-0": done)."""
+        claimed = await self.stream.autoclaim(partition, min_idle_ms, start,
+                                              self.config.batch_size)
+        vanished = list(claimed.deleted)
+        if claimed.nil_seen:
+            vanished += await self.stream.ack_vanished_own(partition)
+        self._count_vanished(vanished)
+        if claimed.entries:
+            metrics.ENTRIES_CLAIMED.labels(self.group).inc(len(claimed.entries))
+            logger.info("group %s: claimed %d entries of partition %d", self.group,
+                        len(claimed.entries), partition)
+            self._held.update(r.id for r in claimed.entries)
+            await self._process(sort_batch(claimed.entries), True)
+        return claimed.cursor
 
     def _count_vanished(self, ids: Sequence[str]) -> None:
         if ids:
