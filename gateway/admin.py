@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from prometheus_client import REGISTRY
@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from livefeed.core import auth
 from livefeed.core.deadletters import DeadLetters
 from livefeed.core.inspect import InspectError, Inspector, parse_duration_ms
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.admin import ClaimRequest, DeadRequest, GatewayView
 
@@ -189,12 +190,11 @@ def gateway_view(state: GatewayState) -> GatewayView:
                 transport = sample.labels.get("transport")
                 if transport is not None:
                     clients[transport] = int(sample.value)
-    hub: Any = state.extras.get("hub")
+    hub = state.hub
     if hub is None:
         return GatewayView(clients=clients, hub="absent")
-    users = hub.local_users() if callable(getattr(hub, "local_users", None)) else None
-    return GatewayView(clients=clients, hub="healthy" if getattr(hub, "healthy", False)
-                       else "unhealthy", users=users)
+    return GatewayView(clients=clients, hub="healthy" if hub.healthy else "unhealthy",
+                       users=hub.local_users())
 
 
 @admin_only
@@ -225,3 +225,6 @@ def routes() -> list[BaseRoute]:
         Route("/admin/api/dead/drop", api_dead_drop, methods=["POST"]),
         Route("/admin/api/dead/{id}", api_dead_show),
     ]
+
+
+FEATURE = Feature("admin", routes)

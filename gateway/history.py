@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 
 DEFAULT_LIMIT = 50
@@ -110,3 +111,6 @@ async def feed(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [Route("/v1/feed", feed)]
+
+
+FEATURE = Feature("history", routes)

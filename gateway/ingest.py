@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, metrics
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
     MAX_BATCH_EVENTS,
@@ -177,3 +178,6 @@ async def _ingest_pubsub(state: GatewayState, events: list[Event]) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [Route("/v1/events", ingest, methods=["POST"])]
+
+
+FEATURE = Feature("ingest", routes)

@@ -14,7 +14,10 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livefeed.core import auth, metrics
-from livefeed.gateway.live import DRAINING, FrameType, Session, run_with
+from livefeed.gateway.feature import Feature
+from livefeed.gateway.hub import FEATURE as HUB
+from livefeed.gateway.live import DRAINING, FrameType, Session
+from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -46,9 +49,9 @@ async def live_ws(websocket: WebSocket) -> None:
     if state.draining.is_set():
         await websocket.close(DRAINING, "gateway draining")
         return
+    hub, sessions = state.live()
     session = Session(
-        user=claims.user, log=state.log, hub=state.extras["hub"],
-        transport=WebSocketTransport(websocket),
+        user=claims.user, log=state.log, hub=hub, transport=WebSocketTransport(websocket),
         last_id=websocket.query_params.get("last_id"), mode=state.settings.delivery,
         queue_size=state.settings.send_queue,
     )
@@ -64,7 +67,7 @@ async def live_ws(websocket: WebSocket) -> None:
     metrics.CLIENTS.labels("ws").inc()
     close_code: int | None = None
     try:
-        close_code = await run_with(session, state.extras["sessions"], until_gone)
+        close_code = await run_with(session, sessions, until_gone)
     except (WebSocketDisconnect, OSError):
         gone = True
     finally:
@@ -78,3 +81,6 @@ async def live_ws(websocket: WebSocket) -> None:
 
 def routes() -> list[BaseRoute]:
     return [WebSocketRoute("/v1/ws", live_ws)]
+
+
+FEATURE = Feature("ws", routes, needs=(HUB,))

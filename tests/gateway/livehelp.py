@@ -21,7 +21,8 @@ from livefeed.core import auth
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
-from livefeed.gateway.app import FEATURES, create_app
+from livefeed.gateway.app import DEFAULT_FEATURES, create_app
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import Hub
 from livefeed.schemas.event import Event, encode_event
 from tests.procs import Proc, start_gateway
@@ -142,7 +143,7 @@ def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Itera
 
 
 @contextlib.asynccontextmanager
-async def app_client(settings: Settings, features: Sequence[str] = FEATURES,
+async def app_client(settings: Settings, features: Sequence[Feature] = DEFAULT_FEATURES,
                      ) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
     """The gateway app in process with its lifespan running (only `features` plugged in),
     and an HTTP client for it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,14 +11,18 @@ import pytest
 from livefeed.core import auth, metrics
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings
+from livefeed.gateway import admin as gw_admin
+from livefeed.gateway import health, hub
+from livefeed.gateway import metrics as gw_metrics
+from livefeed.gateway.feature import Feature
 from tests.core.test_deadletters import poisoned
 from tests.core.test_inspect import groups, ingest, make_stale
 from tests.gateway.livehelp import app_client as _app_client
 
-MINE = ("livefeed.gateway.admin", "livefeed.gateway.metrics", "livefeed.gateway.health")
+MINE = (gw_admin.FEATURE, gw_metrics.FEATURE, health.FEATURE)
 
 
-def app_client(settings: Settings, features: Sequence[str] = MINE) -> Any:
+def app_client(settings: Settings, features: Sequence[Feature] = MINE) -> Any:
     """The admin features do not depend on the others: serve only them."""
     return _app_client(settings, features)
 
@@ -126,21 +131,26 @@ async def test_dead_letters_over_http(settings: Settings, admin: dict[str, str],
         assert (await client.get("/admin/api/dead", headers=admin)).json()["total"] == 0
 
 
-class FakeHub:
-    healthy = True
+class Listener:
+    def on_live(self, frame: bytes) -> None:
+        pass
 
-    def local_users(self) -> int:
-        return 3
+    def on_resync(self) -> None:
+        pass
 
 
 async def test_gateway_connections(settings: Settings, admin: dict[str, str],
                                    redis: Any) -> None:
-    async with app_client(settings) as (client, app):
+    async with app_client(settings) as (client, _):
         view = (await client.get("/admin/api/gateway", headers=admin)).json()
         assert view["hub"] == "absent" and view["users"] is None
+    async with app_client(settings, (*MINE, hub.FEATURE)) as (client, app), \
+            contextlib.AsyncExitStack() as subscribed:
+        for user in ("alice", "bob", "carol", "alice"):  # two tabs of alice: one user
+            assert await subscribed.enter_async_context(
+                app.state.lf.hub.subscribe(user, Listener()))
         metrics.CLIENTS.labels("ws").inc(2)
         try:
-            app.state.lf.extras["hub"] = FakeHub()
             view = (await client.get("/admin/api/gateway", headers=admin)).json()
         finally:
             metrics.CLIENTS.labels("ws").dec(2)

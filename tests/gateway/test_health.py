@@ -9,6 +9,7 @@ import anyio
 
 from livefeed.core.embedded import EmbeddedRedis
 from livefeed.core.settings import Settings
+from livefeed.gateway import hub
 from livefeed.ops.faultproxy import FaultProxy
 from tests.gateway.test_admin import MINE, app_client
 
@@ -18,7 +19,7 @@ async def test_readyz_turns_unready_when_redis_stops(
     server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
     try:
         settings = settings_factory(redis_url=server.url)
-        async with app_client(settings, (*MINE, "livefeed.gateway.hub")) as (client, _):
+        async with app_client(settings, (*MINE, hub.FEATURE)) as (client, _):
             with anyio.fail_after(30):  # the hub connects in the background
                 while (r := await client.get("/readyz")).status_code != 200:
                     await anyio.sleep(0.1)
