@@ -3,8 +3,11 @@
 Gap-free, duplicate-free delivery: the session is subscribed (through the hub) before it
 reads the feed stream, buffers live frames while it replays the stream after the client's
 last id in pages, then flushes the buffered frames newer than what it sent and goes live
-(the merge itself is gateway/recovery.py). A pub/sub re-sync from the hub runs the same
-catch-up from the cursor.
+(the merge itself is gateway/recovery.py). A client without a last id starts from the
+feed's end as it was before the subscription (before its handshake completed, when the
+transport calls `prepare`), so whatever is published once it is connected reaches it,
+live or replayed; an empty feed's start is `FEED_START`. A pub/sub re-sync from the hub
+runs the same catch-up from the cursor.
 
 Slow clients: live frames go through a bounded queue; when it is full the session ends
 with close code 4008 and the client replays on reconnect. Replay pages are read only as
@@ -28,7 +31,7 @@ from typing import Any, Literal, Protocol, get_args
 import msgspec
 
 from livefeed.core import metrics
-from livefeed.core.eventlog import EventLog, parse_stream_id
+from livefeed.core.eventlog import FEED_START, EventLog, parse_stream_id
 from livefeed.core.settings import Delivery
 from livefeed.gateway.recovery import Recovery, StreamId
 from livefeed.schemas import frames
@@ -81,7 +84,7 @@ class Session:
 
     __slots__ = ("user", "log", "hub", "transport", "last_id", "mode", "page", "queue_size",
                  "close_code", "sent_events", "_pending", "_queued", "_waiter", "_stopped",
-                 "_task", "_cancel_sent", "_recovery")
+                 "_task", "_cancel_sent", "_prepared", "_recovery")
 
     def __init__(self, *, user: str, log: EventLog, hub: Subscriber, transport: Transport,
                  last_id: str | None, mode: Delivery = "streams", queue_size: int = 1000,
@@ -104,6 +107,7 @@ class Session:
         self._stopped = False
         self._task: asyncio.Task[Any] | None = None
         self._cancel_sent = False  # a cancel sent by stop() not yet withdrawn
+        self._prepared = False
         self._recovery = Recovery(queue_size, syncing=mode == "streams")
 
     # -- called by the hub (must not block) -----------------------------------------------
@@ -171,6 +175,16 @@ class Session:
 
     # -- the session's own task -----------------------------------------------------------
 
+    async def prepare(self) -> None:
+        """Read where a client without a last id starts: the feed's end now. Transports
+        call it before completing the handshake, so every event published once the client
+        is connected is delivered; `run` calls it if they did not."""
+        if self._prepared:
+            return
+        self._prepared = True
+        if self.mode == "streams" and self.last_id is None:
+            self._recovery.move_to(await self.log.last_feed_id(self.user) or FEED_START)
+
     async def run(self) -> int | None:
         """Deliver until stopped; returns the code given to `stop` (SLOW_CLOSE if the client
         could not keep up). A cancellation from outside propagates as usual."""
@@ -178,6 +192,10 @@ class Session:
         assert task is not None
         try:
             if not self._stopped:
+                # Before subscribing: what is published from here on arrives live or in the
+                # replay from this point.
+                await self.prepare()
+                self._check_stopped()
                 async with self.hub.subscribe(self.user, self):
                     try:
                         await self._start()
@@ -237,13 +255,12 @@ class Session:
             await self._write("hello", None, hello)
             await self._sync(initial=True)
             return
-        # No last id: live from the current end of the feed (recorded, so a re-sync after a
-        # pub/sub loss replays from here; SSE clients get it as their Last-Event-ID).
-        last = await self.log.last_feed_id(self.user)
-        self._check_stopped()
-        self._recovery.move_to(last)
-        hello = frames.encode_frame(frames.Hello(user=self.user, mode=self.mode, last_id=last))
-        await self._write("hello", last, hello)
+        # No last id: from the start point `prepare` read, which the hello carries (a
+        # re-sync after a pub/sub loss replays from the cursor; SSE clients get it as
+        # their Last-Event-ID).
+        start = self._recovery.cursor_id
+        hello = frames.encode_frame(frames.Hello(user=self.user, mode=self.mode, last_id=start))
+        await self._write("hello", start, hello)
         await self._sync(initial=False)
 
     async def _sync(self, *, initial: bool) -> None:
@@ -262,7 +279,8 @@ class Session:
         while True:
             after = recovery.cursor_id
             if after is None:
-                entries, problem = await self.log.read_feed(self.user, "0-0", self.page), None
+                entries, problem = await self.log.read_feed(self.user, FEED_START,
+                                                            self.page), None
             else:
                 entries, problem = await self.log.resume(self.user, after, self.page)
             self._check_stopped()
@@ -297,9 +315,12 @@ class Session:
         logger.info("reset for %s: %s", self.user, problem)
         last = await self.log.last_feed_id(self.user)
         self._check_stopped()
+        # An empty feed: read it from its start without a check; the client resumes from
+        # FEED_START (whatever arrives from now on is after it).
         self._recovery.move_to(last)
-        frame = frames.encode_frame(frames.Reset(reason=problem, last_id=last))  # type: ignore[arg-type]
-        await self._write("reset", last, frame)
+        frame = frames.encode_frame(frames.Reset(reason=problem,  # type: ignore[arg-type]
+                                                 last_id=last or FEED_START))
+        await self._write("reset", last or FEED_START, frame)
 
     async def _write_live(self, parsed: StreamId | None, fid: str | None,
                           frame: bytes) -> None:

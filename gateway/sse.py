@@ -75,6 +75,9 @@ class SseStream(Response):
             last_id=self.last_id, mode=state.settings.delivery,
             queue_size=state.settings.send_queue,
         )
+        # Before the response starts: what is published once the client sees the stream
+        # open is delivered to it.
+        await session.prepare()
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
 
         async def until_gone() -> None:

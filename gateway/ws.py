@@ -39,14 +39,15 @@ class WebSocketTransport:
 
 async def live_ws(websocket: WebSocket) -> None:
     state: GatewayState = websocket.app.state.lf
-    # Accept first: a close before the handshake reaches the client as HTTP 403, not 4001.
-    await websocket.accept()
     try:
         claims = auth.verify(state.signing_secret, websocket.query_params.get("token"))
     except auth.InvalidToken:
+        # Accept first: a close before the handshake reaches the client as HTTP 403, not 4001.
+        await websocket.accept()
         await websocket.close(BAD_TOKEN, "bad or expired token")
         return
     if state.draining.is_set():
+        await websocket.accept()
         await websocket.close(DRAINING, "gateway draining")
         return
     hub, sessions = state.live()
@@ -55,6 +56,10 @@ async def live_ws(websocket: WebSocket) -> None:
         last_id=websocket.query_params.get("last_id"), mode=state.settings.delivery,
         queue_size=state.settings.send_queue,
     )
+    # Before the handshake completes: what is published once the client sees itself
+    # connected is delivered to it.
+    await session.prepare()
+    await websocket.accept()
     gone = False
 
     async def until_gone() -> None:

@@ -117,6 +117,13 @@ class Gateways:
             p.kill()
 
 
+async def tells_an_intact_head(redis: Any) -> bool:
+    """Whether this Redis counts the entries ever added to a stream (7 and later), so a
+    resume from FEED_START replays; Redis 6.2 cannot tell and answers `trimmed`."""
+    version = str((await redis.info("server"))["redis_version"])
+    return int(version.split(".")[0]) >= 7
+
+
 def make_log(redis: Any, keys: Keys, maxlen: int = 10_000) -> EventLog:
     return EventLog(redis, keys, feed_maxlen=maxlen, dedupe_ttl_s=600)
 

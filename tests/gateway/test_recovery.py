@@ -3,7 +3,7 @@ frames to send out, in order. No Redis, no hub, no session."""
 
 from __future__ import annotations
 
-from livefeed.core.eventlog import FeedEntry
+from livefeed.core.eventlog import FEED_START, FeedEntry
 from livefeed.gateway.recovery import Live, Recovery
 
 
@@ -102,8 +102,8 @@ def test_the_cursor_positions() -> None:
     r = Recovery(limit=10)
     assert r.cursor is None  # before everything: any id is newer
     assert sent(r.replayed(entries(fid(1)))) == [fid(1)]
-    r.move_to("0-0")
-    assert (r.cursor, r.cursor_id) == ((0, 0), "0-0")
+    r.move_to(FEED_START)
+    assert (r.cursor, r.cursor_id) == ((0, 0), FEED_START)
     assert sent(r.replayed(entries(fid(0, 1)))) == [fid(0, 1)]
     r.move_to(None)  # a reset on an empty feed
     assert (r.cursor, r.cursor_id) == (None, None)
