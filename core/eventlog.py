@@ -18,7 +18,7 @@ from string import Template
 from typing import Any, NamedTuple
 
 import anyio
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from livefeed.core import redis_client
 from livefeed.core.keys import Keys
@@ -164,6 +164,11 @@ class Fanned(NamedTuple):
 class FeedEntry(NamedTuple):
     feed_id: str
     data: bytes
+
+
+# The resume point before a feed's first entry, given to clients of an empty feed: a resume
+# from it replays the whole feed, or resets if the feed lost entries from its head.
+FEED_START = "0-0"
 
 
 class Resume(NamedTuple):
@@ -378,11 +383,14 @@ class EventLog:
         The history can be replayed only if `last_id` is still in the stream: the feed is
         trimmed from its head, so once `last_id` is gone, entries after it may be gone too.
         A missing stream means the history was lost (never written or Redis lost data).
+        `FEED_START` is the exception: see `_from_start`.
         """
         parsed = parse_stream_id(last_id)
         if parsed is None:
             return Resume([], "unknown_id")
         key = self.keys.feed(user)
+        if parsed == (0, 0):
+            return await self._from_start(key, count)
         rows = stream_rows(await self.redis.xrange(key, min=last_id, count=count + 1))
         if rows and rows[0][0] == last_id:
             return Resume([FeedEntry(f, d[FEED_DATA_KEY]) for f, d in rows[1:]], None)
@@ -392,3 +400,28 @@ class EventLog:
         oldest = parse_stream_id(first[0][0])
         assert oldest is not None
         return Resume([], "trimmed" if parsed < oldest else "unknown_id")
+
+    async def _from_start(self, key: str, count: int) -> Resume:
+        """The first page of the whole feed, if it still holds every entry ever added.
+
+        A missing stream has nothing to replay: its client has seen nothing of it. Redis 7
+        counts the entries ever added to a stream (`entries-added`) and keeps the largest
+        deleted id: the head is intact only if nothing was ever removed. Redis 6.2 reports
+        neither, so a resume from the start there is answered `trimmed` (the client reloads
+        the history): never a silent gap.
+        """
+        try:
+            info = await self.redis.xinfo_stream(key)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return Resume([], None)
+            raise
+        added = info.get("entries-added")
+        deleted = info.get("max-deleted-entry-id")
+        if added is None or added != info["length"] or deleted is None or _s(deleted) != "0-0":
+            return Resume([], "trimmed")
+        rows = stream_rows(await self.redis.xrange(key, count=count))
+        first = info.get("first-entry")
+        if rows and (not first or _s(first[0]) != rows[0][0]):
+            return Resume([], "trimmed")  # trimmed between the two reads
+        return Resume([FeedEntry(f, d[FEED_DATA_KEY]) for f, d in rows], None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from prometheus_client import REGISTRY
@@ -22,6 +22,7 @@ from livefeed.core.deadletters import DeadLetters
 from livefeed.core.durations import parse_duration_ms
 from livefeed.core.pending import Pending, PendingError
 from livefeed.core.status import Status
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.admin import ClaimRequest, DeadRequest, GatewayView
 
@@ -196,12 +197,11 @@ def gateway_view(state: GatewayState) -> GatewayView:
                 transport = sample.labels.get("transport")
                 if transport is not None:
                     clients[transport] = int(sample.value)
-    hub: Any = state.extras.get("hub")
+    hub = state.hub
     if hub is None:
         return GatewayView(clients=clients, hub="absent")
-    users = hub.local_users() if callable(getattr(hub, "local_users", None)) else None
-    return GatewayView(clients=clients, hub="healthy" if getattr(hub, "healthy", False)
-                       else "unhealthy", users=users)
+    return GatewayView(clients=clients, hub="healthy" if hub.healthy else "unhealthy",
+                       users=hub.local_users())
 
 
 @admin_only
@@ -233,3 +233,6 @@ def routes() -> list[BaseRoute]:
         # A dead letter's id is a ref, `<partition>/<stream id>`: its "/" is part of it.
         Route("/admin/api/dead/{id:path}", api_dead_show),
     ]
+
+
+FEATURE = Feature("admin", routes)

@@ -1,51 +1,44 @@
 """The gateway application factory.
 
-Each feature module owns its routes (`routes() -> list[BaseRoute]`) and, if it holds
-resources, a `lifespan(state)` async context manager; this is the one place they are put
-together, in FEATURES order.
+Each feature module defines its `FEATURE` (gateway/feature.py): its routes and, if it holds
+resources, a lifespan; this is the one place they are put together, in order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from types import ModuleType
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from livefeed.core import db, redis_client
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Resolved
+from livefeed.gateway import admin, health, history, hub, ingest, metrics, page, sse, ws
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
-FEATURES: tuple[str, ...] = tuple(
-    f"livefeed.gateway.{name}"
-    for name in ("ingest", "hub", "ws", "sse", "history", "page", "admin", "metrics", "health")
+DEFAULT_FEATURES: tuple[Feature, ...] = (
+    ingest.FEATURE, hub.FEATURE, ws.FEATURE, sse.FEATURE, history.FEATURE, page.FEATURE,
+    admin.FEATURE, metrics.FEATURE, health.FEATURE,
 )
 
 
-async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
-
-
-def _load(names: Sequence[str]) -> list[ModuleType]:
-    return [importlib.import_module(name) for name in names]
-
-
-def create_app(settings: Resolved, features: Sequence[str] = FEATURES) -> Starlette:
+def create_app(settings: Resolved, features: Sequence[Feature] = DEFAULT_FEATURES) -> Starlette:
     """The gateway for `settings` (`Settings.resolve()` them first).
-    `features`: the feature modules to plug in (tests serve a subset)."""
-    modules = _load(features)
+    `features`: the parts to plug in (tests serve a subset), with the ones they need."""
+    for feature in features:
+        missing = [need.name for need in feature.needs if need not in features]
+        if missing:
+            raise ValueError(f"the gateway feature {feature.name!r} needs "
+                             f"{', '.join(missing)}: add it to `features`")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -67,14 +60,13 @@ def create_app(settings: Resolved, features: Sequence[str] = FEATURES) -> Starle
                 signing_secret=signing_secret(settings),
             )
             app.state.lf = state
-            for feature in modules:
-                if hasattr(feature, "lifespan"):
+            for feature in features:
+                if feature.lifespan is not None:
                     await stack.enter_async_context(feature.lifespan(state))
             yield {}
             state.draining.set()
 
-    routes: list[BaseRoute] = [Route("/healthz", healthz)]
-    for feature in modules:
-        if hasattr(feature, "routes"):
-            routes += feature.routes()
+    routes: list[BaseRoute] = []
+    for feature in features:
+        routes += feature.routes()
     return Starlette(routes=routes, lifespan=lifespan)

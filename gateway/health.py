@@ -1,12 +1,13 @@
-"""`/readyz`: this gateway can do its work (Redis and PostgreSQL answer, pub/sub is alive).
+"""`/healthz`: the process is up; `/readyz`: this gateway can do its work (Redis and
+PostgreSQL answer, pub/sub is alive).
 
-`/healthz` (the process is up) stays in gateway/app.py: it must answer even when every
-dependency is down, so a restart is never triggered by Redis being away.
+`/healthz` touches nothing: it must answer even when every dependency is down, so a
+restart is never triggered by Redis being away.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import anyio
 from starlette.requests import Request
@@ -14,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 
 CHECK_TIMEOUT_S = 1.0
@@ -43,17 +45,20 @@ async def _postgres(state: GatewayState) -> str:
 
 
 def _hub(state: GatewayState) -> str | None:
-    hub: Any = state.extras.get("hub")
-    if hub is None:
+    if state.hub is None:
         return None
-    return "ok" if getattr(hub, "healthy", False) else "pub/sub link down (reconnecting)"
+    return "ok" if state.hub.healthy else "pub/sub link down (reconnecting)"
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> JSONResponse:
     state: GatewayState = request.app.state.lf
     checks: dict[str, str] = {}
 
-    async def run(name: str, check: Any) -> None:
+    async def run(name: str, check: Callable[[GatewayState], Awaitable[str]]) -> None:
         checks[name] = await check(state)
 
     async with anyio.create_task_group() as tg:
@@ -68,4 +73,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/readyz", readyz)]
+    return [Route("/healthz", healthz), Route("/readyz", readyz)]
+
+
+FEATURE = Feature("health", routes)

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, newsletters
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.http import HistoryItem, HistoryPage
 
@@ -87,3 +88,6 @@ async def feed(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [Route("/v1/feed", feed)]
+
+
+FEATURE = Feature("history", routes)

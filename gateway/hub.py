@@ -40,7 +40,9 @@ from livefeed.core import metrics, redis_client
 from livefeed.core.errors import REDIS_UNAVAILABLE
 from livefeed.core.keys import Keys
 from livefeed.core.topology import STANDALONE, Topology
-from livefeed.gateway.live import Sessions
+from livefeed.gateway.feature import Feature
+from livefeed.gateway.sessions import Sessions
+from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
@@ -292,10 +294,19 @@ class Hub:
 
     # -- sessions -------------------------------------------------------------------------
 
-    async def join(self, user: str, listener: Listener) -> bool:
-        """Count `listener` in for `user`. Returns True once the channel is subscribed, False
+    @contextlib.asynccontextmanager
+    async def subscribe(self, user: str, listener: Listener) -> AsyncIterator[bool]:
+        """`user`'s live frames go to `listener` inside the block; counted out on the way
+        out, whatever ends the block. Yields True once the channel is subscribed, False
         after JOIN_TIMEOUT_S with the link down; either way the listener is asked to re-sync
         when a new link confirms the channel."""
+        try:
+            yield await self._join(user, listener)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._leave(user, listener)
+
+    async def _join(self, user: str, listener: Listener) -> bool:
         async with self._lock:
             sub = self._subs.get(user)
             if sub is None:
@@ -307,7 +318,7 @@ class Hub:
             await asyncio.wait((sub.confirmed,), timeout=JOIN_TIMEOUT_S)
         return sub.confirmed.done()
 
-    async def leave(self, user: str, listener: Listener) -> None:
+    async def _leave(self, user: str, listener: Listener) -> None:
         async with self._lock:
             sub = self._subs.get(user)
             if sub is None:
@@ -423,13 +434,12 @@ class Hub:
 
 
 @contextlib.asynccontextmanager
-async def lifespan(state: Any) -> AsyncIterator[None]:
-    """Start the process's hub (as `state.extras["hub"]`) and the registry of its live
-    sessions (`state.extras["sessions"]`, stopped when `state.draining` is set)."""
+async def lifespan(state: GatewayState) -> AsyncIterator[None]:
+    """Start the process's hub (`state.hub`) and the registry of its live sessions
+    (`state.sessions`, stopped when `state.draining` is set)."""
     hub = Hub(state.settings.redis_url, state.keys, cluster=state.settings.redis_cluster)
     sessions = Sessions()
-    state.extras["hub"] = hub
-    state.extras["sessions"] = sessions
+    state.hub, state.sessions = hub, sessions
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
@@ -444,3 +454,7 @@ async def lifespan(state: Any) -> AsyncIterator[None]:
     finally:
         with anyio.CancelScope(shield=True):
             await hub.aclose()
+
+
+# Live delivery's resources (no routes of its own): the WebSocket and SSE features need it.
+FEATURE = Feature("hub", lifespan=lifespan)

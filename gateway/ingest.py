@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from livefeed.core import auth, metrics, newsletters
 from livefeed.core.errors import DB_UNAVAILABLE, REDIS_ERRORS
 from livefeed.core.eventlog import IdConflict, NotReplicated
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
     MAX_BATCH_EVENTS,
@@ -189,3 +190,6 @@ async def _ingest_pubsub(state: GatewayState, events: list[Event]) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [Route("/v1/events", ingest, methods=["POST"])]
+
+
+FEATURE = Feature("ingest", routes)

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from livefeed.core import metrics
 from livefeed.core.errors import REDIS_ERRORS
 from livefeed.core.status import Status, total_groups
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -83,17 +84,19 @@ class StreamFigures:
 
 @contextlib.asynccontextmanager
 async def lifespan(state: GatewayState) -> AsyncIterator[None]:
-    state.extras["stream_figures"] = StreamFigures(Status(state.redis, state.keys))
+    state.stream_figures = StreamFigures(Status(state.redis, state.keys))
     yield
 
 
 async def metrics_endpoint(request: Request) -> Response:
     state: GatewayState = request.app.state.lf
-    figures: StreamFigures | None = state.extras.get("stream_figures")
-    if figures is not None:
-        await figures.refresh()
+    if state.stream_figures is not None:
+        await state.stream_figures.refresh()
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
 def routes() -> list[BaseRoute]:
     return [Route("/metrics", metrics_endpoint)]
+
+
+FEATURE = Feature("metrics", routes, lifespan)

@@ -9,6 +9,8 @@ from starlette.responses import FileResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from livefeed.gateway.feature import Feature
+
 STATIC = Path(__file__).parent / "static"
 
 
@@ -18,3 +20,6 @@ async def index(request: Request) -> FileResponse:
 
 def routes() -> list[BaseRoute]:
     return [Route("/", index), Mount("/static", StaticFiles(directory=STATIC), name="static")]
+
+
+FEATURE = Feature("page", routes)

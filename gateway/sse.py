@@ -18,7 +18,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from livefeed.core import auth, metrics
-from livefeed.gateway.live import Session, run_with
+from livefeed.gateway.feature import Feature
+from livefeed.gateway.hub import FEATURE as HUB
+from livefeed.gateway.live import Session
+from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.frames import FrameType
 
@@ -66,12 +69,16 @@ class SseStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
+        hub, sessions = state.live()
         transport = _SseTransport(send)
         session = Session(
-            user=self.user, log=state.log, hub=state.extras["hub"], transport=transport,
+            user=self.user, log=state.log, hub=hub, transport=transport,
             last_id=self.last_id, mode=state.settings.delivery,
             queue_size=state.settings.send_queue,
         )
+        # Before the response starts: what is published once the client sees the stream
+        # open is delivered to it.
+        await session.prepare()
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
 
         async def until_gone() -> None:
@@ -89,7 +96,7 @@ class SseStream(Response):
         metrics.CLIENTS.labels("sse").inc()
         try:
             with contextlib.suppress(OSError):
-                await run_with(session, state.extras["sessions"], until_gone)
+                await run_with(session, sessions, until_gone)
         finally:
             metrics.CLIENTS.labels("sse").dec()
         with anyio.move_on_after(END_TIMEOUT_S), contextlib.suppress(OSError):
@@ -110,3 +117,6 @@ async def live_sse(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [Route("/v1/sse", live_sse)]
+
+
+FEATURE = Feature("sse", routes, needs=(HUB,))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
@@ -11,6 +11,11 @@ import asyncpg
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Resolved
+
+if TYPE_CHECKING:
+    from livefeed.gateway.hub import Hub
+    from livefeed.gateway.metrics import StreamFigures
+    from livefeed.gateway.sessions import Sessions
 
 
 @dataclass
@@ -23,4 +28,13 @@ class GatewayState:
     signing_secret: str
     # Set when SIGTERM arrives: live streams (WebSocket and SSE) end themselves.
     draining: anyio.Event = field(default_factory=anyio.Event)
-    extras: dict[str, Any] = field(default_factory=dict)
+    # Set by the lifespans of the features that hold them (None: not plugged in).
+    hub: Hub | None = None  # gateway/hub.py
+    sessions: Sessions | None = None  # gateway/hub.py
+    stream_figures: StreamFigures | None = None  # gateway/metrics.py
+
+    def live(self) -> tuple[Hub, Sessions]:
+        """The hub and the live sessions' registry, for the WebSocket and SSE features."""
+        if self.hub is None or self.sessions is None:
+            raise RuntimeError("live delivery needs the hub feature (gateway.hub.FEATURE)")
+        return self.hub, self.sessions

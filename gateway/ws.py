@@ -14,7 +14,10 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livefeed.core import auth, metrics
-from livefeed.gateway.live import Session, run_with
+from livefeed.gateway.feature import Feature
+from livefeed.gateway.hub import FEATURE as HUB
+from livefeed.gateway.live import Session
+from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.frames import CloseCode, FrameType
 
@@ -36,22 +39,27 @@ class WebSocketTransport:
 
 async def live_ws(websocket: WebSocket) -> None:
     state: GatewayState = websocket.app.state.lf
-    # Accept first: a close before the handshake reaches the client as HTTP 403, not 4001.
-    await websocket.accept()
     try:
         claims = auth.verify(state.signing_secret, websocket.query_params.get("token"))
     except auth.InvalidToken:
+        # Accept first: a close before the handshake reaches the client as HTTP 403, not 4001.
+        await websocket.accept()
         await websocket.close(CloseCode.BAD_TOKEN, "bad or expired token")
         return
     if state.draining.is_set():
+        await websocket.accept()
         await websocket.close(CloseCode.DRAINING, "gateway draining")
         return
+    hub, sessions = state.live()
     session = Session(
-        user=claims.user, log=state.log, hub=state.extras["hub"],
-        transport=WebSocketTransport(websocket),
+        user=claims.user, log=state.log, hub=hub, transport=WebSocketTransport(websocket),
         last_id=websocket.query_params.get("last_id"), mode=state.settings.delivery,
         queue_size=state.settings.send_queue,
     )
+    # Before the handshake completes: what is published once the client sees itself
+    # connected is delivered to it.
+    await session.prepare()
+    await websocket.accept()
     gone = False
 
     async def until_gone() -> None:
@@ -64,7 +72,7 @@ async def live_ws(websocket: WebSocket) -> None:
     metrics.CLIENTS.labels("ws").inc()
     close_code: int | None = None
     try:
-        close_code = await run_with(session, state.extras["sessions"], until_gone)
+        close_code = await run_with(session, sessions, until_gone)
     except (WebSocketDisconnect, OSError):
         gone = True
     finally:
@@ -78,3 +86,6 @@ async def live_ws(websocket: WebSocket) -> None:
 
 def routes() -> list[BaseRoute]:
     return [WebSocketRoute("/v1/ws", live_ws)]
+
+
+FEATURE = Feature("ws", routes, needs=(HUB,))

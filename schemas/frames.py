@@ -31,7 +31,8 @@ class CloseCode(IntEnum):
 class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="type", omit_defaults=True):
     user: str
     mode: Delivery
-    # On a connection without last_id: the feed's current end, where a reconnect resumes.
+    # On a connection without last_id: the feed's current end, where a reconnect resumes
+    # ("0-0", the start, for an empty feed).
     last_id: str | None = None
 
 
@@ -47,7 +48,7 @@ class Recovered(msgspec.Struct, frozen=True, tag="recovered", tag_field="type"):
 
 class Reset(msgspec.Struct, frozen=True, tag="reset", tag_field="type", omit_defaults=True):
     reason: ResumeProblem
-    # Where live delivery continues from (None: the feed is empty); the next last_id.
+    # Where live delivery continues from ("0-0": the feed is empty); the next last_id.
     last_id: str | None = None
 
 

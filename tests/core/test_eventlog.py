@@ -7,7 +7,15 @@ from typing import Any
 import anyio
 import pytest
 
-from livefeed.core.eventlog import EventLog, IdConflict, NotReplicated, content_digest
+from livefeed.core import redis_client
+from livefeed.core.eventlog import (
+    FEED_START,
+    EventLog,
+    FeedEntry,
+    IdConflict,
+    NotReplicated,
+    content_digest,
+)
 from livefeed.core.keys import Keys
 from livefeed.schemas.frames import event_frame
 
@@ -183,3 +191,32 @@ async def test_resume_reports_why_it_cannot(redis: Any, keys: Keys) -> None:
     assert (await log.resume("u", fanned[0].feed_id, 10)).problem == "trimmed"
     assert (await log.resume("u", "99999999999999-0", 10)).problem == "unknown_id"
     assert (await log.resume("u", "garbage", 10)).problem == "unknown_id"
+
+
+@pytest.mark.parametrize("server", ["redis7", "redis6.2"])
+async def test_resume_from_the_start(request: pytest.FixtureRequest, redis_url: str,
+                                     keys: Keys, server: str) -> None:
+    """FEED_START (given to clients of an empty feed) replays the whole feed while nothing
+    was removed from its head; Redis 6.2 cannot tell, so it always answers `trimmed`."""
+    url = redis_url if server == "redis7" else request.getfixturevalue("redis62_url")
+    r = redis_client.connect(url)
+    try:
+        log = make_log(r, keys, maxlen=10)
+        exact = int(str((await r.info("server"))["redis_version"]).split(".")[0]) >= 7
+        assert exact == (server == "redis7")
+        assert await log.resume("u", FEED_START, 10) == ([], None)  # nothing written yet
+        ids = [f.feed_id for f in await log.fan_out([(f"e{i}", "u", b"{}") for i in range(5)])]
+        whole = await log.resume("u", FEED_START, 3)
+        assert whole == (([], "trimmed") if not exact else
+                         ([FeedEntry(i, b"{}") for i in ids[:3]], None))
+        assert (await log.resume("u", "0", 10)).problem == whole.problem  # the same id
+        # Trimmed from the head (MAXLEN, or any deletion): the start is gone.
+        await log.fan_out([(f"e{i}", "u", b"{}") for i in range(5, 300)])
+        assert await r.xlen(keys.feed("u")) < 300
+        assert await log.resume("u", FEED_START, 10) == ([], "trimmed")
+        ids = [f.feed_id for f in await log.fan_out([("x1", "v", b"{}"), ("x2", "v", b"{}")])]
+        await r.xdel(keys.feed("v"), ids[1])  # not the head, but the feed lost an entry
+        assert await log.resume("v", FEED_START, 10) == ([], "trimmed")
+    finally:
+        await redis_client.delete_keys(r, keys)
+        await r.aclose()

@@ -9,7 +9,7 @@ import pytest
 
 from livefeed.core.embedded import free_port
 from livefeed.core.keys import Keys
-from tests.gateway.livehelp import Gateways, make_log, publish, token
+from tests.gateway.livehelp import Gateways, make_log, publish, tells_an_intact_head, token
 from tests.helpers.browser import shown, wait_shown
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
@@ -48,17 +48,20 @@ async def test_demo_page_survives_a_gateway_restart_without_gap_or_duplicate(
     assert sorted(replayed) == sorted(missed)
 
 
+@pytest.mark.parametrize("feed", ["with history", "empty"])
 @pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_a_page_that_saw_no_event_yet_still_resumes_from_the_feed_end(
-    gateways: Gateways, redis: Any, keys: Keys, chromium: Any, transport: str
+    gateways: Gateways, redis: Any, keys: Keys, chromium: Any, transport: str, feed: str
 ) -> None:
-    """`hello` tells a fresh connection where the feed ends: events published while such a
-    page is disconnected are replayed, though the page never received an event (they are
-    only in the feed stream here, not in the PostgreSQL history)."""
+    """`hello` tells a fresh connection where the feed ends (its start, when it is empty):
+    events published while such a page is disconnected are replayed, though the page never
+    received an event (they are only in the feed stream here, not in the PostgreSQL
+    history)."""
     port = free_port()
     proc, url = gateways.start(port=port)
     log = make_log(redis, keys)
-    await publish(log, "erin", 3)  # older events, before the page opens
+    if feed == "with history":
+        await publish(log, "erin", 3)  # older events, before the page opens
     page = await chromium.new_page()
     await page.goto(f"{url}/?token={token('erin')}&transport={transport}")
     await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
@@ -66,6 +69,10 @@ async def test_a_page_that_saw_no_event_yet_still_resumes_from_the_feed_end(
     await page.wait_for_selector("#status[data-status='offline']", timeout=30_000)
     missed = await publish(log, "erin", 4, start=3)
     gateways.start(port=port)
+    if feed == "empty" and not await tells_an_intact_head(redis):
+        # Redis 6.2 cannot tell a whole feed from a trimmed one: a reset, and the history.
+        await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
+        return
     await wait_shown(page, 4)
     await page.wait_for_timeout(500)
     feed_ids = await page.eval_on_selector_all(

@@ -21,7 +21,8 @@ from livefeed.core import auth
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
-from livefeed.gateway.app import FEATURES, create_app
+from livefeed.gateway.app import DEFAULT_FEATURES, create_app
+from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import Hub
 from livefeed.schemas.event import Event
 from livefeed.schemas.stream import IngestEntry
@@ -116,6 +117,13 @@ class Gateways:
             p.kill()
 
 
+async def tells_an_intact_head(redis: Any) -> bool:
+    """Whether this Redis counts the entries ever added to a stream (7 and later), so a
+    resume from FEED_START replays; Redis 6.2 cannot tell and answers `trimmed`."""
+    version = str((await redis.info("server"))["redis_version"])
+    return int(version.split(".")[0]) >= 7
+
+
 def make_log(redis: Any, keys: Keys, maxlen: int = 10_000) -> EventLog:
     return EventLog(redis, keys, feed_maxlen=maxlen, dedupe_ttl_s=600)
 
@@ -142,7 +150,7 @@ def gateways(settings_factory: Callable[..., Settings], tmp_path: Path) -> Itera
 
 
 @contextlib.asynccontextmanager
-async def app_client(settings: Settings, features: Sequence[str] = FEATURES,
+async def app_client(settings: Settings, features: Sequence[Feature] = DEFAULT_FEATURES,
                      ) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
     """The gateway app in process with its lifespan running (only `features` plugged in),
     and an HTTP client for it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,8 @@ from livefeed.core import auth, metrics
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
-from tests.helpers.admin import app_client
+from livefeed.gateway import hub
+from tests.helpers.admin import MINE, app_client
 from tests.helpers.streams import groups, ingest, ingest_length, make_stale, poisoned, refs
 
 
@@ -127,21 +129,26 @@ async def test_dead_letters_over_http(settings: Settings, admin: dict[str, str],
         assert (await client.get("/admin/api/dead", headers=admin)).json()["total"] == 0
 
 
-class FakeHub:
-    healthy = True
+class Listener:
+    def on_live(self, frame: bytes) -> None:
+        pass
 
-    def local_users(self) -> int:
-        return 3
+    def on_resync(self) -> None:
+        pass
 
 
 async def test_gateway_connections(settings: Settings, admin: dict[str, str],
                                    redis: Any) -> None:
-    async with app_client(settings) as (client, app):
+    async with app_client(settings) as (client, _):
         view = (await client.get("/admin/api/gateway", headers=admin)).json()
         assert view["hub"] == "absent" and view["users"] is None
+    async with app_client(settings, (*MINE, hub.FEATURE)) as (client, app), \
+            contextlib.AsyncExitStack() as subscribed:
+        for user in ("alice", "bob", "carol", "alice"):  # two tabs of alice: one user
+            assert await subscribed.enter_async_context(
+                app.state.lf.hub.subscribe(user, Listener()))
         metrics.CLIENTS.labels("ws").inc(2)
         try:
-            app.state.lf.extras["hub"] = FakeHub()
             view = (await client.get("/admin/api/gateway", headers=admin)).json()
         finally:
             metrics.CLIENTS.labels("ws").dec(2)

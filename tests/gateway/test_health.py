@@ -7,6 +7,7 @@ from pathlib import Path
 
 from livefeed.core.embedded import EmbeddedRedis
 from livefeed.core.settings import Settings
+from livefeed.gateway import hub
 from livefeed.ops.faultproxy import FaultProxy
 from tests.helpers.admin import MINE, app_client
 from tests.helpers.waiting import eventually
@@ -17,7 +18,7 @@ async def test_readyz_turns_unready_when_redis_stops(
     server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
     try:
         settings = settings_factory(redis_url=server.url)
-        async with app_client(settings, (*MINE, "livefeed.gateway.hub")) as (client, _):
+        async with app_client(settings, (*MINE, hub.FEATURE)) as (client, _):
             async def ready() -> bool:
                 return (await client.get("/readyz")).status_code == 200
 

@@ -14,6 +14,7 @@ import pytest
 from livefeed.core import newsletters
 from livefeed.core.newsletters import Row
 from livefeed.core.settings import Settings
+from livefeed.gateway import history
 from tests.gateway.livehelp import SECRET, app_client, token
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +56,7 @@ async def test_pages_are_newest_first_without_gaps_or_repeats(
 ) -> None:
     want = await insert(pool, "alice", 23, same_time=same_time)
     await insert(pool, "bob", 5)
-    features = ("livefeed.gateway.history",)
+    features = (history.FEATURE,)
     async with app_client(settings_factory(secret=SECRET), features) as (client, _):
         assert await all_pages(client, "alice", 5) == want
         assert await all_pages(client, "alice", 200) == want
@@ -66,7 +67,7 @@ async def test_pages_are_newest_first_without_gaps_or_repeats(
 
 
 async def test_bad_requests(settings_factory: Callable[..., Settings], pool: Any) -> None:
-    features = ("livefeed.gateway.history",)
+    features = (history.FEATURE,)
     async with app_client(settings_factory(secret=SECRET), features) as (client, _):
         assert (await client.get("/v1/feed")).status_code == 401
         assert (await client.get("/v1/feed", params={"token": "x.y.z"})).status_code == 401

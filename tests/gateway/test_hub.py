@@ -43,19 +43,45 @@ async def test_channel_is_subscribed_while_a_user_has_a_session(redis: Any, keys
                                                                 hub: Hub) -> None:
     tab1, tab2, other = Counting(), Counting(), Counting()
     channel = keys.live("alice")
-    assert await hub.join("alice", tab1) is True
-    assert await hub.join("alice", tab2) is True
-    assert await hub.join("bob", other) is True
-    assert await numsub(redis, channel) == 1  # one connection, however many tabs
-    await redis.publish(channel, b"x")
-    await eventually(lambda: _true(len(tab1.frames) == len(tab2.frames) == 1))
-    assert other.frames == []
-    await hub.leave("alice", tab1)
-    assert await numsub(redis, channel) == 1
-    await hub.leave("alice", tab2)
-    await eventually(lambda: _eq(numsub(redis, channel), 0))
-    assert await numsub(redis, keys.live("bob")) == 1
-    assert hub.local_users() == 1
+    async with hub.subscribe("bob", other) as bob_subscribed:
+        assert bob_subscribed is True
+        async with hub.subscribe("alice", tab1) as first:
+            async with hub.subscribe("alice", tab2) as second:
+                assert first is second is True
+                assert await numsub(redis, channel) == 1  # one connection, however many tabs
+                await redis.publish(channel, b"x")
+                await eventually(lambda: _true(len(tab1.frames) == len(tab2.frames) == 1))
+                assert other.frames == []
+            assert await numsub(redis, channel) == 1
+        await eventually(lambda: _eq(numsub(redis, channel), 0))
+        assert await numsub(redis, keys.live("bob")) == 1
+        assert hub.local_users() == 1
+    await eventually(lambda: _eq(numsub(redis, keys.live("bob")), 0))
+    assert hub.local_users() == 0
+
+
+async def test_a_subscription_ends_with_its_block_on_error_or_cancel(redis: Any, keys: Keys,
+                                                                     hub: Hub) -> None:
+    with pytest.raises(LookupError):
+        async with hub.subscribe("alice", Counting()):
+            assert hub.local_users() == 1
+            raise LookupError("the session failed")
+    assert hub.local_users() == 0
+
+    entered = anyio.Event()
+
+    async def subscribed() -> None:
+        async with hub.subscribe("alice", Counting()):
+            entered.set()
+            await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(subscribed)
+        await entered.wait()
+        assert hub.local_users() == 1
+        tg.cancel_scope.cancel()
+    assert hub.local_users() == 0
+    await eventually(lambda: _eq(numsub(redis, keys.live("alice")), 0))
 
 
 async def _true(value: bool) -> bool:

@@ -7,12 +7,12 @@ from typing import Any
 import anyio
 import pytest
 
-from livefeed.core.eventlog import EventLog
+from livefeed.core.eventlog import FEED_START, EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
 from livefeed.gateway.live import Session, frame_id
 from livefeed.schemas.frames import CloseCode, event_frame
-from tests.gateway.livehelp import assert_exact, make_log, publish
+from tests.gateway.livehelp import assert_exact, make_log, publish, tells_an_intact_head
 from tests.helpers.frames import Recorder
 from tests.helpers.waiting import eventually
 
@@ -76,6 +76,57 @@ async def test_without_last_id_starts_live_at_the_end(redis: Any, keys: Keys, hu
     assert_exact(rec.events(), new)
 
 
+async def test_an_empty_feed_gives_its_start_as_the_resume_point(redis: Any, keys: Keys,
+                                                               hub: Hub) -> None:
+    log = make_log(redis, keys)
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session(log, hub, rec, None).run)
+        await rec.until(lambda r: r.types() == ["hello"])
+        assert rec.frames[0][1:] == (FEED_START, {"type": "hello", "user": "alice",
+                                                  "mode": "streams", "last_id": FEED_START})
+        seen = await publish(log, "alice", 2)
+        await rec.until(lambda r: len(r.events()) >= 2)
+        tg.cancel_scope.cancel()
+    assert_exact(rec.events(), seen)
+
+    # A client that left before its first event comes back with the start: it gets the
+    # whole feed (when the server can tell that nothing was trimmed from its head).
+    missed = await publish(log, "alice", 300, start=2)
+    again = Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session(log, hub, again, FEED_START, page=50).run)
+        await again.until(lambda r: "recovered" in r.types() or "reset" in r.types())
+        live = await publish(log, "alice", 3, start=302)
+        await again.until(lambda r: r.events()[-1:] == live[-1:])
+        tg.cancel_scope.cancel()
+    if await tells_an_intact_head(redis):
+        assert_exact(again.events(), seen + missed + live)
+        assert again.frames[303][2] == {"type": "recovered", "count": 302,
+                                        "last_id": missed[-1]}
+    else:  # Redis 6.2: it cannot tell, so the client reloads the history instead
+        assert again.frames[1][2] == {"type": "reset", "reason": "trimmed",
+                                      "last_id": missed[-1]}
+        assert_exact(again.events(), live)
+
+
+async def test_the_start_of_a_feed_that_lost_its_head_resets(redis: Any, keys: Keys,
+                                                            hub: Hub) -> None:
+    log = make_log(redis, keys, maxlen=10)
+    ids = await publish(log, "alice", 400)
+    assert await redis.xlen(keys.feed("alice")) < 400
+    rec = Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session(log, hub, rec, FEED_START).run)
+        await rec.until(lambda r: "reset" in r.types())
+        live = await publish(log, "alice", 3, start=400)
+        await rec.until(lambda r: len(r.events()) >= 3)
+        tg.cancel_scope.cancel()
+    assert rec.types()[:2] == ["hello", "reset"]
+    assert rec.frames[1][2] == {"type": "reset", "reason": "trimmed", "last_id": ids[-1]}
+    assert_exact(rec.events(), live)
+
+
 @pytest.mark.parametrize("case", ["trimmed", "unknown_id", "garbage", "stream_lost"])
 async def test_unreplayable_history_resets_then_goes_live(redis: Any, keys: Keys, hub: Hub,
                                                           case: str) -> None:
@@ -99,10 +150,9 @@ async def test_unreplayable_history_resets_then_goes_live(redis: Any, keys: Keys
         await rec.until(lambda r: len(r.events()) >= 3)
         tg.cancel_scope.cancel()
     assert rec.types()[:2] == ["hello", "reset"]
-    end = None if case == "stream_lost" else ids[-1]
-    assert rec.frames[1][2] == (
-        {"type": "reset", "reason": reason, "last_id": end} if end
-        else {"type": "reset", "reason": reason})
+    # Where the client resumes from: the feed's end, or its start when there is none.
+    end = FEED_START if case == "stream_lost" else ids[-1]
+    assert rec.frames[1][1:] == (end, {"type": "reset", "reason": reason, "last_id": end})
     assert "recovered" not in rec.types()
     assert_exact(rec.events(), live)
 

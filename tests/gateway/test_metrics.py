@@ -57,7 +57,8 @@ async def test_scrape_reports_streams_lag_and_pending(
             assert f"# TYPE {name.removesuffix('_total')}" in r.text
 
         # Within the cache interval a scrape does not go back to Redis...
-        figures: gw_metrics.StreamFigures = app.state.lf.extras["stream_figures"]
+        figures = app.state.lf.stream_figures
+        assert isinstance(figures, gw_metrics.StreamFigures)
         figures.cache_s = 3600
         await redis.xack(keys.ingest_of("alice"), PERSIST_GROUP,
                          *[row["message_id"] for row in await redis.xpending_range(

@@ -1,4 +1,5 @@
-"""The per-connection machinery: the drain registry, the client watcher, the hub's watchdog.
+"""The per-connection machinery: the drain registry, the client watcher, stop, the hub's
+watchdog.
 
 Real Redis, a real hub, real gateway processes with real WebSocket and SSE clients.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,9 +18,11 @@ import pytest
 from httpx_sse import aconnect_sse
 from prometheus_client import REGISTRY
 
+from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
-from livefeed.gateway.live import Session, Sessions, run_with
+from livefeed.gateway.live import Session
+from livefeed.gateway.sessions import Sessions, run_with
 from livefeed.schemas.frames import CloseCode
 from tests.gateway.livehelp import (
     Gateways,
@@ -142,6 +146,71 @@ async def test_stop_is_consumed_but_an_outer_cancel_goes_on(redis: Any, keys: Ke
     await asyncio.wait([task], timeout=20)
     assert task.cancelled() and reached == []
     assert hub.local_users() == 0
+
+
+class StopInsideWaitFor(EventLog):
+    """An event log whose `method` stops the session as its read completes, inside an
+    `asyncio.wait_for`: how redis-py sends every command when it has a socket timeout.
+    On Python 3.11 wait_for then returns the read's result and the cancel that `stop` sent
+    is lost (CPython gh-86296): what made departed clients' sessions live on under load."""
+
+    def __init__(self, redis: Any, keys: Keys, method: str, outer: bool) -> None:
+        super().__init__(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
+        self.method = method
+        self.outer = outer
+        self.session: Session | None = None
+        self.lost: list[bool] = []
+
+    async def _stopping(self, read: Any) -> Any:
+        session_task = asyncio.current_task()
+        assert session_task is not None
+
+        async def read_then_stop() -> Any:
+            result = await read
+            assert self.session is not None
+            self.session.stop(CloseCode.DRAINING)  # the cancel lands as this task completes
+            if self.outer:
+                session_task.cancel()  # and one from outside (uvicorn's, at shutdown)
+            return result
+
+        result = await asyncio.wait_for(read_then_stop(), 5)
+        self.lost.append(session_task.cancelling() > 0)  # here despite the cancel: lost
+        return result
+
+    async def last_feed_id(self, user: str) -> str | None:
+        read = super().last_feed_id(user)
+        return await (self._stopping(read) if self.method == "last_feed_id" else read)
+
+    async def resume(self, user: str, last_id: str, count: int) -> Any:
+        read = super().resume(user, last_id, count)
+        return await (self._stopping(read) if self.method == "resume" else read)
+
+
+@pytest.mark.parametrize("outer", [False, True], ids=["stop", "stop+outer cancel"])
+@pytest.mark.parametrize("method", ["last_feed_id", "resume"])
+async def test_a_stop_whose_cancel_is_lost_still_ends_the_session(
+        redis: Any, keys: Keys, hub: Hub, method: str, outer: bool) -> None:
+    log = StopInsideWaitFor(redis, keys, method, outer)
+    feed = await publish(log, "alice", 3)
+    rec = Recorder()
+    s = Session(user="alice", log=log, hub=hub, transport=rec,
+                last_id=feed[0] if method == "resume" else None)
+    log.session = s
+    result: list[int | None] = []
+
+    async def run_then_await_more() -> None:
+        code = await s.run()
+        await asyncio.sleep(0.05)  # the task is not left cancelled either
+        result.append(code)
+
+    task = asyncio.create_task(run_then_await_more())
+    done, _ = await asyncio.wait([task], timeout=10)
+    assert done, "the session outlived its stop"
+    # The cancel from outside was lost with it, yet the task ends cancelled.
+    assert (task.cancelled(), result) == ((True, []) if outer else (False, [CloseCode.DRAINING]))
+    assert log.lost == ([True] if sys.version_info < (3, 12) else [])
+    assert hub.local_users() == 0
+    assert rec.events() == []
 
 
 class FreezingProxy:

@@ -11,11 +11,22 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from livefeed.core.eventlog import FEED_START
 from livefeed.core.keys import Keys
-from tests.gateway.livehelp import Gateways, assert_exact, make_log, publish, token
+from tests.gateway.livehelp import (
+    Gateways,
+    assert_exact,
+    make_log,
+    publish,
+    tells_an_intact_head,
+    token,
+)
 from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+# Streams per race test: each one publishes as soon as its response has started.
+RACES = 50
 
 
 class SseReader:
@@ -109,3 +120,62 @@ async def test_fresh_stream_gives_the_resume_point_and_sigterm_ends_it(
                 await reader.ended.wait()
     assert code == 0
     assert_exact(reader.ids(), new)
+
+
+async def test_an_event_published_as_a_stream_opens_arrives_once(
+    gateways: Gateways, redis: Any, keys: Keys
+) -> None:
+    """The feed's end is read before the response starts: an event published once the
+    client sees the stream open is delivered, never counted as seen."""
+    _, url = gateways.start()
+    log = make_log(redis, keys)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
+        for i in range(RACES):
+            user = f"u{i}"
+            old = await publish(log, user, 1)
+            reader = SseReader()
+            started = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader.read, client, f"{url}/v1/sse?token={token(user)}", {},
+                              started)
+                await started.wait()
+                first = await publish(log, user, 1, start=1)
+                await reader.until(lambda r: len(r.ids()) >= 1, timeout=20)
+                sentinel = await publish(log, user, 1, start=2)
+                await reader.until(lambda r, want=sentinel: r.ids()[-1:] == want, timeout=20)
+                tg.cancel_scope.cancel()
+            assert reader.of("hello")[0].id == old[-1], i
+            assert_exact(reader.ids(), first + sentinel)
+
+
+async def test_an_empty_feed_is_resumed_from_its_start(gateways: Gateways, redis: Any,
+                                                       keys: Keys) -> None:
+    _, url = gateways.start()
+    log = make_log(redis, keys)
+    query = f"{url}/v1/sse?token={token('alice')}"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
+        first = SseReader()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.read, client, query, {}, anyio.Event())
+            await first.until(lambda r: bool(r.of("hello")))
+            tg.cancel_scope.cancel()
+        hello = first.of("hello")[0]
+        assert hello.id == FEED_START
+        assert json.loads(hello.data)["last_id"] == FEED_START
+
+        missed = await publish(log, "alice", 4)  # before the client's first event
+        again = SseReader()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(again.read, client, query, {"last-event-id": hello.id},
+                          anyio.Event())
+            await again.until(lambda r: bool(r.of("recovered") or r.of("reset")))
+            live = await publish(log, "alice", 2, start=4)
+            await again.until(lambda r: r.ids()[-1:] == live[-1:])
+            tg.cancel_scope.cancel()
+    if await tells_an_intact_head(redis):
+        assert_exact(again.ids(), missed + live)
+        assert json.loads(again.of("recovered")[0].data) == {
+            "type": "recovered", "count": 4, "last_id": missed[-1]}
+    else:
+        reset = again.of("reset")[0]
+        assert (reset.id, json.loads(reset.data)["reason"]) == (missed[-1], "trimmed")

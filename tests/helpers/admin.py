@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from livefeed.core.settings import Settings
+from livefeed.gateway import admin, health, metrics
+from livefeed.gateway.feature import Feature
 from tests.gateway.livehelp import app_client as _app_client
 
-MINE = ("livefeed.gateway.admin", "livefeed.gateway.metrics", "livefeed.gateway.health")
+MINE = (admin.FEATURE, metrics.FEATURE, health.FEATURE)
 
 
-def app_client(settings: Settings, features: Sequence[str] = MINE) -> Any:
+def app_client(settings: Settings, features: Sequence[Feature] = MINE) -> Any:
     """The admin features do not depend on the others: serve only them."""
     return _app_client(settings, features)
