@@ -4,6 +4,7 @@ followed to its new node (the sessions re-sync from their feeds)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -49,15 +50,15 @@ def spublish(node: ClusterNode, channel: str, data: str) -> int:
         return int(c.execute_command("SPUBLISH", channel, data))
 
 
-async def joined_hub(cluster: EmbeddedCluster, keys: Keys, users: list[str],
-                     tg: Any) -> tuple[Hub, dict[str, Listener]]:
+async def joined_hub(cluster: EmbeddedCluster, keys: Keys, users: list[str], tg: Any,
+                     stack: contextlib.AsyncExitStack) -> tuple[Hub, dict[str, Listener]]:
     hub = Hub(cluster.cluster_url, keys, cluster=True, ping_interval_s=1.0)
     tg.start_soon(hub.run)
     with anyio.fail_after(30):
         await hub.connected_once.wait()
     listeners = {u: Listener() for u in users}
     for user, listener in listeners.items():
-        assert await hub.join(user, listener)
+        assert await stack.enter_async_context(hub.subscribe(user, listener))
     return hub, listeners
 
 
@@ -68,8 +69,8 @@ async def test_a_stopped_node_does_not_hold_up_the_others(
     by_node = users_by_node(cluster, keys)
     stopped_port, *healthy = sorted(by_node)
     users = [u for port in by_node for u in by_node[port][:5]]
-    async with anyio.create_task_group() as tg:
-        hub, listeners = await joined_hub(cluster, keys, users, tg)
+    async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as stack:
+        hub, listeners = await joined_hub(cluster, keys, users, tg, stack)
         stopped = cluster.node(stopped_port)
         stopped.signal(signal.SIGSTOP)
         try:
@@ -116,8 +117,8 @@ async def test_a_slot_moved_under_a_subscription_is_followed(
     client = redis_client.connect(cluster.cluster_url, cluster=True)
     try:
         await client.xadd(keys.feed(user), {"data": b"{}"})  # a key that must move too
-        async with anyio.create_task_group() as tg:
-            hub, listeners = await joined_hub(cluster, keys, [user], tg)
+        async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as stack:
+            hub, listeners = await joined_hub(cluster, keys, [user], tg, stack)
             listener = listeners[user]
             await anyio.to_thread.run_sync(move_slot, cluster, key_slot(channel.encode()),
                                            cluster.node(source_port), cluster.node(target_port))
