@@ -59,7 +59,7 @@ async def run(ctx: Context, result: BenchResult) -> None:
             status, body = await httpload.send_one(port, single_reqs[0])
             if status != 202:
                 raise RuntimeError(f"POST /v1/events answered {status} {body[:200]!r}; is "
-                                   "ingest (gateway/ingest.py) in gateway.app FEATURES?")
+                                   "ingest (gateway/ingest.py) in gateway.app DEFAULT_FEATURES?")
             # warm up: imports, pools, script load
             await httpload.send_all(port, single_reqs[:50], 2)
             with procs.profiled(gw.pid, ctx.profile_dir, "ingest-gateway-single"), \
