@@ -48,7 +48,7 @@ class Reset:
 class _Frame(msgspec.Struct):
     type: str
     id: str | None = None
-    data: msgspec.Raw | None = None
+    data: msgspec.Raw = msgspec.Raw(b"null")
     reason: str | None = None
     last_id: str | None = None
 
@@ -72,7 +72,7 @@ class _Cursor:
         self._key = _key(last_id) if last_id else None
 
     def take(self, frame: _Frame) -> Event | Reset | None:
-        if frame.type == "event" and frame.id is not None and frame.data is not None:
+        if frame.type == "event" and frame.id is not None:
             key = _key(frame.id)
             if self._key is not None and key <= self._key:
                 return None
