@@ -166,6 +166,7 @@ class CellResult(msgspec.Struct):
     duration_s: float
     clients: int
     rate: float
+    ingest_replicas: int | None = None  # LIVEFEED_INGEST_REPLICAS if the cell set it
     sent: int = 0
     accepted: int = 0
     rejected: int = 0

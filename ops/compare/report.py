@@ -25,6 +25,18 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def label(cell: CellResult) -> str:
+    """The mode, and the replica acknowledgement if the cell set one (`streams
+    replicas=1`): the variants of one scenario stay apart in the table and the charts."""
+    if cell.ingest_replicas is None:
+        return cell.mode
+    return f"{cell.mode} replicas={cell.ingest_replicas}"
+
+
+def _color(mode_label: str) -> str:
+    return COLORS.get(mode_label.split()[0], "#777")
+
+
 def consistency(cell: CellResult) -> str:
     if cell.skipped or cell.failed:
         return "-"
@@ -47,6 +59,8 @@ def note(cell: CellResult) -> str:
         parts.append(f"{cell.closed_4008}x 4008")
     if cell.resets:
         parts.append(f"{cell.resets} resets")
+    for error, n in sorted(cell.errors.items()):
+        parts.append(f"{n}x {error}" + (" (requests refused)" if error == "HTTP 503" else ""))
     if cell.unexpected:
         parts.append(f"{cell.unexpected} unexpected")
     if cell.rows_unexpected:
@@ -65,7 +79,7 @@ def table(cells: Sequence[CellResult]) -> Table:
         done = not (c.skipped or c.failed)
         lost_style = "bold red" if c.lost else "green"
         t.add_row(
-            c.scenario, c.mode,
+            c.scenario, label(c),
             f"{c.accepted}/{c.sent}" if done else "-",
             f"{c.delivered}/{c.expected}" if done else "-",
             f"[{lost_style}]{c.lost}[/]" if done else "-",
@@ -116,7 +130,7 @@ def _bar_chart(title: str, scenarios: Sequence[str], modes: Sequence[str],
     `min_top` keeps tiny values from filling the axis; with `none_is_worst` a None value of
     a cell that ran (never consistent) is drawn as a full, faded bar.
     """
-    by_key = {(c.scenario, c.mode): c for c in cells}
+    by_key = {(c.scenario, label(c)): c for c in cells}
     values = [v for c in cells if not (c.skipped or c.failed) and (v := value(c)) is not None]
     top = max([*values, min_top])
     bar_h, gap, left, width, right = 14, 10, 118, 250, 150
@@ -152,7 +166,7 @@ def _bar_chart(title: str, scenarios: Sequence[str], modes: Sequence[str],
             else:
                 text = "skipped" if c.skipped else "failed"
             out.append(f'<rect x="{left}" y="{y}" width="{max(w, 1.5):.1f}" '
-                       f'height="{bar_h - 3}" fill="{COLORS.get(m, "#777")}"{faded}>'
+                       f'height="{bar_h - 3}" fill="{_color(m)}"{faded}>'
                        f'<title>{html.escape(f"{s} / {m}: {text}")}</title></rect>')
             out.append(f'<text x="{left + max(w, 1.5) + 5:.1f}" y="{y + bar_h - 5}" '
                        f'class="v">{html.escape(text)}</text>')
@@ -163,7 +177,7 @@ def _bar_chart(title: str, scenarios: Sequence[str], modes: Sequence[str],
     legend_x = left
     for m in modes:
         out.append(f'<rect x="{legend_x}" y="{y + 4}" width="12" height="12" '
-                   f'fill="{COLORS.get(m, "#777")}"/><text x="{legend_x + 16}" y="{y + 14}" '
+                   f'fill="{_color(m)}"/><text x="{legend_x + 16}" y="{y + 14}" '
                    f'class="l">{html.escape(m)}</text>')
         legend_x += 90
     if axis:
@@ -205,7 +219,7 @@ brings it back.</p>
 def html_report(cells: Sequence[CellResult], params: dict[str, object],
                 descriptions: dict[str, str]) -> str:
     scenarios = list(dict.fromkeys(c.scenario for c in cells))
-    modes = list(dict.fromkeys(c.mode for c in cells))
+    modes = list(dict.fromkeys(label(c) for c in cells))
     charts = [
         _bar_chart("Events lost (% of deliveries owed)", scenarios, modes,
                    lambda c: c.loss_pct, lambda c: f"{c.lost} ({c.loss_pct:.1f}%)", cells,
@@ -237,7 +251,7 @@ def html_report(cells: Sequence[CellResult], params: dict[str, object],
 
         rows.append(
             "<tr>" + "".join([
-                f"<td>{html.escape(c.scenario)}</td><td>{html.escape(c.mode)}</td>",
+                f"<td>{html.escape(c.scenario)}</td><td>{html.escape(label(c))}</td>",
                 f"<td>{c.accepted}/{c.sent}</td><td>{c.delivered}/{c.expected}</td>",
                 f'<td class="{cls(c.lost > 0)}">{c.lost}</td>',
                 f'<td class="{cls(c.duplicated > 0)}">{c.duplicated}</td>',
@@ -248,14 +262,14 @@ def html_report(cells: Sequence[CellResult], params: dict[str, object],
                 f"<td>{consistency(c)}</td>",
                 f"<td>{html.escape(note(c))}</td>",
             ] if done else [
-                f"<td>{html.escape(c.scenario)}</td><td>{html.escape(c.mode)}</td>",
+                f"<td>{html.escape(c.scenario)}</td><td>{html.escape(label(c))}</td>",
                 '<td colspan="9">-</td>', f"<td>{html.escape(note(c))}</td>",
             ]) + "</tr>")
     timelines = []
     for c in cells:
         if c.timeline:
             steps = "; ".join(f"{m.t:.1f}s {html.escape(m.what)}" for m in c.timeline)
-            timelines.append(f"<li><b>{html.escape(c.scenario)} / {html.escape(c.mode)}</b>: "
+            timelines.append(f"<li><b>{html.escape(c.scenario)} / {html.escape(label(c))}</b>: "
                              f"{steps}</li>")
     scen = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(d)}</li>"
                    for n, d in descriptions.items() if n in scenarios)

@@ -19,7 +19,8 @@ import anyio
 import msgspec
 
 from livefeed.core import auth
-from livefeed.core.settings import Resolved
+from livefeed.core.embedded_cluster import ClusterError, EmbeddedCluster
+from livefeed.core.settings import Resolved, env_name
 from livefeed.ops.compare.clients import FeedClient, NotReady
 from livefeed.ops.compare.deployment import Deployment, DeploymentError, monotonic_clock
 from livefeed.ops.compare.load import Auth, LoadGenerator
@@ -63,13 +64,26 @@ def users_for(clients: int) -> list[str]:
 
 
 async def run_cell(base: Resolved, scenario: Scenario, mode: str, params: Params,
-                   log_dir: Path, progress: Progress | None = None) -> CellRun:
+                   log_dir: Path, progress: Progress | None = None, *,
+                   cluster: EmbeddedCluster | None = None,
+                   replicas: int | None = None) -> CellRun:
+    """`cluster`: the embedded cluster `base` points at (scenarios that kill its nodes need
+    it); `replicas`: this cell's LIVEFEED_INGEST_REPLICAS (None: the deployment's)."""
     cell = CellResult(scenario=scenario.name, mode=mode, seed=params.seed,
-                      duration_s=params.duration, clients=params.clients, rate=params.rate)
+                      duration_s=params.duration, clients=params.clients, rate=params.rate,
+                      ingest_replicas=replicas)
     run = CellRun(result=cell, sent=[], logs=[], counts=[])
+    if scenario.needs_cluster and cluster is None:
+        cell.skipped = ("needs the embedded cluster (`compare --cluster` with no "
+                        f"{env_name('redis_url')}): it kills a primary")
+        return run
+    env = dict(scenario.env)
+    if replicas is not None:
+        env[env_name("ingest_replicas")] = str(replicas)
     try:
-        await _run(run, base, scenario, mode, params, log_dir, progress or _no_progress)
-    except* (DeploymentError, NotReady, TimeoutError) as group:
+        await _run(run, base, scenario, mode, params, log_dir, progress or _no_progress,
+                   env, cluster)
+    except* (DeploymentError, NotReady, TimeoutError, ClusterError) as group:
         cell.failed = "; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions)
         logger.warning("%s/%s failed: %s (logs in %s)", scenario.name, mode, cell.failed,
                        log_dir)
@@ -81,11 +95,12 @@ def _no_progress(fraction: float, status: str) -> None:
 
 
 async def _run(run: CellRun, base: Resolved, scenario: Scenario, mode: str, params: Params,
-               log_dir: Path, progress: Progress) -> None:
+               log_dir: Path, progress: Progress, env: dict[str, str],
+               cluster: EmbeddedCluster | None) -> None:
     rng = random.Random(f"{params.seed}:{scenario.name}")
     clock = monotonic_clock()
     progress(0.0, "starting processes")
-    async with Deployment(base, mode=mode, log_dir=log_dir, env=dict(scenario.env)) as deployment:
+    async with Deployment(base, mode=mode, log_dir=log_dir, env=env) as deployment:
         await deployment.start(gateways=scenario.gateways, consumers=mode == "streams",
                             db_proxy=scenario.db_proxy)
         users = users_for(params.clients)
@@ -114,7 +129,7 @@ async def _run(run: CellRun, base: Resolved, scenario: Scenario, mode: str, para
                 for c in clients:
                     tg.start_soon(c.wait_ready)
             ctx = Context(deployment=deployment, clients=clients, load=load, clock=clock,
-                          started=clock(), duration=params.duration, rng=rng)
+                          started=clock(), duration=params.duration, rng=rng, cluster=cluster)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(load.run)
                 tg.start_soon(scenario.script, ctx)
@@ -174,16 +189,29 @@ async def _settle(ctx: Context, deployment: Deployment, mode: str, limit_s: floa
             await anyio.sleep(0.1)
 
 
+def variants(scenario: Scenario, mode: str) -> list[int | None]:
+    """The LIVEFEED_INGEST_REPLICAS values a scenario runs with in `mode` (None: the
+    deployment's own). Only streams mode appends to a stream that WAIT could cover."""
+    if mode == "streams" and scenario.replica_variants:
+        return list(scenario.replica_variants)
+    return [None]
+
+
 async def run_matrix(base: Resolved, scenarios: Sequence[Scenario], modes: Sequence[str],
                      params: Params, log_root: Path,
-                     on_cell: Callable[[str, str], Progress] | None = None) -> list[CellRun]:
-    """Every scenario in every mode, one after the other, each on its own namespace."""
+                     on_cell: Callable[[str, str], Progress] | None = None, *,
+                     cluster: EmbeddedCluster | None = None) -> list[CellRun]:
+    """Every scenario in every mode (and replica variant), one after the other, each on its
+    own namespace."""
     runs: list[CellRun] = []
     for scenario in scenarios:
         for mode in modes:
-            progress = on_cell(scenario.name, mode) if on_cell else None
-            log_dir = log_root / f"{scenario.name}-{mode}"
-            runs.append(await run_cell(base, scenario, mode, params, log_dir, progress))
+            for replicas in variants(scenario, mode):
+                shown = mode if replicas is None else f"{mode} replicas={replicas}"
+                progress = on_cell(scenario.name, shown) if on_cell else None
+                log_dir = log_root / f"{scenario.name}-{shown.replace(' ', '-')}"
+                runs.append(await run_cell(base, scenario, mode, params, log_dir, progress,
+                                           cluster=cluster, replicas=replicas))
     return runs
 
 

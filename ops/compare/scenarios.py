@@ -6,12 +6,14 @@ matrix and a long report run the same script.
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
+from livefeed.core.embedded_cluster import EmbeddedCluster
 from livefeed.core.settings import env_name
 from livefeed.ops.compare.clients import FeedClient
 from livefeed.ops.compare.deployment import CONSUMER_GROUPS, Deployment
@@ -33,6 +35,7 @@ class Context:
     duration: float
     rng: random.Random
     marks: list[Mark] = field(default_factory=list)
+    cluster: EmbeddedCluster | None = None  # the embedded cluster, for node faults
 
     def mark(self, what: str) -> None:
         """Log a step, timed in seconds since the load began."""
@@ -75,6 +78,14 @@ class Scenario:
     slow_clients: int = 0  # the last n clients get small socket buffers
     hot_share: float = 0.0  # this share of the events goes to the last client's user
     load_gateway: int = 0  # the gateway the load posts to (it stays up)
+    # Kills Redis Cluster nodes: runs only on an embedded cluster (`compare --cluster`).
+    needs_cluster: bool = False
+    # Streams mode runs once per LIVEFEED_INGEST_REPLICAS value given here (empty: once,
+    # with the deployment's setting).
+    replica_variants: tuple[int, ...] = ()
+    # With LIVEFEED_INGEST_REPLICAS=0 a lost acknowledged event is this scenario's
+    # documented cost, not a broken guarantee (counted, no failing exit status).
+    unreplicated_may_lose: bool = False
 
 
 async def steady(ctx: Context) -> None:
@@ -178,6 +189,40 @@ async def pubsub_drop(ctx: Context) -> None:
         ctx.mark(f"CLIENT KILL of {killed} pub/sub link(s)")
 
 
+async def shard_failover(ctx: Context) -> None:
+    """At 30%: SIGKILL the Redis Cluster primary that owns the partition of a user of the
+    load (seeded pick; every user on that node is hit). Its replica takes over after the
+    node timeout; then the killed node is started again and rejoins as the new primary's
+    replica, and the script waits until the cluster is ok (the next cell gets a whole
+    cluster). Until the failover that shard's appends fail (503). With
+    LIVEFEED_INGEST_REPLICAS=1 they go on failing until the shard has a replica again, and
+    no 202 can be lost; with 0 they succeed right after the failover, and what the dead
+    primary acknowledged but had not replicated yet is lost."""
+    cluster = ctx.cluster
+    assert cluster is not None, "shard-failover needs the embedded cluster"
+    keys = ctx.deployment.keys
+    users = sorted({c.log.user for c in ctx.clients})
+    await ctx.at(0.3)
+
+    def owners() -> dict[str, int]:
+        return {u: cluster.owner(keys.ingest_of(u)).port for u in users}
+
+    by_user = await anyio.to_thread.run_sync(owners)
+    victim = cluster.node(by_user[ctx.rng.choice(users)])
+    hit = sum(1 for port in by_user.values() if port == victim.port)
+    refused = ctx.load.errors["HTTP 503"]
+    victim.signal(signal.SIGKILL)
+    ctx.mark(f"SIGKILL primary :{victim.port} ({hit} of {len(users)} users' partitions on it)")
+    await anyio.to_thread.run_sync(victim.kill)  # reap it
+    promoted = await anyio.to_thread.run_sync(cluster.wait_for_failover, victim)
+    ctx.mark(f"replica :{promoted.port} took over "
+             f"({ctx.load.errors['HTTP 503'] - refused} requests refused so far)")
+    await anyio.to_thread.run_sync(cluster.restart, victim)
+    await anyio.to_thread.run_sync(cluster.wait_until_ok)
+    ctx.mark(f":{victim.port} back as a replica, cluster ok "
+             f"({ctx.load.errors['HTTP 503'] - refused} requests refused since the kill)")
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -194,6 +239,9 @@ SCENARIOS: dict[str, Scenario] = {
                  env={env_name("send_queue"): "16"}, preview_chars=2000, slow_clients=1,
                  hot_share=0.8),
         Scenario("pubsub-drop", "CLIENT KILL the gateway's pub/sub link 3 times", pubsub_drop),
+        Scenario("shard-failover", "SIGKILL a Redis Cluster primary; replica takes over",
+                 shard_failover, needs_cluster=True, replica_variants=(0, 1),
+                 unreplicated_may_lose=True),
     )
 }
 

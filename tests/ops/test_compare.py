@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from livefeed.core.embedded_cluster import EmbeddedCluster
 from livefeed.core.settings import Resolved, Settings, to_env
 from livefeed.ops.compare.measure import (
+    CellResult,
     consistent_after,
     count_client,
     count_clients,
@@ -122,9 +125,10 @@ async def run(base: Resolved, scenario: str, mode: str, tmp_path: Path,
     return cell
 
 
-def _logs(tmp_path: Path) -> str:
+def _logs(where: Path) -> str:
+    """The tail of every process log under `where` (a test's tmp_path or a cell's dir)."""
     return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-1500:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
+                     for p in sorted(where.rglob("*.log")))
 
 
 @pytest.mark.slow
@@ -222,3 +226,60 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("LIVEFEED_")}
+
+
+# -- shard-failover on a private embedded cluster ------------------------------------------
+
+FAILOVER = Params(duration=6.0, clients=6, rate=100.0, seed=3, settle_s=40.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_shard_failover_with_and_without_replica_acks(
+        cluster_factory: Callable[..., EmbeddedCluster], postgres_url: str,
+        tmp_path: Path) -> None:
+    cluster = cluster_factory(primaries=3, replicas_per_primary=1)
+    base = Resolved(redis_url=cluster.cluster_url, redis_cluster=True,
+                    database_url=postgres_url, data_dir=str(tmp_path / "data"),
+                    log_level="WARNING")
+    scenario = SCENARIOS["shard-failover"]
+    results = {}
+    for replicas in (1, 0):
+        cell = await run_cell(base, scenario, "streams", FAILOVER,
+                              tmp_path / "logs" / f"r{replicas}", cluster=cluster,
+                              replicas=replicas)
+        r = cell.result
+        assert r.failed is None, (r.failed, _logs(tmp_path / "logs" / f"r{replicas}"))
+        steps = " | ".join(m.what for m in r.timeline)
+        assert "SIGKILL primary" in steps and "back as a replica, cluster ok" in steps, steps
+        assert r.ingest_replicas == replicas
+        assert r.accepted > 0 and r.expected == 2 * r.accepted
+        # Neither setting shows an event twice or stores it twice.
+        assert (r.duplicated, r.rows_duplicate, r.rows_unexpected) == (0, 0, 0), r.per_client
+        results[replicas] = r
+    acked = results[1]
+    # With replica acks every 202 is stored and delivered; the outage shows as 503s.
+    assert (acked.lost, acked.rows_missing) == (0, 0), acked.per_client
+    assert acked.delivered == acked.expected and acked.rows == acked.accepted
+    assert acked.errors.get("HTTP 503", 0) >= 1, acked.errors
+    unacked = results[0]
+    # Without: a loss is allowed, but counted: the rows are what was accepted minus the
+    # events lost from the dead primary, and a lost event is missing for both its clients.
+    assert unacked.rows == unacked.accepted - unacked.rows_missing
+    assert unacked.lost == unacked.expected - unacked.delivered
+    print(f"\nshard-failover: replicas=1 {_figures(acked)}; replicas=0 {_figures(unacked)}")
+
+
+def _figures(r: CellResult) -> str:
+    return (f"accepted {r.accepted}/{r.sent}, delivered {r.delivered}/{r.expected}, lost "
+            f"{r.lost}, dup {r.duplicated}, rows {r.rows} (missing {r.rows_missing}, dup "
+            f"{r.rows_duplicate}), errors {r.errors}")
+
+
+def test_shard_failover_needs_the_cluster() -> None:
+    from livefeed.ops.compare.command import chosen
+
+    assert "shard-failover" not in [s.name for s in chosen(None, cluster=False)]  # type: ignore[union-attr]
+    assert "shard-failover" in [s.name for s in chosen(None, cluster=True)]  # type: ignore[union-attr]
+    refused = chosen(["steady", "shard-failover"], cluster=False)
+    assert isinstance(refused, str) and "--cluster" in refused
