@@ -132,7 +132,7 @@ def _logs(where: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(SCENARIOS))
+@pytest.mark.parametrize("name", [n for n, s in SCENARIOS.items() if not s.needs_cluster])
 async def test_streams_loses_and_duplicates_nothing(base: Resolved, name: str,
                                                      tmp_path: Path) -> None:
     cell = await run(base, name, "streams", tmp_path)
