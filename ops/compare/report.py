@@ -213,6 +213,11 @@ events, <i>never</i> when some are still missing.</p>
 reconnecting client resumes from its last id. In <code>pubsub</code> mode a client that is away,
 slow, or behind a dropped pub/sub link misses what was published meanwhile, and nothing
 brings it back.</p>
+<p>One exception: <code>shard-failover</code> with <code>replicas=0</code>
+(<code>LIVEFEED_INGEST_REPLICAS=0</code>) may lose what the killed primary had acknowledged
+and not yet replicated; that is the setting's documented cost, counted here. With
+<code>replicas=1</code> nothing acknowledged may be lost: the shard refuses appends
+(<code>503</code>) until it has a replica again.</p>
 """
 
 
