@@ -282,7 +282,9 @@ class GroupRunner:
         if change.lost:
             logger.warning("group %s: partitions %s taken over by another consumer",
                            self.group, _ranges(change.lost))
-        self._to_take = (self._to_take | change.gained) - change.lost
+        # A lease that lapsed (Redis was away longer than a lease, or lost it) and was won
+        # back by this same refresh is in both sets: it must be taken over again.
+        self._to_take = (self._to_take - change.lost) | change.gained
         self._surplus = change.surplus
         self.stream.owned = sorted(set(self.stream.owned) - change.lost - change.surplus)
 

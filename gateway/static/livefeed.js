@@ -7,6 +7,7 @@
   // tests/schemas/test_frames.py keeps these equal to the Python definitions.
   const CLOSE = { BAD_TOKEN: 4001, TOO_SLOW: 4008, DRAINING: 1012 };
   const FRAME_TYPES = ["hello", "event", "recovered", "reset"];
+  const PAGE_MAX = 200; // GET /v1/feed's largest `limit`
 
   function parseId(id) {
     const [ms, seq] = String(id).split("-");
@@ -27,9 +28,10 @@
   class LiveFeed {
     // options: token, base (default: this origin), transport ("auto"|"ws"|"sse"),
     // onEvent(event, {feedId, replayed}), onHistory(items), onReset(reason),
-    // onStatus(status, detail)  status: connecting|replaying|live|offline|unauthorized
+    // onStatus(status, detail)  status: connecting|replaying|live|offline|unauthorized,
+    // historyLimit (default 200): at most that many history items are loaded at a time
     constructor(options) {
-      this.opts = Object.assign({ base: "", transport: "auto" }, options);
+      this.opts = Object.assign({ base: "", transport: "auto", historyLimit: 200 }, options);
       this.token = this.opts.token;
       this.storeKey = "livefeed:last:" + tokenUser(this.token);
       this.lastId = global.localStorage ? global.localStorage.getItem(this.storeKey) : null;
@@ -44,9 +46,11 @@
     }
 
     start() {
+      // History first, then live: with a stored last id (a reload) the page would otherwise
+      // show only what arrives after it. Live resumes from that id; an event both in the
+      // history and in the replay is shown once (dedupe by event id).
       this.stopped = false;
-      const first = this.lastId ? Promise.resolve() : this.loadHistory();
-      first.finally(() => this.connect());
+      this.loadHistory().finally(() => this.connect());
     }
 
     stop() {
@@ -68,13 +72,24 @@
       if (this.opts.onStatus) this.opts.onStatus(s, detail || this.transport);
     }
 
+    // The persisted history, newest first, page after page (`next` is the `before` of the
+    // next page) up to `historyLimit` items; onHistory(items) once per page, each item not
+    // shown before.
     async loadHistory() {
+      let before = null;
+      let loaded = 0;
       try {
-        const res = await fetch(this.url("/v1/feed", { limit: "50" }));
-        if (!res.ok) return;
-        const page = await res.json();
-        const fresh = page.items.filter((it) => this.remember(it.id));
-        if (this.opts.onHistory) this.opts.onHistory(fresh);
+        while (loaded < this.opts.historyLimit) {
+          const limit = String(Math.min(PAGE_MAX, this.opts.historyLimit - loaded));
+          const res = await fetch(this.url("/v1/feed", { limit, before }));
+          if (!res.ok) return;
+          const page = await res.json();
+          loaded += page.items.length;
+          const fresh = page.items.filter((it) => this.remember(it.id));
+          if (this.opts.onHistory) this.opts.onHistory(fresh);
+          if (!page.next || page.items.length === 0) return;
+          before = page.next;
+        }
       } catch (e) { /* offline: live delivery still resumes */ }
     }
 
