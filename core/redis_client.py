@@ -27,6 +27,7 @@ RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 Fields: TypeAlias = dict[bytes, bytes]
 
 COMMAND_TIMEOUT_S = 5.0
+POOL_SIZE = 100
 HEALTH_CHECK_S = 5
 
 
@@ -88,9 +89,13 @@ def connect(
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
                             username=parts.username or None, password=parts.password or None,
                             ssl=parts.scheme == "rediss", **options)
-    if max_connections is not None:
-        options["max_connections"] = max_connections
-    return aioredis.Redis.from_url(url, **options)
+    # A burst (thousands of clients connecting at once, each reading its feed's end) waits
+    # for a free connection instead of failing: redis-py's default pool raises
+    # MaxConnectionsError past 100, which a gateway answered as HTTP 500.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections or POOL_SIZE, timeout=COMMAND_TIMEOUT_S,
+        **options)
+    return aioredis.Redis.from_pool(pool)
 
 
 async def ping(url: str, *, cluster: bool = False) -> None:

@@ -179,3 +179,28 @@ async def test_sigterm_closes_websockets_with_1012(gateways: Gateways) -> None:
     code = await anyio.to_thread.run_sync(proc.terminate)
     assert code == 0
     assert await closed_code(client) == 1012
+
+
+async def test_a_burst_of_connections_is_served_not_refused(gateways: Gateways) -> None:
+    """Many clients connecting at once (a gateway restart, a deploy): each reads its feed's
+    end before the handshake; they wait for a Redis connection, none is answered 500."""
+    _, url = gateways.start()
+    clients = await anyio_gather([WsClient.open(ws_url(url, f"burst{i}")) for i in range(400)])
+    try:
+        for client in clients:
+            await client.until(lambda c: c.types() == ["hello"])
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def anyio_gather(coros: list[Any]) -> list[Any]:
+    results: list[Any] = [None] * len(coros)
+
+    async def run(i: int, coro: Any) -> None:
+        results[i] = await coro
+
+    async with anyio.create_task_group() as tg:
+        for i, coro in enumerate(coros):
+            tg.start_soon(run, i, coro)
+    return results
