@@ -50,26 +50,27 @@ class NotReplicated(Exception):
     It may still be there (a retry is answered as duplicates), but it is not acknowledged."""
 
 
-# KEYS: ingest stream, then one seen-marker per event.
+# KEYS: per event its partition's ingest stream and its seen marker (on a cluster all of
+# one partition: one slot; on a standalone server one call takes a whole request).
 # ARGV: ttl, then per event: event id, user, payload, content digest.
 # Returns per event the new entry id, or false (nil) when the event was seen already with
 # the same content; or, appending nothing, the (1-based) position of the first event whose
 # (user, id) was seen with a different content, earlier or in the same call.
 _APPEND = Template("""
 local ttl = ARGV[1]
-local n = #KEYS - 1
+local n = #KEYS / 2
 local here = {}
 for i = 1, n do
-  local key, digest = KEYS[i + 1], ARGV[1 + i * 4]
+  local key, digest = KEYS[2 * i], ARGV[1 + i * 4]
   local known = here[key] or redis.call('GET', key)
   if known and known ~= digest then return i end
   here[key] = digest
 end
 local out, done = {}, {}
 for i = 1, n do
-  local key, a = KEYS[i + 1], 2 + (i - 1) * 4
+  local key, a = KEYS[2 * i], 2 + (i - 1) * 4
   if not done[key] and redis.call('SET', key, ARGV[a + 3], 'NX', 'EX', ttl) then
-    out[i] = redis.call('XADD', KEYS[1], '*',
+    out[i] = redis.call('XADD', KEYS[2 * i - 1], '*',
       '$event_id', ARGV[a], '$user', ARGV[a + 1], '$data', ARGV[a + 2])
   else
     -- A write even for a duplicate: a WAIT after this script then also covers the first
@@ -215,7 +216,11 @@ class EventLog:
 
     def _by_partition(self, events: Sequence[tuple[str, str, bytes]]
                       ) -> dict[int, list[int]]:
-        """Indexes of `events` per partition, in order (a user's events keep theirs)."""
+        """Indexes of `events` per script call, in order (a user's events keep theirs): per
+        partition on a cluster (a script's keys must share a slot); all in one call on a
+        standalone server, where a script may touch every partition's keys."""
+        if not self.topology.cluster:
+            return {0: list(range(len(events)))}
         parts: dict[int, list[int]] = defaultdict(list)
         for i, (_, user, _) in enumerate(events):
             parts[self.keys.partition_of(user)].append(i)
@@ -223,7 +228,8 @@ class EventLog:
 
     async def append(self, events: Sequence[tuple[str, str, bytes]]) -> list[Appended]:
         """Append (event id, user, payload) triples to their partitions' ingest streams:
-        one atomic script per partition, all in one pipeline.
+        one atomic script per partition on a cluster (one pipeline per node), one for the
+        whole call on a standalone server.
 
         An event is named by (user, event id). For `dedupe_ttl_s` after its append, the
         same payload again (in this call or a later one) is reported as a duplicate and not
@@ -235,15 +241,15 @@ class EventLog:
         parts = self._by_partition(events)
         calls: dict[int, tuple[list[str], list[Any]]] = {}
         for p, idx in parts.items():
-            keys = [self.keys.ingest(p)]
+            keys: list[str] = []
             args: list[Any] = [self.dedupe_ttl_s]
             for i in idx:
                 eid, user, data = events[i]
-                keys.append(self.keys.seen(user, eid))
+                keys += [self.keys.ingest_of(user), self.keys.seen(user, eid)]
                 args += [eid, user, data, content_digest(data)]
             calls[p] = (keys, args)
         if len(parts) > 1:
-            checks = {p: (keys[1:], args[4::4]) for p, (keys, args) in calls.items()}
+            checks = {p: (keys[1::2], args[4::4]) for p, (keys, args) in calls.items()}
             found = await self._per_node(_CHECK, self._check_sha, checks, 0)
             self._raise_conflict(events, parts, {p: int(i) for p, i in found.items()})
         replies = await self._per_node(_APPEND, self._append_sha, calls, self.replicas)
