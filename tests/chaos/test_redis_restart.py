@@ -25,20 +25,19 @@ import anyio
 import asyncpg
 import httpx
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from livefeed.core import redis_client
 from livefeed.core.embedded import EmbeddedRedis, free_port
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from livefeed.core.leases import owners
 from livefeed.core.settings import Settings
 from tests.gateway.livehelp import SECRET
 from tests.helpers.pipeline import (
     Deployment,
-    Follower,
-    Poster,
-    events_of,
+    Load,
+    consumers_own_everything,
     exactly_once_in_order,
+    owed,
+    settled,
 )
 from tests.helpers.waiting import eventually
 
@@ -89,55 +88,6 @@ def restart(server: EmbeddedRedis) -> None:
     server.start()
 
 
-def owed(poster: Poster, user: str) -> list[str]:
-    return [i for i, u in poster.users.items() if u == user]
-
-
-async def settled(client: Any, keys: Keys, pool: asyncpg.Pool, poster: Poster,
-                  followers: list[Follower]) -> bool:
-    try:
-        return await _settled(client, keys, pool, poster, followers)
-    except RedisConnectionError:  # this test's own connection, from before the restart
-        return False
-
-
-async def _settled(client: Any, keys: Keys, pool: asyncpg.Pool, poster: Poster,
-                   followers: list[Follower]) -> bool:
-    if await pool.fetchval("SELECT count(*) FROM newsletters") < len(poster.accepted):
-        return False
-    for f in followers:
-        if len(set(f.received)) < len(owed(poster, f.user)):
-            return False
-    for stream in keys.ingests:
-        if not await client.exists(stream):
-            continue
-        for group in (PERSIST_GROUP, FANOUT_GROUP):
-            if int((await client.xpending(stream, group))["pending"]):
-                return False
-    return True
-
-
-async def consumers_own_everything(client: Any, keys: Keys) -> bool:
-    for group in (PERSIST_GROUP, FANOUT_GROUP):
-        if len(await owners(client, keys, group)) < keys.count:
-            return False
-    return True
-
-
-class Load:
-    """One event per user per request (a request spans several partitions), posted one
-    request after the other, so each user's accepted order is its feed order."""
-
-    def __init__(self, dep: Deployment) -> None:
-        self.poster = Poster(dep.settings, dep.live_urls)
-        self.followers = [Follower(u, dep.live_urls) for u in USERS]
-
-    async def post_rounds(self, http: httpx.AsyncClient, start: int, rounds: int) -> None:
-        for n in range(start, start + rounds):
-            await self.poster.post(http, [e for u in USERS for e in events_of(u, n, 1)])
-            await anyio.sleep(0.01)
-
-
 def deployment(settings_factory: Callable[..., Settings], url: str, log_dir: Path) -> Deployment:
     settings = settings_factory(redis_url=url, secret=SECRET, lease_ms=2000,
                                 claim_idle_ms=3000, flush_ms=50)
@@ -162,7 +112,7 @@ async def test_with_aof_a_sigkilled_redis_loses_no_acknowledged_event(
         await eventually(lambda: consumers_own_everything(client, keys),
                          what="both consumers holding their partitions", timeout=30,
                          procs=tuple(dep.consumers.values()))
-        load = Load(dep)
+        load = Load(dep, USERS)
         async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=10) as http:
             for f in load.followers:
                 tg.start_soon(f.run)
@@ -182,7 +132,7 @@ async def test_with_aof_a_sigkilled_redis_loses_no_acknowledged_event(
                 restart(server)
             await client.connection_pool.disconnect()  # connections to the killed server
             await load.post_rounds(http, 40, 10)
-            await eventually(lambda: settled(client, keys, pool, load.poster, load.followers),
+            await eventually(lambda: settled(client, keys, pool, load),
                              what="every acknowledged event stored and delivered",
                              timeout=45, interval=0.2, procs=tuple(dep.consumers.values()))
             tg.cancel_scope.cancel()
@@ -219,7 +169,7 @@ async def test_without_persistence_clients_reset_and_consumers_recreate_their_gr
         await eventually(lambda: consumers_own_everything(client, keys),
                          what="both consumers holding their partitions", timeout=30,
                          procs=tuple(dep.consumers.values()))
-        load = Load(dep)
+        load = Load(dep, USERS)
         async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=10) as http:
             for f in load.followers:
                 tg.start_soon(f.run)
@@ -227,7 +177,7 @@ async def test_without_persistence_clients_reset_and_consumers_recreate_their_gr
                 for f in load.followers:
                     await f.ready.wait()
             await load.post_rounds(http, 0, 10)
-            await eventually(lambda: settled(client, keys, pool, load.poster, load.followers),
+            await eventually(lambda: settled(client, keys, pool, load),
                              what="the first events stored and delivered", timeout=30,
                              interval=0.2, procs=tuple(dep.consumers.values()))
             before = len(load.poster.accepted)
@@ -245,7 +195,7 @@ async def test_without_persistence_clients_reset_and_consumers_recreate_their_gr
                              what="every follower reset", timeout=30, interval=0.1,
                              procs=tuple(dep.gateways.values()))
             await load.post_rounds(http, 10, 10)
-            await eventually(lambda: settled(client, keys, pool, load.poster, load.followers),
+            await eventually(lambda: settled(client, keys, pool, load),
                              what="new events stored and delivered after the restart",
                              timeout=45, interval=0.2,
                              procs=(*dep.gateways.values(), *dep.consumers.values()))

@@ -5,7 +5,6 @@ over) with ingest acknowledging only replicated appends."""
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -18,16 +17,15 @@ import pytest
 
 from livefeed.core import redis_client
 from livefeed.core.embedded_cluster import EmbeddedCluster
-from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
-from livefeed.core.leases import owners
+from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
 from tests.gateway.livehelp import SECRET
 from tests.helpers.pipeline import (
     Deployment,
-    Follower,
-    Poster,
-    events_of,
-    exactly_once_in_order,
+    Load,
+    check_exact,
+    consumers_own_everything,
+    settled,
 )
 from tests.helpers.waiting import eventually
 
@@ -43,63 +41,6 @@ def cluster_settings(settings_factory: Callable[..., Settings], url: str,
     return settings_factory(**{**base, **overrides})
 
 
-async def settled(client: Any, keys: Keys, pool: asyncpg.Pool, poster: Poster,
-                  followers: list[Follower]) -> bool:
-    rows = await pool.fetchval("SELECT count(*) FROM newsletters")
-    if rows < len(poster.accepted):
-        return False
-    for f in followers:
-        if len(set(f.received)) < sum(1 for _ in owed(poster, f.user)):
-            return False
-    for stream in keys.ingests:
-        if not await client.exists(stream):
-            continue
-        for group in (PERSIST_GROUP, FANOUT_GROUP):
-            if int((await client.xpending(stream, group))["pending"]):
-                return False
-    return True
-
-
-async def consumers_own_everything(client: Any, keys: Keys) -> bool:
-    for group in (PERSIST_GROUP, FANOUT_GROUP):
-        if len(await owners(client, keys, group)) < keys.count:
-            return False
-    return True
-
-
-def owed(poster: Poster, user: str) -> list[str]:
-    return [i for i, u in poster.users.items() if u == user]
-
-
-async def check_exact(client: Any, keys: Keys, pool: asyncpg.Pool, poster: Poster,
-                      followers: list[Follower]) -> None:
-    stored = [str(r["id"]) for r in await pool.fetch("SELECT id FROM newsletters")]
-    assert sorted(stored) == sorted(poster.accepted), "rows missing or doubled"
-    for f in followers:
-        want = owed(poster, f.user)
-        assert exactly_once_in_order(f.received, want) is None, (
-            f.user, exactly_once_in_order(f.received, want))
-        feed = [json.loads(fields[b"data"])["id"]
-                for _, fields in await client.xrange(keys.feed(f.user))]
-        assert exactly_once_in_order(feed, want) is None, (
-            f.user, "feed", exactly_once_in_order(feed, want))
-        assert f.resets == []
-
-
-class Load:
-    """Posts `rounds` requests, each one event for every user (so every request spans
-    several partitions and nodes), and runs a follower per user meanwhile."""
-
-    def __init__(self, dep: Deployment) -> None:
-        self.poster = Poster(dep.settings, dep.live_urls)
-        self.followers = [Follower(u, dep.live_urls) for u in USERS]
-
-    async def post_rounds(self, http: httpx.AsyncClient, start: int, rounds: int) -> None:
-        for n in range(start, start + rounds):
-            await self.poster.post(http, [e for u in USERS for e in events_of(u, n, 1)])
-            await anyio.sleep(0.01)
-
-
 async def test_kills_of_consumers_and_a_gateway_lose_nothing_on_a_cluster(
         settings_factory: Callable[..., Settings], redis_cluster_url: str,
         redis_cluster: Any, keys: Keys, pool: asyncpg.Pool, tmp_path: Path) -> None:
@@ -109,7 +50,7 @@ async def test_kills_of_consumers_and_a_gateway_lose_nothing_on_a_cluster(
         for role in ("persist", "fanout"):
             dep.consumer(role, f"{role}-a")
             dep.consumer(role, f"{role}-b")
-        load = Load(dep)
+        load = Load(dep, USERS)
         async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=10) as http:
             for f in load.followers:
                 tg.start_soon(f.run)
@@ -122,12 +63,11 @@ async def test_kills_of_consumers_and_a_gateway_lose_nothing_on_a_cluster(
             dep.consumers["fanout-a"].kill()
             dep.gateways[first].kill()
             await load.post_rounds(http, 20, 20)
-            await eventually(lambda: settled(redis_cluster, keys, pool, load.poster,
-                                             load.followers),
+            await eventually(lambda: settled(redis_cluster, keys, pool, load),
                              what="every event stored and delivered", timeout=90,
                              interval=0.2)
             tg.cancel_scope.cancel()
-        await check_exact(redis_cluster, keys, pool, load.poster, load.followers)
+        await check_exact(redis_cluster, keys, pool, load)
         assert len(load.poster.accepted) == 40 * len(USERS)
         assert sum(f.reconnects for f in load.followers) >= 1
 
@@ -153,7 +93,7 @@ async def test_a_primary_killed_under_load_loses_no_acknowledged_event(
             await eventually(lambda: consumers_own_everything(client, keys),
                              what="both consumers holding their partitions", timeout=60,
                              procs=tuple(dep.consumers.values()))
-            load = Load(dep)
+            load = Load(dep, USERS)
             async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=10) as http:
                 for f in load.followers:
                     tg.start_soon(f.run)
@@ -171,12 +111,11 @@ async def test_a_primary_killed_under_load_loses_no_acknowledged_event(
                     await anyio.to_thread.run_sync(cluster.restart, victim)
                 await load.post_rounds(http, 30, 10)
                 await client.nodes_manager.initialize()
-                await eventually(lambda: settled(client, keys, pool, load.poster,
-                                                 load.followers),
+                await eventually(lambda: settled(client, keys, pool, load),
                                  what="every acknowledged event stored and delivered",
                                  timeout=120, interval=0.2)
                 tg.cancel_scope.cancel()
-            await check_exact(client, keys, pool, load.poster, load.followers)
+            await check_exact(client, keys, pool, load)
             assert len(load.poster.accepted) == 40 * len(USERS)
             assert on_victim, "some users live on the killed primary"
             assert load.poster.retries >= 1, "the outage was seen (503s answered)"

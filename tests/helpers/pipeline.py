@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import httpx
 import websockets
+from redis.exceptions import ConnectionError as RedisConnectionError
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from livefeed.core import auth
+from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
+from livefeed.core.leases import owners
 from livefeed.core.settings import Settings
 from tests.gateway.livehelp import SECRET, token
 from tests.procs import Proc, start_gateway
@@ -160,3 +164,66 @@ def exactly_once_in_order(got: list[str], want: list[str]) -> str | None:
     if missing or extra:
         return f"{len(missing)} missing, {len(extra)} unexpected"
     return None if got == want else "same ids, another order"
+
+
+class Load:
+    """One event per user per request (so a request spans several partitions), posted
+    one request after the other, so each user's accepted order is its feed order; a
+    follower per user."""
+
+    def __init__(self, dep: Deployment, users: Sequence[str]) -> None:
+        self.users = list(users)
+        self.poster = Poster(dep.settings, dep.live_urls)
+        self.followers = [Follower(u, dep.live_urls) for u in self.users]
+
+    async def post_rounds(self, http: httpx.AsyncClient, start: int, rounds: int) -> None:
+        for n in range(start, start + rounds):
+            await self.poster.post(http, [e for u in self.users for e in events_of(u, n, 1)])
+            await anyio.sleep(0.01)
+
+
+def owed(poster: Poster, user: str) -> list[str]:
+    """The accepted event ids of `user`, in accepted order."""
+    return [i for i, u in poster.users.items() if u == user]
+
+
+async def consumers_own_everything(client: Any, keys: Keys) -> bool:
+    """Both groups' consumers hold every partition's lease."""
+    for group in (PERSIST_GROUP, FANOUT_GROUP):
+        if len(await owners(client, keys, group)) < keys.count:
+            return False
+    return True
+
+
+async def settled(client: Any, keys: Keys, pool: asyncpg.Pool, load: Load) -> bool:
+    """Every accepted event stored, every follower has its events, nothing pending."""
+    try:
+        if await pool.fetchval("SELECT count(*) FROM newsletters") < len(load.poster.accepted):
+            return False
+        for f in load.followers:
+            if len(set(f.received)) < len(owed(load.poster, f.user)):
+                return False
+        for stream in keys.ingests:
+            if not await client.exists(stream):
+                continue
+            for group in (PERSIST_GROUP, FANOUT_GROUP):
+                if int((await client.xpending(stream, group))["pending"]):
+                    return False
+    except RedisConnectionError:  # the test's own connection, from before a restart
+        return False
+    return True
+
+
+async def check_exact(client: Any, keys: Keys, pool: asyncpg.Pool, load: Load) -> None:
+    """Rows, feeds and every follower hold each accepted event once, in order; no reset."""
+    stored = [str(r["id"]) for r in await pool.fetch("SELECT id FROM newsletters")]
+    assert sorted(stored) == sorted(load.poster.accepted), "rows missing or doubled"
+    for f in load.followers:
+        want = owed(load.poster, f.user)
+        assert exactly_once_in_order(f.received, want) is None, (
+            f.user, exactly_once_in_order(f.received, want))
+        feed = [json.loads(fields[b"data"])["id"]
+                for _, fields in await client.xrange(keys.feed(f.user))]
+        assert exactly_once_in_order(feed, want) is None, (
+            f.user, "feed", exactly_once_in_order(feed, want))
+        assert f.resets == []
