@@ -92,7 +92,10 @@ async def test_a_page_behind_nginx_survives_its_gateways_being_killed_one_after_
             async with httpx.AsyncClient(base_url=nginx.url, verify=False) as http:
                 for _ in range(4):
                     assert (await http.get("/healthz")).status_code == 200
-            assert [dead, alive] in nginx.served_by("/healthz")  # tried, then passed on
+            # Each was answered by the live gateway, whether nginx tried the dead one first
+            # (then passed it on) or already knew it was down (which depends on timing).
+            assert all(tried[-1] == alive and set(tried) <= {dead, alive}
+                       for tried in nginx.served_by("/healthz")[-4:])
             missed = await publish(log, "dana", 5, start=len(published))
             published += missed
             await wait_shown(page, len(published))
