@@ -150,6 +150,7 @@ class GroupRunner:
                                   owned=() if leases is not None else None)
         self._lease_lock = anyio.Lock()
         self._to_take: set[int] = set()  # leases won, partitions not taken over yet
+        self._taken: set[int] = set()  # partitions taken over (read while their lease holds)
         self._surplus: set[int] = set()  # leases held, partitions assigned elsewhere
         self._next_claim = 0.0
         self._next_trim = 0.0
@@ -284,22 +285,34 @@ class GroupRunner:
                            self.group, _ranges(change.lost))
         # A lease that lapsed (Redis was away longer than a lease, or lost it) and was won
         # back by this same refresh is in both sets: it must be taken over again.
+        self._taken -= change.lost
         self._to_take = (self._to_take - change.lost) | change.gained
         self._surplus = change.surplus
-        self.stream.owned = sorted(set(self.stream.owned) - change.lost - change.surplus)
+        self._sync_owned()
+
+    def _sync_owned(self) -> None:
+        """Read exactly the partitions whose lease we hold, that we took over, and that are
+        not on their way to another consumer (a surplus one assigned back to us is read
+        again)."""
+        assert self.leases is not None
+        self.stream.owned = sorted((self.leases.owned & self._taken) - self._surplus)
+        metrics.PARTITIONS_OWNED.labels(self.group).set(len(self.stream.owned))
 
     async def _apply_leases(self) -> None:
         """Take over won partitions (first what their previous owner left pending), give
         up surplus ones once nothing of theirs is in hand."""
         assert self.leases is not None
-        gained, self._to_take = sorted(self._to_take), set()
+        gained = sorted(self._to_take)
         if gained:
             await self.stream.ensure_groups(gained)
             logger.info("group %s: consumer %s took partitions %s", self.group, self.consumer,
                         _ranges(gained))
         for partition in gained:
             await self._take_over(partition)
-            self.stream.owned = sorted({*self.stream.owned, partition})
+            # Only once done: a take-over cut short by Redis is tried again, not forgotten.
+            self._to_take.discard(partition)
+            self._taken.add(partition)
+            self._sync_owned()
         if self._surplus:
             busy = {split_ref(r)[0] for r in (*self._held, *self._to_ack)}
             idle = sorted(self._surplus - busy)
@@ -308,9 +321,10 @@ class GroupRunner:
                 async with self._lease_lock:
                     await self.leases.release(idle)
                 self._surplus -= set(idle)
+                self._taken -= set(idle)
+                self._sync_owned()
                 logger.info("group %s: consumer %s handed over partitions %s", self.group,
                             self.consumer, _ranges(idle))
-        metrics.PARTITIONS_OWNED.labels(self.group).set(len(self.stream.owned))
 
     async def _take_over(self, partition: int) -> None:
         """Claim every entry of `partition` still pending in the group (whoever held it:

@@ -14,7 +14,7 @@ import pytest
 from livefeed.core.groups import GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry
 from livefeed.core.keys import Keys
-from livefeed.core.leases import PartitionLeases
+from livefeed.core.leases import PartitionLeases, Refresh
 
 pytestmark = pytest.mark.anyio
 GROUP = "fanout"
@@ -117,3 +117,54 @@ async def test_a_consumer_that_dies_holding_a_batch_hands_its_partitions_over(
     assert victim.batches == 0
     for p in range(16):
         assert (await redis.xpending(keys.ingest(p), GROUP))["pending"] == 0
+
+
+class ScriptedLeases:
+    """Leases whose refreshes return a script of outcomes (no Redis)."""
+
+    refresh_every_s = 60.0
+
+    def __init__(self, script: list[Refresh]) -> None:
+        self.script = script
+        self.owned: set[int] = set()
+
+    async def refresh(self) -> Refresh:
+        change = self.script.pop(0)
+        self.owned = set(change.owned)
+        return change
+
+
+async def test_a_surplus_partition_assigned_back_is_read_again(redis: Any, keys: Keys) -> None:
+    """A partition marked surplus (another consumer joined) but still busy here, then
+    assigned back (that consumer left) before it was handed over: it is read again."""
+    leases = ScriptedLeases([
+        Refresh(owned={0, 1}, gained={0, 1}, lost=set(), surplus=set()),
+        Refresh(owned={0, 1}, gained=set(), lost=set(), surplus={1}),
+        Refresh(owned={0, 1}, gained=set(), lost=set(), surplus=set()),
+    ])
+    r = GroupRunner(redis, keys, GROUP, Recorder("x", defaultdict(list)), consumer="x",
+                    leases=leases)  # type: ignore[arg-type]
+    await r._renew_leases()
+    await r._apply_leases()  # takes both over
+    assert r.stream.owned == [0, 1]
+    await r._renew_leases()
+    assert r.stream.owned == [0]  # not read while it is on its way out
+    await r._renew_leases()
+    assert r.stream.owned == [0, 1]
+
+
+async def test_a_lease_lost_and_won_back_in_one_refresh_is_taken_over_again(
+        redis: Any, keys: Keys) -> None:
+    leases = ScriptedLeases([
+        Refresh(owned={2}, gained={2}, lost=set(), surplus=set()),
+        Refresh(owned={2}, gained={2}, lost={2}, surplus=set()),
+    ])
+    r = GroupRunner(redis, keys, GROUP, Recorder("x", defaultdict(list)), consumer="x",
+                    leases=leases)  # type: ignore[arg-type]
+    await r._renew_leases()
+    await r._apply_leases()
+    assert r.stream.owned == [2]
+    await r._renew_leases()
+    assert r.stream.owned == [] and r._to_take == {2}  # someone may have claimed meanwhile
+    await r._apply_leases()
+    assert r.stream.owned == [2] and r._to_take == set()
