@@ -114,11 +114,7 @@ async def test_with_aof_a_sigkilled_redis_loses_no_acknowledged_event(
                          procs=tuple(dep.consumers.values()))
         load = Load(dep, USERS)
         async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=10) as http:
-            for f in load.followers:
-                tg.start_soon(f.run)
-            with anyio.fail_after(30):
-                for f in load.followers:
-                    await f.ready.wait()
+            await load.follow(tg, timeout=30)
             await load.post_rounds(http, 0, 10)
             # Killed while requests are in flight: some appends are answered, some refused
             # (503, retried by the poster), some may be done without their answer.
@@ -171,11 +167,7 @@ async def test_without_persistence_clients_reset_and_consumers_recreate_their_gr
                          procs=tuple(dep.consumers.values()))
         load = Load(dep, USERS)
         async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=10) as http:
-            for f in load.followers:
-                tg.start_soon(f.run)
-            with anyio.fail_after(30):
-                for f in load.followers:
-                    await f.ready.wait()
+            await load.follow(tg, timeout=30)
             await load.post_rounds(http, 0, 10)
             await eventually(lambda: settled(client, keys, pool, load),
                              what="the first events stored and delivered", timeout=30,

@@ -52,11 +52,7 @@ async def test_kills_of_consumers_and_a_gateway_lose_nothing_on_a_cluster(
             dep.consumer(role, f"{role}-b")
         load = Load(dep, USERS)
         async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=10) as http:
-            for f in load.followers:
-                tg.start_soon(f.run)
-            with anyio.fail_after(60):
-                for f in load.followers:
-                    await f.ready.wait()
+            await load.follow(tg, timeout=60)
             await load.post_rounds(http, 0, 20)
             # Mid-run: a consumer of each group and the first gateway die without a word.
             dep.consumers["persist-a"].kill()
@@ -95,11 +91,7 @@ async def test_a_primary_killed_under_load_loses_no_acknowledged_event(
                              procs=tuple(dep.consumers.values()))
             load = Load(dep, USERS)
             async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=10) as http:
-                for f in load.followers:
-                    tg.start_soon(f.run)
-                with anyio.fail_after(60):
-                    for f in load.followers:
-                        await f.ready.wait()
+                await load.follow(tg, timeout=60)
                 await load.post_rounds(http, 0, 15)
                 victim.signal(signal.SIGKILL)
                 # Until the replica takes over, that shard's appends fail: 503, retried.

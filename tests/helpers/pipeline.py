@@ -176,6 +176,14 @@ class Load:
         self.poster = Poster(dep.settings, dep.live_urls)
         self.followers = [Follower(u, dep.live_urls) for u in self.users]
 
+    async def follow(self, tg: Any, timeout: float = 60) -> None:
+        """Start every follower in `tg`; return once each was greeted (hello)."""
+        for f in self.followers:
+            tg.start_soon(f.run)
+        with anyio.fail_after(timeout):
+            for f in self.followers:
+                await f.ready.wait()
+
     async def post_rounds(self, http: httpx.AsyncClient, start: int, rounds: int) -> None:
         for n in range(start, start + rounds):
             await self.poster.post(http, [e for u in self.users for e in events_of(u, n, 1)])
