@@ -40,11 +40,7 @@ async def claim(args: argparse.Namespace, settings: Settings) -> int:
                     dry_run=args.dry_run, limit=args.limit, progress=update)
             except PendingError as exc:
                 return terminal.fail(str(exc))
-    if args.json:
-        terminal.emit_json(view)
-    else:
-        render_claim(terminal.console(), view)
-    return 0
+    return terminal.show(args.json, view, render_claim)
 
 
 def render_claim(console: Console, view: ClaimView) -> None:

@@ -57,11 +57,7 @@ def _dead(redis: Any, keys: Keys, settings: Settings) -> DeadLetters:
 async def dead_list(args: argparse.Namespace, settings: Settings) -> int:
     async with runtime.connect_redis(settings) as (redis, keys):
         view = await _dead(redis, keys, settings).letters(limit=args.limit, group=args.group)
-    if args.json:
-        terminal.emit_json(view)
-    else:
-        render_dead(terminal.console(), view)
-    return 0
+    return terminal.show(args.json, view, render_dead)
 
 
 def render_dead(console: Console, view: DeadLetterList) -> None:
@@ -83,11 +79,7 @@ async def dead_show(args: argparse.Namespace, settings: Settings) -> int:
         letter = await _dead(redis, keys, settings).show(args.id)
     if letter is None:
         return terminal.fail(f"no dead letter {args.id}")
-    if args.json:
-        terminal.emit_json(letter)
-    else:
-        render_letter(terminal.console(), letter)
-    return 0
+    return terminal.show(args.json, letter, render_letter)
 
 
 def render_letter(console: Console, d: DeadLetterView) -> None:

@@ -49,11 +49,7 @@ async def pending(args: argparse.Namespace, settings: Settings) -> int:
                 limit=args.limit)
         except PendingError as exc:
             return terminal.fail(str(exc))
-    if args.json:
-        terminal.emit_json(view)
-    else:
-        render_pending(terminal.console(), view)
-    return 0
+    return terminal.show(args.json, view, render_pending)
 
 
 def render_pending(console: Console, view: PendingView) -> None:

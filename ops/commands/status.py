@@ -28,11 +28,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
 async def status(args: argparse.Namespace, settings: Settings) -> int:
     async with runtime.connect_redis(settings) as (redis, keys):
         view = await Status(redis, keys).status()
-    if args.json:
-        terminal.emit_json(view)
-    else:
-        render_status(terminal.console(), view)
-    return 0
+    return terminal.show(args.json, view, render_status)
 
 
 def render_status(console: Console, view: StatusView) -> None:

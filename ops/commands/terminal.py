@@ -9,6 +9,7 @@ import contextlib
 import datetime as dt
 import sys
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import msgspec
 from rich.console import Console
@@ -17,6 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from livefeed.core.durations import parse_duration_ms
 
 _json = msgspec.json.Encoder()
+
+
+T = TypeVar("T")
 
 
 def json_flag() -> argparse.ArgumentParser:
@@ -40,6 +44,15 @@ def console() -> Console:
 
 def emit_json(value: object) -> None:
     sys.stdout.write(_json.encode(value).decode() + "\n")
+
+
+def show(as_json: bool, value: T, render: Callable[[Console, T], None]) -> int:
+    """`value` as JSON (`--json`) or rendered for a person; the exit status 0."""
+    if as_json:
+        emit_json(value)
+    else:
+        render(console(), value)
+    return 0
 
 
 def fail(message: str) -> int:
