@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from livefeed.core.durations import format_ms
 from livefeed.core.errors import LivefeedError
 from livefeed.core.eventlog import parse_stream_id
@@ -15,7 +17,6 @@ from livefeed.core.groupstream import ref, split_ref
 from livefeed.core.keys import Keys
 from livefeed.core.preview import preview
 from livefeed.core.redis_client import RedisClient
-from livefeed.core.status import group_names
 from livefeed.schemas.admin import ClaimView, PendingEntry, PendingView
 from livefeed.schemas.stream import DATA_KEY, EVENT_ID_KEY, USER_KEY
 
@@ -37,19 +38,33 @@ class Pending:
         self.redis = redis
         self.keys = keys
 
-    async def names(self) -> list[str]:
-        """The groups found on any partition's ingest stream."""
-        found: dict[str, None] = {}
+    async def group_map(self) -> dict[int, list[str]]:
+        """Each partition's groups (none where its stream does not exist yet), in one
+        pipeline."""
+        pipe = self.redis.pipeline(transaction=False)
         for stream in self.keys.ingests:
-            found.update(dict.fromkeys(await group_names(self.redis, stream)))
-        return list(found)
+            pipe.xinfo_groups(stream)
+        out: dict[int, list[str]] = {}
+        for p, reply in enumerate(await pipe.execute(raise_on_error=False)):
+            if isinstance(reply, ResponseError) and "no such key" in str(reply).lower():
+                out[p] = []
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                out[p] = [_s(g["name"]) for g in reply]
+        return out
 
-    async def _partitions_of(self, group: str) -> list[int]:
-        return [p for p, stream in enumerate(self.keys.ingests)
-                if group in await group_names(self.redis, stream)]
+    async def names(self, groups: dict[int, list[str]] | None = None) -> list[str]:
+        """The groups found on any partition's ingest stream."""
+        groups = groups if groups is not None else await self.group_map()
+        return list(dict.fromkeys(name for names in groups.values() for name in names))
 
-    async def _require_group(self, group: str) -> None:
-        names = await self.names()
+    @staticmethod
+    def _partitions_of(groups: dict[int, list[str]], group: str) -> list[int]:
+        return [p for p, names in groups.items() if group in names]
+
+    async def _require_group(self, group: str, groups: dict[int, list[str]]) -> None:
+        names = await self.names(groups)
         if group not in names:
             known = ", ".join(names) or "none"
             raise PendingError(f"no group {group!r} on the ingest streams (groups: {known})")
@@ -57,14 +72,15 @@ class Pending:
     async def view(self, *, group: str | None = None, consumer: str | None = None,
                       min_idle_ms: int = 0, limit: int = 100) -> PendingView:
         """Pending entries oldest first, group by group, with a preview of each event."""
+        groups = await self.group_map()
         if group is not None:
-            await self._require_group(group)
-        names = [group] if group is not None else await self.names()
+            await self._require_group(group, groups)
+        names = [group] if group is not None else await self.names(groups)
         entries: list[PendingEntry] = []
         total = 0
         truncated = False
         for name in names:
-            for partition in await self._partitions_of(name):
+            for partition in self._partitions_of(groups, name):
                 stream = self.keys.ingest(partition)
                 total += int((await self.redis.xpending(stream, name))["pending"])
                 if len(entries) >= limit and truncated:
@@ -123,15 +139,17 @@ class Pending:
         stale. `dry_run` lists what XPENDING IDLE says would move, moving nothing.
         `progress(done, total)` is called after each page.
         """
-        await self._require_group(group)
-        partitions = await self._partitions_of(group)
+        groups = await self.group_map()
+        await self._require_group(group, groups)
+        partitions = self._partitions_of(groups, group)
         candidates: list[PendingEntry] = []
         for partition in partitions:
             rows, _ = await self._pending_rows(partition, group, None, min_idle_ms,
                                                limit - len(candidates))
             candidates += await self._with_payloads(partition, group, rows)
         if to is None:
-            to = await self.live_consumer(group, min_idle_ms, {e.consumer for e in candidates})
+            to = await self.live_consumer(group, min_idle_ms, {e.consumer for e in candidates},
+                                          partitions)
         if dry_run:
             return ClaimView(group=group, to=to, min_idle_ms=min_idle_ms, dry_run=True,
                              entries=candidates)
@@ -194,12 +212,14 @@ class Pending:
         return [_entry(group, e.id, e.consumer, 0, e.deliveries + 1, None)
                 for e, rows in zip(rest, found, strict=True) if not rows]
 
-    async def live_consumer(self, group: str, min_idle_ms: int,
-                            stale_owners: set[str]) -> str:
+    async def live_consumer(self, group: str, min_idle_ms: int, stale_owners: set[str],
+                            partitions: list[int] | None = None) -> str:
         """The most recently active consumer that was active within `min_idle_ms` and owns
         none of the stale entries (an owner of stale entries is stuck or dead)."""
         idle: dict[str, int] = {}
-        for partition in await self._partitions_of(group):
+        if partitions is None:
+            partitions = self._partitions_of(await self.group_map(), group)
+        for partition in partitions:
             for c in await self.redis.xinfo_consumers(self.keys.ingest(partition), group):
                 name = _s(c["name"])
                 idle[name] = min(idle.get(name, int(c["idle"])), int(c["idle"]))
