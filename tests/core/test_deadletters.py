@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 from livefeed.core import deadletters
 from livefeed.core.deadletters import DeadLetter, DeadLetters
 from livefeed.core.groupstream import ref
@@ -14,6 +16,9 @@ from tests.helpers.streams import both, bury, ingest_length, log_of, poisoned
 @both
 async def test_list_and_show(r: Any, keys: Keys) -> None:
     dead_id, event_id, data = await poisoned(r, keys)
+    # Letters of one millisecond in different partitions are ordered by partition: let the
+    # clock move so "oldest first" is the order they were buried in.
+    await anyio.sleep(0.005)
     other = await bury(r, keys, b"not json at all", group="fanout", error="DecodeError")
     dl = DeadLetters(r, keys, log_of(r, keys))
 
