@@ -12,7 +12,10 @@ simply expire. Whoever takes a partition over first finishes what the previous o
 pending (the runner claims the partition's pending entries before reading new ones).
 
 Rebalancing therefore takes one refresh interval after a join or a clean leave, and about
-one lease time after a crash.
+one lease time after a crash. A consumer restarted under its old name (consumer names are
+unique within a group: they name its pending entries too) does not wait that lease time:
+on its first refresh it takes over the leases and the member entry of its earlier process
+at once, and that process, if it were still alive, finds its leases lost on its next renew.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ logger = logging.getLogger(__name__)
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS[1]: lease.  ARGV: holder prefix ("<name>#"), token, ttl ms.  1 if the lease was held
+# by an earlier process of the same consumer name and is ours now, else 0.
+_RECLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder and string.sub(holder, 1, string.len(ARGV[1])) == ARGV[1] and holder ~= ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
 end
 return 0
 """
@@ -77,7 +90,9 @@ class PartitionLeases:
         self.keys = keys
         self.group = group
         # Unique per process: a restarted consumer with the same name is a new holder.
+        self.name = name
         self.token = f"{name}#{secrets.token_hex(4)}"
+        self._reclaimed = False
         self.lease_ms = lease_ms
         self.static = None if static is None else sorted(set(static))
         self.owned: set[int] = set()
@@ -113,8 +128,32 @@ class PartitionLeases:
         *_, names = await pipe.execute()
         return [n.decode() if isinstance(n, bytes) else n for n in names]
 
+    async def _reclaim(self) -> set[int]:
+        """Take over what an earlier process of our name held: its member entry and leases."""
+        prefix = f"{self.name}#"
+        key = self.keys.members(self.group)
+        names = [n.decode() if isinstance(n, bytes) else n
+                 for n in await self.redis.zrange(key, 0, -1)]
+        ghosts = [n for n in names if n.startswith(prefix) and n != self.token]
+        if ghosts:
+            await self.redis.zrem(key, *ghosts)
+        count = self.keys.partitions.count
+        taken = await self._script(
+            _RECLAIM, [(self.keys.lease(p, self.group), [prefix, self.token, self.lease_ms])
+                       for p in range(count)])
+        reclaimed = {p for p, ok in zip(range(count), taken, strict=True) if ok}
+        if reclaimed:
+            logger.info("group %s: took over %d leases of an earlier %s", self.group,
+                        len(reclaimed), self.name)
+        return reclaimed
+
     async def refresh(self) -> Refresh:
         """Heartbeat, renew what we hold, take what is ours and free, report the rest."""
+        reclaimed: set[int] = set()
+        if not self._reclaimed:
+            reclaimed = await self._reclaim()
+            self._reclaimed = True
+            self.owned |= reclaimed
         members = await self.members()
         wanted = (set(self.static) if self.static is not None
                   else assign(self.keys.partitions.count, members, self.token))
@@ -122,14 +161,14 @@ class PartitionLeases:
         renewed = await self._script(
             _RENEW, [(self.keys.lease(p, self.group), [self.token, self.lease_ms]) for p in held])
         kept = {p for p, ok in zip(held, renewed, strict=True) if ok}
-        lost = self.owned - kept
+        lost = self.owned - kept - reclaimed
         free = sorted(wanted - kept)
-        gained: set[int] = set()
+        gained: set[int] = reclaimed & kept
         if free:
             pipe = self.redis.pipeline(transaction=False)
             for p in free:
                 pipe.set(self.keys.lease(p, self.group), self.token, nx=True, px=self.lease_ms)
-            gained = {p for p, ok in zip(free, await pipe.execute(), strict=True) if ok}
+            gained |= {p for p, ok in zip(free, await pipe.execute(), strict=True) if ok}
         now = time.monotonic()
         for p in gained:
             self.acquired_at[p] = now

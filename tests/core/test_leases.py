@@ -66,3 +66,29 @@ async def test_groups_are_independent(redis: Any, keys: Keys) -> None:
     p = PartitionLeases(redis, keys, "persist", "x")
     f = PartitionLeases(redis, keys, "fanout", "y")
     assert (await p.refresh()).owned == (await f.refresh()).owned == set(range(16))
+
+
+async def test_a_restarted_consumer_takes_over_its_earlier_process_at_once(
+        redis: Any, keys: Keys) -> None:
+    before = PartitionLeases(redis, keys, "persist", "c1", lease_ms=60_000)
+    other = PartitionLeases(redis, keys, "persist", "c2", lease_ms=60_000)
+    await other.refresh()
+    first = await before.refresh()
+    assert first.owned == set()  # c2 holds every lease: wait for c2 to give some up
+    assert len((await other.refresh()).surplus) == 8
+    await other.release(sorted(other.owned - assign(16, [other.token, before.token], other.token)))
+    held = (await before.refresh()).owned
+    assert len(held) == 8
+    # c1 crashes (no leave) and comes back under its name, long before its leases expire.
+    after = PartitionLeases(redis, keys, "persist", "c1", lease_ms=60_000)
+    back = await after.refresh()
+    assert back.owned == back.gained == held
+    assert sorted(back.members) == sorted([other.token, after.token])  # no ghost member
+    # The earlier process, were it alive, learns it lost them and cannot renew them.
+    stale = await before.refresh()
+    assert stale.lost == held and stale.owned == set()
+    # Another name never takes what is not its own.
+    stranger = PartitionLeases(redis, keys, "persist", "c", lease_ms=60_000)
+    assert (await stranger.refresh()).gained == set()
+    assert {p for p, (tok, _) in (await owners(redis, keys, "persist")).items()
+            if tok == after.token} == held
