@@ -51,8 +51,10 @@ def gateway(settings: Settings, workdir: Path, name: str = "gateway",
 
 
 @contextlib.contextmanager
-def consumer(settings: Settings, workdir: Path, group: str) -> Iterator[Child]:
-    child = livefeed(["consumer", group], settings, workdir / f"consumer-{group}.log")
+def consumer(settings: Settings, workdir: Path, group: str,
+             name: str | None = None) -> Iterator[Child]:
+    args = ["consumer", group] + (["--name", name] if name else [])
+    child = livefeed(args, settings, workdir / f"consumer-{name or group}.log")
     try:
         time.sleep(0.2)
         if not child.alive():

@@ -99,11 +99,15 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def namespace(self, **overrides: Any) -> AsyncIterator[Resolved]:
-        """Settings with their own key prefix and migrated Postgres schema, removed after."""
-        async with throwaway_namespace(self.settings.redis_url, self.settings.database_url,
-                                       label="lfb", cluster=self.settings.redis_cluster) as ns:
+        """Settings with their own key prefix and migrated Postgres schema, removed after
+        (on the run's Redis, or on `redis_url` with `cluster` when given)."""
+        redis_url = overrides.pop("redis_url", self.settings.redis_url)
+        cluster = overrides.pop("cluster", self.settings.redis_cluster)
+        async with throwaway_namespace(redis_url, self.settings.database_url,
+                                       label="lfb", cluster=cluster) as ns:
             yield msgspec.structs.replace(
-                self.settings, prefix=ns.prefix, database_url=ns.database_url,
+                self.settings, redis_url=redis_url, redis_cluster=cluster,
+                prefix=ns.prefix, database_url=ns.database_url,
                 secret=uuid.uuid4().hex * 2, webhook_secret=uuid.uuid4().hex * 2,
                 data_dir=str(self.workdir / ns.prefix), log_level="WARNING", **overrides,
             )

@@ -9,14 +9,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from livefeed.core.embedded import free_port
+from tests.helpers.browser import shown, wait_shown
 from tests.procs import Proc, wait_http
 
 
-async def test_up_cluster_starts_an_embedded_cluster(tmp_path: Path, database_url: str) -> None:
+async def test_up_cluster_starts_an_embedded_cluster(tmp_path: Path, database_url: str,
+                                                     chromium: Any) -> None:
     port = free_port()
     data = tmp_path / "data"
     env = {"LIVEFEED_DATA_DIR": str(data)}
@@ -59,6 +62,21 @@ async def test_up_cluster_starts_an_embedded_cluster(tmp_path: Path, database_ur
         ):
             time.sleep(0.2)
         assert len(items) == 3
+
+        # The demo page `up` prints works against the cluster: history, then live events.
+        demo = re.search(r"feed page +(\S+)", out)
+        assert demo is not None, out
+        page = await chromium.new_page()
+        await page.goto(demo[1])
+        await wait_shown(page, 3)
+        more = subprocess.run(
+            [sys.executable, "-m", "livefeed.ops.cli", "send", "--user", "demo", "--count", "2"],
+            capture_output=True, text=True, env={**clean, **env}, timeout=60)
+        assert more.returncode == 0 and "2 accepted" in more.stdout, more.stderr
+        await wait_shown(page, 5)
+        ids = await shown(page)
+        assert len(ids) == len(set(ids)) == 5
+        await page.close()
 
         assert proc.terminate() == 0, proc.output()
         pids = [int(pid) for _, pid in nodes]
