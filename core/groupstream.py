@@ -163,6 +163,19 @@ class GroupStream:
         self.consumer = consumer
         self.cluster = cluster
         self.owned: list[int] = sorted(owned if owned is not None else range(keys.count))
+        # How many partitions had entries on the last read of new entries: XREADGROUP's
+        # COUNT applies to each stream, so a read shares `count` among that many (at first
+        # one: a whole batch from each, then it adapts).
+        self._busy = 1
+
+    def _per_stream(self, count: int) -> int:
+        """COUNT for each stream of a read, so a batch holds about `count` entries: the
+        batch is shared among the partitions that were busy last time (one hot partition
+        still fills whole batches; when every partition is busy a read is not 16x the batch)."""
+        return max(1, -(-count // max(1, min(self._busy, len(self.owned)))))
+
+    def _note_busy(self, raws: Sequence[Raw]) -> None:
+        self._busy = len({split_ref(r.id)[0] for r in raws})
 
     def stream(self, partition: int) -> str:
         return self.keys.ingest(partition)
@@ -203,24 +216,31 @@ class GroupStream:
             return await self._sweep(ack, cursor, count, block_ms if blocking else None)
         client = self.reader if blocking else self.redis
         streams: dict[KeyT, StreamIdT] = {self.stream(p): cursor for p in self.owned}
+        per_stream = self._per_stream(count) if cursor == ">" else count
         pending = by_partition(ack)
+        acks: list[Any] = []
         if not pending:
-            reply = await client.xreadgroup(self.group, self.consumer, streams, count=count,
+            reply = await client.xreadgroup(self.group, self.consumer, streams,
+                                            count=per_stream,
                                             block=block_ms if blocking else None)
-            return 0, parse_read(reply, self.keys)
-        pipe = client.pipeline(transaction=False)
-        for p, ids in pending.items():
-            pipe.xack(self.stream(p), self.group, *ids)
-        pipe.xreadgroup(self.group, self.consumer, streams, count=count,
-                        block=block_ms if blocking else None)
-        *acks, reply = await pipe.execute()
-        return sum(int(a) for a in acks), parse_read(reply, self.keys)
+        else:
+            pipe = client.pipeline(transaction=False)
+            for p, ids in pending.items():
+                pipe.xack(self.stream(p), self.group, *ids)
+            pipe.xreadgroup(self.group, self.consumer, streams, count=per_stream,
+                            block=block_ms if blocking else None)
+            *acks, reply = await pipe.execute()
+        raws = parse_read(reply, self.keys)
+        if cursor == ">" and raws:
+            self._note_busy(raws)
+        return sum(int(a) for a in acks), raws
 
     async def _sweep(self, ack: Sequence[str], cursor: str, count: int,
                      block_ms: int | None) -> tuple[int, list[Raw]]:
         """Cluster: one non-blocking XREADGROUP per owned partition, pipelined (redis-py
         groups a cluster pipeline per node); while empty and `block_ms` allows, poll."""
         deadline = time.monotonic() + (block_ms or 0) / 1000
+        per_stream = self._per_stream(count) if cursor == ">" else count
         acked = 0
         while True:
             pending = by_partition(ack)
@@ -230,11 +250,13 @@ class GroupStream:
                 pipe.xack(self.stream(p), self.group, *ids)
             for p in self.owned:
                 pipe.xreadgroup(self.group, self.consumer, {self.stream(p): cursor},
-                                count=count)
+                                count=per_stream)
             replies = await pipe.execute()
             acked += sum(int(a) for a in replies[: len(pending)])
             raws = [raw for reply in replies[len(pending):]
                     for raw in parse_read(reply, self.keys)]
+            if cursor == ">" and raws:
+                self._note_busy(raws)
             if raws or block_ms is None or time.monotonic() >= deadline:
                 return acked, raws
             await anyio.sleep(POLL_S)

@@ -142,7 +142,7 @@ async def run(ctx: Context, result: BenchResult) -> None:
         ctx.note("scaling: skipped, the run's Redis is already a cluster (its one-node "
                  "baseline needs a standalone server)")
         return
-    count = ctx.size(2_000, 20_000)
+    count = ctx.size(2_000, 60_000)
     outcomes: dict[str, Outcome] = {}
     async with ctx.namespace() as s:
         outcomes["1 node, 1 consumer"] = await _throughput(
