@@ -77,8 +77,18 @@ class Workers:
                 logger.error("gateway worker %d ignored SIGTERM; killing it", child.pid)
                 child.kill()
                 child.wait()
-            worst = worst or (child.returncode or 0)
+            worst = worst or exit_status(child.returncode)
         return worst
+
+
+def exit_status(returncode: int | None) -> int:
+    """A worker's exit as the parent reports it. A worker that SIGTERM reached before its
+    server installed its handlers died of the signal's default action (-15): it had not
+    accepted a connection yet (the shared socket's queue stays with the others), so
+    nothing was cut short and that stop is as clean as a drained one."""
+    if returncode == -signal.SIGTERM:
+        return 0
+    return returncode or 0
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -291,3 +291,13 @@ async def test_poison_entry_dead_lettered_then_retried_once_fixed(
             assert consumer.terminate() == 0
     finally:
         await db.close()
+
+
+def test_a_worker_stopped_before_its_server_started_counts_as_a_clean_stop() -> None:
+    import signal
+
+    from livefeed.ops.workers import exit_status
+
+    assert exit_status(-signal.SIGTERM) == 0  # SIGTERM before uvicorn's handlers: nothing served
+    assert exit_status(0) == 0 and exit_status(None) == 0
+    assert exit_status(1) == 1 and exit_status(-signal.SIGKILL) == -signal.SIGKILL
