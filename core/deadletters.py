@@ -249,9 +249,11 @@ class DeadLetters:
                 id=dead_ref, outcome="invalid",
                 reason="the payload is not an event with id and user_id; drop it instead",
             )
-        ingest_id = await self.log.reappend(event_id, user, letter.data)
+        stream_id = await self.log.reappend(event_id, user, letter.data)
         await self.redis.xdel(self.keys.dead(partition), sid)
-        return DeadAction(id=dead_ref, outcome="retried", ingest_id=ingest_id)
+        # A ref, like every entry id operators see: `pending`, `claim` take it as it is.
+        return DeadAction(id=dead_ref, outcome="retried",
+                          ingest_id=ref(self.keys.partition_of(user), stream_id))
 
     async def retry(self, ids: Sequence[str],
                     progress: Progress | None = None) -> list[DeadAction]:

@@ -115,7 +115,7 @@ class DeadAction(msgspec.Struct, frozen=True, omit_defaults=True):
 
     id: str
     outcome: str  # retried | dropped | missing | invalid
-    ingest_id: str | None = None  # the new ingest entry of a retry
+    ingest_id: str | None = None  # the new ingest entry of a retry (a ref: partition/id)
     reason: str | None = None
 
 

@@ -51,7 +51,7 @@ async def test_retry_puts_the_original_back_into_ingest(r: Any, keys: Keys) -> N
     # Back in the ingest stream byte for byte, despite the seen marker of its first arrival.
     # (into the user's partition: the letter's own)
     rows = await r.xrange(keys.ingest_of("bob"))
-    assert [(sid.decode(), f) for sid, f in rows] == [
+    assert [(ref(keys.partition_of("bob"), sid.decode()), f) for sid, f in rows] == [
         (action.ingest_id, {b"event_id": event_id.encode(), b"user": b"bob", b"data": data})]
     assert dead_id.startswith(f"{keys.partition_of('bob')}/")
     assert await dl.count() == 0
