@@ -1,0 +1,179 @@
+"""The OpenAPI document: every route declared, the committed copy current, valid OpenAPI
+3.1, and served with its docs page. (tests/e2e/test_openapi_fuzz.py runs schemathesis
+against a real gateway with it.)"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+
+import msgspec
+import pytest
+from openapi_spec_validator import validate
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+
+from livefeed.core.settings import Resolved, Settings
+from livefeed.gateway import openapi
+from livefeed.gateway.app import DEFAULT_FEATURES, create_app
+from livefeed.gateway.feature import Feature
+from livefeed.gateway.operation import Answer, Channel, Operation
+from livefeed.schemas.http import Accepted, ErrorBody
+from tests.gateway.livehelp import app_client
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAPSHOT = ROOT / "docs" / "openapi.json"
+REGENERATE = ".venv/bin/livefeed openapi > docs/openapi.json"
+# Only building the app: nothing connects until its lifespan runs.
+OFFLINE = Resolved(redis_url="redis://127.0.0.1:1", database_url="postgresql://x@127.0.0.1:1/x")
+
+
+def mismatches(routes: Iterable[BaseRoute], operations: Sequence[Operation],
+               channels: Sequence[Channel]) -> list[str]:
+    """Routes without a declaration and declarations without a route."""
+    declared = {(op.method, op.path) for op in operations}
+    served: set[tuple[str, str]] = set()
+    problems: list[str] = []
+    for route in routes:
+        if isinstance(route, Route):
+            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {id:path} -> {id}
+            served |= {(m, path) for m in route.methods or () if m != "HEAD"}
+        elif isinstance(route, WebSocketRoute):
+            if route.path not in {ch.path for ch in channels}:
+                problems.append(f"WebSocket {route.path} has no Channel")
+        elif isinstance(route, Mount):
+            inside = [d for d in declared if d[1].startswith(route.path.rstrip("/") + "/")]
+            if not inside:
+                problems.append(f"mount {route.path} has no operation under it")
+            served |= set(inside)
+        else:
+            problems.append(f"{route!r}: an unknown kind of route")
+    problems += [f"{m} {p} has no Operation (add one next to its route)"
+                 for m, p in sorted(served - declared)]
+    problems += [f"Operation {m} {p} names no route" for m, p in sorted(declared - served)]
+    return problems
+
+
+def test_every_route_is_declared_and_every_declaration_served() -> None:
+    app = create_app(OFFLINE)
+    assert mismatches(app.routes, *openapi.declared(DEFAULT_FEATURES)) == []
+
+
+async def _nothing(request: Request) -> Response:
+    return Response()
+
+
+def test_an_undeclared_route_and_a_stray_declaration_are_reported() -> None:
+    stray = Operation("GET", "/v1/gone", "getGone", "gone", "pages",
+                      responses={200: Answer("x")})
+    extra = Feature("extra", lambda: [Route("/v1/new", _nothing, methods=["POST"])],
+                    operations=(stray,))
+    app = create_app(OFFLINE, (*DEFAULT_FEATURES, extra))
+    assert mismatches(app.routes, *openapi.declared((*DEFAULT_FEATURES, extra))) == [
+        "POST /v1/new has no Operation (add one next to its route)",
+        "Operation GET /v1/gone names no route",
+    ]
+
+
+def test_the_committed_document_is_the_generated_one() -> None:
+    generated = openapi.render(openapi.document(*openapi.declared(DEFAULT_FEATURES)))
+    assert SNAPSHOT.read_text() == generated, (
+        f"docs/openapi.json is not what the code declares: a route or a body changed. "
+        f"Regenerate it with `{REGENERATE}` and commit it with the change.")
+
+
+def test_a_changed_body_changes_the_document() -> None:
+    """What the snapshot test relies on: bodies come from the msgspec types themselves."""
+
+    class Accepted2(msgspec.Struct):
+        ids: list[str]
+        accepted: list[str]
+
+    def doc(body: object) -> str:
+        op = Operation("POST", "/v1/x", "postX", "x", "ingest", responses={
+            202: Answer("ok", body)})
+        return openapi.render(openapi.document([op]))
+
+    assert doc(Accepted) != doc(Accepted2)
+    assert '"duplicates"' in doc(Accepted) and '"duplicates"' not in doc(Accepted2)
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    doc = openapi.document(*openapi.declared(DEFAULT_FEATURES))
+    assert doc["openapi"] == "3.1.0"
+    validate(doc)  # the OpenAPI 3.1 schema, and every component a valid JSON Schema
+    # JSON Schema regexes are ECMA-262's: no Python-only anchors left.
+    assert "\\\\A" not in openapi.render(doc) and "\\\\Z" not in openapi.render(doc)
+    ids = [op["operationId"] for methods in doc["paths"].values() for op in methods.values()]
+    assert len(ids) == len(set(ids))
+    assert {tag["name"] for tag in doc["tags"]} <= set(openapi.TAGS)
+    assert "/v1/ws" in next(t["description"] for t in doc["tags"] if t["name"] == "live")
+
+
+def test_security_names_known_schemes() -> None:
+    doc = openapi.document(*openapi.declared(DEFAULT_FEATURES))
+    schemes = doc["components"]["securitySchemes"]
+    used = {name for methods in doc["paths"].values() for op in methods.values()
+            for alternative in op.get("security", []) for name in alternative}
+    assert used == set(schemes)
+    events = doc["paths"]["/v1/events"]["post"]["security"]
+    assert events == [{"webhookSignature": [], "webhookTimestamp": []}, {"adminToken": []}]
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+        self.inline_styles = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        values = dict(attrs)
+        self.links += [v for k, v in attrs if k in ("href", "src") and v]
+        if values.get("id"):
+            self.ids.add(values["id"] or "")
+        self.inline_styles += "style" in values
+
+
+async def test_served_document_and_docs_page(settings_factory: Callable[..., Settings]) -> None:
+    async with app_client(settings_factory()) as (client, _):
+        r = await client.get("/openapi.json")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert r.text == SNAPSHOT.read_text()
+        doc = r.json()
+
+        r = await client.get("/docs")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        page = _Page()
+        page.feed(r.text)
+        # Nothing a strict CSP would block, nothing from elsewhere.
+        assert "script" not in page.tags and page.inline_styles == 0
+        assert all(link.startswith(("/", "#")) for link in page.links), page.links
+        for path, methods in doc["paths"].items():
+            for method, op in methods.items():
+                assert f'<span class="method {method}">' in r.text
+                assert f"<code>{path}</code>" in r.text
+                assert op["summary"].replace("`", "") in re.sub(r"</?code>", "", r.text)
+        assert {f"schema-{name}" for name in doc["components"]["schemas"]} <= page.ids
+        internal = {link[1:] for link in page.links if link.startswith("#")}
+        assert internal <= page.ids, internal - page.ids  # every reference resolves
+
+        css = await client.get("/docs/docs.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+
+
+@pytest.mark.parametrize("broken", [ErrorBody, None])
+def test_an_answer_without_json_schema_is_described_as_what_it_is(broken: object) -> None:
+    op = Operation("GET", "/x", "getX", "x", "pages", responses={
+        200: Answer("page", media_type="text/html"), 400: Answer("bad", broken)})
+    doc = openapi.document([op])
+    answers = doc["paths"]["/x"]["get"]["responses"]
+    assert answers["200"]["content"] == {"text/html": {"schema": {"type": "string"}}}
+    expected = ({"$ref": "#/components/schemas/ErrorBody"} if broken is not None
+                else {"type": "object"})
+    assert answers["400"]["content"]["application/json"]["schema"] == expected
