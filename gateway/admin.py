@@ -265,6 +265,10 @@ def _api(method: Method, path: str, operation_id: str, summary: str, answer: Ans
 _LIMIT = Param("limit", "query", "at most this many (default 100)",
                Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)])
 _GROUP = Param("group", "query", "only this consumer group (`persist`, `fanout`)")
+# A dead letter's ref, `<partition>/<stream id>`, as two path segments.
+_REF = (Param("partition", "path", "the partition", Annotated[int, msgspec.Meta(ge=0)]),
+        Param("entry", "path", "the letter's id in that partition's dead-letter stream",
+              Annotated[str, msgspec.Meta(pattern=r"\A[0-9]+-[0-9]+\Z")]))
 _DEAD_BODY = ("Either explicit `ids` (refs `<partition>/<stream id>`) or `all: true` (of "
               "`group`, if given).")
 
@@ -305,11 +309,11 @@ OPERATIONS = (
          Answer("What happened to each letter", list[DeadAction]),
          description=_DEAD_BODY + " No confirmation step.", body=DeadRequest,
          bad_input=True),
-    _api("GET", "/admin/api/dead/{id}", "getDeadLetter", "One dead letter with its payload",
+    _api("GET", "/admin/api/dead/{partition}/{entry}", "getDeadLetter",
+         "One dead letter with its payload",
          Answer("The letter, its original payload in `data`", DeadLetterView),
-         description="`id` is a ref, `<partition>/<stream id>`: its `/` may be sent as is "
-                     "or as `%2F`.",
-         params=(Param("id", "path", "the letter's ref"),), not_found="No such letter"),
+         description="The path ends with the letter's ref, `<partition>/<stream id>`.",
+         params=_REF, not_found="No such letter"),
 )
 
 FEATURE = Feature("admin", routes, operations=OPERATIONS)

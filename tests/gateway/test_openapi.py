@@ -5,7 +5,7 @@ against a real gateway with it.)"""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -31,29 +31,34 @@ REGENERATE = ".venv/bin/livefeed openapi > docs/openapi.json"
 OFFLINE = Resolved(redis_url="redis://127.0.0.1:1", database_url="postgresql://x@127.0.0.1:1/x")
 
 
-def mismatches(routes: Iterable[BaseRoute], operations: Sequence[Operation],
+def mismatches(routes: Sequence[BaseRoute], operations: Sequence[Operation],
                channels: Sequence[Channel]) -> list[str]:
-    """Routes without a declaration and declarations without a route."""
-    declared = {(op.method, op.path) for op in operations}
-    served: set[tuple[str, str]] = set()
+    """Routes (and methods) no declaration matches, and declarations that match no route.
+    A declaration matches a route when its path, parameters filled in, is one the route
+    serves: `/admin/api/dead/{partition}/{entry}` is served by `/admin/api/dead/{id:path}`."""
     problems: list[str] = []
+    covered: set[tuple[int, str]] = set()
+    for op in operations:
+        sample = re.sub(r"\{\w+\}", "1", op.path)
+        hits = [r for r in routes if isinstance(r, Route | Mount)
+                and r.path_regex.match(sample)
+                and (isinstance(r, Mount) or op.method in (r.methods or ()))]
+        if not hits:
+            problems.append(f"Operation {op.method} {op.path} names no route")
+        covered |= {(id(r), op.method) for r in hits[:1]}  # the first match serves it
     for route in routes:
         if isinstance(route, Route):
-            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {id:path} -> {id}
-            served |= {(m, path) for m in route.methods or () if m != "HEAD"}
+            problems += [f"{m} {route.path} has no Operation (add one next to its route)"
+                         for m in sorted(route.methods or ())
+                         if m != "HEAD" and (id(route), m) not in covered]
+        elif isinstance(route, Mount):
+            if (id(route), "GET") not in covered:
+                problems.append(f"mount {route.path} has no Operation under it")
         elif isinstance(route, WebSocketRoute):
             if route.path not in {ch.path for ch in channels}:
                 problems.append(f"WebSocket {route.path} has no Channel")
-        elif isinstance(route, Mount):
-            inside = [d for d in declared if d[1].startswith(route.path.rstrip("/") + "/")]
-            if not inside:
-                problems.append(f"mount {route.path} has no operation under it")
-            served |= set(inside)
         else:
             problems.append(f"{route!r}: an unknown kind of route")
-    problems += [f"{m} {p} has no Operation (add one next to its route)"
-                 for m, p in sorted(served - declared)]
-    problems += [f"Operation {m} {p} names no route" for m, p in sorted(declared - served)]
     return problems
 
 
@@ -73,9 +78,17 @@ def test_an_undeclared_route_and_a_stray_declaration_are_reported() -> None:
                     operations=(stray,))
     app = create_app(OFFLINE, (*DEFAULT_FEATURES, extra))
     assert mismatches(app.routes, *openapi.declared((*DEFAULT_FEATURES, extra))) == [
-        "POST /v1/new has no Operation (add one next to its route)",
         "Operation GET /v1/gone names no route",
+        "POST /v1/new has no Operation (add one next to its route)",
     ]
+    # A method the route does not serve is no match either.
+    post = Operation("POST", "/healthz", "postHealthz", "x", "pages",
+                     responses={200: Answer("x")})
+    operations, channels = openapi.declared(DEFAULT_FEATURES)
+    routes = create_app(OFFLINE).routes
+    assert mismatches(routes, [*operations, post], channels) == [
+        "Operation POST /healthz names no route"]
+    assert mismatches(routes, operations, ()) == ["WebSocket /v1/ws has no Channel"]
 
 
 def test_the_committed_document_is_the_generated_one() -> None:
