@@ -208,7 +208,7 @@ OPERATIONS = (
         "every event of the request, or (on any error) none. An event without `id` gets "
         "one; an `id` names one event of its user, so resending the same body after a lost "
         "answer or a `503` is safe (its events come back as `duplicates`).\n\n"
-        f"At most {MAX_BATCH_EVENTS} events and {MAX_BODY_BYTES} bytes per request. "
+        f"At most {MAX_BATCH_EVENTS:,} events and {MAX_BODY_BYTES >> 20} MiB per request. "
         "Sign the raw body with the webhook secret, or send an admin token.",
         body=IngestBody,
         security=((WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP), (ADMIN_TOKEN,)),
