@@ -109,6 +109,8 @@ def document(operations: Sequence[Operation], channels: Sequence[Channel] = ()
         for answer in op.responses.values():
             wanted += [answer.body, *(h.type for h in answer.headers)]
         types += [t for t in wanted if t is not None and t not in types]
+    framed = [ch for ch in channels if ch.frames is not None]
+    types += [ch.frames for ch in framed if ch.frames not in types]
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     schema_of = [(t, _ecma(s)) for t, s in zip(types, schemas, strict=True)]
 
@@ -118,6 +120,8 @@ def document(operations: Sequence[Operation], channels: Sequence[Channel] = ()
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schema)
+    for ch in framed:  # a union has no name of its own: the channel gives it one
+        components.setdefault(ch.frames_name, schema(ch.frames))
     tags = list(dict.fromkeys(op.tag for op in operations))
     return {
         "openapi": "3.1.0",
@@ -140,6 +144,8 @@ def _tag_text(tag: str, channels: Sequence[Channel]) -> str:
         if channel.tag == tag:
             text += f"\n\nWebSocket `{channel.path}` (OpenAPI cannot describe it): " \
                     + channel.description
+            if channel.frames is not None:
+                text += f" Its messages: `{channel.frames_name}` (see Schemas)."
     return text
 
 

@@ -75,3 +75,5 @@ class Channel:
     path: str
     tag: str
     description: str
+    frames: Any = None  # the type of its messages (JSON), a component named `frames_name`
+    frames_name: str = "Frame"

@@ -127,9 +127,9 @@ OPERATIONS = (
         "GET", "/v1/sse", "getSse", "Live delivery as Server-Sent Events", "live",
         description="The user's feed after `last_id`, then live events, until the client "
         "goes away. Each SSE event has `event:` (the frame type), `data:` (the frame's "
-        "JSON, as over WebSocket) and `id:` (the feed id, for `Last-Event-ID`). A comment "
-        "line keeps an idle stream open. The stream ends when the gateway drains or the "
-        "client is too slow: reconnect with the last id.",
+        "JSON, as over WebSocket: a `Frame`) and `id:` (the feed id, for `Last-Event-ID`). "
+        "A comment line keeps an idle stream open. The stream ends when the gateway drains "
+        "or the client is too slow: reconnect with the last id.",
         params=(
             Param("last_id", "query", "resume after this feed id (absent: from now)"),
             Param("Last-Event-ID", "header", "the same, as EventSource sends it on a "

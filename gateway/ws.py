@@ -20,7 +20,7 @@ from livefeed.gateway.live import Session
 from livefeed.gateway.operation import Channel
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
-from livefeed.schemas.frames import CloseCode, FrameType
+from livefeed.schemas.frames import CloseCode, Frame, FrameType
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ CHANNELS = (
         "the `last_id` query parameter. The token goes as docs/design.md says (HTTP "
         "endpoints, WebSocket). Close codes (`CloseCode` in schemas/frames.py): 4001 bad "
         "or expired token (get a new one), 4008 too slow (reconnect with the last id), "
-        "1012 the gateway drains (reconnect with backoff); docs/design.md lists them all."),
+        "1012 the gateway drains (reconnect with backoff); docs/design.md lists them all.",
+        frames=Frame),
 )
 
 FEATURE = Feature("ws", routes, needs=(HUB,), channels=CHANNELS)

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import get_args
 
 import msgspec
 import pytest
@@ -21,6 +22,7 @@ from livefeed.gateway import openapi
 from livefeed.gateway.app import DEFAULT_FEATURES, create_app
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.operation import Answer, Channel, Operation
+from livefeed.schemas.frames import Frame
 from livefeed.schemas.http import Accepted, ErrorBody
 from tests.gateway.livehelp import app_client
 
@@ -124,6 +126,10 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert len(ids) == len(set(ids))
     assert {tag["name"] for tag in doc["tags"]} <= set(openapi.TAGS)
     assert "/v1/ws" in next(t["description"] for t in doc["tags"] if t["name"] == "live")
+    # The frames of WebSocket and SSE, named: every type of schemas.frames.Frame.
+    frame = doc["components"]["schemas"]["Frame"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in frame["anyOf"]] == [
+        kind.__name__ for kind in get_args(Frame)]
 
 
 def test_security_names_known_schemes() -> None:
