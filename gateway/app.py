@@ -19,18 +19,7 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Resolved
-from livefeed.gateway import (
-    admin,
-    health,
-    history,
-    hub,
-    ingest,
-    metrics,
-    openapi,
-    page,
-    sse,
-    ws,
-)
+from livefeed.gateway import admin, health, history, hub, ingest, metrics, openapi, page, sse, ws
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 
