@@ -146,14 +146,17 @@ def _schemas(doc: dict[str, Any]) -> str:
         props = schema.get("properties")
         if props is not None:
             required = set(schema.get("required", []))
+            meanings = any("description" in prop for prop in props.values())
             rows = "".join(f"<tr><td><code>{html.escape(field)}</code></td>"
                            f"<td>{_type(prop)}</td><td>{'yes' if field in required else ''}</td>"
-                           f"<td>{_inline(prop.get('description', ''))}</td></tr>"
+                           + (f"<td>{_inline(prop.get('description', ''))}</td>" if meanings
+                              else "") + "</tr>"
                            for field, prop in props.items())
             extra = ("" if schema.get("additionalProperties", True) is not False
                      else "<p>No other fields are accepted.</p>")
             out.append("<table><tr><th>field</th><th>type</th><th>required</th>"
-                       f"<th>meaning</th></tr>{rows}</table>{extra}")
+                       + ("<th>meaning</th>" if meanings else "")
+                       + f"</tr>{rows}</table>{extra}")
         else:
             out.append(f"<p>{_type(schema)}</p>")
         out.append("</article>")
