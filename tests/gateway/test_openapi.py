@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from livefeed.core.settings import Resolved, Settings
-from livefeed.gateway import openapi
+from livefeed.gateway import apidocs, openapi
 from livefeed.gateway.app import DEFAULT_FEATURES, create_app
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.operation import Answer, Channel, Operation
@@ -196,3 +196,14 @@ def test_an_answer_without_json_schema_is_described_as_what_it_is(broken: object
     expected = ({"$ref": "#/components/schemas/ErrorBody"} if broken is not None
                 else {"type": "object"})
     assert answers["400"]["content"]["application/json"]["schema"] == expected
+
+
+def test_the_docs_page_escapes_every_text() -> None:
+    op = Operation("GET", "/x", "getX", "<b>x</b>", "pages",
+                   description="`<script>` and <script>alert(1)</script>\n\n- `a` <i>",
+                   responses={200: Answer("<img src=x>", media_type="text/html")})
+    page = _Page()
+    html = apidocs.page(openapi.document([op]))
+    page.feed(html)
+    assert not {"script", "b", "i", "img"} & set(page.tags)
+    assert "<code>&lt;script&gt;</code>" in html and "<li><code>a</code> &lt;i&gt;</li>" in html
