@@ -129,7 +129,9 @@ async def bury(redis: RedisClient, keys: Keys, group: str, letters: Sequence[Dea
 def parse_ref(dead_ref: str, keys: Keys) -> tuple[int, str] | None:
     """(partition, stream id) of an operator's dead-letter ref, or None if malformed."""
     head, sep, sid = dead_ref.partition("/")
-    if not (sep and head.isdigit() and int(head) < keys.count and parse_stream_id(sid)):
+    # isascii: str.isdigit() takes "²", which int() refuses
+    if not (sep and head.isascii() and head.isdigit() and int(head) < keys.count
+            and parse_stream_id(sid)):
         return None
     parsed = parse_stream_id(sid)
     if parsed is None or parsed[0] >= 1 << 64 or parsed[1] >= 1 << 64:

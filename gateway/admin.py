@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 from prometheus_client import REGISTRY
@@ -23,8 +23,20 @@ from livefeed.core.durations import parse_duration_ms
 from livefeed.core.pending import Pending, PendingError
 from livefeed.core.status import Status
 from livefeed.gateway.feature import Feature
+from livefeed.gateway.operation import ADMIN, Answer, Method, Operation, Param
 from livefeed.gateway.state import GatewayState
-from livefeed.schemas.admin import ClaimRequest, DeadRequest, GatewayView
+from livefeed.schemas.admin import (
+    ClaimRequest,
+    ClaimView,
+    DeadAction,
+    DeadLetterList,
+    DeadLetterView,
+    DeadRequest,
+    GatewayView,
+    PendingView,
+    StatusView,
+)
+from livefeed.schemas.http import ErrorBody
 
 STATIC = Path(__file__).parent / "static"
 _json = msgspec.json.Encoder()
@@ -235,4 +247,73 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-FEATURE = Feature("admin", routes)
+def _api(method: Method, path: str, operation_id: str, summary: str, answer: Answer,
+         description: str = "", params: tuple[Param, ...] = (), body: object = None,
+         bad_input: bool = False, not_found: str = "") -> Operation:
+    """An admin API operation: an admin token, and `ErrorBody` for every refusal."""
+    responses = {200: answer,
+                 401: Answer("No valid token (`WWW-Authenticate: Bearer`)", ErrorBody),
+                 403: Answer("A valid token that is not an admin's", ErrorBody)}
+    if bad_input:
+        responses[400] = Answer("Bad input: a parameter or the body", ErrorBody)
+    if not_found:
+        responses[404] = Answer(not_found, ErrorBody)
+    return Operation(method, path, operation_id, summary, "admin", responses=responses,
+                     description=description, params=params, body=body, security=ADMIN)
+
+
+_LIMIT = Param("limit", "query", "at most this many (default 100)",
+               Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)])
+_GROUP = Param("group", "query", "only this consumer group (`persist`, `fanout`)")
+# A dead letter's ref, `<partition>/<stream id>`, as two path segments.
+_REF = (Param("partition", "path", "the partition", Annotated[int, msgspec.Meta(ge=0)]),
+        Param("entry", "path", "the letter's id in that partition's dead-letter stream",
+              Annotated[str, msgspec.Meta(pattern=r"\A[0-9]+-[0-9]+\Z")]))
+_DEAD_BODY = ("Either explicit `ids` (refs `<partition>/<stream id>`) or `all: true` (of "
+              "`group`, if given).")
+
+OPERATIONS = (
+    Operation("GET", "/admin", "getAdminPage", "The operator page", "admin",
+              description="Static; it reads its admin token from `?token=` and calls the "
+                          "API below with it.",
+              responses={200: Answer("The page", media_type="text/html")}),
+    Operation("GET", "/admin/admin.js", "getAdminScript", "The operator page's script",
+              "admin", responses={200: Answer("JavaScript", media_type="text/javascript")}),
+    _api("GET", "/admin/api/status", "getStatus", "Streams, groups and partitions",
+         Answer("Totals over the partitions, then each partition", StatusView),
+         description="What `livefeed status --json` prints."),
+    _api("GET", "/admin/api/gateway", "getGateway", "This gateway's connections",
+         Answer("The connections of the gateway that answers", GatewayView)),
+    _api("GET", "/admin/api/pending", "getPending", "Pending entries, oldest first",
+         Answer("The entries selected", PendingView),
+         params=(_GROUP, Param("consumer", "query", "only this consumer's"),
+                 Param("min_idle", "query", "only entries idle this long: a duration "
+                       "(`250ms`, `30s`, `5m`, `1h`, `2d`; a bare number is seconds)"),
+                 _LIMIT),
+         bad_input=True, not_found="No such group"),
+    _api("POST", "/admin/api/claim", "postClaim", "Move stale pending entries to a live "
+         "consumer", Answer("What was claimed (or would be, with `dry_run`)", ClaimView),
+         description="`to` defaults to the most recently active consumer that owns no "
+                     "stale entry.",
+         body=ClaimRequest, bad_input=True, not_found="No such group, or no live consumer "
+         "to claim to"),
+    _api("GET", "/admin/api/dead", "getDeadLetters", "Dead letters, oldest first",
+         Answer("The letters selected and the total", DeadLetterList),
+         params=(_LIMIT, _GROUP, Param("after", "query", "only letters after this ref "
+                                       "(`<partition>/<stream id>`)")),
+         bad_input=True),
+    _api("POST", "/admin/api/dead/retry", "postDeadRetry", "Re-append dead letters' events",
+         Answer("What happened to each letter", list[DeadAction]), description=_DEAD_BODY,
+         body=DeadRequest, bad_input=True),
+    _api("POST", "/admin/api/dead/drop", "postDeadDrop", "Delete dead letters for good",
+         Answer("What happened to each letter", list[DeadAction]),
+         description=_DEAD_BODY + " No confirmation step.", body=DeadRequest,
+         bad_input=True),
+    _api("GET", "/admin/api/dead/{partition}/{entry}", "getDeadLetter",
+         "One dead letter with its payload",
+         Answer("The letter, its original payload in `data`", DeadLetterView),
+         description="The path ends with the letter's ref, `<partition>/<stream id>`.",
+         params=_REF, not_found="No such letter"),
+)
+
+FEATURE = Feature("admin", routes, operations=OPERATIONS)

@@ -19,7 +19,7 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Resolved
-from livefeed.gateway import admin, health, history, hub, ingest, metrics, page, sse, ws
+from livefeed.gateway import admin, health, history, hub, ingest, metrics, openapi, page, sse, ws
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FEATURES: tuple[Feature, ...] = (
     ingest.FEATURE, hub.FEATURE, ws.FEATURE, sse.FEATURE, history.FEATURE, page.FEATURE,
-    admin.FEATURE, metrics.FEATURE, health.FEATURE,
+    admin.FEATURE, metrics.FEATURE, health.FEATURE, openapi.FEATURE,
 )
 
 
@@ -69,4 +69,7 @@ def create_app(settings: Resolved, features: Sequence[Feature] = DEFAULT_FEATURE
     routes: list[BaseRoute] = []
     for feature in features:
         routes += feature.routes()
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    # What `/openapi.json` and `/docs` describe: the features plugged in.
+    app.state.api_docs = openapi.ApiDocs(*openapi.declared(features))
+    return app

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from starlette.routing import BaseRoute
 
+from livefeed.gateway.operation import Channel, Operation
 from livefeed.gateway.state import GatewayState
 
 # Opens a feature's resources for the app's lifetime and sets its field of the state.
@@ -22,9 +23,13 @@ def no_routes() -> list[BaseRoute]:
 @dataclass(frozen=True)
 class Feature:
     """One part of the gateway. `needs`: the features it uses, which `create_app` insists
-    are plugged in too (the WebSocket needs the hub)."""
+    are plugged in too (the WebSocket needs the hub). `operations` and `channels` declare
+    what its HTTP and WebSocket routes take and answer (gateway/operation.py): the
+    OpenAPI document is generated from them."""
 
     name: str
     routes: Callable[[], list[BaseRoute]] = no_routes
     lifespan: Lifespan | None = None
     needs: tuple[Feature, ...] = ()
+    operations: tuple[Operation, ...] = ()
+    channels: tuple[Channel, ...] = ()

@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import anyio
+import msgspec
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
 from livefeed.gateway.feature import Feature
+from livefeed.gateway.operation import Answer, Operation
 from livefeed.gateway.state import GatewayState
+from livefeed.schemas.http import Health, Readiness
 
 CHECK_TIMEOUT_S = 1.0
 
@@ -50,11 +53,16 @@ def _hub(state: GatewayState) -> str | None:
     return "ok" if state.hub.healthy else "pub/sub link down (reconnecting)"
 
 
-async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+def _json(body: Health | Readiness, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(body), status_code=status,
+                    media_type="application/json")
 
 
-async def readyz(request: Request) -> JSONResponse:
+async def healthz(request: Request) -> Response:
+    return _json(Health(status="ok"))
+
+
+async def readyz(request: Request) -> Response:
     state: GatewayState = request.app.state.lf
     checks: dict[str, str] = {}
 
@@ -68,12 +76,24 @@ async def readyz(request: Request) -> JSONResponse:
     if hub is not None:
         checks["pubsub"] = hub
     failed = sorted(name for name, result in checks.items() if result != "ok")
-    return JSONResponse({"ready": not failed, "failed": failed, "checks": checks},
-                        status_code=503 if failed else 200)
+    return _json(Readiness(ready=not failed, failed=failed, checks=checks),
+                 status=503 if failed else 200)
 
 
 def routes() -> list[BaseRoute]:
     return [Route("/healthz", healthz), Route("/readyz", readyz)]
 
 
-FEATURE = Feature("health", routes)
+OPERATIONS = (
+    Operation("GET", "/healthz", "getHealthz", "The process serves", "monitoring",
+              description="Touches nothing: it answers even when Redis and PostgreSQL are "
+                          "down, so a liveness probe never restarts a gateway for them.",
+              responses={200: Answer("Always, while the process serves", Health)}),
+    Operation("GET", "/readyz", "getReadyz", "This gateway can do its work", "monitoring",
+              description=f"Redis and PostgreSQL answer (each check bounded by "
+                          f"{CHECK_TIMEOUT_S:g} s) and the pub/sub link is alive.",
+              responses={200: Answer("Ready", Readiness),
+                         503: Answer("Not ready: `failed` names the checks", Readiness)}),
+)
+
+FEATURE = Feature("health", routes, operations=OPERATIONS)

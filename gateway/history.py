@@ -1,4 +1,4 @@
-"""`GET /v1/feed?token=..&before=..&limit=..`: a user's persisted newsletters, newest first.
+"""`GET /v1/feed?before=..&limit=..`: a user's persisted newsletters, newest first.
 
 Keyset pagination on (received_at, id): `next` is an opaque cursor for `before`, null on
 the last page. Served from PostgreSQL, so it holds everything ever persisted, however far
@@ -11,6 +11,7 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 import asyncpg
 import msgspec
@@ -19,9 +20,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, newsletters
+from livefeed.gateway.admin import bearer_token
 from livefeed.gateway.feature import Feature
+from livefeed.gateway.operation import USER, Answer, Operation, Param
 from livefeed.gateway.state import GatewayState
-from livefeed.schemas.http import HistoryItem, HistoryPage
+from livefeed.schemas.http import ErrorBody, HistoryItem, HistoryPage
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -67,7 +70,7 @@ def _error(status: int, message: str) -> JSONResponse:
 async def feed(request: Request) -> Response:
     state: GatewayState = request.app.state.lf
     try:
-        claims = auth.verify(state.signing_secret, request.query_params.get("token"))
+        claims = auth.verify(state.signing_secret, bearer_token(request))
     except auth.InvalidToken:
         return _error(401, "bad or expired token")
     before = None
@@ -90,4 +93,24 @@ def routes() -> list[BaseRoute]:
     return [Route("/v1/feed", feed)]
 
 
-FEATURE = Feature("history", routes)
+OPERATIONS = (
+    Operation(
+        "GET", "/v1/feed", "getFeed", "The user's persisted newsletters, newest first",
+        "history",
+        description="From PostgreSQL, so everything ever persisted, however far the live "
+        "feed was trimmed (a `reset` frame sends clients here). Ordered by `received_at`, "
+        "then `id`; page on with `before` set to the previous page's `next`.",
+        params=(
+            Param("before", "query", "the `next` cursor of the previous page (opaque)"),
+            Param("limit", "query", f"items per page (default {DEFAULT_LIMIT})",
+                  Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)]),
+        ),
+        security=USER,
+        responses={
+            200: Answer("One page; `next` is null on the last one", HistoryPage),
+            400: Answer("`before` is not a cursor from `next`, or a bad `limit`", ErrorBody),
+            401: Answer("A missing, bad or expired token", ErrorBody),
+        }),
+)
+
+FEATURE = Feature("history", routes, operations=OPERATIONS)

@@ -28,11 +28,20 @@ from livefeed.core import auth, metrics, newsletters
 from livefeed.core.errors import DB_UNAVAILABLE, REDIS_ERRORS
 from livefeed.core.eventlog import IdConflict, NotReplicated
 from livefeed.gateway.feature import Feature
+from livefeed.gateway.operation import (
+    ADMIN_TOKEN,
+    WEBHOOK_SIGNATURE,
+    WEBHOOK_TIMESTAMP,
+    Answer,
+    Operation,
+    Param,
+)
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
     MAX_BATCH_EVENTS,
     MAX_BODY_BYTES,
     Event,
+    IngestBody,
     decode_ingest_body,
     encode_event,
 )
@@ -192,4 +201,36 @@ def routes() -> list[BaseRoute]:
     return [Route("/v1/events", ingest, methods=["POST"])]
 
 
-FEATURE = Feature("ingest", routes)
+OPERATIONS = (
+    Operation(
+        "POST", "/v1/events", "postEvents", "Append one event or an array of events", "ingest",
+        description="Only a `202` means accepted, and accepted means in the ingest stream: "
+        "every event of the request, or (on any error) none. An event without `id` gets "
+        "one; an `id` names one event of its user, so resending the same body after a lost "
+        "answer or a `503` is safe (its events come back as `duplicates`).\n\n"
+        f"At most {MAX_BATCH_EVENTS:,} events and {MAX_BODY_BYTES >> 20} MiB per request. "
+        "Sign the raw body with the webhook secret, or send an admin token.",
+        body=IngestBody,
+        security=((WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP), (ADMIN_TOKEN,)),
+        responses={
+            202: Answer("Every event is in the ingest stream: `accepted` now, or "
+                        "`duplicates` of events accepted before", Accepted),
+            400: Answer("`not_json`: the body is not JSON; `disconnected`: the client went "
+                        "away mid-body", Problem),
+            401: Answer("`unauthorized`: no valid signature or admin token", Problem),
+            409: Answer("`conflict`: an event's `(user_id, id)` was accepted with other "
+                        "content (`path` is its `id`); nothing of the request is appended",
+                        Problem),
+            413: Answer("`too_large`: the body is over the limit; `too_many`: too many "
+                        "events", Problem),
+            422: Answer("`invalid`: a field is wrong (`path` says which, e.g. "
+                        "`$[1].sender`), or the array is empty; `rejected` (`pubsub` mode "
+                        "only): PostgreSQL refused an event", Problem),
+            503: Answer("`unavailable`: the events cannot be taken now; retry the whole "
+                        "body", Problem,
+                        headers=(Param("Retry-After", "header", "seconds to wait", int,
+                                       required=True),)),
+        }),
+)
+
+FEATURE = Feature("ingest", routes, operations=OPERATIONS)

@@ -21,6 +21,7 @@ from livefeed.core import metrics
 from livefeed.core.errors import REDIS_ERRORS
 from livefeed.core.status import Status, total_groups
 from livefeed.gateway.feature import Feature
+from livefeed.gateway.operation import Answer, Operation
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -99,4 +100,12 @@ def routes() -> list[BaseRoute]:
     return [Route("/metrics", metrics_endpoint)]
 
 
-FEATURE = Feature("metrics", routes, lifespan)
+OPERATIONS = (
+    Operation("GET", "/metrics", "getMetrics", "Prometheus metrics of this process",
+              "monitoring",
+              description=f"The stream figures (lengths, group lag and pending) are read "
+                          f"from Redis at scrape time, at most once per {CACHE_S:g} s.",
+              responses={200: Answer("Prometheus text exposition", media_type="text/plain")}),
+)
+
+FEATURE = Feature("metrics", routes, lifespan, operations=OPERATIONS)

@@ -1,4 +1,4 @@
-"""`GET /v1/sse?token=..` (`Last-Event-ID` header or `last_id` query): live delivery as
+"""`GET /v1/sse` (`Last-Event-ID` header or `last_id` query): live delivery as
 Server-Sent Events. Each frame is `id:` (feed id, when it has one), `event:` (frame type)
 and `data:` (the same JSON as over WebSocket). A bad token is HTTP 401.
 
@@ -18,12 +18,15 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from livefeed.core import auth, metrics
+from livefeed.gateway.admin import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
 from livefeed.gateway.live import Session
+from livefeed.gateway.operation import USER, Answer, Operation, Param
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.frames import FrameType
+from livefeed.schemas.http import ErrorBody
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ class SseStream(Response):
 async def live_sse(request: Request) -> Response:
     state: GatewayState = request.app.state.lf
     try:
-        claims = auth.verify(state.signing_secret, request.query_params.get("token"))
+        claims = auth.verify(state.signing_secret, bearer_token(request))
     except auth.InvalidToken:
         return JSONResponse({"error": "bad or expired token"}, status_code=401)
     if state.draining.is_set():
@@ -119,4 +122,25 @@ def routes() -> list[BaseRoute]:
     return [Route("/v1/sse", live_sse)]
 
 
-FEATURE = Feature("sse", routes, needs=(HUB,))
+OPERATIONS = (
+    Operation(
+        "GET", "/v1/sse", "getSse", "Live delivery as Server-Sent Events", "live",
+        description="The user's feed after `last_id`, then live events, until the client "
+        "goes away. Each SSE event has `event:` (the frame type), `data:` (the frame's "
+        "JSON, as over WebSocket: a `Frame`) and `id:` (the feed id, for `Last-Event-ID`). "
+        "A comment line keeps an idle stream open. The stream ends when the gateway drains "
+        "or the client is too slow: reconnect with the last id.",
+        params=(
+            Param("last_id", "query", "resume after this feed id (absent: from now)"),
+            Param("Last-Event-ID", "header", "the same, as EventSource sends it on a "
+                  "reconnect; it wins over `last_id`"),
+        ),
+        security=USER,
+        responses={
+            200: Answer("The event stream", media_type="text/event-stream"),
+            401: Answer("A missing, bad or expired token", ErrorBody),
+            503: Answer("The gateway is draining: connect to another one", ErrorBody),
+        }),
+)
+
+FEATURE = Feature("sse", routes, needs=(HUB,), operations=OPERATIONS)

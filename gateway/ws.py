@@ -17,9 +17,10 @@ from livefeed.core import auth, metrics
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
 from livefeed.gateway.live import Session
+from livefeed.gateway.operation import Channel
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
-from livefeed.schemas.frames import CloseCode, FrameType
+from livefeed.schemas.frames import CloseCode, Frame, FrameType
 
 logger = logging.getLogger(__name__)
 
@@ -88,4 +89,15 @@ def routes() -> list[BaseRoute]:
     return [WebSocketRoute("/v1/ws", live_ws)]
 
 
-FEATURE = Feature("ws", routes, needs=(HUB,))
+CHANNELS = (
+    Channel(
+        "/v1/ws", "live",
+        "the same session as `/v1/sse`, one JSON frame per text message, resuming after "
+        "the `last_id` query parameter. The token goes as docs/design.md says (HTTP "
+        "endpoints, WebSocket). Close codes (`CloseCode` in schemas/frames.py): 4001 bad "
+        "or expired token (get a new one), 4008 too slow (reconnect with the last id), "
+        "1012 the gateway drains (reconnect with backoff); docs/design.md lists them all.",
+        frames=Frame),
+)
+
+FEATURE = Feature("ws", routes, needs=(HUB,), channels=CHANNELS)

@@ -25,6 +25,7 @@ from livefeed.ops.commands import (
     dead,
     gateway,
     migrate,
+    openapi,
     pending,
     send,
     status,
@@ -45,6 +46,7 @@ COMMANDS: tuple[Register, ...] = (
     pending.register,
     claim.register,
     dead.register,
+    openapi.register,
     bench.register,
     compare.register,
 )

@@ -1,9 +1,11 @@
-"""HTTP bodies of the client-facing API: the ingest answers and the history page."""
+"""HTTP bodies of the client-facing API: the ingest answers, the history page, errors and
+the health checks. docs/openapi.json describes them (gateway/openapi.py)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 import msgspec
 
@@ -45,3 +47,25 @@ class HistoryPage(msgspec.Struct, frozen=True):
 
     items: list[HistoryItem]
     next: str | None
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """A refusal outside ingest (history, SSE, admin API): `error` says why, for people."""
+
+    error: str
+
+
+class Health(msgspec.Struct, frozen=True):
+    """`GET /healthz`: the process serves (it never looks at Redis or PostgreSQL)."""
+
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    """`GET /readyz`: `failed` names the checks that are not `ok`; `checks` holds each
+    check's result (`ok` or the error): `redis`, `postgres`, and `pubsub` when the gateway
+    delivers live events."""
+
+    ready: bool
+    failed: list[str]
+    checks: dict[str, str]

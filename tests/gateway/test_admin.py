@@ -111,7 +111,7 @@ async def test_dead_letters_over_http(settings: Settings, admin: dict[str, str],
             assert shown.status_code == 200, path
             assert shown.json()["id"] == first and shown.json()["data"] == data.decode()
             assert shown.json()["error"] == "ValueError: bad sender"
-        for absent in ("0/1-1", "1-1"):
+        for absent in ("0/1-1", "1-1", "²/1-1"):
             missing = await client.get(f"/admin/api/dead/{absent}", headers=admin)
             assert missing.status_code == 404
             assert missing.json() == {"error": f"no dead letter {absent}"}
