@@ -14,17 +14,8 @@ from rich.console import Console
 
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
-from livefeed.ops.bench import (
-    article,
-    e2e,
-    fanout,
-    ingest,
-    persist,
-    procs,
-    profile,
-    replay,
-    report,
-)
+from livefeed.ops.bench import e2e, fanout, ingest, persist, procs, profile, replay, report
+from livefeed.ops.bench.article import run as article_run
 from livefeed.ops.bench.runner import Benchmark, Context, run_one
 from livefeed.ops.commands import Subparsers
 
@@ -35,7 +26,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "e2e": e2e.run,
     "fanout": fanout.run,
     "replay": replay.run,
-    "article": article.run,  # the article's table: pubsub vs list vs streams
+    "article": article_run,  # the article's table: pubsub vs list vs streams
 }
 
 
