@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,12 @@ def _rows(items: list[bytes]) -> list[Row]:
 
 
 async def run(settings: Resolved, stopping: anyio.Event, *, name: str | None = None,
-              partitions: object = None, interval_ms: int = INTERVAL_MS, count: int = COUNT,
-              hold_file: Path | None = None) -> None:
-    """The list writer role: a tick every `interval_ms` until `stopping` is set."""
-    del partitions  # one List, no partitions
+              partitions: Sequence[int] | None = None, interval_ms: int = INTERVAL_MS,
+              count: int = COUNT, hold_file: Path | None = None) -> None:
+    """The list writer role: a tick every `interval_ms` until `stopping` is set. (One List,
+    no partitions: `partitions` is taken for the roles' common signature and must be None.)"""
+    if partitions is not None:
+        raise ValueError("the list writer has no partitions (one List for everything)")
     keys = Keys(settings.prefix, partitions=settings.partitions)
     redis: Any = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     pool = await create_pool(settings.database_url)

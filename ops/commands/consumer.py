@@ -75,6 +75,10 @@ async def consumer(args: argparse.Namespace, settings: Settings) -> int:
     if args.interval_ms <= 0 or args.count <= 0:
         print("livefeed consumer: --interval-ms and --count must be positive", file=sys.stderr)
         return 2
+    if args.role == "list-writer" and args.own_partitions is not None:
+        print("livefeed consumer: list-writer has no partitions (one List): drop "
+              "--own-partitions", file=sys.stderr)
+        return 2
     settings = runtime.attach(settings)
     # Redis must answer now; PostgreSQL may be down: persist waits for it, fanout never needs it.
     await runtime.preflight(settings, database=False)

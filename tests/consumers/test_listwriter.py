@@ -114,8 +114,10 @@ async def test_writer_killed_between_pop_and_commit_loses_exactly_that_batch(
     assert not set(rows) & set(doomed), "the killed writer's batch is lost, all of it"
 
 
-def test_cli_refuses_a_writer_that_would_never_write(tmp_path: Path) -> None:
-    for flags in (["--count", "0"], ["--interval-ms", "-5"]):
+def test_cli_refuses_a_writer_that_would_never_write_or_has_partitions(tmp_path: Path) -> None:
+    for flags, why in ((["--count", "0"], "must be positive"),
+                       (["--interval-ms", "-5"], "must be positive"),
+                       (["--own-partitions", "0-3"], "has no partitions")):
         proc = Proc(["consumer", "list-writer", *flags], None, tmp_path).start()
         assert proc.popen is not None and proc.popen.wait(60) == 2
-        assert "--interval-ms and --count must be positive" in proc.output()
+        assert why in proc.output()
