@@ -7,7 +7,6 @@ import uuid
 
 import msgspec
 
-from livefeed.core.keys import Keys
 from livefeed.schemas.article import new_newsletter, to_event_frame
 from livefeed.schemas.event import Event, encode_event
 from livefeed.schemas.frames import EventFrame, decode_frame
@@ -31,10 +30,3 @@ def test_anything_else_is_no_frame() -> None:
                   b'{"type":"new_newsletter","newsletter":{"no":"id"},"timestamp":1}'):
         assert to_event_frame(other) is None, other
 
-
-def test_list_mode_names_are_under_the_prefix() -> None:
-    keys = Keys("tp")
-    assert keys.newsletters_channel("u:1") == "tp:user:u:1:newsletters"
-    assert keys.write_buffer == "tp:newsletter-buffer"
-    assert all(n.startswith(p[:-1]) for n in (keys.write_buffer, keys.newsletters_channel("x"))
-               for p in keys.patterns())
