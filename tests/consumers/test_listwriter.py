@@ -121,3 +121,20 @@ def test_cli_refuses_a_writer_that_would_never_write_or_has_partitions(tmp_path:
         proc = Proc(["consumer", "list-writer", *flags], None, tmp_path).start()
         assert proc.popen is not None and proc.popen.wait(60) == 2
         assert why in proc.output()
+
+
+async def test_sigterm_finishes_the_held_batch(
+    gateways: Gateways, pool: asyncpg.Pool, tmp_path: Path,
+) -> None:
+    _, url = gateways.start(delivery="list")
+    settings = gateways.settings_factory(delivery="list")
+    hold = tmp_path / "hold"
+    hold.touch()
+    proc = writer(settings, tmp_path, "--hold-file", str(hold))
+    with running(proc):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            ids = await post(http, settings.webhook_secret or "", events("ann", 30))
+        await eventually(lambda: "popped 30 items" in proc.tail(5000), what="the held pop",
+                         procs=[proc])
+        assert proc.terminate() == 0
+    assert set(await stored(pool)) == set(ids)
