@@ -16,6 +16,11 @@ so a partition's scripts and pipelines touch one slot, one node. Group member se
 (`lf:members:<group>`) are the only keys outside the partitions. On a standalone Redis the
 tags are inert: the same names, the same code. The names depend on N: changing
 LIVEFEED_PARTITIONS is a migration (docs/design.md), never a silent rename.
+
+The `list` delivery mode (the article's design, for comparison only) has two names of its
+own, outside the partitions too: `lf:user:<user>:newsletters`, the user's live channel
+there, and `lf:newsletter-buffer`, the one List that ingest pushes onto and the list
+writer pops from.
 """
 
 from __future__ import annotations
@@ -90,6 +95,15 @@ class Keys:
 
     def lease(self, partition: int, group: str) -> str:
         return f"{self._heads[partition]}lease:{group}"
+
+    def newsletters_channel(self, user: str) -> str:
+        """The user's live channel in `list` mode (the article's `user:<id>:newsletters`)."""
+        return f"{self.prefix}:user:{user}:newsletters"
+
+    @property
+    def write_buffer(self) -> str:
+        """The `list` mode's one write buffer: RPUSH by ingest, LMPOP by the list writer."""
+        return f"{self.prefix}:newsletter-buffer"
 
     def members(self, group: str) -> str:
         return f"{self.prefix}:members:{group}"

@@ -63,6 +63,11 @@ INSERT_BATCH: Final = (
     f"WHERE ({_OLD}) IS DISTINCT FROM ({_NEW}) "
     f"AND {_entry_key('EXCLUDED')} > {_entry_key(TABLE)}"
 )
+# The `list` mode's writer (the article's design): first content wins, nothing replaced.
+INSERT_BATCH_IGNORE: Final = (
+    f"INSERT INTO {TABLE} ({_COLS}) SELECT * FROM UNNEST({_ARRAYS}) "
+    "ON CONFLICT (user_id, id) DO NOTHING"
+)
 INSERT_ONE: Final = (
     f"INSERT INTO {TABLE} ({_COLS}) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}) "
@@ -105,6 +110,15 @@ async def insert_batch(conn: Executor, rows: Sequence[Row]) -> int:
         return 0
     latest = {(r.user_id, r.id): r for r in rows}
     status = await conn.execute(INSERT_BATCH, *columns(list(latest.values())))
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def insert_batch_ignore(conn: Executor, rows: Sequence[Row]) -> int:
+    """One INSERT ... SELECT FROM UNNEST ... ON CONFLICT DO NOTHING for all `rows`; returns
+    the rows written (a stored (user_id, id), or a second one in `rows`, writes nothing)."""
+    if not rows:
+        return 0
+    status = await conn.execute(INSERT_BATCH_IGNORE, *columns(rows))
     return int(status.rsplit(" ", 1)[1])
 
 

@@ -160,7 +160,7 @@ def _explain(exc: msgspec.ValidationError) -> str:
 
 
 _HINTS = {
-    "delivery": "; use 'streams' (default) or 'pubsub' (comparison baseline)",
+    "delivery": "; use 'streams' (default), or 'pubsub' or 'list' (comparison baselines)",
     "redis_cluster": "; use true or false",
 }
 

@@ -26,7 +26,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import anyio
@@ -43,6 +43,7 @@ from livefeed.core.topology import STANDALONE, Topology
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.sessions import Sessions
 from livefeed.gateway.state import GatewayState
+from livefeed.schemas.article import to_event_frame
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,12 @@ class _Link:
             if sub is not None:
                 # No copy: listeners never join or leave synchronously from on_live.
                 data = msg["data"]
+                if self.hub.translate is not None:  # `list` mode: the article's message
+                    data = self.hub.translate(data)
+                    if data is None:
+                        logger.warning("dropping a live message on %r that is no "
+                                       "new_newsletter", msg["channel"])
+                        return
                 for listener in sub.listeners:
                     listener.on_live(data)
         elif kind == self.confirm_type:
@@ -261,8 +268,14 @@ class Hub:
     """The pub/sub links of one gateway process, shared by all its sessions."""
 
     def __init__(self, redis_url: str, keys: Keys, *, ping_interval_s: float = PING_INTERVAL_S,
-                 name: str | None = None, cluster: bool = False) -> None:
+                 name: str | None = None, cluster: bool = False,
+                 channel: Callable[[str], str] | None = None,
+                 translate: Callable[[bytes], bytes | None] | None = None) -> None:
+        """`channel`: a user's channel name (default `keys.live`); `translate`: turns each
+        message into the frame the sessions get (None drops it)."""
         self.keys = keys
+        self.channel = channel or keys.live
+        self.translate = translate
         self.ping_interval_s = ping_interval_s
         self.sharded = cluster
         # Scoped by prefix so operators (and tests) can find and kill exactly these links.
@@ -310,7 +323,7 @@ class Hub:
         async with self._lock:
             sub = self._subs.get(user)
             if sub is None:
-                sub = self._subs[user] = _Sub(user, self.keys.live(user).encode())
+                sub = self._subs[user] = _Sub(user, self.channel(user).encode())
                 await self._home(sub)
             sub.listeners.add(listener)
         if not sub.confirmed.done():
@@ -437,7 +450,10 @@ class Hub:
 async def lifespan(state: GatewayState) -> AsyncIterator[None]:
     """Start the process's hub (`state.hub`) and the registry of its live sessions
     (`state.sessions`, stopped when `state.draining` is set)."""
-    hub = Hub(state.settings.redis_url, state.keys, cluster=state.settings.redis_cluster)
+    article = state.settings.delivery == "list"
+    hub = Hub(state.settings.redis_url, state.keys, cluster=state.settings.redis_cluster,
+              channel=state.keys.newsletters_channel if article else None,
+              translate=to_event_frame if article else None)
     sessions = Sessions()
     state.hub, state.sessions = hub, sessions
     try:

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from livefeed.core import auth, metrics, newsletters
 from livefeed.core.errors import DB_UNAVAILABLE, REDIS_ERRORS
 from livefeed.core.eventlog import IdConflict, NotReplicated
+from livefeed.gateway import article
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.operation import (
     ADMIN_TOKEN,
@@ -127,6 +128,8 @@ async def ingest(request: Request) -> Response:
     try:
         if state.settings.delivery == "pubsub":
             return await _ingest_pubsub(state, events)
+        if state.settings.delivery == "list":
+            return await _ingest_list(state, events)
         try:
             appended = await state.log.append([IngestEntry.of(e) for e in events])
         except NotReplicated as exc:
@@ -195,6 +198,15 @@ async def _ingest_pubsub(state: GatewayState, events: list[Event]) -> Response:
         logger.warning("ingest (pubsub): publish failed (%s); answering 503", exc)
         return _unavailable("Redis")
     return _accepted(outcomes)
+
+
+async def _ingest_list(state: GatewayState, events: list[Event]) -> Response:
+    """The article's design (`gateway/article.py`): PUBLISH + RPUSH onto the write buffer."""
+    try:
+        return _accepted(await article.push(state, events))
+    except REDIS_ERRORS as exc:
+        logger.warning("ingest (list): Redis unavailable (%s); answering 503", exc)
+        return _unavailable("Redis")
 
 
 def routes() -> list[BaseRoute]:

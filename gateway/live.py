@@ -109,7 +109,7 @@ class Session:
     # -- called by the hub (must not block) -----------------------------------------------
 
     def on_live(self, frame: bytes) -> None:
-        if self.mode == "pubsub":
+        if self.mode != "streams":  # pubsub, list: no feed, the frame goes as it is
             fid = frame_id(frame)
             self._enqueue((parse_stream_id(fid) if fid else None, fid, frame))
             return
@@ -244,7 +244,7 @@ class Session:
 
     async def _start(self) -> None:
         hello = frames.encode_frame(frames.Hello(user=self.user, mode=self.mode))
-        if self.mode == "pubsub":
+        if self.mode != "streams":
             await self._write("hello", None, hello)
             return
         if self.last_id is not None:

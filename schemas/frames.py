@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 # How events reach the gateways (LIVEFEED_DELIVERY); `hello` tells the client which.
-Delivery = Literal["streams", "pubsub"]
+Delivery = Literal["streams", "pubsub", "list"]
 FrameType = Literal["hello", "event", "recovered", "reset"]
 # Why a client's history after its last id cannot be replayed (`reset.reason`).
 ResumeProblem = Literal["trimmed", "unknown_id", "stream_lost"]

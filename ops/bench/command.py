@@ -25,6 +25,7 @@ from livefeed.ops.bench import (
     report,
     scaling,
 )
+from livefeed.ops.bench.article import run as article_run
 from livefeed.ops.bench.runner import Benchmark, Context, run_one
 from livefeed.ops.commands import Subparsers
 
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "fanout": fanout.run,
     "replay": replay.run,
     "scaling": scaling.run,
+    "article": article_run,  # the article's table: pubsub vs list vs streams
 }
 
 

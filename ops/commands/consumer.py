@@ -1,15 +1,18 @@
-"""`livefeed consumer persist|fanout`: one consumer of one group, until SIGTERM drains it."""
+"""`livefeed consumer persist|fanout|list-writer`: one consumer of one group (or the `list`
+mode's batch writer), until SIGTERM drains it."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 import prometheus_client
 
-from livefeed.consumers import fanout, persist
+from livefeed.consumers import fanout, listwriter, persist
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime, serve
 from livefeed.ops.commands import Subparsers
@@ -17,15 +20,20 @@ from livefeed.ops.commands import Subparsers
 logger = logging.getLogger(__name__)
 
 Role = Callable[..., Awaitable[None]]
-ROLES: dict[str, Role] = {"persist": persist.run, "fanout": fanout.run}
+ROLES: dict[str, Role] = {"persist": persist.run, "fanout": fanout.run,
+                         "list-writer": listwriter.run}
 
 
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "consumer", parents=[parent], help="run one consumer: persist (PostgreSQL) or fanout",
+        "consumer", parents=[parent],
+        help="run one consumer: persist (PostgreSQL), fanout, or list-writer (list mode)",
         description="Run one consumer of the `persist` group (batched writes to PostgreSQL) "
         "or the `fanout` group (per-user feed streams and live publish). Run several with "
-        "different --name values to share the work; SIGTERM finishes or releases the batch.",
+        "different --name values to share the work; SIGTERM finishes or releases the batch. "
+        "`list-writer` is the `list` delivery mode's batch writer (the article's design, for "
+        "comparison): every 500 ms LMPOP up to 100 items off the write buffer, one INSERT; "
+        "a batch popped and not committed is lost.",
     )
     p.add_argument("role", choices=sorted(ROLES), help="which group to consume for")
     p.add_argument("--name", default=None,
@@ -37,6 +45,14 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
                    "sharing them with the group's other consumers through leases")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve this consumer's Prometheus metrics on 127.0.0.1:PORT")
+    w = p.add_argument_group("list-writer")
+    w.add_argument("--interval-ms", type=int, default=listwriter.INTERVAL_MS,
+                   help=f"one LMPOP per this many ms (default {listwriter.INTERVAL_MS})")
+    w.add_argument("--count", type=int, default=listwriter.COUNT,
+                   help=f"LMPOP COUNT (default {listwriter.COUNT})")
+    w.add_argument("--hold-file", type=Path, default=None, metavar="PATH",
+                   help="while PATH exists, log 'popped N items' after each pop and wait "
+                   "before the INSERT (so a test can SIGKILL the writer in its loss window)")
     p.set_defaults(func=consumer)
 
 
@@ -56,6 +72,13 @@ def partition_list(text: str) -> list[int]:
 
 
 async def consumer(args: argparse.Namespace, settings: Settings) -> int:
+    if args.interval_ms <= 0 or args.count <= 0:
+        print("livefeed consumer: --interval-ms and --count must be positive", file=sys.stderr)
+        return 2
+    if args.role == "list-writer" and args.own_partitions is not None:
+        print("livefeed consumer: list-writer has no partitions (one List): drop "
+              "--own-partitions", file=sys.stderr)
+        return 2
     settings = runtime.attach(settings)
     # Redis must answer now; PostgreSQL may be down: persist waits for it, fanout never needs it.
     await runtime.preflight(settings, database=False)
@@ -64,6 +87,9 @@ async def consumer(args: argparse.Namespace, settings: Settings) -> int:
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(serve.stop_on_signals, stopping.set)
-        await ROLES[args.role](settings, stopping, name=args.name, partitions=args.own_partitions)
+        extra = {} if args.role != "list-writer" else dict(
+            interval_ms=args.interval_ms, count=args.count, hold_file=args.hold_file)
+        await ROLES[args.role](settings, stopping, name=args.name,
+                               partitions=args.own_partitions, **extra)
         tg.cancel_scope.cancel()
     return 0

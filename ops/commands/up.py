@@ -22,7 +22,8 @@ from livefeed.ops.commands import Subparsers
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "up", parents=[parent], help="run everything: gateway and consumers (embedded default)",
-        description="Run the gateway, the persist and fanout consumers in one process. With "
+        description="Run the gateway, the persist and fanout consumers (in list mode: the list "
+        "writer) in one process. With "
         "no LIVEFEED_REDIS_URL / LIVEFEED_DATABASE_URL it starts a real Redis and PostgreSQL "
         "from pip packages under the data dir and says so.",
     )
@@ -79,7 +80,7 @@ async def up(args: argparse.Namespace, settings: Settings) -> int:
             print(banner(resolved, url, notes, nodes), flush=True)
             stopping = anyio.Event()
             async with anyio.create_task_group() as tg:
-                for role in _consumer_roles():
+                for role in _consumer_roles(resolved.delivery):
                     tg.start_soon(role, resolved, stopping)
                 await serve.serve(create_app(resolved), host=args.host, port=args.port,
                                   log_level="info", on_stop=stopping.set,
@@ -104,12 +105,14 @@ def _cluster(stack: contextlib.ExitStack, settings: Settings) -> tuple[Settings,
                                    redis_cluster=True), nodes
 
 
-def _consumer_roles() -> list[Any]:
-    """Consumer coroutines `up` runs beside the gateway.
+def _consumer_roles(delivery: str) -> list[Any]:
+    """Consumer coroutines `up` runs beside the gateway (in `list` mode: the list writer).
 
     Each is `async def role(settings, stopping: anyio.Event)` and returns once it has
     drained after `stopping` is set.
     """
-    from livefeed.consumers import fanout, persist
+    from livefeed.consumers import fanout, listwriter, persist
 
+    if delivery == "list":
+        return [listwriter.run]
     return [persist.run, fanout.run]

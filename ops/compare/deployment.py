@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 40.0
 CONSUMER_GROUPS = (PERSIST_GROUP, FANOUT_GROUP)
+LIST_WRITER = "list-writer"
+# The line the list writer logs once it runs (consumers/listwriter.py).
+_WRITER_STARTED = "list-writer compare-list-writer: LMPOP"
 
 
 class DeploymentError(LivefeedError, RuntimeError):
@@ -119,7 +122,14 @@ class Deployment:
             self.gateways.append(Child(livefeed_argv(["gateway", "--port", str(port)]), env,
                                        self.log_dir / f"gateway-{port}.log").start())
             self.gateway_urls.append(f"http://127.0.0.1:{port}")
-        if consumers:
+        if consumers and self.mode == "list":
+            self.consumers.append(Child(
+                livefeed_argv(["consumer", LIST_WRITER, "--name", f"compare-{LIST_WRITER}",
+                               "--hold-file", str(self.hold_file)]),
+                # Its start line (INFO) tells when it runs.
+                {**env, env_name("log_level"): "INFO"},
+                self.log_dir / f"{LIST_WRITER}.log", name=LIST_WRITER).start())
+        elif consumers:
             for group in CONSUMER_GROUPS:
                 self.consumers.append(Child(
                     livefeed_argv(["consumer", group, "--name", f"compare-{group}"]), env,
@@ -130,6 +140,12 @@ class Deployment:
                     tg.start_soon(self._wait_http, proc, f"{url}/healthz")
                 for proc in self.consumers:
                     tg.start_soon(self._wait_consumer, proc, proc.name)
+
+    @property
+    def hold_file(self) -> Path:
+        """While this file exists the list writer holds each popped batch before its
+        INSERT (`--hold-file`): `hold_list_writer` lands a SIGKILL in its loss window."""
+        return self.log_dir / "list-writer.hold"
 
     async def _wait_http(self, proc: Child, url: str) -> None:
         async with httpx.AsyncClient(timeout=2) as client:
@@ -143,6 +159,11 @@ class Deployment:
     async def _wait_consumer(self, proc: Child, group: str, since: float | None = None) -> None:
         """Ready once Redis lists the consumer in its group on every partition (it took
         them all over: the only consumer of its group), having read after `since`."""
+        if group == LIST_WRITER:
+            while self._writer_starts(proc) < proc.starts:
+                self._check_alive(proc)
+                await anyio.sleep(0.05)
+            return
         name = f"compare-{group}"
         while True:
             self._check_alive(proc)
@@ -159,6 +180,12 @@ class Deployment:
                 if since is None or int(c.get("idle", 0)) <= (time.monotonic() - since) * 1000:
                     return True
         return False
+
+    @staticmethod
+    def _writer_starts(proc: Child) -> int:
+        with contextlib.suppress(OSError):
+            return proc.log_path.read_text(errors="replace").count(_WRITER_STARTED)
+        return 0
 
     def _check_alive(self, proc: Child) -> None:
         if not proc.alive():
@@ -178,6 +205,27 @@ class Deployment:
                     info = await self.redis.xpending(stream, group)
                     out[group] = out.get(group, 0) + int(info["pending"])
         return out
+
+    async def kill_list_writer_after_pop(self, timeout: float = 5.0) -> int:
+        """SIGKILL the list writer between an LMPOP and its INSERT, on purpose: arm its hold
+        file, wait for its next `popped N items` line, kill it; N (0: nothing was popped
+        within `timeout`, killed anyway)."""
+        proc = next(p for p in self.consumers if p.name == LIST_WRITER)
+        before = proc.tail(1 << 20).count("list-writer: popped ")
+        self.hold_file.touch()
+        try:
+            with anyio.move_on_after(timeout):
+                while True:
+                    lines = [ln for ln in proc.tail(1 << 20).splitlines()
+                             if "list-writer: popped " in ln]
+                    if len(lines) > before:
+                        proc.kill()
+                        return int(lines[before].split("list-writer: popped ", 1)[1].split()[0])
+                    await anyio.sleep(0.01)
+            proc.kill()
+            return 0
+        finally:
+            self.hold_file.unlink(missing_ok=True)
 
     def kill_consumer(self, group: str) -> None:
         for proc in self.consumers:

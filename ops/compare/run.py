@@ -3,8 +3,8 @@
 A cell: start the processes, connect every client and wait for its `hello`, run the load
 and the scenario script side by side, let the system settle (until every client has every
 accepted event of its user and Postgres every row, or nothing moved for a while), then
-count. The seed fixes event ids, user picks and the scenario's choices; both modes of a
-scenario get the same ones.
+count. The seed fixes event ids, user picks and the scenario's choices; every mode of a
+scenario gets the same ones.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # With nothing new arriving for this long, what is missing stays missing. Streams mode
 # waits longer: the persist consumer backs off up to 5 s while the database is away.
-QUIET_S = {"pubsub": 2.0, "streams": 12.0}
+QUIET_S = {"pubsub": 2.0, "list": 3.0, "streams": 12.0}
 STOP_TIMEOUT_S = 5.0
 
 Progress = Callable[[float, str], None]
@@ -101,7 +101,7 @@ async def _run(run: CellRun, base: Resolved, scenario: Scenario, mode: str, para
     clock = monotonic_clock()
     progress(0.0, "starting processes")
     async with Deployment(base, mode=mode, log_dir=log_dir, env=env) as deployment:
-        await deployment.start(gateways=scenario.gateways, consumers=mode == "streams",
+        await deployment.start(gateways=scenario.gateways, consumers=mode != "pubsub",
                             db_proxy=scenario.db_proxy)
         users = users_for(params.clients)
         clients = [

@@ -1,5 +1,5 @@
 """The fault scenarios: each a named script that runs beside the load, seeded, the same in
-both delivery modes. Times are fractions of the cell's load duration, so a short test
+every delivery mode. Times are fractions of the cell's load duration, so a short test
 matrix and a long report run the same script.
 """
 
@@ -126,12 +126,23 @@ async def gateway_restart(ctx: Context) -> None:
 async def consumer_crash(ctx: Context) -> None:
     """At 30% and 65%: SIGKILL the persist and the fanout consumer, each at a moment it
     holds a batch it has read and not acked yet (polled, up to 2 s), leave them dead for 10%
-    of the run, restart them under the same names (they re-read their own pending)."""
+    of the run, restart them under the same names (they re-read their own pending). In
+    list mode the list writer is killed instead, on purpose between an LMPOP and its INSERT
+    (its hold file makes it wait there; a kill timed by chance would rarely hit that window
+    of a few ms every 500 ms): the batch it popped is lost."""
     for fraction in (0.3, 0.65):
         await ctx.at(fraction)
         if not ctx.deployment.consumers:
             ctx.mark("no consumers in pubsub mode: nothing to kill")
             return
+        if ctx.deployment.mode == "list":
+            popped = await ctx.deployment.kill_list_writer_after_pop()
+            ctx.mark(f"SIGKILL list-writer between LMPOP and INSERT (on purpose), "
+                     f"{popped} popped items in hand")
+            await anyio.sleep(max(0.5, 0.1 * ctx.duration))
+            await ctx.deployment.restart_consumers()
+            ctx.mark("list-writer restarted")
+            continue
         held: dict[str, int] = {}
         async with anyio.create_task_group() as tg:
             for group in CONSUMER_GROUPS:
@@ -154,7 +165,8 @@ async def _kill_mid_batch(deployment: Deployment, group: str, held: dict[str, in
 
 async def db_outage(ctx: Context) -> None:
     """PostgreSQL unreachable through the fault proxy from 25% for 35% of the run: open
-    connections are reset, new ones dropped; then the link is restored."""
+    connections are reset, new ones dropped; then the link is restored. (The list writer
+    goes on popping meanwhile, and every INSERT fails: each batch popped is lost.)"""
     proxy = ctx.deployment.proxy
     assert proxy is not None
     await ctx.at(0.25)

@@ -40,6 +40,16 @@ def test_inverse_of_names() -> None:
             k.user_of_live(bad)
 
 
+def test_list_mode_names_are_under_the_prefix() -> None:
+    """`list` mode (the article's design): the user's channel and the one write buffer."""
+    keys = Keys("tp")
+    assert keys.newsletters_channel("u:1") == "tp:user:u:1:newsletters"
+    assert keys.write_buffer == "tp:newsletter-buffer"
+    (pattern,) = keys.patterns()  # what tests and `compare` delete covers them
+    assert keys.write_buffer.startswith(pattern.rstrip("*"))
+    assert keys.newsletters_channel("x").startswith(pattern.rstrip("*"))
+
+
 def test_prefix_must_not_break_hash_tags() -> None:
     with pytest.raises(ValueError):
         Keys("a{b")

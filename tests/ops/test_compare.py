@@ -4,6 +4,7 @@ gateway and consumer processes checking the invariants a tester relies on."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -198,6 +199,25 @@ async def test_pubsub_reconnect_loses_exactly_what_was_published_while_away(
     assert r.delivered == r.expected - away_total
     assert r.duplicated == 0
     assert r.consistent_after_s is None  # nothing ever brings the missed events back
+
+
+@pytest.mark.slow
+async def test_list_mode_loses_the_batches_its_writer_popped_and_did_not_commit(
+        base: Settings, tmp_path: Path) -> None:
+    """The article's design: the writer killed between LMPOP and INSERT (on purpose, twice)
+    loses exactly the items it held; a database outage loses what was popped meanwhile.
+    Live delivery is untouched by both."""
+    crash = (await run(base, "consumer-crash", "list", tmp_path / "crash")).result
+    held = [int(m) for m in re.findall(r"(\d+) popped items in hand",
+                                        " | ".join(m.what for m in crash.timeline))]
+    assert len(held) == 2 and sum(held) > 0, crash.timeline
+    assert crash.rows_missing == sum(held)
+    assert crash.rows == crash.accepted - sum(held) and crash.rows_duplicate == 0
+    assert (crash.lost, crash.duplicated) == (0, 0), crash.per_client
+    outage = (await run(base, "db-outage", "list", tmp_path / "outage")).result
+    assert outage.rows_missing > 0
+    assert outage.rows == outage.accepted - outage.rows_missing
+    assert outage.lost == 0
 
 
 @pytest.mark.slow
