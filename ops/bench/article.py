@@ -2,7 +2,8 @@
 
 Each delivery mode runs on its own namespace with real processes: `pubsub` (the naive
 design: one INSERT per newsletter in the webhook, then PUBLISH), `list` (the article's:
-PUBLISH + RPUSH, a writer that LMPOPs 100 every 500 ms into one INSERT) and `streams`
+PUBLISH + RPUSH, a writer that empties the List every 500 ms, LMPOP 100 at a time, one
+INSERT per batch) and `streams`
 (livefeed). Every figure of `list` and `streams` is shown against `pubsub`, as in the
 article, with the article's claim as the goal of the `list` row:
 
@@ -224,8 +225,8 @@ async def run(ctx: Context, result: BenchResult) -> None:
     ctx.note("goals of the `list` rows are the article's claims against its naive design: "
              "+40% throughput, -99% database round trips per batch, -45% inbox sync time "
              "(1,000+), Pub/Sub latency < 5 ms")
-    ctx.note("`list` writes at most 100 rows per 500 ms (one LMPOP per tick, as the article "
-             "has it): 200 newsletters/s caps its throughput and its inbox sync")
+    ctx.note("`list`: every 500 ms the writer empties the List, one LMPOP of up to 100 and "
+             "one INSERT per batch, the next pop at once while they come back full")
     ctx.note("round trips: Sync, Flush and simple Query messages sent to PostgreSQL by the "
              "deployment's processes (gateway and consumers), counted by a proxy they all go "
              f"through, after a warm-up of {WARM_UP} newsletters, in a run of its own (the "

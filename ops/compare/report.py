@@ -213,14 +213,15 @@ events, <i>never</i> when some are still missing.</p>
 reconnecting client resumes from its last id. In <code>pubsub</code> mode a client that is away,
 slow, or behind a dropped pub/sub link misses what was published meanwhile, and nothing
 brings it back.</p>
-<p><code>list</code> is the article's design: ingest publishes each event and pushes it onto one
-Redis List; a writer takes up to 100 items every 500 ms with <code>LMPOP</code> and writes them
-in one <code>INSERT</code>. Live delivery is plain pub/sub (what <code>pubsub</code> misses, it
-misses too), and <code>LMPOP</code> removes a batch before the <code>INSERT</code> commits: in
-<code>consumer-crash</code> the harness kills the writer <b>on purpose</b> between the two (a hold
-file makes it wait there after a pop; a kill timed by chance would rarely hit that window of a
-few milliseconds every 500 ms), and that batch shows as rows missing; in <code>db-outage</code>
-every batch popped while the database is away fails its <code>INSERT</code> and is lost.</p>
+<p><code>list</code> is the article's design: ingest publishes each event and pushes it onto
+one Redis List; every 500 ms a writer empties it, up to 100 items per <code>LMPOP</code>, each
+batch in one <code>INSERT</code>. Live delivery is plain pub/sub (what <code>pubsub</code>
+misses, it misses too), and <code>LMPOP</code> removes a batch before the <code>INSERT</code>
+commits: in <code>consumer-crash</code> the harness kills the writer <b>on purpose</b> between
+the two (a hold file makes it wait there after a pop; a kill timed by chance would rarely hit
+that window of a few milliseconds every 500 ms), and that batch shows as rows missing; in
+<code>db-outage</code> every batch popped while the database is away fails its
+<code>INSERT</code> and is lost.</p>
 <p>One exception: <code>shard-failover</code> with <code>replicas=0</code>
 (<code>LIVEFEED_INGEST_REPLICAS=0</code>) may lose what the killed primary had acknowledged
 and not yet replicated; that is the setting's documented cost, counted here. With
