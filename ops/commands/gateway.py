@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from livefeed.core.settings import Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
 from livefeed.ops.commands import Subparsers
+
+logger = logging.getLogger(__name__)
 
 
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
@@ -27,7 +30,11 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
 
 async def gateway(args: argparse.Namespace, settings: Settings) -> int:
     settings = runtime.attach(settings)
-    await runtime.preflight(settings)
+    # Redis must answer now; PostgreSQL may be down: only the history needs it (it answers
+    # 503 until the database is back, ingest and live delivery go on).
+    await runtime.preflight(settings, database=settings.delivery == "pubsub")
+    if settings.delivery != "pubsub" and (problem := await runtime.database_problem(settings)):
+        logger.warning("%s; starting anyway: /v1/feed answers 503 until it does", problem)
     if args.workers > 1:
         from livefeed.ops import workers
 
