@@ -409,6 +409,7 @@ class EventLog:
         key = self.keys.feed(user)
         if parsed == (0, 0):
             return await self._from_start(key, count)
+        last_id = f"{parsed[0]}-{parsed[1]}"  # as Redis writes it (`007-01` is `7-1`)
         rows = stream_rows(await self.redis.xrange(key, min=last_id, count=count + 1))
         if rows and rows[0][0] == last_id:
             return Resume([FeedEntry(f, d[FEED_DATA_KEY]) for f, d in rows[1:]], None)

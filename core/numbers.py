@@ -12,11 +12,13 @@ _INTEGER = re.compile(r"-?[0-9]{1,19}", re.ASCII)
 
 
 def parse_int(text: str, low: int, high: int, what: str) -> int:
-    """`text` as an integer within `low..high`, or ValueError naming `what` and the range."""
+    """`text` as an integer within `low..high`, or ValueError naming `what` (if given)
+    and the range."""
+    head = f"{what}: " if what else ""
     if _INTEGER.fullmatch(text) is None:
-        raise ValueError(f"{what}: expected a whole number within {low}..{high}, "
+        raise ValueError(f"{head}expected a whole number within {low}..{high}, "
                          f"got {text[:40]!r}")
     value = int(text)
     if not low <= value <= high:
-        raise ValueError(f"{what}: must be within {low}..{high}, got {value}")
+        raise ValueError(f"{head}must be within {low}..{high}, got {value}")
     return value

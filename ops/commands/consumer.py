@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -12,11 +13,14 @@ import prometheus_client
 from livefeed.consumers import fanout, persist
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime, serve
-from livefeed.ops.commands import Subparsers
+from livefeed.ops.commands import Subparsers, port
 
 logger = logging.getLogger(__name__)
 
 Role = Callable[..., Awaitable[None]]
+# ASCII digits, a number or a range (`int` takes `²` and `๙`); far more than any setting.
+_PARTITIONS = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", re.ASCII)
+MAX_PARTITIONS = 256  # as LIVEFEED_PARTITIONS
 ROLES: dict[str, Role] = {"persist": persist.run, "fanout": fanout.run}
 
 
@@ -35,7 +39,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
                    default=None, metavar="LIST",
                    help="own exactly these partitions (e.g. 0-7 or 0,2,4) instead of "
                    "sharing them with the group's other consumers through leases")
-    p.add_argument("--metrics-port", type=int, default=None,
+    p.add_argument("--metrics-port", type=port, default=None,
                    help="serve this consumer's Prometheus metrics on 127.0.0.1:PORT")
     p.set_defaults(func=consumer)
 
@@ -43,15 +47,16 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
 def partition_list(text: str) -> list[int]:
     """`0-3,7` -> [0, 1, 2, 3, 7]."""
     out: set[int] = set()
-    try:
-        for part in text.split(","):
-            low, sep, high = part.strip().partition("-")
-            out.update(range(int(low), int(high) + 1) if sep else [int(low)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give partition numbers and ranges, e.g. 0-7 or 0,2,4") from None
-    if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: partitions are numbered from 0")
+    for part in text.split(","):
+        match = _PARTITIONS.fullmatch(part.strip())
+        if match is None:
+            raise argparse.ArgumentTypeError(
+                f"{text[:80]!r}: give partition numbers and ranges, e.g. 0-7 or 0,2,4")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high >= MAX_PARTITIONS or low > high:
+            raise argparse.ArgumentTypeError(
+                f"{text[:80]!r}: partitions are numbered 0-{MAX_PARTITIONS - 1}, ranges low-high")
+        out.update(range(low, high + 1))
     return sorted(out)
 
 

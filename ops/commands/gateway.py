@@ -9,7 +9,7 @@ import logging
 from livefeed.core.settings import Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
-from livefeed.ops.commands import Subparsers
+from livefeed.ops.commands import Subparsers, port, whole
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +21,8 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         "may run against one Redis; any client can land on any of them.",
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--port", type=port, default=8000, help="listen port (default 8000)")
+    p.add_argument("--workers", type=whole(1, 256), default=1,
                    help="gateway processes sharing the port (default 1)")
     p.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # set by --workers for children
     p.set_defaults(func=gateway)

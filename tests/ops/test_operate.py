@@ -20,7 +20,7 @@ from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.leases import PartitionLeases
 from livefeed.core.settings import Settings, to_env
 from livefeed.schemas.event import encode_event
-from tests.helpers.streams import event, groups, ingest, make_stale, poisoned, refs
+from tests.helpers.streams import event, groups, ingest, log_of, make_stale, poisoned, refs
 from tests.helpers.waiting import eventually
 from tests.procs import Proc, running
 
@@ -291,3 +291,60 @@ async def test_poison_entry_dead_lettered_then_retried_once_fixed(
             assert consumer.terminate() == 0
     finally:
         await db.close()
+
+
+HOSTILE_SENDER = "[/oops]"
+HOSTILE_SUBJECT = "[bold red]pay[/] \x1b[31mnow\x1b]0;pwned\x07 \u202eevil :smile:"
+
+
+async def test_operator_output_never_interprets_content(
+        redis: Any, keys: Keys, settings_factory: Callable[..., Settings]) -> None:
+    """A sender of `[/oops]` made `pending` and `dead list` exit with a rich MarkupError;
+    markup, emoji codes and terminal escapes in content reached the terminal."""
+    ev = event("alice", HOSTILE_SUBJECT)
+    ev = type(ev)(**{**{f: getattr(ev, f) for f in ev.__struct_fields__},
+                     "sender": HOSTILE_SENDER})
+    await log_of(redis, keys).append([(str(ev.id), ev.user_id, encode_event(ev))])
+    await groups(redis, keys)
+    await redis.xreadgroup(PERSIST_GROUP, "c1", {keys.ingest_of("alice"): ">"}, count=1)
+    await poisoned(redis, keys, HOSTILE_SUBJECT)
+    settings = settings_factory()
+    for args in (("pending",), ("dead", "list")):
+        done = livefeed(settings, *args)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr and "MarkupError" not in done.stderr
+        assert not any(c in done.stdout for c in "\x1b\x07\u202e"), done.stdout
+        flat = "".join(line.strip("│ ") for line in done.stdout.splitlines())
+        assert "[bold red]pay[/]" in flat and "\\x1b[31mnow" in flat, done.stdout
+    pending = livefeed(settings, "pending")
+    assert HOSTILE_SENDER in pending.stdout
+    dead_ref = as_json(settings, "dead", "list")["letters"][0]["id"]
+    letter = livefeed(settings, "dead", "show", dead_ref)
+    assert letter.returncode == 0 and "\x1b" not in letter.stdout
+    flat = "".join(line.strip("│ ") for line in letter.stdout.splitlines())
+    assert "[bold red]pay[/]" in flat and ":smile:" in flat and "\u202e" not in flat
+
+
+@pytest.mark.parametrize("args", [
+    ("pending", "--limit", "²"), ("pending", "--limit", "99999999999999999999999"),
+    ("pending", "--limit", "0"), ("pending", "--min-idle", "๙s"),
+    ("pending", "--min-idle", "9" * 5000), ("claim", "--group", "g", "--min-idle", "99999d"),
+    ("claim", "--group", "g", "--min-idle", "1s", "--limit", "-1"),
+    ("dead", "list", "--limit", "１０"), ("send", "--count", "0"), ("send", "--batch", "1001"),
+    ("token", "bob", "--ttl", "9" * 30), ("consumer", "fanout", "--own-partitions", "0-9999999"),
+    ("gateway", "--port", "65536"), ("up", "--port", "-1"),
+])
+async def test_out_of_range_arguments_exit_2_without_a_traceback(
+        settings_factory: Callable[..., Settings], args: tuple[str, ...]) -> None:
+    done = livefeed(settings_factory(), *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and f"argument {args[-2]}" in done.stderr
+
+
+async def test_dead_show_of_a_hostile_ref_is_a_clear_miss(
+        settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory()
+    for bad in ("²/1-1", "0/๙-1", "0/99999999999999999999999-0", "9" * 5000 + "/1-1", "0/1-1"):
+        done = livefeed(settings, "dead", "show", bad)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert done.stderr.startswith("livefeed: no dead letter")
