@@ -33,7 +33,7 @@ MAX_LIMIT = 200
 RETRY_AFTER_S = 5
 
 
-class Cursor(msgspec.Struct, frozen=True, array_like=True):
+class Cursor(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
     # With an offset: `next` cursors carry PostgreSQL's UTC times.
     received_at: Annotated[datetime, msgspec.Meta(tz=True)]
     id: uuid.UUID

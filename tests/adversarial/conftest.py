@@ -142,6 +142,12 @@ class Control:
         if not self.hello.wait(30):
             raise AssertionError(f"control client got no hello: {self.closed}")
         self._threads[1].start()
+        # The first event through: the fan-out consumer runs (and made its groups).
+        deadline = time.monotonic() + 60
+        while not self.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.received:
+            raise AssertionError(f"no control event came through: {self.post_failures[:3]}")
         return self
 
     def stop_posting(self) -> None:
@@ -205,6 +211,22 @@ class Control:
 
 # -- the target: one gateway and one fanout consumer for the package ------------------------
 
+LEAK_GAUGES = ("livefeed_gateway_tasks", "livefeed_gateway_sessions", "livefeed_hub_channels",
+               "livefeed_hub_listeners", 'livefeed_clients{transport="ws"}',
+               'livefeed_clients{transport="sse"}')
+
+
+def gauges(base: str) -> dict[str, float]:
+    """The gateway's leak gauges (LEAK_GAUGES), read from its /metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in LEAK_GAUGES:
+            out[name] = float(value)
+    return out
+
+
 @dataclass
 class Target:
     base: str
@@ -214,6 +236,7 @@ class Target:
     fanout: Proc
     control: Control
     log_dir: Path
+    baseline: dict[str, float]  # LEAK_GAUGES with only the control client connected
 
     def admin(self) -> str:
         return token("operator", admin=True)
@@ -235,7 +258,8 @@ def target(redis_url: str, postgres_url: str,
         fanout = Proc(["consumer", "fanout", "--name", "adv-fanout"], settings, log_dir,
                       name="adv-fanout").start()
         control = Control(base).start()
-        yield Target(base, settings, Keys(prefix), gateway, fanout, control, log_dir)
+        yield Target(base, settings, Keys(prefix), gateway, fanout, control, log_dir,
+                     gauges(base))
     finally:
         if control is not None:
             control.stop()
