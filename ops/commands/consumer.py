@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
 
 import anyio
-import prometheus_client
+import uvicorn
 
 from livefeed.consumers import fanout, persist
+from livefeed.core import redis_client
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime, serve
 from livefeed.ops.commands import Subparsers, port
+from livefeed.ops.consumer_probes import probe_app
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,8 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
                    help="own exactly these partitions (e.g. 0-7 or 0,2,4) instead of "
                    "sharing them with the group's other consumers through leases")
     p.add_argument("--metrics-port", type=port, default=None,
-                   help="serve this consumer's Prometheus metrics on 127.0.0.1:PORT")
+                   help="serve this consumer's Prometheus metrics (/metrics) and probes "
+                   "(/healthz, /readyz: what the role needs answers) on 127.0.0.1:PORT")
     p.set_defaults(func=consumer)
 
 
@@ -64,11 +68,18 @@ async def consumer(args: argparse.Namespace, settings: Settings) -> int:
     settings = runtime.attach(settings)
     # Redis must answer now; PostgreSQL may be down: persist waits for it, fanout never needs it.
     await runtime.preflight(settings, database=False)
-    if args.metrics_port is not None:
-        prometheus_client.start_http_server(args.metrics_port, addr="127.0.0.1")
     stopping = anyio.Event()
-    async with anyio.create_task_group() as tg:
+    async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
         tg.start_soon(serve.stop_on_signals, stopping.set)
+        if args.metrics_port is not None:
+            redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+            stack.push_async_callback(redis.aclose)
+            probes = serve.Server(uvicorn.Config(
+                probe_app(settings, args.role, redis), host="127.0.0.1",
+                port=args.metrics_port, lifespan="off", log_level="warning"))
+            tg.start_soon(probes.serve)
         await ROLES[args.role](settings, stopping, name=args.name, partitions=args.own_partitions)
+        if args.metrics_port is not None:
+            probes.should_exit = True
         tg.cancel_scope.cancel()
     return 0
