@@ -186,7 +186,9 @@ class Control:
 
     async def _receive_async(self) -> None:
         try:
-            conn = await ws_connect(self.base, token(CONTROL_USER))
+            # No keepalive pings: websockets draws their payload from `random`, which
+            # Hypothesis (drawing in the main thread meanwhile) reports as misuse.
+            conn = await ws_connect(self.base, token(CONTROL_USER), ping_interval=None)
         except Exception as exc:  # noqa: BLE001 (reported by `start`)
             self.closed = f"connect failed: {exc!r}"
             self.hello.set()

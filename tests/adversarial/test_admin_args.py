@@ -129,7 +129,7 @@ async def test_without_an_admin_token(target: Target) -> None:
         assert r.status_code == status
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(min_idle=st.text(max_size=12), limit=st.text(max_size=8), after=st.text(max_size=30),
        ref=st.text(min_size=1, max_size=30).filter(lambda t: t not in (".", "..")))
