@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from livefeed.core.settings import to_env
 from tests.adversarial.conftest import TALLY, Target
@@ -56,13 +57,12 @@ def run(target: Target, args: tuple[str, ...]) -> subprocess.CompletedProcess[st
                           env={**clean, **to_env(target.settings), "COLUMNS": "160"})
 
 
-def test_hostile_cli_arguments(target: Target) -> None:
-    with ThreadPoolExecutor(4) as pool:
-        done = list(pool.map(lambda r: run(target, r[0]), RUNS))
-    wrong = []
-    for (args, status, text), result in zip(RUNS, done, strict=True):
-        TALLY.record("cli args", f"exit {result.returncode}")
-        if (result.returncode != status or "Traceback" in result.stderr
-                or text not in result.stderr or "\x1b" in result.stderr + result.stdout):
-            wrong.append((args[:3], result.returncode, status, result.stderr[-300:]))
-    assert not wrong
+@pytest.mark.parametrize(("args", "status", "text"), RUNS,
+                         ids=[" ".join(r[0])[:40] for r in RUNS])
+def test_hostile_cli_argument(target: Target, args: tuple[str, ...], status: int,
+                              text: str) -> None:
+    result = run(target, args)
+    TALLY.record("cli args", f"exit {result.returncode}")
+    assert result.returncode == status, result.stderr[-500:]
+    assert "Traceback" not in result.stderr and text in result.stderr
+    assert "\x1b" not in result.stderr + result.stdout
