@@ -58,6 +58,7 @@ def sign_body(secret: str, body: bytes) -> str:
 
 
 def check_body_signature(secret: str, body: bytes, header: str | None) -> bool:
-    if not header or not header.startswith("sha256="):
+    # compare_digest raises TypeError on a non-ASCII str: such a header is no signature.
+    if not header or not header.isascii() or not header.startswith("sha256="):
         return False
     return hmac.compare_digest(sign_body(secret, body), header)

@@ -17,7 +17,12 @@ _MIGRATION_LOCK = 0x6C66_6D69
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: Any
 ) -> asyncpg.Pool:
-    """An asyncpg pool. Unknown DSN query parameters (e.g. `search_path`) become server settings."""
+    """An asyncpg pool. Unknown DSN query parameters (e.g. `search_path`) become server settings.
+
+    `min_size=0` connects lazily: creating the pool needs no server, each `acquire` connects
+    if the pool holds no connection (and fails fast while the server is away), so a process
+    that needs the database only for some requests starts and recovers without it.
+    """
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, **kw)
     assert pool is not None
     return pool

@@ -17,6 +17,7 @@ fanned markers) absorbs the second copy. The other order could lose the payload.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -126,15 +127,15 @@ async def bury(redis: RedisClient, keys: Keys, group: str, letters: Sequence[Dea
         await pipe.execute()
 
 
+_PARTITION = re.compile(r"[0-9]{1,6}", re.ASCII)
+
+
 def parse_ref(dead_ref: str, keys: Keys) -> tuple[int, str] | None:
     """(partition, stream id) of an operator's dead-letter ref, or None if malformed."""
     head, sep, sid = dead_ref.partition("/")
-    # isascii: str.isdigit() takes "²", which int() refuses
-    if not (sep and head.isascii() and head.isdigit() and int(head) < keys.count
-            and parse_stream_id(sid)):
-        return None
-    parsed = parse_stream_id(sid)
-    if parsed is None or parsed[0] >= 1 << 64 or parsed[1] >= 1 << 64:
+    # ASCII digits only, and few of them (`int` takes `²`, `๙` and 5,000-digit strings).
+    if not (sep and _PARTITION.fullmatch(head) and int(head) < keys.count
+            and parse_stream_id(sid) is not None):
         return None
     return int(head), sid
 
@@ -181,10 +182,12 @@ class DeadLetters:
         cursor: tuple[int, int, int] | None = None
         if after:
             parsed = parse_ref(after, self.keys)
-            if parsed is not None:
-                at = parse_stream_id(parsed[1])
-                assert at is not None
-                cursor = (at[0], at[1], parsed[0])
+            if parsed is None:
+                raise ValueError(f"after: {after[:80]!r} is not a dead-letter id "
+                                 f"(<partition>/<stream id>, partitions 0-{self.keys.count - 1})")
+            at = parse_stream_id(parsed[1])
+            assert at is not None
+            cursor = (at[0], at[1], parsed[0])
         found: list[tuple[tuple[int, int, int], DeadLetterView]] = []
         for partition in range(self.keys.count):
             start = "-" if cursor is None else f"{cursor[0]}-{cursor[1]}"

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import re
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# ASCII digits only (`\d` and `float` also take `๙` and full-width digits), and few of them.
+_DURATION = re.compile(r"\s*([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*(ms|s|m|h|d)?\s*", re.ASCII)
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+# Longer than anything waits; Redis takes any 64-bit count of milliseconds, this is saner.
+MAX_DURATION_MS = 3650 * 86_400_000
 
 
 def parse_duration_ms(text: str) -> int:
-    """`250ms`, `30s`, `5m`, `1h`, `2d` (a bare number is seconds) as milliseconds."""
-    match = _DURATION.match(text)
+    """`250ms`, `30s`, `5m`, `1h`, `2d` (a bare number is seconds) as milliseconds, up to
+    3650 days; ValueError for anything else."""
+    match = _DURATION.fullmatch(text)
     if match is None:
-        raise ValueError(f"{text!r} is not a duration: use e.g. 250ms, 30s, 5m, 1h")
+        raise ValueError(f"{text[:40]!r} is not a duration: use e.g. 250ms, 30s, 5m, 1h")
     number, unit = match.groups()
-    return int(float(number) * _UNIT_MS[unit or "s"])
+    ms = int(float(number) * _UNIT_MS[unit or "s"])
+    if ms > MAX_DURATION_MS:
+        raise ValueError(f"{text[:40]!r} is too long a duration: at most 3650d")
+    return ms
 
 
 def format_ms(ms: int | None) -> str:

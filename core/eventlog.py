@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from string import Template
@@ -187,11 +188,22 @@ def _sha(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()
 
 
+# A Redis stream id as a client may send it: ASCII digits only (`int` also takes `²`,
+# `๙`, full-width digits, `_` and spaces), each part an unsigned 64-bit number.
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
+_U64 = 1 << 64
+
+
 def parse_stream_id(value: str) -> tuple[int, int] | None:
-    ms, sep, seq = value.partition("-")
-    if not (ms.isdigit() and (not sep or seq.isdigit())):
+    """(ms, seq) of a stream id `<ms>-<seq>` (or `<ms>`, seq 0); None for anything Redis
+    would not take as one (other characters, a part past 2^64 - 1)."""
+    match = _STREAM_ID.fullmatch(value)
+    if match is None:
         return None
-    return int(ms), int(seq or 0)
+    ms, seq = int(match[1]), int(match[2] or 0)
+    if ms >= _U64 or seq >= _U64:
+        return None
+    return ms, seq
 
 
 class EventLog:
@@ -397,6 +409,7 @@ class EventLog:
         key = self.keys.feed(user)
         if parsed == (0, 0):
             return await self._from_start(key, count)
+        last_id = f"{parsed[0]}-{parsed[1]}"  # as Redis writes it (`007-01` is `7-1`)
         rows = stream_rows(await self.redis.xrange(key, min=last_id, count=count + 1))
         if rows and rows[0][0] == last_id:
             return Resume([FeedEntry(f, d[FEED_DATA_KEY]) for f, d in rows[1:]], None)

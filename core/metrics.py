@@ -53,6 +53,14 @@ DELIVERY_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+# Set when a gateway's /metrics is scraped, to see leaks (each returns to its baseline once
+# the connections that raised it are gone).
+GATEWAY_TASKS = Gauge("livefeed_gateway_tasks", "asyncio tasks in this gateway process")
+GATEWAY_SESSIONS = Gauge("livefeed_gateway_sessions", "Live sessions (WebSocket and SSE) "
+                         "registered for the drain")
+HUB_CHANNELS = Gauge("livefeed_hub_channels", "User channels the pub/sub hub is subscribed to")
+HUB_LISTENERS = Gauge("livefeed_hub_listeners", "Sessions listening to the hub's channels")
+
 # Read from Redis when a gateway's /metrics is scraped (cached briefly: gateway/metrics.py).
 STREAM_LENGTH = Gauge("livefeed_stream_length", "Entries in a stream", ["stream"])
 GROUP_LAG = Gauge("livefeed_group_lag", "Entries not yet delivered to the group", ["group"])

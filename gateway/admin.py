@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from livefeed.core import auth
 from livefeed.core.deadletters import DeadLetters
 from livefeed.core.durations import parse_duration_ms
+from livefeed.core.numbers import parse_int
 from livefeed.core.pending import Pending, PendingError
 from livefeed.core.status import Status
 from livefeed.gateway.feature import Feature
@@ -105,10 +106,7 @@ def _limit(request: Request, default: int) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return default
-    value = int(raw)  # ValueError -> 400 in `_bad_input`
-    if not 1 <= value <= MAX_LIMIT:
-        raise ValueError(f"limit must be within 1..{MAX_LIMIT}")
-    return value
+    return parse_int(raw, 1, MAX_LIMIT, "limit")  # ValueError -> 400 in `_bad_input`
 
 
 def _bad_input(handler: Handler) -> Handler:
@@ -175,7 +173,7 @@ async def api_dead(request: Request) -> Response:
 async def api_dead_show(request: Request) -> Response:
     letter = await _dead(request).show(request.path_params["id"])
     if letter is None:
-        return error(404, f"no dead letter {request.path_params['id']}")
+        return error(404, f"no dead letter {request.path_params['id'][:80]}")
     return json_response(letter)
 
 

@@ -25,6 +25,9 @@ from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
+# A connect attempt to an unreachable PostgreSQL host gives up after this long.
+DB_CONNECT_TIMEOUT_S = 5.0
+
 DEFAULT_FEATURES: tuple[Feature, ...] = (
     ingest.FEATURE, hub.FEATURE, ws.FEATURE, sse.FEATURE, history.FEATURE, page.FEATURE,
     admin.FEATURE, metrics.FEATURE, health.FEATURE, openapi.FEATURE,
@@ -46,7 +49,10 @@ def create_app(settings: Resolved, features: Sequence[Feature] = DEFAULT_FEATURE
         redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(redis.aclose)
-            pool = await db.create_pool(settings.database_url)
+            # Lazy: the gateway starts and serves ingest and live delivery while PostgreSQL
+            # is away (only the history needs it: 503 meanwhile), and reconnects on its own.
+            pool = await db.create_pool(settings.database_url, min_size=0,
+                                        timeout=DB_CONNECT_TIMEOUT_S)
             stack.push_async_callback(pool.close)
             state = GatewayState(
                 settings=settings,

@@ -1,8 +1,13 @@
-"""`/healthz`: the process is up; `/readyz`: this gateway can do its work (Redis and
-PostgreSQL answer, pub/sub is alive).
+"""`/healthz`: the process is up; `/readyz`: this gateway can do its work.
 
 `/healthz` touches nothing: it must answer even when every dependency is down, so a
 restart is never triggered by Redis being away.
+
+`/readyz` checks every dependency and reports each, but is ready when what the gateway's
+role needs answers: Redis and the pub/sub link (ingest, live delivery). PostgreSQL serves
+only the history (`/v1/feed`, which answers 503 meanwhile): its failure is reported under
+`degraded`, and a load balancer keeps sending events and clients to the gateway. In the
+`pubsub` delivery mode ingest writes to PostgreSQL, so there it is needed too.
 """
 
 from __future__ import annotations
@@ -75,9 +80,18 @@ async def readyz(request: Request) -> Response:
     hub = _hub(state)
     if hub is not None:
         checks["pubsub"] = hub
-    failed = sorted(name for name, result in checks.items() if result != "ok")
-    return _json(Readiness(ready=not failed, failed=failed, checks=checks),
+    needs = needed(state, checks)
+    failed = sorted(name for name in needs if checks[name] != "ok")
+    degraded = sorted(name for name, result in checks.items()
+                      if result != "ok" and name not in needs)
+    return _json(Readiness(ready=not failed, failed=failed, degraded=degraded, checks=checks),
                  status=503 if failed else 200)
+
+
+def needed(state: GatewayState, checks: dict[str, str]) -> list[str]:
+    """The checks readiness depends on: all but PostgreSQL, unless ingest writes to it."""
+    return [name for name in checks
+            if name != "postgres" or state.settings.delivery == "pubsub"]
 
 
 def routes() -> list[BaseRoute]:

@@ -8,9 +8,9 @@ the bounded feed stream was trimmed (a `reset` frame sends clients here).
 from __future__ import annotations
 
 import base64
-import binascii
+import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import asyncpg
@@ -20,23 +20,30 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, newsletters
+from livefeed.core.errors import DB_ERRORS
+from livefeed.core.numbers import parse_int
 from livefeed.gateway.admin import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.operation import USER, Answer, Operation, Param
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.http import ErrorBody, HistoryItem, HistoryPage
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+RETRY_AFTER_S = 5
 
 
-class Cursor(msgspec.Struct, frozen=True, array_like=True):
-    received_at: datetime
+class Cursor(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    # With an offset: `next` cursors carry PostgreSQL's UTC times.
+    received_at: Annotated[datetime, msgspec.Meta(tz=True)]
     id: uuid.UUID
 
 
 _encoder = msgspec.json.Encoder()
 _cursor_decoder = msgspec.json.Decoder(Cursor)
+
 
 def encode_cursor(cursor: Cursor) -> str:
     return base64.urlsafe_b64encode(_encoder.encode(cursor)).decode().rstrip("=")
@@ -46,8 +53,11 @@ def decode_cursor(text: str) -> Cursor:
     """Raises ValueError for anything that is not a cursor this module wrote."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        return _cursor_decoder.decode(raw)
-    except (binascii.Error, msgspec.DecodeError) as exc:
+        cursor = _cursor_decoder.decode(raw)
+        # In UTC, as written; a time whose offset takes it past year 1 or 9999 is no cursor.
+        return Cursor(cursor.received_at.astimezone(UTC), cursor.id)
+    except (ValueError, OverflowError, msgspec.DecodeError) as exc:
+        # ValueError: binascii.Error, non-ASCII text
         raise ValueError("bad cursor") from exc
 
 
@@ -80,12 +90,17 @@ async def feed(request: Request) -> Response:
         except ValueError:
             return _error(400, "before: not a cursor from a previous `next`")
     try:
-        limit = int(request.query_params.get("limit", DEFAULT_LIMIT))
-    except ValueError:
-        return _error(400, "limit: expected an integer")
-    if not 1 <= limit <= MAX_LIMIT:
-        return _error(400, f"limit: between 1 and {MAX_LIMIT}")
-    page = await read_page(state.pool, claims.user, before, limit)
+        limit = parse_int(request.query_params.get("limit", str(DEFAULT_LIMIT)), 1, MAX_LIMIT,
+                          "limit")
+    except ValueError as exc:
+        return _error(400, str(exc))
+    try:
+        page = await read_page(state.pool, claims.user, before, limit)
+    except DB_ERRORS as exc:
+        logger.warning("history: PostgreSQL failed (%s: %s); answering 503",
+                       type(exc).__name__, exc)
+        return JSONResponse({"error": "history unavailable: PostgreSQL does not answer; retry"},
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     return Response(_encoder.encode(page), media_type="application/json")
 
 
@@ -110,6 +125,8 @@ OPERATIONS = (
             200: Answer("One page; `next` is null on the last one", HistoryPage),
             400: Answer("`before` is not a cursor from `next`, or a bad `limit`", ErrorBody),
             401: Answer("A missing, bad or expired token", ErrorBody),
+            503: Answer("PostgreSQL does not answer: retry after `Retry-After` seconds",
+                        ErrorBody, headers=(Param("Retry-After", "header", "seconds"),)),
         }),
 )
 

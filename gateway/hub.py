@@ -305,6 +305,10 @@ class Hub:
     def local_users(self) -> int:
         return len(self._subs)
 
+    def listeners(self) -> int:
+        """Sessions subscribed through this hub, over all users."""
+        return sum(len(sub.listeners) for sub in self._subs.values())
+
     # -- sessions -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -75,7 +75,9 @@ def _reject(status: int, error: str, detail: str, path: str | None = None,
 async def read_capped(request: Request, limit: int) -> bytes | None:
     """The body, or None once it passes `limit` bytes (whatever Content-Length said)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    # ASCII digits only (`²` is a digit to isdigit, not to int) and no 5,000-digit int().
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18
+                                                      or int(declared) > limit):
         return None
     chunks: list[bytes] = []
     size = 0

@@ -7,6 +7,7 @@ one round of XINFO per interval, not one per scrape.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -89,10 +90,21 @@ async def lifespan(state: GatewayState) -> AsyncIterator[None]:
     yield
 
 
+def process_figures(state: GatewayState) -> None:
+    """The gauges that show leaks: tasks, sessions, hub channels and listeners."""
+    metrics.GATEWAY_TASKS.set(len(asyncio.all_tasks()))
+    if state.sessions is not None:
+        metrics.GATEWAY_SESSIONS.set(len(state.sessions))
+    if state.hub is not None:
+        metrics.HUB_CHANNELS.set(state.hub.local_users())
+        metrics.HUB_LISTENERS.set(state.hub.listeners())
+
+
 async def metrics_endpoint(request: Request) -> Response:
     state: GatewayState = request.app.state.lf
     if state.stream_figures is not None:
         await state.stream_figures.refresh()
+    process_figures(state)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -100,9 +100,7 @@ def embedded_servers(settings: Settings) -> Iterator[Resolved]:
 async def preflight(settings: Resolved, *, database: bool = True) -> None:
     """Fail with one line naming the setting and the fix when a server does not answer.
     `database=False`: only Redis must answer now (a consumer waits for PostgreSQL)."""
-    import asyncpg
-
-    from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
+    from livefeed.core.errors import REDIS_ERRORS
     from livefeed.core.settings import SettingsError, _hide_password
 
     try:
@@ -113,16 +111,25 @@ async def preflight(settings: Resolved, *, database: bool = True) -> None:
             f"answer ({exc}); start Redis there, fix the URL, or unset it to use the "
             "embedded Redis"
         ) from None
-    if database:
-        try:
-            conn = await asyncpg.connect(settings.database_url, timeout=5)
-        except DB_ERRORS as exc:
-            raise SettingsError(
-                f"{env_name('database_url')}={_hide_password(settings.database_url)}: "
-                f"PostgreSQL does not answer ({exc}); start it there, fix the URL, or unset "
-                "it to use the embedded PostgreSQL"
-            ) from None
-        await conn.close()
+    if database and (problem := await database_problem(settings)):
+        raise SettingsError(f"{problem}; start it there, fix the URL, or unset it to use the "
+                            "embedded PostgreSQL")
+
+
+async def database_problem(settings: Resolved) -> str | None:
+    """None if PostgreSQL answers, else one line naming the setting and the failure."""
+    import asyncpg
+
+    from livefeed.core.errors import DB_ERRORS
+    from livefeed.core.settings import _hide_password
+
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=5)
+    except DB_ERRORS as exc:
+        return (f"{env_name('database_url')}={_hide_password(settings.database_url)}: "
+                f"PostgreSQL does not answer ({exc})")
+    await conn.close()
+    return None
 
 
 @contextlib.asynccontextmanager

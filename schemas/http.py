@@ -62,10 +62,12 @@ class Health(msgspec.Struct, frozen=True):
 
 
 class Readiness(msgspec.Struct, frozen=True):
-    """`GET /readyz`: `failed` names the checks that are not `ok`; `checks` holds each
-    check's result (`ok` or the error): `redis`, `postgres`, and `pubsub` when the gateway
-    delivers live events."""
+    """`GET /readyz`: `failed` names the checks the gateway's role needs that are not `ok`
+    (then 503); `degraded` the failing ones it can serve without (PostgreSQL: ingest and
+    live delivery go on, history answers 503); `checks` holds each check's result (`ok` or
+    the error): `redis`, `postgres`, and `pubsub` when the gateway delivers live events."""
 
     ready: bool
     failed: list[str]
+    degraded: list[str]
     checks: dict[str, str]

@@ -10,7 +10,7 @@ from livefeed.core.durations import format_ms
 from livefeed.core.pending import Pending, PendingError
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
-from livefeed.ops.commands import Subparsers, terminal
+from livefeed.ops.commands import MAX_LIMIT, Subparsers, terminal, whole
 from livefeed.ops.commands.pending import pending_table
 from livefeed.schemas.admin import ClaimView
 
@@ -26,7 +26,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--min-idle", type=terminal.duration, required=True, metavar="DURATION",
                    help="claim entries not delivered for at least this long, e.g. 60s")
     p.add_argument("--to", metavar="CONSUMER", help="the consumer that takes them")
-    p.add_argument("--limit", type=int, default=10_000, help="at most this many")
+    p.add_argument("--limit", type=whole(1, MAX_LIMIT), default=MAX_LIMIT, help="at most this many")
     p.add_argument("--dry-run", action="store_true", help="list what would move, move nothing")
     p.set_defaults(func=claim)
 

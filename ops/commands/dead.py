@@ -6,14 +6,13 @@ import argparse
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from livefeed.core.deadletters import DeadLetters
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
-from livefeed.ops.commands import Subparsers, terminal
+from livefeed.ops.commands import MAX_LIMIT, Subparsers, terminal, whole
 from livefeed.schemas.admin import DeadAction, DeadLetterList, DeadLetterView
 
 
@@ -26,7 +25,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     dsub = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
     p = dsub.add_parser("list", parents=[parent, out], help="list dead letters, oldest first")
     p.add_argument("--group", help="only letters of this group")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=whole(1, MAX_LIMIT), default=100)
     p.set_defaults(func=dead_list)
     p = dsub.add_parser("show", parents=[parent, out], help="one dead letter with its payload")
     p.add_argument("id")
@@ -64,7 +63,7 @@ def render_dead(console: Console, view: DeadLetterList) -> None:
     if not view.letters:
         console.print("No dead letters.")
         return
-    table = Table(title="Dead letters", title_justify="left")
+    table = terminal.Table(title="Dead letters", title_justify="left")
     for col in ("id", "group", "error", "deliveries", "failed at", "user", "preview"):
         table.add_column(col, overflow="fold")
     for d in view.letters:
@@ -83,7 +82,8 @@ async def dead_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def render_letter(console: Console, d: DeadLetterView) -> None:
-    table = Table(show_header=False, title=f"Dead letter {d.id}", title_justify="left")
+    table = terminal.Table(show_header=False, title=f"Dead letter {d.id}",
+                           title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for name, value in (("source id", d.source_id), ("group", d.group),

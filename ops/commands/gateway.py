@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from livefeed.core.settings import Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
-from livefeed.ops.commands import Subparsers
+from livefeed.ops.commands import Subparsers, port, whole
+
+logger = logging.getLogger(__name__)
 
 
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
@@ -18,8 +21,8 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         "may run against one Redis; any client can land on any of them.",
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--port", type=port, default=8000, help="listen port (default 8000)")
+    p.add_argument("--workers", type=whole(1, 256), default=1,
                    help="gateway processes sharing the port (default 1)")
     p.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # set by --workers for children
     p.set_defaults(func=gateway)
@@ -27,7 +30,11 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
 
 async def gateway(args: argparse.Namespace, settings: Settings) -> int:
     settings = runtime.attach(settings)
-    await runtime.preflight(settings)
+    # Redis must answer now; PostgreSQL may be down: only the history needs it (it answers
+    # 503 until the database is back, ingest and live delivery go on).
+    await runtime.preflight(settings, database=settings.delivery == "pubsub")
+    if settings.delivery != "pubsub" and (problem := await runtime.database_problem(settings)):
+        logger.warning("%s; starting anyway: /v1/feed answers 503 until it does", problem)
     if args.workers > 1:
         from livefeed.ops import workers
 

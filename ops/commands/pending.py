@@ -6,13 +6,12 @@ import argparse
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 from livefeed.core.durations import format_ms
 from livefeed.core.pending import Pending, PendingError
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
-from livefeed.ops.commands import Subparsers, terminal
+from livefeed.ops.commands import MAX_LIMIT, Subparsers, terminal, whole
 from livefeed.schemas.admin import PendingEntry, PendingView
 
 
@@ -27,12 +26,14 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--consumer", help="only entries owned by this consumer")
     p.add_argument("--min-idle", type=terminal.duration, default=0, metavar="DURATION",
                    help="only entries not delivered for at least this long")
-    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p.add_argument("--limit", type=whole(1, MAX_LIMIT), default=100,
+                   help="at most this many (default 100)")
     p.set_defaults(func=pending)
 
 
-def pending_table(title: str, entries: Sequence[PendingEntry], owner: str) -> Table:
-    table = Table(title=title, title_justify="left")
+def pending_table(title: str, entries: Sequence[PendingEntry], owner: str
+                  ) -> terminal.Table:
+    table = terminal.Table(title=title, title_justify="left")
     for col in ("group", "id", owner, "idle", "deliveries", "user", "preview"):
         table.add_column(col, overflow="fold")
     for e in entries:

@@ -15,7 +15,7 @@ from livefeed.core import auth
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
-from livefeed.ops.commands import Subparsers, user_id
+from livefeed.ops.commands import Subparsers, user_id, whole
 from livefeed.schemas.event import Event
 from livefeed.schemas.http import Accepted
 
@@ -31,9 +31,12 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
                    f"`livefeed up`, else {DEFAULT_GATEWAY})")
     p.add_argument("--user", action="append", default=None, type=user_id,
                    help="recipient user id (repeat for several; default: demo)")
-    p.add_argument("--count", type=int, default=5, help="how many events (default 5)")
-    p.add_argument("--batch", type=int, default=100, help="events per request (default 100)")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible content")
+    p.add_argument("--count", type=whole(1, 1_000_000), default=5,
+                   help="how many events (default 5)")
+    p.add_argument("--batch", type=whole(1, 1000), default=100,
+                   help="events per request (default 100)")
+    p.add_argument("--seed", type=whole(0, 2**63 - 1), default=None,
+                   help="seed for reproducible content")
     p.set_defaults(func=send)
 
 

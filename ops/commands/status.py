@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
-from rich.table import Table
 
 from livefeed.core.durations import format_ms
 from livefeed.core.settings import Settings
@@ -32,7 +31,8 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def render_status(console: Console, view: StatusView) -> None:
-    streams = Table(title=f"Streams (Redis {view.redis_version})", title_justify="left")
+    streams = terminal.Table(title=f"Streams (Redis {view.redis_version})",
+                             title_justify="left")
     for col in ("stream", "key", "length", "first id", "last id", "groups"):
         streams.add_column(col, justify="right" if col in ("length", "groups") else "left")
     for s in [*view.streams, *view.feeds]:
@@ -42,11 +42,11 @@ def render_status(console: Console, view: StatusView) -> None:
     if view.feeds_more:
         console.print(f"(a sample of {len(view.feeds)} feed streams; there are more)")
 
-    groups = Table(title="Consumer groups", title_justify="left")
+    groups = terminal.Table(title="Consumer groups", title_justify="left")
     for col in ("group", "consumers", "pending", "lag", "oldest pending", "its age",
                 "idle since delivery", "last delivered"):
         groups.add_column(col)
-    consumers = Table(title="Consumers", title_justify="left")
+    consumers = terminal.Table(title="Consumers", title_justify="left")
     for col in ("group", "consumer", "pending", "idle"):
         consumers.add_column(col)
     for g in view.groups:
@@ -65,10 +65,10 @@ def render_status(console: Console, view: StatusView) -> None:
         console.print(partitions_table(view))
 
 
-def partitions_table(view: StatusView) -> Table:
+def partitions_table(view: StatusView) -> terminal.Table:
     """Per partition: its tag, stream lengths and, per group, owner, lease, pending, lag."""
     names = sorted({o.group for p in view.partitions for o in p.owners})
-    table = Table(title="Partitions", title_justify="left")
+    table = terminal.Table(title="Partitions", title_justify="left")
     for col in ("partition", "tag", "ingest", "dead"):
         table.add_column(col, justify="right" if col in ("ingest", "dead") else "left")
     for name in names:

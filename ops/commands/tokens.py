@@ -10,7 +10,9 @@ import argparse
 from livefeed.core import auth
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
-from livefeed.ops.commands import Subparsers, user_id
+from livefeed.ops.commands import Subparsers, user_id, whole
+
+MAX_TTL_S = 10 * 365 * 86_400
 
 
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
@@ -21,7 +23,8 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("user", type=user_id, help="the user the token is for (its `sub`)")
     p.add_argument("--admin", action="store_true", help="an operator token for /admin and ingest")
-    p.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL_S, help="lifetime in seconds")
+    p.add_argument("--ttl", type=whole(1, MAX_TTL_S), default=auth.DEFAULT_TTL_S,
+                   help="lifetime in seconds (at most 10 years)")
     p.set_defaults(func=token)
 
 

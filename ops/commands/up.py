@@ -16,7 +16,7 @@ from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Resolved, Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
-from livefeed.ops.commands import Subparsers
+from livefeed.ops.commands import Subparsers, port
 
 
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         "from pip packages under the data dir and says so.",
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    p.add_argument("--port", type=port, default=8000, help="listen port (default 8000)")
     p.add_argument("--cluster", action="store_true",
                    help="Redis is a cluster: with no LIVEFEED_REDIS_URL, start an embedded Redis "
                    "Cluster (3 primaries, 3 replicas) instead of one server")

@@ -115,8 +115,8 @@ async def test_writer_killed_between_pop_and_commit_loses_exactly_that_batch(
 
 
 def test_cli_refuses_a_writer_that_would_never_write_or_has_partitions(tmp_path: Path) -> None:
-    for flags, why in ((["--count", "0"], "must be positive"),
-                       (["--interval-ms", "-5"], "must be positive"),
+    for flags, why in ((["--count", "0"], "must be within 1..100000"),
+                       (["--interval-ms", "-5"], "must be within 1..3600000"),
                        (["--own-partitions", "0-3"], "has no partitions")):
         proc = Proc(["consumer", "list-writer", *flags], None, tmp_path).start()
         assert proc.popen is not None and proc.popen.wait(60) == 2

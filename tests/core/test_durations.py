@@ -20,3 +20,17 @@ def test_durations() -> None:
     assert format_ms(12_300) == "12.3s"
     assert format_ms(245_000) == "4m05s"
     assert format_ms(None) == "-"
+
+
+@pytest.mark.parametrize("text", ["๙s", "１s", "²", "1e3", "-5s", "5 s s", "9" * 5000,
+                                  "9" * 400 + "d", "1.5.5s", "\x1b[31m5s"])
+def test_what_is_no_duration(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration_ms(text)
+
+
+def test_durations_are_bounded() -> None:
+    assert parse_duration_ms("3650d") == 3650 * 86_400_000
+    for text in ("3651d", "99999999999999d", "999999999999999m"):
+        with pytest.raises(ValueError, match="too long a duration"):
+            parse_duration_ms(text)

@@ -24,8 +24,9 @@ async def test_readyz_turns_unready_when_redis_stops(
 
             await eventually(ready, what="ready", interval=0.1)  # the hub connects later
             r = await client.get("/readyz")
-            assert r.status_code == 200 and r.json() == {"ready": True, "failed": [], "checks": {
-                "redis": "ok", "postgres": "ok", "pubsub": "ok"}}
+            assert r.status_code == 200 and r.json() == {
+                "ready": True, "failed": [], "degraded": [],
+                "checks": {"redis": "ok", "postgres": "ok", "pubsub": "ok"}}
 
             server.stop()
             r = await client.get("/readyz")
@@ -49,17 +50,43 @@ async def test_readyz_without_a_hub(settings_factory: Callable[..., Settings]) -
         assert r.json()["checks"] == {"redis": "ok", "postgres": "ok"}
 
 
-async def test_readyz_names_postgres_when_it_is_cut_off(
+async def test_readyz_reports_postgres_cut_off_but_stays_ready(
         settings_factory: Callable[..., Settings], database_url: str) -> None:
+    """A gateway of the `streams` mode needs PostgreSQL only for the history: it stays
+    ready (a load balancer keeps sending it events) and reports the database degraded."""
     async with FaultProxy.for_url(database_url) as proxy:
         settings = settings_factory(database_url=proxy.url_for(database_url))
+        async with app_client(settings) as (client, _):
+            assert (await client.get("/readyz")).json()["degraded"] == []
+            proxy.cut()
+            r = await client.get("/readyz")
+            assert r.status_code == 200
+            body = r.json()
+            assert body["ready"] is True and body["failed"] == []
+            assert body["degraded"] == ["postgres"] and body["checks"]["redis"] == "ok"
+            assert body["checks"]["postgres"] != "ok"
+            proxy.restore()
+
+            async def healthy() -> bool:
+                return (await client.get("/readyz")).json()["degraded"] == []
+
+            await eventually(healthy, what="postgres back", interval=0.1)  # reconnects
+
+
+async def test_readyz_needs_postgres_in_pubsub_mode(
+        settings_factory: Callable[..., Settings], database_url: str) -> None:
+    """In the `pubsub` mode ingest writes to PostgreSQL: without it the gateway is unready."""
+    async with FaultProxy.for_url(database_url) as proxy:
+        settings = settings_factory(database_url=proxy.url_for(database_url),
+                                    delivery="pubsub")
         async with app_client(settings) as (client, _):
             assert (await client.get("/readyz")).status_code == 200
             proxy.cut()
             r = await client.get("/readyz")
             assert r.status_code == 503
-            assert r.json()["failed"] == ["postgres"] and r.json()["checks"]["redis"] == "ok"
+            assert r.json()["failed"] == ["postgres"] and r.json()["degraded"] == []
             proxy.restore()
+
             async def ready() -> bool:
                 return (await client.get("/readyz")).status_code == 200
 

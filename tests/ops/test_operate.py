@@ -20,7 +20,7 @@ from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.leases import PartitionLeases
 from livefeed.core.settings import Settings, to_env
 from livefeed.schemas.event import encode_event
-from tests.helpers.streams import event, groups, ingest, make_stale, poisoned, refs
+from tests.helpers.streams import event, groups, ingest, log_of, make_stale, poisoned, refs
 from tests.helpers.waiting import eventually
 from tests.procs import Proc, running
 
@@ -301,3 +301,35 @@ def test_a_worker_stopped_before_its_server_started_counts_as_a_clean_stop() -> 
     assert exit_status(-signal.SIGTERM) == 0  # SIGTERM before uvicorn's handlers: nothing served
     assert exit_status(0) == 0 and exit_status(None) == 0
     assert exit_status(1) == 1 and exit_status(-signal.SIGKILL) == -signal.SIGKILL
+
+
+HOSTILE_SENDER = "[/oops]"
+HOSTILE_SUBJECT = "[bold red]pay[/] \x1b[31mnow\x1b]0;pwned\x07 \u202eevil :smile:"
+
+
+async def test_operator_output_never_interprets_content(
+        redis: Any, keys: Keys, settings_factory: Callable[..., Settings]) -> None:
+    """A sender of `[/oops]` made `pending` and `dead list` exit with a rich MarkupError;
+    markup, emoji codes and terminal escapes in content reached the terminal."""
+    ev = event("alice", HOSTILE_SUBJECT)
+    ev = type(ev)(**{**{f: getattr(ev, f) for f in ev.__struct_fields__},
+                     "sender": HOSTILE_SENDER})
+    await log_of(redis, keys).append([(str(ev.id), ev.user_id, encode_event(ev))])
+    await groups(redis, keys)
+    await redis.xreadgroup(PERSIST_GROUP, "c1", {keys.ingest_of("alice"): ">"}, count=1)
+    await poisoned(redis, keys, HOSTILE_SUBJECT)
+    settings = settings_factory()
+    for args in (("pending",), ("dead", "list")):
+        done = livefeed(settings, *args)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr and "MarkupError" not in done.stderr
+        assert not any(c in done.stdout for c in "\x1b\x07\u202e"), done.stdout
+        flat = "".join(line.strip("│ ") for line in done.stdout.splitlines())
+        assert "[bold red]pay[/]" in flat and "\\x1b[31mnow" in flat, done.stdout
+    pending = livefeed(settings, "pending")
+    assert HOSTILE_SENDER in pending.stdout
+    dead_ref = as_json(settings, "dead", "list")["letters"][0]["id"]
+    letter = livefeed(settings, "dead", "show", dead_ref)
+    assert letter.returncode == 0 and "\x1b" not in letter.stdout
+    flat = "".join(line.strip("│ ") for line in letter.stdout.splitlines())
+    assert "[bold red]pay[/]" in flat and ":smile:" in flat and "\u202e" not in flat

@@ -1,0 +1,75 @@
+"""Hostile tokens on every entrance: WebSocket close 4001, HTTP 401; never a 500."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import anyio
+import httpx
+import jwt
+import pytest
+import websockets
+
+from tests.adversarial.conftest import (
+    SECRET,
+    TALLY,
+    Target,
+    auth_headers,
+    auth_params,
+    sse_connect,
+    ws_connect,
+)
+
+
+def unsigned(payload: dict[str, object]) -> str:
+    head = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    return f"{head}.{body}."
+
+
+def signed(payload: dict[str, object]) -> str:
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+TOKENS: list[tuple[str, str]] = [
+    ("garbage", "garbage"),
+    ("unicode", "²๙🙂"),
+    ("8,000 chars", "a" * 8000),
+    ("three dots", "..."),
+    ("alg none", unsigned({"sub": "mallory", "exp": 2**40, "adm": True})),
+    ("other secret", jwt.encode({"sub": "mallory", "exp": 2**40}, "x" * 40, algorithm="HS256")),
+    ("expired", signed({"sub": "mallory", "exp": 1})),
+    ("no exp", signed({"sub": "mallory"})),
+    ("exp a string", signed({"sub": "mallory", "exp": "never"})),
+    ("sub a number", signed({"sub": 5, "exp": 2**40})),
+    ("sub with markup", signed({"sub": "[/oops]", "exp": 2**40})),
+    ("sub 5,000 chars", signed({"sub": "u" * 5000, "exp": 2**40})),
+    ("NUL", "a\x00b"),
+]
+
+
+@pytest.mark.parametrize(("name", "tok"), TOKENS, ids=[t[0] for t in TOKENS])
+async def test_hostile_token(target: Target, name: str, tok: str) -> None:
+    if "\x00" not in tok:
+        conn = await ws_connect(target.base, tok)
+        with anyio.fail_after(30):
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await conn.recv()
+        code = closed.value.rcvd.code if closed.value.rcvd else None
+        TALLY.record("tokens", f"ws {code}")
+        assert code == 4001
+    async with httpx.AsyncClient(base_url=target.base, timeout=30) as http:
+        feed = await http.get("/v1/feed", params=auth_params(tok))
+        TALLY.record("tokens", feed.status_code)
+        assert feed.status_code == 401
+        async with sse_connect(http, target.base, tok) as r:
+            TALLY.record("tokens", r.status_code)
+            assert r.status_code == 401
+        if tok.isascii() and "\x00" not in tok:
+            admin = await http.get("/admin/api/status", headers=auth_headers(tok))
+            TALLY.record("tokens", admin.status_code)
+            assert admin.status_code == 401
+            posted = await http.post("/v1/events", content=b"{}", headers=auth_headers(tok))
+            TALLY.record("tokens", posted.status_code)
+            assert posted.status_code == 401
