@@ -93,7 +93,7 @@ def test_up_runs_on_the_embedded_default(tmp_path: Path) -> None:
         assert proc.terminate() == 0, proc.output()
         out = proc.output()
         assert "embedded  Redis" in out and "embedded  PostgreSQL" in out
-        assert f"http://127.0.0.1:{port}/?token=" in out
+        assert f"http://127.0.0.1:{port}/#token=" in out
         assert not (data / "runtime.json").exists()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz")
