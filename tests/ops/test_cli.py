@@ -7,6 +7,7 @@ import os
 import pkgutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -55,8 +56,11 @@ def test_token_is_alone_on_stdout_and_verifies(tmp_path: Path) -> None:
     admin = livefeed("token", "ops", "--admin", "--ttl", "60", env=env)
     assert user.returncode == 0 and admin.returncode == 0
     secret = (tmp_path / "secret").read_text()
-    assert auth.verify(secret, user.stdout.strip()) == auth.Claims("alice", False)
-    assert auth.verify(secret, admin.stdout.strip()) == auth.Claims("ops", True)
+    claims = auth.verify(secret, user.stdout.strip())
+    assert (claims.user, claims.admin) == ("alice", False)
+    claims = auth.verify(secret, admin.stdout.strip())
+    assert (claims.user, claims.admin) == ("ops", True)
+    assert claims.exp <= time.time() + 60
 
 
 @pytest.mark.parametrize(
