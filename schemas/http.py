@@ -71,3 +71,11 @@ class Readiness(msgspec.Struct, frozen=True):
     failed: list[str]
     degraded: list[str]
     checks: dict[str, str]
+
+
+class Ticket(msgspec.Struct, frozen=True):
+    """`POST /v1/tickets`: a single-use ticket for `GET /v1/sse?ticket=` (EventSource cannot
+    send headers), valid `expires_in` seconds."""
+
+    ticket: str
+    expires_in: int

@@ -5,8 +5,8 @@
 
   // The gateway's contract, copied from livefeed/schemas/frames.py (CloseCode, FrameType);
   // tests/schemas/test_frames.py keeps these equal to the Python definitions.
-  const CLOSE = { BAD_TOKEN: 4001, TOO_SLOW: 4008, DRAINING: 1012 };
-  const FRAME_TYPES = ["hello", "event", "recovered", "reset"];
+  const CLOSE = { BAD_TOKEN: 4001, TOKEN_EXPIRED: 4003, TOO_SLOW: 4008, DRAINING: 1012 };
+  const FRAME_TYPES = ["hello", "event", "recovered", "reset", "ping", "expired"];
   const PAGE_MAX = 200; // GET /v1/feed's largest `limit`
 
   function parseId(id) {
@@ -26,7 +26,8 @@
   }
 
   class LiveFeed {
-    // options: token, base (default: this origin), transport ("auto"|"ws"|"sse"),
+    // options: token, getToken (optional: async () => a fresh token, called when the
+    // gateway says the token expired), base (default: this origin), transport ("auto"|"ws"|"sse"),
     // onEvent(event, {feedId, replayed}), onHistory(items), onReset(reason),
     // onStatus(status, detail)  status: connecting|replaying|live|offline|unauthorized,
     // historyLimit (default 200): at most that many history items are loaded at a time
@@ -61,10 +62,20 @@
 
     url(path, params) {
       const base = this.opts.base || global.location.origin;
-      const u = new URL(path, base);
-      u.searchParams.set("token", this.token);
+      const u = new URL(path, base); // never with the token: URLs get logged
       for (const [k, v] of Object.entries(params || {})) if (v) u.searchParams.set(k, v);
       return u;
+    }
+
+    authHeaders() { return { authorization: "Bearer " + this.token }; }
+
+    // The token expired on an open connection: a fresh one (getToken), then resume at once.
+    async renew() {
+      this.conn = null;
+      try {
+        if (this.opts.getToken) this.token = await this.opts.getToken();
+      } catch (e) { /* keep the old one: the gateway refuses it (BAD_TOKEN), we stop */ }
+      this.connect();
     }
 
     status(s, detail) {
@@ -81,7 +92,8 @@
       try {
         while (loaded < this.opts.historyLimit) {
           const limit = String(Math.min(PAGE_MAX, this.opts.historyLimit - loaded));
-          const res = await fetch(this.url("/v1/feed", { limit, before }));
+          const res = await fetch(this.url("/v1/feed", { limit, before }),
+                                  { headers: this.authHeaders() });
           if (!res.ok) return;
           const page = await res.json();
           loaded += page.items.length;
@@ -123,11 +135,16 @@
       const ws = new WebSocket(u);
       this.conn = ws;
       let opened = false;
-      ws.onopen = () => { opened = true; this.wsFailures = 0; };
+      ws.onopen = () => {
+        opened = true;
+        this.wsFailures = 0;
+        ws.send(JSON.stringify({ type: "auth", token: this.token })); // first message
+      };
       ws.onmessage = (m) => this.frame(JSON.parse(m.data));
       ws.onclose = (e) => {
         if (this.conn !== ws) return;
         if (e.code === CLOSE.BAD_TOKEN) { this.stopped = true; this.status("unauthorized"); return; }
+        if (e.code === CLOSE.TOKEN_EXPIRED) { this.renew(); return; }
         if (!opened && this.opts.transport === "auto" && ++this.wsFailures >= 2) {
           this.transport = "sse"; // WebSocket blocked on the way: fall back to SSE
         }
@@ -135,12 +152,23 @@
       };
     }
 
-    connectSse() {
-      const es = new EventSource(this.url("/v1/sse", { last_id: this.lastId }));
+    async connectSse() {
+      // EventSource cannot send headers: trade the token for a single-use ticket.
+      let ticket;
+      try {
+        const res = await fetch(this.url("/v1/tickets"),
+                                { method: "POST", headers: this.authHeaders() });
+        if (res.status === 401) { this.stopped = true; this.status("unauthorized"); return; }
+        if (!res.ok) throw new Error("ticket: " + res.status);
+        ticket = (await res.json()).ticket;
+      } catch (e) { this.retry("sse ticket"); return; }
+      if (this.stopped) return;
+      const es = new EventSource(this.url("/v1/sse", { ticket, last_id: this.lastId }));
       this.conn = es;
       for (const type of FRAME_TYPES) {
         es.addEventListener(type, (m) => this.frame(JSON.parse(m.data)));
       }
+      es.addEventListener("expired", () => { es.close(); this.renew(); });
       es.onerror = () => {
         if (this.conn !== es) return;
         // The server ended the stream (drain, too slow) or it broke: reconnect ourselves

@@ -70,7 +70,7 @@ class _Deployment:
     def request(self, events: list[Event]) -> bytes:
         body = msgspec.json.encode(events if len(events) > 1 else events[0])
         return httpload.post_request("/v1/events", body, {
-            "x-livefeed-signature": auth.sign_body(self.hook, body)})
+            **auth.signature_headers(self.hook, body)})
 
     async def rows(self) -> int:
         conn = await asyncpg.connect(self.s.database_url)  # direct: never counted

@@ -60,8 +60,8 @@ def _requests(secret: str, users: list[str], count: int) -> list[bytes]:
     out = []
     for start in range(0, count, BATCH):
         body = msgspec.json.encode(evs[start : start + BATCH])
-        out.append(httpload.post_request("/v1/events", body, {
-            auth.SIGNATURE_HEADER: auth.sign_body(secret, body)}))
+        out.append(httpload.post_request("/v1/events", body,
+                                         auth.signature_headers(secret, body)))
     return out
 
 

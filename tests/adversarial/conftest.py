@@ -167,7 +167,7 @@ class Control:
                          "subject": f"control #{i}", "sender": "control@example.com",
                          "received_at": datetime.now(UTC).isoformat()}
                 body = json.dumps(event).encode()
-                headers = {auth.SIGNATURE_HEADER: auth.sign_body(WEBHOOK_SECRET, body),
+                headers = {**auth.signature_headers(WEBHOOK_SECRET, body),
                            "content-type": "application/json"}
                 try:
                     r = http.post("/v1/events", content=body, headers=headers)

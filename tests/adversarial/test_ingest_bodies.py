@@ -87,7 +87,11 @@ async def test_unauthenticated_bodies_are_401(target: Target) -> None:
         for headers in ({}, {"authorization": "Bearer " + "x" * 8000},
                         {"authorization": "Basic Zm9vOmJhcg=="},
                         {"x-livefeed-signature": "sha256=" + "0" * 64},
-                        {"x-livefeed-signature": "sha256=²".encode()}):
+                        {"x-livefeed-signature": "sha256=²".encode()},
+                        {"x-livefeed-signature": "v1=" + "0" * 64,
+                         "x-livefeed-timestamp": "1" * 5000},
+                        {"x-livefeed-signature": "v1=²".encode(),
+                         "x-livefeed-timestamp": "²".encode()}):
             r = await http.post("/v1/events", content=body(ev()), headers=headers)
             TALLY.record(CLS, r.status_code)
             assert r.status_code == 401 and r.json()["error"] == "unauthorized"

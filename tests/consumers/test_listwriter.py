@@ -34,7 +34,7 @@ def events(user: str, n: int) -> list[Event]:
 async def post(client: httpx.AsyncClient, secret: str, batch: list[Event]) -> list[str]:
     body = msgspec.json.encode(batch)
     r = await client.post("/v1/events", content=body, headers={
-        "x-livefeed-signature": auth.sign_body(secret, body),
+        **auth.signature_headers(secret, body),
         "content-type": "application/json"})
     assert r.status_code == 202, r.text
     return list(r.json()["ids"])
