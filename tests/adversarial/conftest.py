@@ -9,9 +9,10 @@ every accepted event exactly once, in order, and never have been disconnected
 Every answer is counted per class of input (`Tally`): the figures are printed after the
 run and written to `<tmp>/livefeed-adversarial.json`.
 
-Authentication lives in the few helpers below (`auth_headers`, `auth_params`,
-`ws_connect`, `sse_connect`): switching from `?token=` to `Authorization: Bearer` and a
-first WebSocket message `{"type": "auth"}` changes them only.
+Authentication lives in the few helpers below (`auth_headers`, `ws_connect`,
+`sse_connect`): the `Authorization: Bearer` header everywhere (on the WebSocket handshake
+and the SSE request too, as non-browser clients may); the browser paths (the `auth`
+message, SSE tickets) have their own tests in tests/gateway/test_tokens.py.
 """
 
 from __future__ import annotations
@@ -54,11 +55,6 @@ def token(user: str, *, admin: bool = False) -> str:
     return auth.mint(SECRET, user, admin=admin)
 
 
-def auth_params(tok: str) -> dict[str, str]:
-    """Query parameters carrying `tok` on an HTTP API (none once tokens move to headers)."""
-    return {"token": tok}
-
-
 def auth_headers(tok: str) -> dict[str, str]:
     """Headers carrying `tok` on an HTTP API."""
     return {"authorization": f"Bearer {tok}"}
@@ -66,19 +62,21 @@ def auth_headers(tok: str) -> dict[str, str]:
 
 async def ws_connect(base: str, tok: str, last_id: str | None = None,
                      **kw: Any) -> ClientConnection:
-    """A WebSocket to /v1/ws authenticated as `tok`, `last_id` sent as given (quoted)."""
-    url = base.replace("http://", "ws://") + f"/v1/ws?token={quote(tok)}"
+    """A WebSocket to /v1/ws authenticated as `tok` (the `Authorization` header on the
+    handshake, as non-browser clients may), `last_id` sent as given (quoted)."""
+    url = base.replace("http://", "ws://") + "/v1/ws"
     if last_id is not None:
-        url += f"&last_id={quote(last_id, safe='')}"
-    return await websockets.connect(url, open_timeout=20, **kw)
+        url += f"?last_id={quote(last_id, safe='')}"
+    headers = {**auth_headers(tok), **kw.pop("additional_headers", {})}
+    return await websockets.connect(url, open_timeout=20, additional_headers=headers, **kw)
 
 
 def sse_connect(http: httpx.AsyncClient, base: str, tok: str,
                 headers: dict[str, str] | None = None,
                 params: dict[str, str] | None = None) -> Any:
     """`async with` a streaming GET /v1/sse authenticated as `tok`."""
-    return http.stream("GET", f"{base}/v1/sse", params={**auth_params(tok), **(params or {})},
-                       headers=headers or {})
+    return http.stream("GET", f"{base}/v1/sse", params=params or {},
+                       headers={**auth_headers(tok), **(headers or {})})
 
 
 # -- what the suite counts ------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.adversarial.conftest import TALLY, Target, auth_params, token
+from tests.adversarial.conftest import TALLY, Target, auth_headers, token
 
 USER = "adv-feed"
 ZERO = "00000000-0000-0000-0000-000000000000"
@@ -62,7 +62,7 @@ QUERIES: list[tuple[str, dict[str, str], int]] = [
 
 async def get_feed(target: Target, query: dict[str, str]) -> httpx.Response:
     async with httpx.AsyncClient(base_url=target.base, timeout=30) as http:
-        return await http.get("/v1/feed", params={**auth_params(token(USER)), **query})
+        return await http.get("/v1/feed", params=query, headers=auth_headers(token(USER)))
 
 
 @pytest.mark.parametrize(("name", "query", "status"), QUERIES, ids=[q[0] for q in QUERIES])

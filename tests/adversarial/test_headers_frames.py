@@ -21,7 +21,7 @@ import websockets
 from tests.adversarial.conftest import (
     TALLY,
     Target,
-    auth_params,
+    auth_headers,
     sse_connect,
     token,
     ws_connect,
@@ -114,8 +114,8 @@ HEADERS: list[tuple[str, dict[str, bytes], int]] = [
 async def test_odd_headers(target: Target, name: str, headers: dict[str, bytes],
                            status: int) -> None:
     async with httpx.AsyncClient(base_url=target.base, timeout=30) as http:
-        r = await http.get("/v1/feed", params=auth_params(token("adv-headers")),
-                           headers=headers)  # type: ignore[arg-type]
+        r = await http.get("/v1/feed", headers={  # type: ignore[dict-item]
+            **auth_headers(token("adv-headers")), **headers})
     TALLY.record("odd headers", r.status_code)
     assert r.status_code == status, r.text[:200]
 

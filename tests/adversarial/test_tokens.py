@@ -16,7 +16,6 @@ from tests.adversarial.conftest import (
     TALLY,
     Target,
     auth_headers,
-    auth_params,
     sse_connect,
     ws_connect,
 )
@@ -60,7 +59,7 @@ async def test_hostile_token(target: Target, name: str, tok: str) -> None:
         TALLY.record("tokens", f"ws {code}")
         assert code == 4001
     async with httpx.AsyncClient(base_url=target.base, timeout=30) as http:
-        feed = await http.get("/v1/feed", params=auth_params(tok))
+        feed = await http.get("/v1/feed", headers=auth_headers(tok))
         TALLY.record("tokens", feed.status_code)
         assert feed.status_code == 401
         async with sse_connect(http, target.base, tok) as r:
