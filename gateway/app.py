@@ -19,15 +19,27 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Resolved
-from livefeed.gateway import admin, health, history, hub, ingest, metrics, page, sse, ws
+from livefeed.gateway import (
+    admin,
+    health,
+    history,
+    hub,
+    ingest,
+    limits,
+    metrics,
+    page,
+    presence,
+    sse,
+    ws,
+)
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FEATURES: tuple[Feature, ...] = (
-    ingest.FEATURE, hub.FEATURE, ws.FEATURE, sse.FEATURE, history.FEATURE, page.FEATURE,
-    admin.FEATURE, metrics.FEATURE, health.FEATURE,
+    ingest.FEATURE, hub.FEATURE, presence.FEATURE, limits.FEATURE, ws.FEATURE, sse.FEATURE,
+    history.FEATURE, page.FEATURE, admin.FEATURE, metrics.FEATURE, health.FEATURE,
 )
 
 

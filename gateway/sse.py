@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from livefeed.core import auth, metrics
+from livefeed.gateway import limits
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
 from livefeed.gateway.live import Session
@@ -68,6 +69,15 @@ class SseStream(Response):
         self.keepalive_s = keepalive_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with limits.connection(self.state, self.user, "sse"):
+                await self._live(receive, send)
+        except limits.Limited as refused:
+            await JSONResponse({"error": refused.reason}, status_code=429,
+                               headers={"retry-after": str(refused.retry_after_s)},
+                               )(scope, receive, send)
+
+    async def _live(self, receive: Receive, send: Send) -> None:
         state = self.state
         hub, sessions = state.live()
         transport = _SseTransport(send)
@@ -119,4 +129,4 @@ def routes() -> list[BaseRoute]:
     return [Route("/v1/sse", live_sse)]
 
 
-FEATURE = Feature("sse", routes, needs=(HUB,))
+FEATURE = Feature("sse", routes, needs=(HUB, limits.FEATURE))

@@ -14,7 +14,9 @@ from livefeed.core.settings import Resolved
 
 if TYPE_CHECKING:
     from livefeed.gateway.hub import Hub
+    from livefeed.gateway.limits import Limits
     from livefeed.gateway.metrics import StreamFigures
+    from livefeed.gateway.presence import Presence
     from livefeed.gateway.sessions import Sessions
 
 
@@ -32,6 +34,8 @@ class GatewayState:
     hub: Hub | None = None  # gateway/hub.py
     sessions: Sessions | None = None  # gateway/hub.py
     stream_figures: StreamFigures | None = None  # gateway/metrics.py
+    presence: Presence | None = None  # gateway/presence.py
+    limits: Limits | None = None  # gateway/limits.py
 
     def live(self) -> tuple[Hub, Sessions]:
         """The hub and the live sessions' registry, for the WebSocket and SSE features."""

@@ -1,7 +1,8 @@
 """`GET /v1/ws?token=..&last_id=..`: live delivery over WebSocket (JSON text frames).
 
 Close codes (`schemas.frames.CloseCode`): 4001 bad or expired token, 4008 client too slow
-(it reconnects and replays), 1012 gateway draining.
+(it reconnects and replays), 1012 gateway draining, 4029 a connection limit
+(gateway/limits.py); 1009 and 1008 for what the client sends (ops/protocols.py).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import logging
 
 import anyio
 from starlette.routing import BaseRoute, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from livefeed.core import auth, metrics
+from livefeed.gateway import limits
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
 from livefeed.gateway.live import Session
@@ -50,9 +52,19 @@ async def live_ws(websocket: WebSocket) -> None:
         await websocket.accept()
         await websocket.close(CloseCode.DRAINING, "gateway draining")
         return
+    try:
+        async with limits.connection(state, claims.user, "ws"):
+            await _live(websocket, state, claims.user)
+    except limits.Limited as refused:
+        if websocket.client_state == WebSocketState.CONNECTING:
+            await websocket.accept()  # so the client sees the close code, not a 403
+        await websocket.close(CloseCode.LIMITED, refused.reason)
+
+
+async def _live(websocket: WebSocket, state: GatewayState, user: str) -> None:
     hub, sessions = state.live()
     session = Session(
-        user=claims.user, log=state.log, hub=hub, transport=WebSocketTransport(websocket),
+        user=user, log=state.log, hub=hub, transport=WebSocketTransport(websocket),
         last_id=websocket.query_params.get("last_id"), mode=state.settings.delivery,
         queue_size=state.settings.send_queue,
     )
@@ -88,4 +100,4 @@ def routes() -> list[BaseRoute]:
     return [WebSocketRoute("/v1/ws", live_ws)]
 
 
-FEATURE = Feature("ws", routes, needs=(HUB,))
+FEATURE = Feature("ws", routes, needs=(HUB, limits.FEATURE))
