@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from livefeed.core import db, redis_client
@@ -33,6 +34,7 @@ from livefeed.gateway import (
     ws,
 )
 from livefeed.gateway.feature import Feature
+from livefeed.gateway.headers import BrowserHeaders
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -81,4 +83,6 @@ def create_app(settings: Resolved, features: Sequence[Feature] = DEFAULT_FEATURE
     routes: list[BaseRoute] = []
     for feature in features:
         routes += feature.routes()
-    return Starlette(routes=routes, lifespan=lifespan)
+    # Security headers on every response, and the Origin check of live streams.
+    browser = Middleware(BrowserHeaders, allowed_origins=settings.allowed_origins)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[browser])

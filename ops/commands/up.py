@@ -17,6 +17,7 @@ from livefeed.core.settings import Resolved, Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
 from livefeed.ops.commands import Subparsers
+from livefeed.ops.protocols import Bounds
 
 
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
@@ -83,7 +84,8 @@ async def up(args: argparse.Namespace, settings: Settings) -> int:
                     tg.start_soon(role, resolved, stopping)
                 await serve.serve(create_app(resolved), host=args.host, port=args.port,
                                   log_level="info", on_stop=stopping.set,
-                                  drain_timeout_s=resolved.drain_timeout_s)
+                                  drain_timeout_s=resolved.drain_timeout_s,
+                                  bounds=Bounds(resolved))
                 stopping.set()
         finally:
             runtime.clear_runtime(resolved)
