@@ -158,7 +158,8 @@ class BoundedWs(WSProtocol):
         if self.handshake_complete and not self.close_sent and \
                 not self._bytes.take(len(data), time.monotonic()):
             self._too_fast("inbound bytes per second exceeded")
-            return
+        # Parsed even then (frames must stay aligned): after the close, only the client's
+        # close frame is acted on.
         super().data_received(data)
 
     def handle_events(self) -> None:
@@ -190,11 +191,19 @@ class BoundedWs(WSProtocol):
             metrics.WS_INBOUND_CLOSES.labels(str(MESSAGE_TOO_BIG)).inc()
 
     def _too_fast(self, reason: str) -> None:
+        """Close with 1008 as uvicorn closes for the app: the close frame, then the client's
+        answer (or `close_timeout`) before the socket goes, so the close frame is not lost
+        to a reset while the client is still sending. What it sends meanwhile is read and
+        dropped."""
         metrics.WS_INBOUND_CLOSES.labels(str(POLICY_VIOLATION)).inc()
         self.close_sent = True
         self.queue.put_nowait({"type": "websocket.disconnect", "code": POLICY_VIOLATION,
                                "reason": reason})
-        if not self.transport.is_closing():
-            self.transport.write(self.conn.send(
-                wsproto.events.CloseConnection(code=POLICY_VIOLATION, reason=reason)))
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        self.transport.write(self.conn.send(
+            wsproto.events.CloseConnection(code=POLICY_VIOLATION, reason=reason)))
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
