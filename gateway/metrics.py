@@ -3,11 +3,15 @@ stream figures (lengths, group lag and pending) read from Redis at scrape time.
 
 The Redis read is cached for `CACHE_S`, so several scrapers (or a fast one) cost Redis
 one round of XINFO per interval, not one per scrape.
+
+Not public: a scrape needs `Authorization: Bearer` with `LIVEFEED_METRICS_TOKEN` (what
+Prometheus is given) or an admin token; 401 without, 403 with a user's token.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 
@@ -17,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from livefeed.core import metrics
+from livefeed.core import auth, metrics
 from livefeed.core.errors import REDIS_ERRORS
 from livefeed.core.status import Status, total_groups
 from livefeed.gateway.feature import Feature
+from livefeed.gateway.presence import header_bearer
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -88,8 +93,29 @@ async def lifespan(state: GatewayState) -> AsyncIterator[None]:
     yield
 
 
+def refused(state: GatewayState, request: Request) -> Response | None:
+    """None if the request may scrape, else the answer (401 or 403)."""
+    token = header_bearer(request)
+    wanted = state.settings.metrics_token
+    if token is not None and wanted and hmac.compare_digest(token.encode(), wanted.encode()):
+        return None
+    try:
+        claims = auth.verify(state.signing_secret, token)
+    except auth.InvalidToken:
+        return Response('{"error": "metrics need Authorization: Bearer with '
+                        'LIVEFEED_METRICS_TOKEN or an admin token"}', status_code=401,
+                        media_type="application/json", headers={"www-authenticate": "Bearer"})
+    if not claims.admin:
+        return Response('{"error": "this token is not an admin token"}', status_code=403,
+                        media_type="application/json")
+    return None
+
+
 async def metrics_endpoint(request: Request) -> Response:
     state: GatewayState = request.app.state.lf
+    refusal = refused(state, request)
+    if refusal is not None:
+        return refusal
     if state.stream_figures is not None:
         await state.stream_figures.refresh()
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

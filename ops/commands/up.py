@@ -51,7 +51,7 @@ def banner(settings: Resolved, url: str, embedded: list[str], nodes: list[str] |
         "",
         f"  feed page  {url}/?token={demo}",
         f"  admin      {url}/admin?token={admin}",
-        f"  metrics    {url}/metrics",
+        f"  metrics    {url}/metrics  (Authorization: Bearer <the admin token above>)",
         "",
         "  send a few newsletters to the demo user:  livefeed send --user demo --count 5",
         "  Ctrl-C to stop",
