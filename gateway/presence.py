@@ -96,6 +96,9 @@ class Presence:
         except REDIS_ERRORS as exc:
             logger.warning("presence: cannot register a connection of %r: %r", user, exc)
             return member
+        except BaseException:  # cancelled: not renewed, any entry made ages out
+            self._forget(user, member)
+            raise
         if count < 0:
             self._forget(user, member)
             return None
