@@ -89,19 +89,18 @@ class Presence:
         already holds `limit` live connections over all gateways. When Redis does not
         answer, the connection is admitted and entered by the next renewal."""
         member = f"{self.name}:{next(self._serial)}"
-        self.local.setdefault(user, set()).add(member)
+        # Entered locally (so renewed) only once admitted: a renewal running meanwhile
+        # must not write the entry of a connection the script refuses. A join cancelled
+        # midway leaves at most an entry that is never renewed and ages out.
         try:
             with anyio.fail_after(REDIS_TIMEOUT_S):
                 count = await self._join_script(user, limit, member)
         except REDIS_ERRORS as exc:
             logger.warning("presence: cannot register a connection of %r: %r", user, exc)
-            return member
-        except BaseException:  # cancelled: not renewed, any entry made ages out
-            self._forget(user, member)
-            raise
+            count = 0
         if count < 0:
-            self._forget(user, member)
             return None
+        self.local.setdefault(user, set()).add(member)
         return member
 
     async def _join_script(self, user: str, limit: int, member: str) -> int:

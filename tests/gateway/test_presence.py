@@ -68,3 +68,23 @@ async def test_presence_on_a_cluster(redis_cluster: Any, keys: Keys) -> None:
     assert [(await p.of(u)).connections for u in ("u1", "u2", "u3")] == [1, 1, 1]
     await p.clear()
     assert [(await p.of(u)).connections for u in ("u1", "u2", "u3")] == [0, 0, 0]
+
+
+async def test_refused_joins_leave_nothing_behind_while_renewals_run(
+        redis: Any, keys: Keys) -> None:
+    """A renewal running while joins are being refused must not write their entries
+    (found by measurement: one token's 4,000 attempts left 39 entries for a limit of 32)."""
+    p = Presence(redis, keys, ttl_s=30, name="gw")
+    assert await p.join("dave", limit=2) and await p.join("dave", limit=2)
+    refused: list[str | None] = []
+
+    async def join() -> None:
+        refused.append(await p.join("dave", limit=2))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(100):
+            tg.start_soon(join)
+            tg.start_soon(p.renew)
+    assert refused == [None] * 100
+    assert (await p.of("dave")).connections == 2
+    assert await redis.zcard(keys.presence("dave")) == 2
