@@ -11,6 +11,7 @@ Redis Cluster hash tag, `{p.k}`:
     lf:{3.0}:fanned:<user>:<id>     fanout's idempotency marker (holds the feed id)
     lf:{3.0}:dead                   dead letters of the partition's entries
     lf:{3.0}:lease:<group>          which consumer of <group> owns the partition
+    lf:{3.0}:presence:<user>        the user's live connections over all gateways
 
 so a partition's scripts and pipelines touch one slot, one node. Group member sets
 (`lf:members:<group>`) and SSE connect tickets (`lf:ticket:<ticket>`, one key each, taken
@@ -93,6 +94,9 @@ class Keys:
 
     def fanned(self, user: str, event_id: str) -> str:
         return f"{self._head(user)}fanned:{user}:{event_id}"
+
+    def presence(self, user: str) -> str:
+        return f"{self._head(user)}presence:{user}"
 
     def lease(self, partition: int, group: str) -> str:
         return f"{self._heads[partition]}lease:{group}"

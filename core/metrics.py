@@ -46,6 +46,18 @@ REPLAYS = Counter("livefeed_replays", "Reconnects that replayed missed events")
 REPLAYED_EVENTS = Counter("livefeed_replayed_events", "Events sent during replays")
 RESETS = Counter("livefeed_resets", "Reset frames sent (history not replayable)", ["reason"])
 SLOW_CLOSES = Counter("livefeed_slow_client_closes", "Clients closed with 4008 (too slow)")
+CONNECTIONS_REFUSED = Counter(
+    "livefeed_connections_refused", "Live connections refused by a limit or for their Origin",
+    ["reason"],  # rate | gateway_limit | user_limit | origin
+)
+REQUEST_TIMEOUTS = Counter(
+    "livefeed_request_timeouts", "Connections closed for unfinished request headers or body",
+    ["phase"],  # headers | body
+)
+WS_INBOUND_CLOSES = Counter(
+    "livefeed_ws_inbound_closes", "WebSockets closed for what the client sent",
+    ["code"],  # 1009 (message too big) | 1008 (inbound rate)
+)
 PUBSUB_RECONNECTS = Counter("livefeed_pubsub_reconnects", "Pub/sub listener reconnects")
 DELIVERY_SECONDS = Histogram(
     "livefeed_delivery_seconds",

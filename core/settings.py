@@ -65,6 +65,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     send_queue: int = 1_000
     drain_timeout_s: float = 10.0
     log_level: str = "INFO"
+    # Browser-facing limits (gateway/headers.py, gateway/limits.py, ops/protocols.py).
+    # Origins allowed on /v1/ws and /v1/sse besides the request's own host: comma-separated
+    # `scheme://host[:port]`, or `*` for any.
+    allowed_origins: str = ""
+    header_timeout_s: float = 10.0  # a request's headers must be complete within this
+    body_timeout_s: float = 30.0  # ... and its body within this after them
+    ws_max_message: int = 4096  # bytes of one inbound WebSocket message (more: close 1009)
+    ws_inbound_messages: float = 10.0  # inbound WebSocket frames per second (more: 1008)
+    ws_inbound_bytes: int = 16_384  # inbound WebSocket bytes per second (more: 1008)
+    max_connections: int = 50_000  # live connections per gateway process (more: 4029)
+    max_user_connections: int = 32  # live connections per user over all gateways
+    connect_rate: float = 1_000.0  # new live connections per second per gateway process
+    presence_ttl_s: float = 30.0  # a connection's presence entry lives this long unrenewed
+    metrics_token: str | None = None  # bearer token for /metrics (else an admin token)
 
     def __repr__(self) -> str:
         shown = []
@@ -106,13 +120,15 @@ class Resolved(Settings, kw_only=True, frozen=True):
     database_url: str
 
 
-_SECRETS = frozenset({"secret", "webhook_secret", "signing_secret_previous"})
+_SECRETS = frozenset({"secret", "webhook_secret", "signing_secret_previous", "metrics_token"})
 _URLS = frozenset({"redis_url", "database_url"})
 ENV_PREFIX = "LIVEFEED_"
 # Names that differ between the environment and the struct (the env keeps the contract's names).
 _ENV_NAMES = {"dedupe_ttl_s": "DEDUPE_TTL", "drain_timeout_s": "DRAIN_TIMEOUT",
               "signature_tolerance_s": "SIGNATURE_TOLERANCE", "auth_timeout_s": "AUTH_TIMEOUT",
-              "token_grace_s": "TOKEN_GRACE", "keepalive_s": "KEEPALIVE"}
+              "token_grace_s": "TOKEN_GRACE", "keepalive_s": "KEEPALIVE",
+              "header_timeout_s": "HEADER_TIMEOUT", "body_timeout_s": "BODY_TIMEOUT",
+              "presence_ttl_s": "PRESENCE_TTL"}
 
 
 def env_name(field: str) -> str:
@@ -221,8 +237,39 @@ def validate(s: Settings) -> None:
     if s.signing_secret_previous and s.signing_secret_previous_file:
         raise SettingsError(f"set {env_name('signing_secret_previous')} or "
                             f"{env_name('signing_secret_previous_file')}, not both")
+    _validate_limits(s)
     if s.redis_cluster and s.redis_url is None:
         raise SettingsError(
             f"{env_name('redis_cluster')}=true needs {env_name('redis_url')} "
             "(the embedded Redis is a single node)"
         )
+
+
+def _validate_limits(s: Settings) -> None:
+    for name in ("header_timeout_s", "body_timeout_s", "ws_inbound_messages", "connect_rate",
+                 "presence_ttl_s"):
+        if not getattr(s, name) > 0:
+            raise SettingsError(f"{env_name(name)} must be a positive number")
+    for name in ("ws_max_message", "ws_inbound_bytes", "max_connections",
+                 "max_user_connections"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"{env_name(name)} must be a positive integer")
+    if s.ws_inbound_bytes < s.ws_max_message:
+        raise SettingsError(f"{env_name('ws_inbound_bytes')}={s.ws_inbound_bytes} is below "
+                            f"{env_name('ws_max_message')}={s.ws_max_message}: one largest "
+                            "message must fit in a second's budget")
+    for origin in origin_list(s.allowed_origins):
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or \
+                parts.path or parts.query or parts.fragment or parts.username:
+            raise SettingsError(
+                f"{env_name('allowed_origins')}: {origin!r} is not an origin; use "
+                "comma-separated scheme://host[:port] (https://app.example.com), or *"
+            )
+
+
+def origin_list(value: str) -> tuple[str, ...]:
+    """`LIVEFEED_ALLOWED_ORIGINS` as a tuple of origins (lower case, no trailing slash)."""
+    return tuple(o.strip().lower().rstrip("/") for o in value.split(",") if o.strip())

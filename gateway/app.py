@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from livefeed.core import db, redis_client
@@ -25,14 +26,17 @@ from livefeed.gateway import (
     history,
     hub,
     ingest,
+    limits,
     metrics,
     openapi,
     page,
+    presence,
     sse,
     tickets,
     ws,
 )
 from livefeed.gateway.feature import Feature
+from livefeed.gateway.headers import BrowserHeaders
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -41,8 +45,9 @@ logger = logging.getLogger(__name__)
 DB_CONNECT_TIMEOUT_S = 5.0
 
 DEFAULT_FEATURES: tuple[Feature, ...] = (
-    ingest.FEATURE, hub.FEATURE, ws.FEATURE, sse.FEATURE, tickets.FEATURE, history.FEATURE,
-    page.FEATURE, admin.FEATURE, metrics.FEATURE, health.FEATURE, openapi.FEATURE,
+    ingest.FEATURE, hub.FEATURE, presence.FEATURE, limits.FEATURE, ws.FEATURE, sse.FEATURE,
+    tickets.FEATURE, history.FEATURE, page.FEATURE, admin.FEATURE, metrics.FEATURE,
+    health.FEATURE, openapi.FEATURE,
 )
 
 
@@ -88,7 +93,9 @@ def create_app(settings: Resolved, features: Sequence[Feature] = DEFAULT_FEATURE
     routes: list[BaseRoute] = []
     for feature in features:
         routes += feature.routes()
-    app = Starlette(routes=routes, lifespan=lifespan)
+    # Security headers on every response, and the Origin check of live streams.
+    browser = Middleware(BrowserHeaders, allowed_origins=settings.allowed_origins)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[browser])
     # What `/openapi.json` and `/docs` describe: the features plugged in.
     app.state.api_docs = openapi.ApiDocs(*openapi.declared(features))
     return app

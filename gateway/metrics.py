@@ -3,12 +3,16 @@ stream figures (lengths, group lag and pending) read from Redis at scrape time.
 
 The Redis read is cached for `CACHE_S`, so several scrapers (or a fast one) cost Redis
 one round of XINFO per interval, not one per scrape.
+
+Not public: a scrape needs `Authorization: Bearer` with `LIVEFEED_METRICS_TOKEN` (what
+Prometheus is given) or an admin token; 401 without, 403 with a user's token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,12 +22,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from livefeed.core import metrics
+from livefeed.core import auth, metrics
 from livefeed.core.errors import REDIS_ERRORS
 from livefeed.core.status import Status, total_groups
+from livefeed.gateway.bearer import bearer_token
 from livefeed.gateway.feature import Feature
-from livefeed.gateway.operation import Answer, Operation
+from livefeed.gateway.operation import ADMIN, Answer, Operation
 from livefeed.gateway.state import GatewayState
+from livefeed.schemas.http import ErrorBody
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +106,29 @@ def process_figures(state: GatewayState) -> None:
         metrics.HUB_LISTENERS.set(state.hub.listeners())
 
 
+def refused(state: GatewayState, request: Request) -> Response | None:
+    """None if the request may scrape, else the answer (401 or 403)."""
+    token = bearer_token(request.headers)
+    wanted = state.settings.metrics_token
+    if token is not None and wanted and hmac.compare_digest(token.encode(), wanted.encode()):
+        return None
+    try:
+        claims = state.verify(token)
+    except auth.InvalidToken:
+        return Response('{"error": "metrics need Authorization: Bearer with '
+                        'LIVEFEED_METRICS_TOKEN or an admin token"}', status_code=401,
+                        media_type="application/json", headers={"www-authenticate": "Bearer"})
+    if not claims.admin:
+        return Response('{"error": "this token is not an admin token"}', status_code=403,
+                        media_type="application/json")
+    return None
+
+
 async def metrics_endpoint(request: Request) -> Response:
     state: GatewayState = request.app.state.lf
+    refusal = refused(state, request)
+    if refusal is not None:
+        return refusal
     if state.stream_figures is not None:
         await state.stream_figures.refresh()
     process_figures(state)
@@ -117,7 +144,13 @@ OPERATIONS = (
               "monitoring",
               description=f"The stream figures (lengths, group lag and pending) are read "
                           f"from Redis at scrape time, at most once per {CACHE_S:g} s.",
-              responses={200: Answer("Prometheus text exposition", media_type="text/plain")}),
+              security=ADMIN,
+              responses={
+                  200: Answer("Prometheus text exposition", media_type="text/plain"),
+                  401: Answer("No valid bearer token: LIVEFEED_METRICS_TOKEN (what "
+                              "Prometheus is given) or an admin token", ErrorBody),
+                  403: Answer("A user's token, not an admin's", ErrorBody),
+              }),
 )
 
 FEATURE = Feature("metrics", routes, lifespan, operations=OPERATIONS)

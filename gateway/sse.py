@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from livefeed.core import auth, metrics
 from livefeed.core.errors import REDIS_ERRORS
-from livefeed.gateway import tickets
+from livefeed.gateway import limits, tickets
 from livefeed.gateway.bearer import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
@@ -79,6 +79,15 @@ class SseStream(Response):
         self.deadline = claims.exp + state.settings.token_grace_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with limits.connection(self.state, self.user, "sse"):
+                await self._live(receive, send)
+        except limits.Limited as refused:
+            await JSONResponse({"error": refused.reason}, status_code=429,
+                               headers={"retry-after": str(refused.retry_after_s)},
+                               )(scope, receive, send)
+
+    async def _live(self, receive: Receive, send: Send) -> None:
         state = self.state
         hub, sessions = state.live()
         transport = _SseTransport(send)
@@ -173,9 +182,13 @@ OPERATIONS = (
             200: Answer("The event stream", media_type="text/event-stream"),
             401: Answer("A missing, unknown, used or expired ticket, a bad token, or a "
                         "token in the URL", ErrorBody),
+            403: Answer("A browser `Origin` not on LIVEFEED_ALLOWED_ORIGINS", ErrorBody),
+            429: Answer("A connection limit (per user, per gateway, or the connection rate): "
+                        "retry after `Retry-After` seconds", ErrorBody,
+                        headers=(Param("Retry-After", "header", "seconds"),)),
             503: Answer("The gateway is draining (connect to another one) or Redis does not "
                         "answer", ErrorBody),
         }),
 )
 
-FEATURE = Feature("sse", routes, needs=(HUB,), operations=OPERATIONS)
+FEATURE = Feature("sse", routes, needs=(HUB, limits.FEATURE), operations=OPERATIONS)

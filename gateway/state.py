@@ -15,7 +15,9 @@ from livefeed.core.settings import Resolved
 
 if TYPE_CHECKING:
     from livefeed.gateway.hub import Hub
+    from livefeed.gateway.limits import Limits
     from livefeed.gateway.metrics import StreamFigures
+    from livefeed.gateway.presence import Presence
     from livefeed.gateway.sessions import Sessions
 
 
@@ -35,6 +37,8 @@ class GatewayState:
     hub: Hub | None = None  # gateway/hub.py
     sessions: Sessions | None = None  # gateway/hub.py
     stream_figures: StreamFigures | None = None  # gateway/metrics.py
+    presence: Presence | None = None  # gateway/presence.py
+    limits: Limits | None = None  # gateway/limits.py
 
     def verify(self, token: str | None) -> auth.Claims:
         """The claims of a token signed with the current or the previous secret; raises

@@ -13,7 +13,8 @@ messages (there is no timer task per connection).
 
 Close codes (`schemas.frames.CloseCode`): 4001 bad, missing or late token, 4003 token
 expired (get a new one and resume), 4008 client too slow (it reconnects and replays),
-1012 gateway draining.
+1012 gateway draining, 4029 a connection limit (gateway/limits.py); 1009 and 1008 for what
+the client sends (ops/protocols.py).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import anyio
 import msgspec
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Message
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from livefeed.core import auth, metrics
+from livefeed.gateway import limits
 from livefeed.gateway.bearer import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
@@ -194,7 +196,6 @@ class _Watch:
 
 async def live_ws(websocket: WebSocket) -> None:
     state: GatewayState = websocket.app.state.lf
-    settings = state.settings
     if "token" in websocket.query_params:
         await _refuse(websocket, CloseCode.BAD_TOKEN, "token in the URL refused: send it "
                       "in the first message or an Authorization header")
@@ -210,17 +211,29 @@ async def live_ws(websocket: WebSocket) -> None:
     if state.draining.is_set():
         await _refuse(websocket, CloseCode.DRAINING, "gateway draining")
         return
-    hub, sessions = state.live()
     if claims is None:
         await websocket.accept()
         claims = await _first_message(websocket, state)
         if claims is None:
             return
+    try:
+        async with limits.connection(state, claims.user, "ws"):
+            await _live(websocket, state, claims, accepted=header is None)
+    except limits.Limited as refused:
+        if websocket.client_state == WebSocketState.CONNECTING:
+            await websocket.accept()  # so the client sees the close code, not a 403
+        await websocket.close(CloseCode.LIMITED, refused.reason)
+
+
+async def _live(websocket: WebSocket, state: GatewayState, claims: auth.Claims, *,
+                accepted: bool) -> None:
+    settings = state.settings
+    hub, sessions = state.live()
     transport = WebSocketTransport(websocket)
     session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
                       last_id=websocket.query_params.get("last_id"), mode=settings.delivery,
                       queue_size=settings.send_queue)
-    if header is not None:
+    if not accepted:
         # Before the handshake completes: what is published once the client sees itself
         # connected is delivered to it. (After an auth message: once `hello` arrives.)
         await session.prepare()
@@ -240,7 +253,6 @@ async def live_ws(websocket: WebSocket) -> None:
         ):
             await websocket.close(close_code or 1000, _REASONS.get(close_code or 1000, ""))
 
-
 _REASONS: dict[int, str] = {CloseCode.TOKEN_EXPIRED: "token expired: get a new one, resume",
                             CloseCode.BAD_TOKEN: "bad token in refresh"}
 
@@ -255,9 +267,12 @@ CHANNELS = (
         "the same session as `/v1/sse`, one JSON frame per text message, resuming after "
         "the `last_id` query parameter. The token goes as docs/design.md says (HTTP "
         "endpoints, WebSocket). Close codes (`CloseCode` in schemas/frames.py): 4001 bad "
-        "or expired token (get a new one), 4008 too slow (reconnect with the last id), "
-        "1012 the gateway drains (reconnect with backoff); docs/design.md lists them all.",
+        "or expired token (get a new one), 4003 token expired (get a new one, resume), "
+        "4008 too slow (reconnect with the last id), 1012 the gateway drains (reconnect "
+        "with backoff), 4029 a connection limit (back off); 1009/1008 what the client sent "
+        "is too big or too fast; a browser Origin not allowed is refused with HTTP 403 "
+        "before the handshake. docs/design.md lists them all.",
         frames=Frame),
 )
 
-FEATURE = Feature("ws", routes, needs=(HUB,), channels=CHANNELS)
+FEATURE = Feature("ws", routes, needs=(HUB, limits.FEATURE), channels=CHANNELS)

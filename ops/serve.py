@@ -16,7 +16,9 @@ from typing import Any
 import anyio
 import uvicorn
 
+from livefeed.core.settings import Settings
 from livefeed.ops import logredact
+from livefeed.ops.protocols import Bounds
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +27,16 @@ DRAIN_TIMEOUT_S = 10.0
 
 
 def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "warning",
-                   drain_timeout_s: float = DRAIN_TIMEOUT_S, **kw: Any) -> uvicorn.Config:
-    """uvicorn for the gateway: wsproto, no compression, drained within `drain_timeout_s`;
-    its logs (and ours) never show a token (`ops/logredact.py`)."""
+                   drain_timeout_s: float = DRAIN_TIMEOUT_S, bounds: Bounds | None = None,
+                   **kw: Any) -> uvicorn.Config:
+    """uvicorn for the gateway: wsproto, no compression, drained within `drain_timeout_s`,
+    with header/body deadlines and inbound WebSocket bounds (`ops/protocols.py`; default:
+    the settings' defaults); its logs (and ours) never show a token (`ops/logredact.py`)."""
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level.lower(), lifespan="on",
-        # wsproto: the least memory per idle WebSocket of uvicorn's implementations.
-        ws="wsproto",
+        # wsproto (ops.protocols.BoundedWs): the least memory per idle WebSocket of
+        # uvicorn's implementations; httptools (BoundedHttp) for HTTP.
+        **(bounds or Bounds(Settings())).config(),
         # permessage-deflate keeps zlib state per connection (137.7 KiB per idle socket vs
         # 46.7 KiB without, measured): every browser offers it, and frames are small JSON.
         ws_per_message_deflate=False,
@@ -75,12 +80,12 @@ def draining_hook(app: Any) -> Callable[[], None]:
 
 async def serve(app: Any, *, host: str, port: int, log_level: str = "warning",
                 on_stop: Callable[[], None] | None = None, fd: int | None = None,
-                drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+                drain_timeout_s: float = DRAIN_TIMEOUT_S, bounds: Bounds | None = None) -> None:
     """Serve `app` until SIGTERM/SIGINT, then drain: sockets close, SSE streams end, all
     within `drain_timeout_s` (`LIVEFEED_DRAIN_TIMEOUT`).
     `fd`: serve on this inherited listening socket instead (`gateway --workers`)."""
     server = Server(uvicorn_config(app, host=host, port=port, log_level=log_level, fd=fd,
-                                   drain_timeout_s=drain_timeout_s))
+                                   drain_timeout_s=drain_timeout_s, bounds=bounds))
     drain = draining_hook(app)
 
     def stop() -> None:

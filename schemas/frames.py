@@ -28,6 +28,7 @@ class CloseCode(IntEnum):
     TOKEN_EXPIRED = 4003  # the token expired on an open connection: new token, resume
     TOO_SLOW = 4008  # the client did not keep up: reconnect with last_id and replay
     DRAINING = 1012  # "service restart": the gateway is shutting down, reconnect
+    LIMITED = 4029  # a connection limit or the connection rate: back off, retry later
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="type", omit_defaults=True):

@@ -5,7 +5,7 @@
 
   // The gateway's contract, copied from livefeed/schemas/frames.py (CloseCode, FrameType);
   // tests/schemas/test_frames.py keeps these equal to the Python definitions.
-  const CLOSE = { BAD_TOKEN: 4001, TOKEN_EXPIRED: 4003, TOO_SLOW: 4008, DRAINING: 1012 };
+  const CLOSE = { BAD_TOKEN: 4001, TOKEN_EXPIRED: 4003, TOO_SLOW: 4008, DRAINING: 1012, LIMITED: 4029 };
   const FRAME_TYPES = ["hello", "event", "recovered", "reset", "ping", "expired"];
   const PAGE_MAX = 200; // GET /v1/feed's largest `limit`
 

@@ -10,6 +10,7 @@ from livefeed.core.settings import Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
 from livefeed.ops.commands import Subparsers, port, whole
+from livefeed.ops.protocols import Bounds
 
 logger = logging.getLogger(__name__)
 
@@ -41,5 +42,5 @@ async def gateway(args: argparse.Namespace, settings: Settings) -> int:
         return await workers.run(args, settings)
     await serve.serve(create_app(settings), host=args.host, port=args.port,
                       log_level=settings.log_level, fd=args.fd,
-                      drain_timeout_s=settings.drain_timeout_s)
+                      drain_timeout_s=settings.drain_timeout_s, bounds=Bounds(settings))
     return 0

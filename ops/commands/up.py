@@ -17,6 +17,7 @@ from livefeed.core.settings import Resolved, Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
 from livefeed.ops.commands import Subparsers, port
+from livefeed.ops.protocols import Bounds
 
 
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
@@ -52,7 +53,7 @@ def banner(settings: Resolved, url: str, embedded: list[str], nodes: list[str] |
         # In the fragment: a browser never sends it to a server, so no log holds it.
         f"  feed page  {url}/#token={demo}",
         f"  admin      {url}/admin#token={admin}",
-        f"  metrics    {url}/metrics",
+        f"  metrics    {url}/metrics  (Authorization: Bearer <the admin token above>)",
         "",
         "  send a few newsletters to the demo user:  livefeed send --user demo --count 5",
         "  Ctrl-C to stop",
@@ -85,7 +86,8 @@ async def up(args: argparse.Namespace, settings: Settings) -> int:
                     tg.start_soon(role, resolved, stopping)
                 await serve.serve(create_app(resolved), host=args.host, port=args.port,
                                   log_level="info", on_stop=stopping.set,
-                                  drain_timeout_s=resolved.drain_timeout_s)
+                                  drain_timeout_s=resolved.drain_timeout_s,
+                                  bounds=Bounds(resolved))
                 stopping.set()
         finally:
             runtime.clear_runtime(resolved)

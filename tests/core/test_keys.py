@@ -17,6 +17,7 @@ def test_names_follow_the_contract() -> None:
     assert k.seen("alice", "e1") == f"lf:{{{tag}}}:seen:alice:e1"
     assert k.fanned("alice", "e1") == f"lf:{{{tag}}}:fanned:alice:e1"
     assert k.lease(p, "persist") == f"lf:{{{tag}}}:lease:persist"
+    assert k.presence("alice") == f"lf:{{{tag}}}:presence:alice"
     assert k.members("fanout") == "lf:members:fanout"
     assert len(k.ingests) == len(k.deads) == 16
 
@@ -26,7 +27,7 @@ def test_a_users_keys_share_its_partitions_slot() -> None:
     for user in ("alice", "bob", "x.y:z-1"):
         p = k.partition_of(user)
         names = [k.ingest(p), k.dead(p), k.lease(p, "g"), k.seen(user, "e"), k.feed(user),
-                 k.live(user), k.fanned(user, "e")]
+                 k.live(user), k.fanned(user, "e"), k.presence(user)]
         assert len({key_slot(n.encode()) for n in names}) == 1
 
 

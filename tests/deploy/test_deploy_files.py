@@ -196,8 +196,10 @@ def core_metric_labels() -> dict[str, set[str]]:
 async def scraped_names(settings_factory: Any) -> set[str]:
     """Sample names on a real gateway app's /metrics (families without a sample yet, such
     as labelled ones nobody touched, count with their exposition names)."""
-    async with app_client(settings_factory()) as (client, _app):
-        response = await client.get("/metrics")
+    settings = settings_factory(metrics_token="dashboard-test-scrape-token")
+    async with app_client(settings) as (client, _app):
+        response = await client.get(
+            "/metrics", headers={"authorization": "Bearer dashboard-test-scrape-token"})
     assert response.status_code == 200
     names: set[str] = set()
     for fam in text_string_to_metric_families(response.text):

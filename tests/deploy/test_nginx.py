@@ -12,15 +12,17 @@ from typing import Any
 import httpx
 import pytest
 
+from livefeed.core import auth
 from livefeed.core.keys import Keys
 from livefeed.schemas.event import MAX_BODY_BYTES
 from tests.deploy.nginxsite import NGINX_CONF, running_nginx
-from tests.gateway.livehelp import Gateways, make_log, publish, token
+from tests.gateway.livehelp import SECRET, Gateways, make_log, publish, token
 from tests.helpers.browser import shown, wait_shown
 from tests.procs import Proc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
+SCRAPE = {"authorization": f"Bearer {auth.mint(SECRET, 'ops', admin=True)}"}
 FAIL_TIMEOUT_S = int(re.findall(r"fail_timeout=(\d+)s", NGINX_CONF.read_text())[0])
 
 
@@ -28,7 +30,7 @@ def clients(url: str, transport: str) -> int:
     """Live clients of `transport` on the gateway at `url` (its own /metrics); 0 if the
     gateway is down."""
     try:
-        text = httpx.get(f"{url}/metrics", timeout=5).text
+        text = httpx.get(f"{url}/metrics", headers=SCRAPE, timeout=5).text
     except httpx.ConnectError:
         return 0
     m = re.search(rf'^livefeed_clients{{transport="{transport}"}} (\S+)$', text, re.M)

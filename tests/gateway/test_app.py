@@ -8,7 +8,7 @@ import pytest
 from starlette.routing import Route, WebSocketRoute
 
 from livefeed.core.settings import Settings
-from livefeed.gateway import health, hub, sse, ws
+from livefeed.gateway import health, hub, limits, presence, sse, ws
 from livefeed.gateway.app import DEFAULT_FEATURES, create_app
 from livefeed.gateway.feature import Feature
 
@@ -31,6 +31,8 @@ def test_a_subset_serves_only_its_routes() -> None:
 
 @pytest.mark.parametrize("live", [ws.FEATURE, sse.FEATURE])
 def test_a_live_transport_without_the_hub_fails_at_start(live: Feature) -> None:
-    with pytest.raises(ValueError, match="needs hub: add it"):
+    with pytest.raises(ValueError, match="needs hub, limits: add it"):
         paths((live,))
-    assert paths((hub.FEATURE, live))
+    with pytest.raises(ValueError, match="needs presence: add it"):
+        paths((hub.FEATURE, limits.FEATURE, live))
+    assert paths((hub.FEATURE, presence.FEATURE, limits.FEATURE, live))

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from livefeed.core import auth
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.settings import Settings
 from livefeed.gateway import metrics as gw_metrics
 from tests.helpers.admin import app_client
 from tests.helpers.streams import groups, ingest
+
+SCRAPE_TOKEN = "prometheus-scrape-token"
+SCRAPE = {"authorization": f"Bearer {SCRAPE_TOKEN}"}
 
 
 def by_partition(got: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
@@ -31,8 +36,8 @@ async def test_scrape_reports_streams_lag_and_pending(
     await ingest(redis, keys, 7)
     await groups(redis, keys)
     await redis.xreadgroup(PERSIST_GROUP, "p1", {keys.ingest_of("alice"): ">"}, count=3)
-    async with app_client(settings_factory()) as (client, app):
-        r = await client.get("/metrics")
+    async with app_client(settings_factory(metrics_token=SCRAPE_TOKEN)) as (client, app):
+        r = await client.get("/metrics", headers=SCRAPE)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
         got = samples(r.text)
         assert got[("livefeed_stream_length", (("stream", "ingest"),))] == 7
@@ -63,9 +68,36 @@ async def test_scrape_reports_streams_lag_and_pending(
         await redis.xack(keys.ingest_of("alice"), PERSIST_GROUP,
                          *[row["message_id"] for row in await redis.xpending_range(
                              keys.ingest_of("alice"), PERSIST_GROUP, min="-", max="+", count=10)])
-        cached = samples((await client.get("/metrics")).text)
+        cached = samples((await client.get("/metrics", headers=SCRAPE)).text)
         assert cached[("livefeed_group_pending", (("group", PERSIST_GROUP),))] == 3
         # ...and after it, it does.
         figures.cache_s = 0
-        fresh = samples((await client.get("/metrics")).text)
+        fresh = samples((await client.get("/metrics", headers=SCRAPE)).text)
         assert fresh[("livefeed_group_pending", (("group", PERSIST_GROUP),))] == 0
+
+
+@pytest.mark.parametrize(("configured", "bearer", "status"), [
+    (SCRAPE_TOKEN, None, 401),
+    (SCRAPE_TOKEN, "wrong-token", 401),
+    (SCRAPE_TOKEN, SCRAPE_TOKEN, 200),
+    (SCRAPE_TOKEN, "admin", 200),
+    (None, SCRAPE_TOKEN, 401),  # no metrics token configured: admin tokens only
+    (None, "admin", 200),
+    (None, "user", 403),
+])
+async def test_metrics_are_not_public(settings_factory: Callable[..., Settings],
+                                      configured: str | None, bearer: str | None,
+                                      status: int) -> None:
+    settings = settings_factory(metrics_token=configured)
+    assert settings.secret is not None
+    value = {"admin": auth.mint(settings.secret, "ops", admin=True),
+             "user": auth.mint(settings.secret, "alice")}.get(bearer or "", bearer)
+    headers = {"authorization": f"Bearer {value}"} if value else {}
+    async with app_client(settings) as (client, _):
+        r = await client.get("/metrics", headers=headers)
+        assert r.status_code == status
+        assert ("livefeed_clients" in r.text) is (status == 200)
+        if status == 401:
+            assert r.headers["www-authenticate"] == "Bearer"
+        # A token in the URL is no way in.
+        assert (await client.get(f"/metrics?token={SCRAPE_TOKEN}")).status_code == 401
