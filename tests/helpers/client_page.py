@@ -23,7 +23,7 @@ window.statuses = [];
 window.tokensAsked = 0;
 window.feed = connect({
   ...options,
-  getToken: () => { window.tokensAsked += 1; return fetch("%s").then((r) => r.text()); },
+  getToken: () => { window.tokensAsked += 1; return fetch("TOKEN_PATH").then((r) => r.text()); },
   onEvent(ev, info) {
     const li = document.createElement("li");
     li.dataset.eventId = ev.id;
@@ -37,7 +37,7 @@ window.feed = connect({
   },
 });
 </script></body></html>
-""" % TOKEN_PATH
+""".replace("TOKEN_PATH", TOKEN_PATH)
 
 
 class ClientPage:
