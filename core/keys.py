@@ -13,7 +13,8 @@ Redis Cluster hash tag, `{p.k}`:
     lf:{3.0}:lease:<group>          which consumer of <group> owns the partition
 
 so a partition's scripts and pipelines touch one slot, one node. Group member sets
-(`lf:members:<group>`) are the only keys outside the partitions. On a standalone Redis the
+(`lf:members:<group>`) and SSE connect tickets (`lf:ticket:<ticket>`, one key each, taken
+with GETDEL) are the only keys outside the partitions. On a standalone Redis the
 tags are inert: the same names, the same code. The names depend on N: changing
 LIVEFEED_PARTITIONS is a migration (docs/design.md), never a silent rename.
 """
@@ -93,6 +94,10 @@ class Keys:
 
     def members(self, group: str) -> str:
         return f"{self.prefix}:members:{group}"
+
+    def ticket(self, ticket: str) -> str:
+        """An SSE connect ticket (`POST /v1/tickets`): one key, taken with GETDEL."""
+        return f"{self.prefix}:ticket:{ticket}"
 
     def partition_of_key(self, key: str | bytes) -> int:
         """The partition of an ingest or dead-letter stream name."""

@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from livefeed.core.settings import Settings
+from livefeed.core.settings import Settings, SettingsError
 
 FILE_NAME = "secret"
 
@@ -34,3 +34,26 @@ def read_or_create(path: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(value)
     return value
+
+
+def previous_secret(settings: Settings) -> str | None:
+    """The previous signing secret of a rotation (`LIVEFEED_SIGNING_SECRET_PREVIOUS`, or the
+    file `LIVEFEED_SIGNING_SECRET_PREVIOUS_FILE` names), or None."""
+    if settings.signing_secret_previous:
+        return settings.signing_secret_previous
+    if not settings.signing_secret_previous_file:
+        return None
+    path = Path(settings.signing_secret_previous_file)
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"LIVEFEED_SIGNING_SECRET_PREVIOUS_FILE={str(path)!r}: cannot "
+                            f"read it ({exc.strerror})") from None
+    return value or None
+
+
+def verifying_secrets(settings: Settings) -> tuple[str, ...]:
+    """The secrets tokens may be signed with: the current one, then the previous one."""
+    previous = previous_secret(settings)
+    current = signing_secret(settings)
+    return (current, previous) if previous and previous != current else (current,)

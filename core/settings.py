@@ -40,7 +40,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Ingest answers 202 only once the append reached this many replicas (WAIT).
     ingest_replicas: int = 0
     secret: str | None = None
+    # During a rotation: tokens signed with it still verify (new ones use `secret`).
+    signing_secret_previous: str | None = None
+    signing_secret_previous_file: str | None = None  # a file holding it, instead
     webhook_secret: str | None = None
+    # Webhook signatures carry a timestamp; older (or newer) than this is refused.
+    signature_tolerance_s: int = 300
+    # The old `sha256=<hmac(body)>` scheme, without a timestamp: replayable, off by default.
+    allow_untimed_signatures: bool = False
+    # A WebSocket's first message must authenticate it within this many seconds.
+    auth_timeout_s: float = 10.0
+    # An open connection outlives its token's `exp` by this many seconds (then 4003).
+    token_grace_s: float = 10.0
+    # Server keepalive: a `ping` frame (WebSocket) or comment (SSE) after this much idling.
+    keepalive_s: float = 15.0
     data_dir: str = ".livefeed"
     feed_maxlen: int = 10_000
     dead_maxlen: int = 100_000  # lf:dead, trimmed approximately: the oldest letters go first
@@ -93,11 +106,13 @@ class Resolved(Settings, kw_only=True, frozen=True):
     database_url: str
 
 
-_SECRETS = frozenset({"secret", "webhook_secret"})
+_SECRETS = frozenset({"secret", "webhook_secret", "signing_secret_previous"})
 _URLS = frozenset({"redis_url", "database_url"})
 ENV_PREFIX = "LIVEFEED_"
 # Names that differ between the environment and the struct (the env keeps the contract's names).
-_ENV_NAMES = {"dedupe_ttl_s": "DEDUPE_TTL", "drain_timeout_s": "DRAIN_TIMEOUT"}
+_ENV_NAMES = {"dedupe_ttl_s": "DEDUPE_TTL", "drain_timeout_s": "DRAIN_TIMEOUT",
+              "signature_tolerance_s": "SIGNATURE_TOLERANCE", "auth_timeout_s": "AUTH_TIMEOUT",
+              "token_grace_s": "TOKEN_GRACE", "keepalive_s": "KEEPALIVE"}
 
 
 def env_name(field: str) -> str:
@@ -162,6 +177,7 @@ def _explain(exc: msgspec.ValidationError) -> str:
 _HINTS = {
     "delivery": "; use 'streams' (default) or 'pubsub' (comparison baseline)",
     "redis_cluster": "; use true or false",
+    "allow_untimed_signatures": "; use true or false",
 }
 
 
@@ -196,6 +212,15 @@ def validate(s: Settings) -> None:
                  "send_queue"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{env_name(name)} must be a positive integer")
+    for name in ("auth_timeout_s", "keepalive_s"):
+        if not getattr(s, name) > 0:
+            raise SettingsError(f"{env_name(name)} must be a positive number of seconds")
+    for name in ("token_grace_s", "signature_tolerance_s"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{env_name(name)} must be 0 or more seconds")
+    if s.signing_secret_previous and s.signing_secret_previous_file:
+        raise SettingsError(f"set {env_name('signing_secret_previous')} or "
+                            f"{env_name('signing_secret_previous_file')}, not both")
     if s.redis_cluster and s.redis_url is None:
         raise SettingsError(
             f"{env_name('redis_cluster')}=true needs {env_name('redis_url')} "

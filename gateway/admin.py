@@ -22,6 +22,7 @@ from livefeed.core.deadletters import DeadLetters
 from livefeed.core.durations import parse_duration_ms
 from livefeed.core.pending import Pending, PendingError
 from livefeed.core.status import Status
+from livefeed.gateway.bearer import authenticate
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.admin import ClaimRequest, DeadRequest, GatewayView
@@ -44,22 +45,14 @@ def error(status: int, message: str) -> Response:
                     media_type="application/json", headers=headers)
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query_params.get("token")
-
-
 def admin_only(handler: Handler) -> Handler:
-    """401 without a valid token, 403 with a valid token that is not an admin's."""
+    """401 without a valid token in the Authorization header (a `?token=` is refused: a
+    cross-site form could send that one), 403 with a valid token that is not an admin's."""
 
     @functools.wraps(handler)
     async def guarded(request: Request) -> Response:
-        state: GatewayState = request.app.state.lf
         try:
-            claims = auth.verify(state.signing_secret, bearer_token(request))
+            claims = authenticate(request)
         except auth.InvalidToken as exc:
             return error(401, f"admin token required: {exc}")
         if not claims.admin:
@@ -210,7 +203,8 @@ async def api_gateway(request: Request) -> Response:
 
 
 async def page(request: Request) -> Response:
-    # The page is static; the data behind it needs the token the page reads from ?token=.
+    # The page is static; the data behind it needs the token the page reads from its
+    # fragment (#token=, never sent to the server) and sends as a header.
     return FileResponse(STATIC / "admin.html", headers={"cache-control": "no-store"})
 
 

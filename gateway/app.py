@@ -17,17 +17,28 @@ from starlette.routing import BaseRoute
 from livefeed.core import db, redis_client
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
-from livefeed.core.secretfile import signing_secret
+from livefeed.core.secretfile import previous_secret, signing_secret
 from livefeed.core.settings import Resolved
-from livefeed.gateway import admin, health, history, hub, ingest, metrics, page, sse, ws
+from livefeed.gateway import (
+    admin,
+    health,
+    history,
+    hub,
+    ingest,
+    metrics,
+    page,
+    sse,
+    tickets,
+    ws,
+)
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FEATURES: tuple[Feature, ...] = (
-    ingest.FEATURE, hub.FEATURE, ws.FEATURE, sse.FEATURE, history.FEATURE, page.FEATURE,
-    admin.FEATURE, metrics.FEATURE, health.FEATURE,
+    ingest.FEATURE, hub.FEATURE, ws.FEATURE, sse.FEATURE, tickets.FEATURE, history.FEATURE,
+    page.FEATURE, admin.FEATURE, metrics.FEATURE, health.FEATURE,
 )
 
 
@@ -58,6 +69,7 @@ def create_app(settings: Resolved, features: Sequence[Feature] = DEFAULT_FEATURE
                              cluster=settings.redis_cluster,
                              replicas=settings.ingest_replicas),
                 signing_secret=signing_secret(settings),
+                previous_secret=previous_secret(settings),
             )
             app.state.lf = state
             for feature in features:

@@ -1,4 +1,5 @@
-"""`GET /v1/feed?token=..&before=..&limit=..`: a user's persisted newsletters, newest first.
+"""`GET /v1/feed?before=..&limit=..` (token as `Authorization: Bearer`): a user's persisted
+newsletters, newest first.
 
 Keyset pagination on (received_at, id): `next` is an opaque cursor for `before`, null on
 the last page. Served from PostgreSQL, so it holds everything ever persisted, however far
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from livefeed.core import auth, newsletters
+from livefeed.gateway.bearer import authenticate
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.http import HistoryItem, HistoryPage
@@ -67,9 +69,9 @@ def _error(status: int, message: str) -> JSONResponse:
 async def feed(request: Request) -> Response:
     state: GatewayState = request.app.state.lf
     try:
-        claims = auth.verify(state.signing_secret, request.query_params.get("token"))
-    except auth.InvalidToken:
-        return _error(401, "bad or expired token")
+        claims = authenticate(request)
+    except auth.InvalidToken as exc:
+        return _error(401, f"bad or expired token: {exc}")
     before = None
     if raw := request.query_params.get("before"):
         try:

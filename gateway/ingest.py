@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from livefeed.core import auth, metrics, newsletters
 from livefeed.core.errors import DB_UNAVAILABLE, REDIS_ERRORS
 from livefeed.core.eventlog import IdConflict, NotReplicated
+from livefeed.gateway.bearer import QUERY_TOKEN_REFUSED, bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.event import (
@@ -77,18 +78,32 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def authorized(state: GatewayState, request: Request, body: bytes) -> bool:
-    secret = state.settings.webhook_secret
+def refusal(state: GatewayState, request: Request, body: bytes) -> str | None:
+    """None if the request may post (a valid webhook signature, or an admin bearer token),
+    else why not."""
+    if "token" in request.query_params:
+        return QUERY_TOKEN_REFUSED
+    settings = state.settings
     signature = request.headers.get(auth.SIGNATURE_HEADER)
-    if secret and signature is not None and auth.check_body_signature(secret, body, signature):
-        return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return False
+    why = "sign the body (X-Livefeed-Timestamp, X-Livefeed-Signature: v1=<hex HMAC>) or " \
+          "send an admin bearer token"
+    if settings.webhook_secret and signature is not None:
+        why = auth.check_signature(
+            settings.webhook_secret, body, signature, request.headers.get(auth.TIMESTAMP_HEADER),
+            tolerance_s=settings.signature_tolerance_s,
+            allow_untimed=settings.allow_untimed_signatures,
+        ) or ""
+        if not why:
+            return None
+    token = bearer_token(request.headers)
+    if token is None:
+        return why
     try:
-        return auth.verify(state.signing_secret, token.strip()).admin
-    except auth.InvalidToken:
-        return False
+        if state.verify(token).admin:
+            return None
+        return "a user token cannot post: use an admin token or a webhook signature"
+    except auth.InvalidToken as exc:
+        return f"bad admin token: {exc}"
 
 
 async def ingest(request: Request) -> Response:
@@ -99,9 +114,8 @@ async def ingest(request: Request) -> Response:
         return _reply(400, Problem("disconnected", "the client went away mid-body"))
     if body is None:
         return _reject(413, "too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
-    if not authorized(state, request, body):
-        return _reject(401, "unauthorized", "sign the body (X-Livefeed-Signature: "
-                       "sha256=<hex HMAC>) or send an admin bearer token")
+    if (why := refusal(state, request, body)) is not None:
+        return _reject(401, "unauthorized", why)
     try:
         events = decode_ingest_body(body)
     except msgspec.ValidationError as exc:

@@ -1,6 +1,12 @@
-"""`GET /v1/sse?token=..` (`Last-Event-ID` header or `last_id` query): live delivery as
+"""`GET /v1/sse?ticket=..` (`Last-Event-ID` header or `last_id` query): live delivery as
 Server-Sent Events. Each frame is `id:` (feed id, when it has one), `event:` (frame type)
-and `data:` (the same JSON as over WebSocket). A bad token is HTTP 401.
+and `data:` (the same JSON as over WebSocket).
+
+Authentication: a single-use ticket from `POST /v1/tickets` (EventSource cannot set
+headers), or `Authorization: Bearer <token>` from other clients; a bad, used or expired
+ticket or token is HTTP 401, and so is a token in the URL. When the token's `exp` is more
+than LIVEFEED_TOKEN_GRACE seconds past, the stream ends with an `expired` frame: the client
+gets a new ticket and resumes.
 
 uvicorn does not end streaming responses on shutdown: the stream ends itself when the
 gateway drains (`state.draining`), and when the client is too slow.
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import anyio
 from starlette.requests import Request
@@ -18,16 +25,18 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from livefeed.core import auth, metrics
+from livefeed.core.errors import REDIS_ERRORS
+from livefeed.gateway import tickets
+from livefeed.gateway.bearer import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
 from livefeed.gateway.live import Session
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
-from livefeed.schemas.frames import FrameType
+from livefeed.schemas.frames import EXPIRED_FRAME, FrameType
 
 logger = logging.getLogger(__name__)
 
-KEEPALIVE_S = 15.0
 RETRY_MS = 1000
 END_TIMEOUT_S = 5.0
 
@@ -56,16 +65,16 @@ class _SseTransport:
 class SseStream(Response):
     """The event stream of one session, written straight to the ASGI `send`."""
 
-    def __init__(self, state: GatewayState, user: str, last_id: str | None,
-                 keepalive_s: float = KEEPALIVE_S) -> None:
+    def __init__(self, state: GatewayState, claims: auth.Claims, last_id: str | None) -> None:
         super().__init__(media_type="text/event-stream",
                          headers={"cache-control": "no-store", "x-accel-buffering": "no"})
         # A stream has no length (Response set one for its empty body).
         self.raw_headers = [h for h in self.raw_headers if h[0] != b"content-length"]
         self.state = state
-        self.user = user
+        self.user = claims.user
         self.last_id = last_id
-        self.keepalive_s = keepalive_s
+        self.keepalive_s = state.settings.keepalive_s
+        self.deadline = claims.exp + state.settings.token_grace_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
@@ -81,22 +90,34 @@ class SseStream(Response):
         await session.prepare()
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
 
+        expired = False
+
         async def until_gone() -> None:
             # Waiting for the client's disconnect, with a comment line whenever it idles
-            # that long (proxies close silent streams).
+            # that long (proxies close silent streams), until the token expires.
+            nonlocal expired
             with contextlib.suppress(OSError):
                 while True:
-                    with anyio.move_on_after(self.keepalive_s) as idle:
+                    expires_in = self.deadline - time.time()
+                    if expires_in <= 0:
+                        expired = True
+                        return
+                    with anyio.move_on_after(min(self.keepalive_s, expires_in)) as idle:
                         while (await receive())["type"] != "http.disconnect":
                             pass
                     if not idle.cancelled_caught:
                         return
-                    await transport.write(b": keep-alive\n\n")
+                    if self.deadline > time.time():
+                        await transport.write(b": keep-alive\n\n")
 
         metrics.CLIENTS.labels("sse").inc()
         try:
             with contextlib.suppress(OSError):
                 await run_with(session, sessions, until_gone)
+            if expired:
+                # After the session ended: nothing follows this frame.
+                with anyio.move_on_after(END_TIMEOUT_S), contextlib.suppress(OSError):
+                    await transport.send("expired", None, EXPIRED_FRAME)
         finally:
             metrics.CLIENTS.labels("sse").dec()
         with anyio.move_on_after(END_TIMEOUT_S), contextlib.suppress(OSError):
@@ -106,13 +127,24 @@ class SseStream(Response):
 async def live_sse(request: Request) -> Response:
     state: GatewayState = request.app.state.lf
     try:
-        claims = auth.verify(state.signing_secret, request.query_params.get("token"))
-    except auth.InvalidToken:
-        return JSONResponse({"error": "bad or expired token"}, status_code=401)
+        if "token" in request.query_params:
+            raise auth.InvalidToken("a token in the URL (?token=) is refused: get a ticket "
+                                    "from POST /v1/tickets, or send Authorization: Bearer")
+        header = bearer_token(request.headers)
+        if header is not None:
+            claims = state.verify(header)
+        else:
+            claims = await tickets.redeem(state, request.query_params.get("ticket"))
+    except auth.InvalidToken as exc:
+        return JSONResponse({"error": f"bad or expired token or ticket: {exc}"},
+                            status_code=401)
+    except REDIS_ERRORS:
+        return JSONResponse({"error": "Redis unavailable: retry"}, status_code=503,
+                            headers={"retry-after": "1"})
     if state.draining.is_set():
         return JSONResponse({"error": "gateway draining"}, status_code=503)
     last_id = request.headers.get("last-event-id") or request.query_params.get("last_id")
-    return SseStream(state, claims.user, last_id)
+    return SseStream(state, claims, last_id)
 
 
 def routes() -> list[BaseRoute]:

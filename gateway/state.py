@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import asyncpg
 
+from livefeed.core import auth
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Resolved
@@ -26,12 +27,21 @@ class GatewayState:
     pool: asyncpg.Pool
     log: EventLog
     signing_secret: str
+    # Set during a rotation (LIVEFEED_SIGNING_SECRET_PREVIOUS): its tokens still verify.
+    previous_secret: str | None = None
     # Set when SIGTERM arrives: live streams (WebSocket and SSE) end themselves.
     draining: anyio.Event = field(default_factory=anyio.Event)
     # Set by the lifespans of the features that hold them (None: not plugged in).
     hub: Hub | None = None  # gateway/hub.py
     sessions: Sessions | None = None  # gateway/hub.py
     stream_figures: StreamFigures | None = None  # gateway/metrics.py
+
+    def verify(self, token: str | None) -> auth.Claims:
+        """The claims of a token signed with the current or the previous secret; raises
+        auth.InvalidToken."""
+        if self.previous_secret:
+            return auth.verify((self.signing_secret, self.previous_secret), token)
+        return auth.verify(self.signing_secret, token)
 
     def live(self) -> tuple[Hub, Sessions]:
         """The hub and the live sessions' registry, for the WebSocket and SSE features."""

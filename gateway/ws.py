@@ -1,73 +1,197 @@
-"""`GET /v1/ws?token=..&last_id=..`: live delivery over WebSocket (JSON text frames).
+"""`GET /v1/ws?last_id=..`: live delivery over WebSocket (JSON text frames).
 
-Close codes (`schemas.frames.CloseCode`): 4001 bad or expired token, 4008 client too slow
-(it reconnects and replays), 1012 gateway draining.
+Authentication: the socket is accepted, then the client's first message must be
+`{"type": "auth", "token": "<jwt>"}` within LIVEFEED_AUTH_TIMEOUT seconds; non-browser
+clients may send `Authorization: Bearer <jwt>` on the handshake instead. A token in the
+URL is refused (it would be logged). While connected, `{"type": "refresh", "token": ..}`
+(same user) pushes the connection's expiry back: LIVEFEED_TOKEN_GRACE seconds after the
+token's `exp` the connection is closed with 4003. An idle socket gets a `ping` frame every
+LIVEFEED_KEEPALIVE seconds.
+
+The expiry and the keepalive are deadlines of the one task that reads the client's
+messages (there is no timer task per connection).
+
+Close codes (`schemas.frames.CloseCode`): 4001 bad, missing or late token, 4003 token
+expired (get a new one and resume), 4008 client too slow (it reconnects and replays),
+1012 gateway draining.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 
 import anyio
+import msgspec
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livefeed.core import auth, metrics
+from livefeed.gateway.bearer import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
 from livefeed.gateway.live import Session
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
-from livefeed.schemas.frames import CloseCode, FrameType
+from livefeed.schemas.frames import (
+    PING_FRAME,
+    Auth,
+    CloseCode,
+    FrameType,
+    Refresh,
+    decode_client_message,
+)
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
+_PING_TEXT = PING_FRAME.decode()
 
 
 class WebSocketTransport:
-    __slots__ = ("websocket",)
+    __slots__ = ("websocket", "last_sent")
 
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
+        self.last_sent = time.monotonic()  # the keepalive pings after this much silence
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
+        self.last_sent = time.monotonic()
         # uvicorn's wsproto sends bytes as a binary message: a text frame needs a str.
         await self.websocket.send_text(frame.decode())
+
+    async def ping(self) -> None:
+        # Concurrent with the session's own sends: uvicorn writes each message whole.
+        self.last_sent = time.monotonic()
+        await self.websocket.send_text(_PING_TEXT)
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str, *, accept: bool = True,
+                  ) -> None:
+    # Accept first: a close before the handshake reaches the client as HTTP 403, not 4001.
+    with anyio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(
+        WebSocketDisconnect, OSError, RuntimeError
+    ):
+        if accept:
+            await websocket.accept()
+        await websocket.close(code, reason)
+
+
+def _message_text(message: dict[str, object]) -> str | bytes | None:
+    text = message.get("text")
+    if isinstance(text, str | bytes):
+        return text
+    data = message.get("bytes")
+    return data if isinstance(data, bytes) else None
+
+
+async def _first_message(websocket: WebSocket, state: GatewayState) -> auth.Claims | None:
+    """The claims of the client's `auth` message; None once the client is gone or was
+    closed with 4001."""
+    timeout = state.settings.auth_timeout_s
+    message: dict[str, object] | None = None
+    with anyio.move_on_after(timeout), contextlib.suppress(WebSocketDisconnect, OSError):
+        message = dict(await websocket.receive())
+    if message is not None and message["type"] == "websocket.disconnect":
+        return None
+    why = f"no auth message within {timeout:g} s"
+    if message is not None:
+        try:
+            first = decode_client_message(_message_text(message) or b"")
+            if not isinstance(first, Auth):
+                raise msgspec.ValidationError("not an auth message")
+            return state.verify(first.token)
+        except msgspec.DecodeError:
+            why = 'the first message must be {"type":"auth","token":"<jwt>"}'
+        except auth.InvalidToken:
+            why = "bad or expired token"
+    await _refuse(websocket, CloseCode.BAD_TOKEN, why, accept=False)
+    return None
 
 
 async def live_ws(websocket: WebSocket) -> None:
     state: GatewayState = websocket.app.state.lf
-    try:
-        claims = auth.verify(state.signing_secret, websocket.query_params.get("token"))
-    except auth.InvalidToken:
-        # Accept first: a close before the handshake reaches the client as HTTP 403, not 4001.
-        await websocket.accept()
-        await websocket.close(CloseCode.BAD_TOKEN, "bad or expired token")
+    settings = state.settings
+    if "token" in websocket.query_params:
+        await _refuse(websocket, CloseCode.BAD_TOKEN, "token in the URL refused: send it "
+                      "in the first message or an Authorization header")
         return
+    claims: auth.Claims | None = None
+    if (header := bearer_token(websocket.headers)) is not None:
+        try:
+            claims = state.verify(header)
+        except auth.InvalidToken:
+            await _refuse(websocket, CloseCode.BAD_TOKEN, "bad or expired token")
+            return
     if state.draining.is_set():
-        await websocket.accept()
-        await websocket.close(CloseCode.DRAINING, "gateway draining")
+        await _refuse(websocket, CloseCode.DRAINING, "gateway draining")
         return
     hub, sessions = state.live()
-    session = Session(
-        user=claims.user, log=state.log, hub=hub, transport=WebSocketTransport(websocket),
-        last_id=websocket.query_params.get("last_id"), mode=state.settings.delivery,
-        queue_size=state.settings.send_queue,
-    )
-    # Before the handshake completes: what is published once the client sees itself
-    # connected is delivered to it.
-    await session.prepare()
-    await websocket.accept()
+    transport = WebSocketTransport(websocket)
+    last_id = websocket.query_params.get("last_id")
+    if claims is None:
+        await websocket.accept()
+        claims = await _first_message(websocket, state)
+        if claims is None:
+            return
+        session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
+                          last_id=last_id, mode=settings.delivery,
+                          queue_size=settings.send_queue)
+    else:
+        session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
+                          last_id=last_id, mode=settings.delivery,
+                          queue_size=settings.send_queue)
+        # Before the handshake completes: what is published once the client sees itself
+        # connected is delivered to it. (After an auth message: once `hello` arrives.)
+        await session.prepare()
+        await websocket.accept()
     gone = False
+    user = claims.user
+    deadline = claims.exp + settings.token_grace_s
+    keepalive = settings.keepalive_s
 
     async def until_gone() -> None:
-        nonlocal gone
-        # Client messages carry nothing; reading them notices the disconnect.
-        while (await websocket.receive())["type"] != "websocket.disconnect":
-            pass
-        gone = True
+        """Read the client's messages until it leaves; ping it when idle, and end the
+        session once its token expired (grace included) without a refresh."""
+        nonlocal gone, deadline
+        loop = asyncio.get_running_loop()
+        while True:
+            expires_in = deadline - time.time()
+            if expires_in <= 0:
+                session.stop(CloseCode.TOKEN_EXPIRED)
+                return
+            idle_left = transport.last_sent + keepalive - time.monotonic()
+            if idle_left <= 0:
+                try:
+                    await transport.ping()
+                except (WebSocketDisconnect, OSError, RuntimeError):
+                    gone = True
+                    return
+                continue
+            message = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(loop.time() + min(expires_in, idle_left)):
+                    message = await websocket.receive()
+            if message is None:
+                continue
+            if message["type"] == "websocket.disconnect":
+                gone = True
+                return
+            try:
+                received = decode_client_message(_message_text(dict(message)) or b"")
+            except msgspec.DecodeError:
+                continue  # nothing else is expected of clients: ignored
+            if isinstance(received, Refresh | Auth):
+                try:
+                    fresh = state.verify(received.token)
+                except auth.InvalidToken:
+                    fresh = None
+                if fresh is None or fresh.user != user:
+                    session.stop(CloseCode.BAD_TOKEN)
+                    return
+                deadline = max(deadline, fresh.exp + settings.token_grace_s)
 
     metrics.CLIENTS.labels("ws").inc()
     close_code: int | None = None
@@ -81,7 +205,11 @@ async def live_ws(websocket: WebSocket) -> None:
         with anyio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(
             WebSocketDisconnect, OSError, RuntimeError
         ):
-            await websocket.close(close_code or 1000)
+            await websocket.close(close_code or 1000, _REASONS.get(close_code or 1000, ""))
+
+
+_REASONS: dict[int, str] = {CloseCode.TOKEN_EXPIRED: "token expired: get a new one and resume",
+            CloseCode.BAD_TOKEN: "bad token in refresh"}
 
 
 def routes() -> list[BaseRoute]:

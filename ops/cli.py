@@ -17,6 +17,7 @@ import anyio
 
 from livefeed.core import settings as settings_mod
 from livefeed.core.settings import Settings, SettingsError
+from livefeed.ops import logredact
 from livefeed.ops.bench import command as bench
 from livefeed.ops.commands import (
     Register,
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logredact.install()  # no token or ticket in any log line (uvicorn's: ops/serve.py)
     # httpx logs every request at INFO; `livefeed send` says what matters itself.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     func: Command = args.func

@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 import uvicorn
 
+from livefeed.ops import logredact
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,8 +26,9 @@ DRAIN_TIMEOUT_S = 10.0
 
 def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "warning",
                    drain_timeout_s: float = DRAIN_TIMEOUT_S, **kw: Any) -> uvicorn.Config:
-    """uvicorn for the gateway: wsproto, no compression, drained within `drain_timeout_s`."""
-    return uvicorn.Config(
+    """uvicorn for the gateway: wsproto, no compression, drained within `drain_timeout_s`;
+    its logs (and ours) never show a token (`ops/logredact.py`)."""
+    config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level.lower(), lifespan="on",
         # wsproto: the least memory per idle WebSocket of uvicorn's implementations.
         ws="wsproto",
@@ -37,6 +40,9 @@ def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "warning"
         timeout_graceful_shutdown=max(1, math.ceil(drain_timeout_s)),
         **kw,
     )
+    # After the Config: it configures uvicorn's loggers and handlers.
+    logredact.install()
+    return config
 
 
 class Server(uvicorn.Server):

@@ -13,7 +13,7 @@ import msgspec
 
 # How events reach the gateways (LIVEFEED_DELIVERY); `hello` tells the client which.
 Delivery = Literal["streams", "pubsub"]
-FrameType = Literal["hello", "event", "recovered", "reset"]
+FrameType = Literal["hello", "event", "recovered", "reset", "ping", "expired"]
 # Why a client's history after its last id cannot be replayed (`reset.reason`).
 ResumeProblem = Literal["trimmed", "unknown_id", "stream_lost"]
 
@@ -21,9 +21,11 @@ ResumeProblem = Literal["trimmed", "unknown_id", "stream_lost"]
 class CloseCode(IntEnum):
     """WebSocket close codes the gateway sends (the browser client repeats the numbers in
     gateway/static/livefeed.js; a test keeps both equal). SSE has no close code: a bad
-    token is HTTP 401; a slow client's or a draining gateway's stream just ends."""
+    token or ticket is HTTP 401; an expired token's stream ends with an `expired` frame; a
+    slow client's or a draining gateway's stream just ends."""
 
-    BAD_TOKEN = 4001  # bad or expired token: do not retry with it
+    BAD_TOKEN = 4001  # bad, missing or late token: do not retry with it (get a new one)
+    TOKEN_EXPIRED = 4003  # the token expired on an open connection: new token, resume
     TOO_SLOW = 4008  # the client did not keep up: reconnect with last_id and replay
     DRAINING = 1012  # "service restart": the gateway is shutting down, reconnect
 
@@ -52,10 +54,45 @@ class Reset(msgspec.Struct, frozen=True, tag="reset", tag_field="type", omit_def
     last_id: str | None = None
 
 
-Frame = Hello | EventFrame | Recovered | Reset
+class Ping(msgspec.Struct, frozen=True, tag="ping", tag_field="type"):
+    """Server keepalive on an idle WebSocket (every LIVEFEED_KEEPALIVE seconds)."""
+
+
+class Expired(msgspec.Struct, frozen=True, tag="expired", tag_field="type"):
+    """The last frame of an SSE stream whose token expired: get a new ticket, resume."""
+
+
+Frame = Hello | EventFrame | Recovered | Reset | Ping | Expired
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Frame)
+
+
+# Messages a WebSocket client sends (JSON text).
+
+class Auth(msgspec.Struct, frozen=True, tag="auth", tag_field="type"):
+    """The first message of a connection without an Authorization header."""
+
+    token: str
+
+
+class Refresh(msgspec.Struct, frozen=True, tag="refresh", tag_field="type"):
+    """A new token of the same user, pushing the connection's expiry back."""
+
+    token: str
+
+
+ClientMessage = Auth | Refresh
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+def decode_client_message(raw: bytes | str) -> ClientMessage:
+    """Raises msgspec.DecodeError (ValidationError included) for anything else."""
+    return _client_decoder.decode(raw)
+
+
+PING_FRAME = b'{"type":"ping"}'
+EXPIRED_FRAME = b'{"type":"expired"}'
 
 
 def encode_frame(frame: Frame) -> bytes:

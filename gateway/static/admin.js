@@ -1,8 +1,10 @@
-// The /admin page: polls /admin/api every 2 s with the token from ?token=.
+// The /admin page: polls /admin/api every 2 s, with the token from the page's fragment
+// (#token=, never sent to a server; ?token= still read for old links) as a bearer header.
 // Everything from Redis (errors, previews, names) goes in via textContent, never as HTML.
 "use strict";
 
-const TOKEN = new URLSearchParams(location.search).get("token") || "";
+const TOKEN = new URLSearchParams(location.hash.slice(1)).get("token")
+  || new URLSearchParams(location.search).get("token") || "";
 const POLL_MS = 2000;
 
 function api(path, options = {}) {

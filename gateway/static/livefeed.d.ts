@@ -150,17 +150,23 @@ export declare const DEFAULTS: Readonly<Required<Pick<Options,
 /**
  * WebSocket close codes of the gateway (schemas/frames.py CloseCode) and what the client
  * does on each:
- * - 4001 BAD_TOKEN: bad or missing token: asks `getToken()` for another and retries with
- *   backoff; the same token again => status `unauthorized`, stopped.
+ * - 4001 BAD_TOKEN: bad, missing or late token: asks `getToken()` for another and retries
+ *   with backoff; the same token again => status `unauthorized`, stopped. (Over SSE: the
+ *   ticket request answered 401.)
+ * - 4003 TOKEN_EXPIRED: the token's `exp` passed on the open connection (no `refresh` in
+ *   time): asks `getToken()` and reconnects at once with its last id (exact resume); the
+ *   same over SSE on the final `expired` frame. A second expiry before any `hello` waits
+ *   the backoff.
  * - 4008 TOO_SLOW: it did not keep up: reconnects with backoff, the server replays.
  * - 1012 DRAINING: the gateway shuts down: reconnects with backoff (to another gateway).
  * - any other code (1006: the connection broke): reconnects with backoff, resuming.
  */
 export declare const CLOSE: {
   readonly BAD_TOKEN: 4001;
+  readonly TOKEN_EXPIRED: 4003;
   readonly TOO_SLOW: 4008;
   readonly DRAINING: 1012;
 };
 
 /** The frame types the gateway sends (schemas/frames.py FrameType). */
-export declare const FRAME_TYPES: readonly ["hello", "event", "recovered", "reset"];
+export declare const FRAME_TYPES: readonly ["hello", "event", "recovered", "reset", "ping", "expired"];

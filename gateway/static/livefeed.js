@@ -6,8 +6,8 @@
 
 // The gateway's contract, copied from livefeed/schemas/frames.py (CloseCode, FrameType);
 // tests/schemas/test_frames.py keeps these equal to the Python definitions.
-const CLOSE = { BAD_TOKEN: 4001, TOO_SLOW: 4008, DRAINING: 1012 };
-const FRAME_TYPES = ["hello", "event", "recovered", "reset"];
+const CLOSE = { BAD_TOKEN: 4001, TOKEN_EXPIRED: 4003, TOO_SLOW: 4008, DRAINING: 1012 };
+const FRAME_TYPES = ["hello", "event", "recovered", "reset", "ping", "expired"];
 const PAGE_MAX = 200; // GET /v1/feed's largest `limit`
 const SHARED_RECENT = 1000; // event frames a leader keeps for tabs that join late
 
@@ -28,28 +28,20 @@ export const DEFAULTS = Object.freeze({
 // POST /v1/tickets.
 // ---------------------------------------------------------------------------------------
 
-// TRANSITION, the single switch: true while the gateway predates PROTOCOL.md's auth (it
-// took the token only as `?token=`); remove with this function once the server speaks it.
-const URL_TOKEN = true;
-function legacyToken(u, token) {
-  if (URL_TOKEN) u.searchParams.set("token", token);
-  return u;
-}
-
 function bearer(token) {
   return { authorization: "Bearer " + token };
 }
 
 /** GET an HTTP API of the gateway (`/v1/feed`) as the token's user. */
 function authFetch(u, token) {
-  return fetch(legacyToken(u, token), { headers: bearer(token) });
+  return fetch(u, { headers: bearer(token) });
 }
 
-function wsUrl(base, token, lastId) {
+function wsUrl(base, lastId) {
   const u = new URL("/v1/ws", base);
   u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
   if (lastId) u.searchParams.set("last_id", lastId);
-  return legacyToken(u, token);
+  return u;
 }
 
 function wsAuthMessage(token) {
@@ -65,7 +57,6 @@ class Unauthorized extends Error {}
 async function sseUrl(base, token, lastId) {
   const u = new URL("/v1/sse", base);
   if (lastId) u.searchParams.set("last_id", lastId);
-  if (URL_TOKEN) return legacyToken(u, token);
   const res = await fetch(new URL("/v1/tickets", base), { method: "POST", headers: bearer(token) });
   if (res.status === 401) throw new Unauthorized("ticket refused");
   if (!res.ok) throw new Error("ticket: HTTP " + res.status);
@@ -114,6 +105,7 @@ class Connection {
     this.gen = 0; // bumped per attempt: callbacks of an older attempt are ignored
     this.stopped = false;
     this.rejected = null; // a token the server refused (BAD_TOKEN): never sent again
+    this.expiredInARow = 0;
     this.onOnline = () => this.reconnectNow("online");
     this.onOffline = () => this.drop("browser offline");
     globalThis.addEventListener?.("online", this.onOnline);
@@ -180,18 +172,19 @@ class Connection {
     if (f.type === "ping") return;
     if (f.type === "hello") {
       this.attempt = 0;
+      this.expiredInARow = 0;
       this.wsFailures = 0;
       this.scheduleRefresh(gen);
     }
     if (f.type === "expired") { // SSE's last frame: a fresh token, at once
-      this.lost("token expired", 0);
+      this.lost("token expired", this.renewDelay());
       return;
     }
     this.feed.frame(f);
   }
 
   openWs(gen, token) {
-    const ws = new WebSocket(wsUrl(this.feed.base, token, this.feed.lastId));
+    const ws = new WebSocket(wsUrl(this.feed.base, this.feed.lastId));
     this.conn = ws;
     let opened = false;
     ws.onopen = () => {
@@ -237,7 +230,7 @@ class Connection {
     if (gen !== this.gen) return;
     const es = new EventSource(url);
     this.conn = es;
-    for (const type of FRAME_TYPES.concat(["expired"])) {
+    for (const type of FRAME_TYPES) {
       es.addEventListener(type, (m) => this.heard(gen, JSON.parse(m.data)));
     }
     es.onerror = () => {
@@ -263,12 +256,18 @@ class Connection {
       this.retry("bad token");
       return;
     }
-    if (code === CLOSE.TOKEN_EXPIRED) { this.retry("token expired", 0); return; }
+    if (code === CLOSE.TOKEN_EXPIRED) { this.retry("token expired", this.renewDelay()); return; }
     if (!opened && this.opts.transport === "auto" && ++this.wsFailures >= 2) {
       this.transport = "sse"; // WebSocket blocked on the way: fall back to SSE
     }
     const why = code === CLOSE.DRAINING ? "draining" : code === CLOSE.TOO_SLOW ? "too slow" : "closed " + code;
     this.retry(why);
+  }
+
+  // After an expiry a fresh token at once; a second expiry before any `hello` (getToken()
+  // keeps returning stale tokens, or the clocks disagree) waits the backoff.
+  renewDelay() {
+    return this.expiredInARow++ ? undefined : 0;
   }
 
   retry(why, delay) {

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,14 +91,14 @@ class Publisher:
 
     async def _post(self, body: bytes) -> dict[str, Any]:
         headers = {"content-type": "application/json"}
-        if self.webhook_secret is not None:
-            digest = hmac.new(self.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
-            headers["x-livefeed-signature"] = f"sha256={digest}"
-        else:
+        if self.webhook_secret is None:
             headers["authorization"] = f"Bearer {self.admin_token}"
         backoff = Backoff(self.backoff_base.base_s, self.backoff_base.cap_s)
         for attempt in range(1, self.attempts + 1):
             last = attempt == self.attempts
+            if self.webhook_secret is not None:
+                # Signed again on every try: the gateway refuses old timestamps.
+                headers.update(signature_headers(self.webhook_secret, body))
             try:
                 response = await self.client.post(self.url, content=body, headers=headers)
             except (httpx.TransportError, httpx.TimeoutException) as exc:
@@ -121,6 +122,15 @@ class Publisher:
                 problem = response.text
             raise PublishError(response.status_code, problem)
         raise AssertionError("unreachable")
+
+
+def signature_headers(secret: str, body: bytes, timestamp: int | None = None,
+                      ) -> dict[str, str]:
+    """`X-Livefeed-Timestamp` and `X-Livefeed-Signature: v1=<hex HMAC-SHA256(secret,
+    "<timestamp>." + body)>` (the gateway refuses timestamps over 5 minutes off)."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"x-livefeed-timestamp": str(ts), "x-livefeed-signature": f"v1={mac}"}
 
 
 def _retry_after(response: httpx.Response) -> float:

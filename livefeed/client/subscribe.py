@@ -5,6 +5,10 @@ id, reconnects after a drop, a `4008` (too slow) or a `1012` (gateway draining) 
 full-jitter backoff, and drops any frame at or below it, so a caller never sees an event
 twice. When the history cannot be replayed (trimmed, or Redis lost it) it yields a
 `Reset`: the caller reloads from `GET /v1/feed` and carries on.
+
+The token goes in the `Authorization` header of the WebSocket handshake or SSE request,
+never in the URL. When it expires on an open connection (close `4003`, or the SSE
+`expired` frame) the iterator gets a fresh one from `get_token` and resumes at once.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from livefeed.client.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 
-BAD_TOKEN = 4001  # the gateway's close code for a bad or expired token
+BAD_TOKEN = 4001  # the gateway's close code for a bad or missing token
+TOKEN_EXPIRED = 4003  # the token expired on an open connection: get a new one, resume
 
 
 class SubscribeError(Exception):
@@ -116,6 +121,13 @@ async def subscribe(url: str, token: str | None = None, *, last_id: str | None =
                 backoff.reset()
                 refused = 0
                 yield item
+        except _Expired:
+            if get_token is None:
+                raise SubscribeError("the token expired and there is no get_token to "
+                                     "renew it") from None
+            logger.info("livefeed token expired; renewing, resuming after %s",
+                        cursor.last_id)
+            continue  # at once: nothing is wrong with the gateway
         except _Refused as exc:
             refused += 1
             if get_token is None or refused > 2:
@@ -131,18 +143,23 @@ class _Refused(Exception):
     pass
 
 
-def _query(token: str, cursor: _Cursor) -> str:
-    params = {"token": token}
-    if cursor.last_id:
-        params["last_id"] = cursor.last_id
-    return urlencode(params)
+class _Expired(Exception):
+    pass
+
+
+def _query(cursor: _Cursor) -> str:
+    return "?" + urlencode({"last_id": cursor.last_id}) if cursor.last_id else ""
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
 
 
 async def _ws(url: str, token: str, cursor: _Cursor) -> AsyncIterator[Event | Reset]:
     base = url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     try:
-        async with connect(f"{base}/v1/ws?{_query(token, cursor)}", max_size=None,
-                           compression=None) as ws:
+        async with connect(f"{base}/v1/ws{_query(cursor)}", max_size=None,
+                           compression=None, additional_headers=_auth(token)) as ws:
             async for message in ws:
                 item = cursor.take(_decode(message))
                 if item is not None:
@@ -150,6 +167,8 @@ async def _ws(url: str, token: str, cursor: _Cursor) -> AsyncIterator[Event | Re
     except ConnectionClosed as exc:
         if exc.rcvd is not None and exc.rcvd.code == BAD_TOKEN:
             raise _Refused(f"gateway closed with {BAD_TOKEN}: {exc.rcvd.reason}") from None
+        if exc.rcvd is not None and exc.rcvd.code == TOKEN_EXPIRED:
+            raise _Expired from None
         raise
     except InvalidStatus as exc:
         if exc.response.status_code in (401, 403):
@@ -159,11 +178,12 @@ async def _ws(url: str, token: str, cursor: _Cursor) -> AsyncIterator[Event | Re
 
 
 async def _sse(url: str, token: str, cursor: _Cursor) -> AsyncIterator[Event | Reset]:
-    headers = {"last-event-id": cursor.last_id} if cursor.last_id else {}
+    headers = _auth(token)
+    if cursor.last_id:
+        headers["last-event-id"] = cursor.last_id
     timeout = httpx.Timeout(10.0, read=None)
     async with httpx.AsyncClient(timeout=timeout) as client, aconnect_sse(
-        client, "GET", f"{url.rstrip('/')}/v1/sse?{_query(token, _Cursor(None))}",
-        headers=headers,
+        client, "GET", f"{url.rstrip('/')}/v1/sse", headers=headers,
     ) as source:
         if source.response.status_code == 401:
             raise _Refused("gateway answered 401")
@@ -171,6 +191,8 @@ async def _sse(url: str, token: str, cursor: _Cursor) -> AsyncIterator[Event | R
         async for sse in source.aiter_sse():
             if not sse.data:
                 continue
+            if sse.event == "expired":
+                raise _Expired
             item = cursor.take(_decode(sse.data))
             if item is not None:
                 yield item

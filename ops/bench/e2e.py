@@ -112,8 +112,8 @@ async def _mode(ctx: Context, s: Resolved, users: list[str], rate: int,
                 evs = data.events(count, picked, seed=tick + len(users) * 7919,
                                   preview=preview or sent_at(time.monotonic_ns()))
                 body = msgspec.json.encode(evs)
-                request = httpload.post_request("/v1/events", body, {
-                    "x-livefeed-signature": auth.sign_body(hook, body)})
+                request = httpload.post_request("/v1/events", body,
+                                                auth.signature_headers(hook, body))
                 conn = await pool.get()
                 try:
                     status, _ = await httpload._exchange(conn[0], conn[1], request)

@@ -29,7 +29,8 @@ sockets: dict[str, set[WebSocket]] = {}
 
 
 async def endpoint(ws: WebSocket) -> None:
-    claims = jwt.decode(ws.query_params.get("token", ""), options={"verify_signature": False})
+    bearer = ws.headers.get("authorization", "").removeprefix("Bearer ")
+    claims = jwt.decode(bearer, options={"verify_signature": False})
     user = str(claims["sub"])
     await ws.accept()
     await ws.send_text('{"type":"hello"}')

@@ -131,12 +131,12 @@ class FeedClient:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def _connect(self, base: str) -> ClientConnection:
-        query = {"token": self.token}
+        uri = f"{base}/v1/ws"
         if self.last_id is not None:
-            query["last_id"] = self.last_id
-        uri = f"{base}/v1/ws?{urlencode(query)}"
+            uri += "?" + urlencode({"last_id": self.last_id})
         options: dict[str, Any] = {
             "open_timeout": 5, "ping_interval": None, "compression": None, "close_timeout": 2,
+            "additional_headers": {"authorization": f"Bearer {self.token}"},
         }
         if self.small_buffer:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

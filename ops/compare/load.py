@@ -100,7 +100,7 @@ class LoadGenerator:
     def _headers(self, body: bytes) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if self.auth_mode == "hmac":
-            headers[auth.SIGNATURE_HEADER] = auth.sign_body(self.webhook_secret, body)
+            headers.update(auth.signature_headers(self.webhook_secret, body))
         else:
             headers["authorization"] = f"Bearer {self.admin_token}"
         return headers

@@ -73,8 +73,7 @@ async def test_persist_killed_mid_run_loses_and_duplicates_nothing(
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             for n, start in enumerate(range(0, len(sent), 500)):
                 body = msgspec.json.encode(sent[start : start + 500])
-                headers = {"x-livefeed-signature": auth.sign_body(settings.webhook_secret or "",
-                                                                  body),
+                headers = {**auth.signature_headers(settings.webhook_secret or "", body),
                            "content-type": "application/json"}
                 r = await client.post("/v1/events", content=body, headers=headers)
                 assert r.status_code == 202, r.text

@@ -96,7 +96,8 @@ async def test_workers_share_a_port_and_all_drain_on_sigterm(
         async def sse() -> None:
             async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
                 tok = auth.mint(SECRET, "u0")
-                async with aconnect_sse(client, "GET", f"{url}/v1/sse?token={tok}") as source:
+                async with aconnect_sse(client, "GET", f"{url}/v1/sse",
+                                        headers={"authorization": f"Bearer {tok}"}) as source:
                     async for _ in source.aiter_sse():
                         pass
             sse_ended.set()
@@ -131,10 +132,9 @@ async def test_post_to_websocket_through_the_fanout_consumer(
                    "received_at": datetime.now(UTC).isoformat()} for i in range(20)]
         body = json.dumps(events).encode()
         assert settings.webhook_secret is not None
-        sig = auth.sign_body(settings.webhook_secret, body)
         async with httpx.AsyncClient(timeout=10) as http:
             r = await http.post(f"{url}/v1/events", content=body,
-                                headers={"x-livefeed-signature": sig,
+                                headers={**auth.signature_headers(settings.webhook_secret, body),
                                          "content-type": "application/json"})
         assert r.status_code == 202, r.text
         await client.until_events(20, timeout=60)

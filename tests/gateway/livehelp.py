@@ -6,6 +6,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,15 @@ def token(user: str, **kw: Any) -> str:
     return auth.mint(SECRET, user, **kw)
 
 
+def bearer_for(tok: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {tok}"}
+
+
+def bearer(user: str, **kw: Any) -> dict[str, str]:
+    """The Authorization header of a token for `user`."""
+    return bearer_for(token(user, **kw))
+
+
 def event(user: str, i: int, *, preview: str | None = None) -> IngestEntry:
     ev = Event(user_id=user, subject=f"subject {i}", sender=f"sender{i}@example.com",
                received_at=datetime.now(UTC), id=uuid.uuid4(), preview=preview)
@@ -52,21 +62,50 @@ async def publish(log: EventLog, user: str, n: int, *, start: int = 0,
     return ids
 
 
-def ws_url(base: str, user: str, last_id: str | None = None, tok: str | None = None) -> str:
-    url = base.replace("http://", "ws://") + f"/v1/ws?token={tok or token(user)}"
-    return url + (f"&last_id={last_id}" if last_id else "")
+@dataclass(frozen=True)
+class WsTarget:
+    """Where a WebSocket client connects, and the token it authenticates with."""
+
+    url: str
+    token: str
+
+
+def ws_url(base: str, user: str, last_id: str | None = None, tok: str | None = None,
+           ) -> WsTarget:
+    url = base.replace("http://", "ws://") + "/v1/ws"
+    return WsTarget(url + (f"?last_id={last_id}" if last_id else ""), tok or token(user))
+
+
+def auth_message(tok: str, kind: str = "auth") -> str:
+    return json.dumps({"type": kind, "token": tok})
 
 
 class WsClient:
-    """A real `websockets` client that keeps every frame it received."""
+    """A real `websockets` client that keeps every frame it received (pings aside)."""
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         self.frames: list[dict[str, Any]] = []
+        self.pings = 0
 
     @classmethod
-    async def open(cls, url: str, **kw: Any) -> WsClient:
-        return cls(await websockets.connect(url, open_timeout=20, **kw))
+    async def open(cls, target: WsTarget, *, header: bool = False, **kw: Any) -> WsClient:
+        """Connected, authenticated by its first message (as browsers do), or by an
+        `Authorization` header on the handshake with `header=True`."""
+        if header:
+            kw["additional_headers"] = {"authorization": f"Bearer {target.token}"}
+        client = cls(await websockets.connect(target.url, open_timeout=20, **kw))
+        if not header:
+            await client.conn.send(auth_message(target.token))
+        return client
+
+    async def recv(self) -> dict[str, Any]:
+        """The next frame that is not a keepalive `ping`."""
+        while True:
+            frame: dict[str, Any] = json.loads(await self.conn.recv())
+            if frame["type"] != "ping":
+                return frame
+            self.pings += 1
 
     def events(self) -> list[str]:
         return [f["id"] for f in self.frames if f["type"] == "event"]
@@ -77,7 +116,7 @@ class WsClient:
     async def until(self, done: Callable[[WsClient], bool], timeout: float = 60) -> None:
         with anyio.fail_after(timeout):
             while not done(self):
-                self.frames.append(json.loads(await self.conn.recv()))
+                self.frames.append(await self.recv())
 
     async def until_events(self, n: int, timeout: float = 60) -> None:
         await self.until(lambda c: len(c.events()) >= n, timeout)

@@ -42,6 +42,7 @@ async def test_every_endpoint_needs_an_admin_token(settings: Settings, redis: An
     user = auth.mint(secret, "alice")
     forged = auth.mint("another-secret-" + "x" * 32, "ops", admin=True)
     expired = auth.mint(secret, "ops", admin=True, ttl_s=-10)
+    good = auth.mint(secret, "ops", admin=True)
     async with app_client(settings) as (client, _):
         for method, path in ENDPOINTS:
             none = await client.request(method, path)
@@ -52,9 +53,13 @@ async def test_every_endpoint_needs_an_admin_token(settings: Settings, redis: An
                     == 401, path
             denied = await client.request(method, path, headers=bearer(user))
             assert denied.status_code == 403, path
-            assert (await client.request(method, f"{path}?token={user}")).status_code == 403
-        ok = await client.get("/admin/api/status", params={"token": auth.mint(
-            secret, "ops", admin=True)})
+            # An admin token in the URL is refused: only the header counts.
+            query = await client.request(method, f"{path}?token={good}")
+            assert query.status_code == 401, path
+            assert "Authorization: Bearer" in query.json()["error"]
+            both = await client.request(method, f"{path}?token={good}", headers=bearer(good))
+            assert both.status_code == 401, path
+        ok = await client.get("/admin/api/status", headers=bearer(good))
         assert ok.status_code == 200
         # The page itself is static; it fetches the data with the token from its URL.
         page = await client.get("/admin")
@@ -100,6 +105,7 @@ async def test_status_pending_and_claim(settings: Settings, admin: dict[str, str
 
 async def test_dead_letters_over_http(settings: Settings, admin: dict[str, str],
                                       redis: Any, keys: Keys) -> None:
+    admin_token = admin["authorization"].removeprefix("Bearer ")
     first, event_id, data = await poisoned(redis, keys, "Poison A")
     second, _, _ = await poisoned(redis, keys, "Poison B")
     async with app_client(settings) as (client, _):
@@ -123,6 +129,15 @@ async def test_dead_letters_over_http(settings: Settings, admin: dict[str, str],
         [(_, fields)] = await redis.xrange(keys.ingest_of("bob"))
         assert fields[b"event_id"] == event_id.encode() and fields[b"data"] == data
         assert await ingest_length(redis, keys) == 1
+
+        # A cross-site form can POST text/plain with the token in its action URL, but it
+        # cannot set a header: refused, and nothing is dropped.
+        forged = await client.post(f"/admin/api/dead/drop?token={admin_token}",
+                                   content=b'{"all": true}',
+                                   headers={"content-type": "text/plain",
+                                            "origin": "https://elsewhere.example"})
+        assert forged.status_code == 401
+        assert (await client.get("/admin/api/dead", headers=admin)).json()["total"] == 1
 
         dropped = await client.post("/admin/api/dead/drop", headers=admin, json={"all": True})
         assert [(a["id"], a["outcome"]) for a in dropped.json()] == [(second, "dropped")]

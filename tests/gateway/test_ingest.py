@@ -34,8 +34,7 @@ def event(**over: Any) -> dict[str, Any]:
 
 
 def signed(body: bytes) -> dict[str, str]:
-    return {"x-livefeed-signature": auth.sign_body(WEBHOOK, body),
-            "content-type": "application/json"}
+    return {**auth.signature_headers(WEBHOOK, body), "content-type": "application/json"}
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from tests.gateway.livehelp import (
     Gateways,
     WsClient,
     assert_exact,
+    bearer,
     make_log,
     publish,
-    token,
     ws_url,
 )
 from tests.helpers.frames import Recorder
@@ -302,7 +302,9 @@ async def test_gateway_releases_the_channel_when_clients_leave(
     await until_numsub(redis, keys.live("alice"), 0)
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
-        async with aconnect_sse(client, "GET", f"{url}/v1/sse?token={token('bob')}") as src:
+        ticket = (await client.post(f"{url}/v1/tickets", headers=bearer("bob"))).json()
+        async with aconnect_sse(client, "GET", f"{url}/v1/sse",
+                                params={"ticket": ticket["ticket"]}) as src:
             async for sse in src.aiter_sse():
                 assert sse.event == "hello"
                 break

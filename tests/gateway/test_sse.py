@@ -16,6 +16,8 @@ from livefeed.core.keys import Keys
 from tests.gateway.livehelp import (
     Gateways,
     assert_exact,
+    bearer,
+    bearer_for,
     make_log,
     publish,
     tells_an_intact_head,
@@ -59,9 +61,13 @@ class SseReader:
 async def test_bad_token_is_401(gateways: Gateways) -> None:
     _, url = gateways.start()
     async with httpx.AsyncClient(timeout=10) as client:
-        for bad in ("", "x.y.z", token("alice", ttl_s=-5)):
-            r = await client.get(f"{url}/v1/sse", params={"token": bad})
+        for bad in ("x.y.z", token("alice", ttl_s=-5)):
+            r = await client.get(f"{url}/v1/sse", headers=bearer_for(bad))
             assert r.status_code == 401
+        assert (await client.get(f"{url}/v1/sse")).status_code == 401
+        # A good token in the URL is refused too: URLs get logged.
+        r = await client.get(f"{url}/v1/sse", params={"token": token("alice")})
+        assert r.status_code == 401 and "Authorization" in r.json()["error"]
 
 
 @pytest.mark.parametrize("via", ["header", "query"])
@@ -72,10 +78,11 @@ async def test_last_event_id_replays_missed_events_then_live(
     log = make_log(redis, keys)
     seen = await publish(log, "alice", 3)
     missed = await publish(log, "alice", 500, start=3)
-    query = f"{url}/v1/sse?token={token('alice')}"
+    query = f"{url}/v1/sse"
     headers = {"last-event-id": seen[-1]} if via == "header" else {}
+    headers.update(bearer("alice"))
     if via == "query":
-        query += f"&last_id={seen[-1]}"
+        query += f"?last_id={seen[-1]}"
     reader = SseReader()
     started = anyio.Event()
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
@@ -107,8 +114,7 @@ async def test_fresh_stream_gives_the_resume_point_and_sigterm_ends_it(
     started = anyio.Event()
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(reader.read, client, f"{url}/v1/sse?token={token('alice')}", {},
-                          started)
+            tg.start_soon(reader.read, client, f"{url}/v1/sse", bearer("alice"), started)
             await reader.until(lambda r: bool(r.of("hello")))
             # The hello carries the current end as its SSE id: a browser's EventSource
             # resumes from there even if it drops before its first event.
@@ -136,8 +142,7 @@ async def test_an_event_published_as_a_stream_opens_arrives_once(
             reader = SseReader()
             started = anyio.Event()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(reader.read, client, f"{url}/v1/sse?token={token(user)}", {},
-                              started)
+                tg.start_soon(reader.read, client, f"{url}/v1/sse", bearer(user), started)
                 await started.wait()
                 first = await publish(log, user, 1, start=1)
                 await reader.until(lambda r: len(r.ids()) >= 1, timeout=20)
@@ -152,11 +157,11 @@ async def test_an_empty_feed_is_resumed_from_its_start(gateways: Gateways, redis
                                                        keys: Keys) -> None:
     _, url = gateways.start()
     log = make_log(redis, keys)
-    query = f"{url}/v1/sse?token={token('alice')}"
+    query = f"{url}/v1/sse"
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
         first = SseReader()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(first.read, client, query, {}, anyio.Event())
+            tg.start_soon(first.read, client, query, bearer("alice"), anyio.Event())
             await first.until(lambda r: bool(r.of("hello")))
             tg.cancel_scope.cancel()
         hello = first.of("hello")[0]
@@ -166,8 +171,8 @@ async def test_an_empty_feed_is_resumed_from_its_start(gateways: Gateways, redis
         missed = await publish(log, "alice", 4)  # before the client's first event
         again = SseReader()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(again.read, client, query, {"last-event-id": hello.id},
-                          anyio.Event())
+            tg.start_soon(again.read, client, query,
+                          {"last-event-id": hello.id, **bearer("alice")}, anyio.Event())
             await again.until(lambda r: bool(r.of("recovered") or r.of("reset")))
             live = await publish(log, "alice", 2, start=4)
             await again.until(lambda r: r.ids()[-1:] == live[-1:])

@@ -49,14 +49,14 @@ class Poster:
     async def post(self, http: httpx.AsyncClient, events: list[dict[str, Any]],
                    timeout: float = 120) -> None:
         body = json.dumps(events).encode()
-        headers = {"x-livefeed-signature": auth.sign_body(self.secret, body),
-                   "content-type": "application/json"}
         attempt = 0
         with anyio.fail_after(timeout):
             while True:
                 urls = self.urls()
                 url = urls[attempt % len(urls)]
                 attempt += 1
+                headers = {**auth.signature_headers(self.secret, body),
+                           "content-type": "application/json"}
                 try:
                     r = await http.post(f"{url}/v1/events", content=body, headers=headers)
                 except httpx.HTTPError:
@@ -93,11 +93,12 @@ class Follower:
             urls = self.urls()
             base = urls[attempt % len(urls)].replace("http://", "ws://")
             attempt += 1
-            url = f"{base}/v1/ws?token={token(self.user)}"
+            url = f"{base}/v1/ws"
             if self.last_id:
-                url += f"&last_id={self.last_id}"
+                url += f"?last_id={self.last_id}"
             try:
                 async with websockets.connect(url, open_timeout=10) as ws:
+                    await ws.send(json.dumps({"type": "auth", "token": token(self.user)}))
                     async for message in ws:
                         frame = json.loads(message)
                         self._take(frame)
