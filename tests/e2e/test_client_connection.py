@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
+import jwt
 import pytest
 
 from livefeed.core import auth
 from livefeed.core.keys import Keys
 from tests.gateway.livehelp import Gateways, make_log, publish, token
 from tests.helpers.client_page import ClientPage
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
@@ -22,13 +25,17 @@ async def test_the_watchdog_reconnects_when_the_server_goes_silent(
         gateways: Gateways, redis: Any, keys: Keys, chromium: Any) -> None:
     """A frozen gateway (SIGSTOP) keeps its connections open and says nothing: the
     watchdog gives up on it, keeps retrying, and resumes exactly once it answers again."""
-    proc, url = gateways.start()
+    proc, url = gateways.start(keepalive_s=0.25)
     log = make_log(redis, keys)
     client = await ClientPage.open(chromium, url, lambda: token("wade"), transport="ws",
                                    share=False, watchdogMs=2000)
     await client.until_status("live")
     before = await publish(log, "wade", 3)
     await client.until_shown(3)
+    # The keepalive feeds the watchdog: an idle connection that gets its pings stays.
+    await eventually(lambda: client.pings >= 20, what="pings over several watchdog periods")
+    assert client.websockets == 1
+    assert not [s for s in await client.statuses() if s.startswith("offline")]
 
     os.kill(proc.pid, signal.SIGSTOP)
     try:
@@ -44,7 +51,7 @@ async def test_the_watchdog_reconnects_when_the_server_goes_silent(
     assert await client.feed_ids() == list(reversed(before + during + after))
 
 
-@pytest.mark.parametrize("transport", ["ws"])
+@pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_a_refused_token_is_asked_for_again_and_never_resent(
         gateways: Gateways, chromium: Any, transport: str) -> None:
     _, url = gateways.start()
@@ -54,3 +61,57 @@ async def test_a_refused_token_is_asked_for_again_and_never_resent(
     await client.until_status("unauthorized")
     assert client.minted.count(forged) >= 2  # refused once; asked again: the same one
     assert (await client.statuses())[-1].startswith("unauthorized: getToken() returned")
+
+
+async def test_a_websocket_refreshes_its_token_before_it_expires_and_stays_open(
+        gateways: Gateways, redis: Any, keys: Keys, chromium: Any) -> None:
+    _, url = gateways.start(token_grace_s=0.5)
+    log = make_log(redis, keys)
+    client = await ClientPage.open(chromium, url, lambda: token("rosa", ttl_s=3),
+                                   transport="ws", share=False)
+    await client.until_status("live")
+    before = await publish(log, "rosa", 2)
+    # Several lifetimes of a token: each refresh sent a fresh one on the same socket.
+    await eventually(lambda: len(client.minted) >= 7, what="several token refreshes")
+    after = await publish(log, "rosa", 2, start=2)
+    await client.until_shown(4)
+    assert await client.feed_ids() == list(reversed(before + after))
+    assert client.websockets == 1
+    assert not [s for s in await client.statuses() if s.startswith("offline")]
+
+
+class CachingBackend:
+    """An app backend that hands out the same short-lived token until it expires: a
+    `refresh` would carry nothing new, so the gateway closes the connection (4003) or
+    ends the stream (`expired`) when the token expires."""
+
+    def __init__(self, user: str, ttl_s: int) -> None:
+        self.user, self.ttl_s = user, ttl_s
+        self.current: str | None = None
+        self.expires = 0.0
+
+    def __call__(self) -> str:
+        if self.current is None or time.time() >= self.expires:
+            self.current = token(self.user, ttl_s=self.ttl_s)
+            claims = jwt.decode(self.current, options={"verify_signature": False})
+            self.expires = float(claims["exp"])
+        return self.current
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_an_expired_token_gets_a_fresh_one_and_resumes_exactly(
+        gateways: Gateways, redis: Any, keys: Keys, chromium: Any, transport: str) -> None:
+    _, url = gateways.start(token_grace_s=0.5)
+    log = make_log(redis, keys)
+    client = await ClientPage.open(chromium, url, CachingBackend("ezra", 2),
+                                   transport=transport, share=False)
+    await client.until_status("live")
+    before = await publish(log, "ezra", 3)
+    await client.until_status_seen("offline: token expired")
+    during = await publish(log, "ezra", 3, start=3)  # maybe while it reconnects
+    await client.until_shown(6)
+    after = await publish(log, "ezra", 2, start=6)
+    await client.until_shown(8)
+    await client.page.wait_for_timeout(500)  # a duplicate would show up by now
+    assert await client.feed_ids() == list(reversed(before + during + after))
+    assert len(set(client.minted)) >= 2

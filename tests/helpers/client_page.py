@@ -10,6 +10,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from livefeed.schemas.frames import PING_FRAME
+
 BLANK_PATH = "/static/livefeed.css"  # any document of the gateway's
 TOKEN_PATH = "/test/token"
 
@@ -50,6 +52,18 @@ class ClientPage:
         self.errors: list[str] = []  # the page's uncaught errors and console errors
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.websockets = 0  # WebSocket connections the page opened
+        self.pings = 0  # `ping` frames they received
+        page.on("websocket", self._opened)
+
+    def _opened(self, ws: Any) -> None:
+        self.websockets += 1
+
+        def frame(payload: str | bytes) -> None:
+            if payload == PING_FRAME.decode():
+                self.pings += 1
+
+        ws.on("framereceived", frame)
 
     @classmethod
     async def open(cls, browser: Any, base: str, tokens: Callable[[], str],
