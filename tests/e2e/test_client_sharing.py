@@ -17,6 +17,7 @@ from livefeed.core.embedded import free_port
 from livefeed.core.keys import Keys
 from tests.gateway.livehelp import Gateways, make_log, publish, token
 from tests.helpers.browser import wait_shown
+from tests.helpers.client_page import ClientPage
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
@@ -176,3 +177,29 @@ async def test_the_readme_snippet_runs_and_asks_for_a_token_on_every_reconnect(
     shown = await page.eval_on_selector_all("#feed li", "els => els.map(e => e.textContent)")
     assert shown == [f"subject {i} (sender{i}@example.com)" for i in reversed(range(7))]
     assert len(tokens) > asked  # the reconnect asked getToken() again
+
+
+async def test_a_tab_opened_later_gets_what_it_missed_from_the_leader(
+        gateways: Gateways, redis: Any, keys: Keys, chromium: Any) -> None:
+    """A tab that opens behind the leader (its own last id older) gets the events after it
+    from the leader's recent frames, then the live ones, each once; it opens no
+    connection of its own."""
+    _, url = gateways.start()
+    log = make_log(redis, keys)
+    context = await chromium.new_context()
+    leader = await ClientPage.open(context, url, lambda: token("lena"), transport="ws")
+    await leader.until_status("live")
+    sent = await publish(log, "lena", 6)
+    await leader.until_shown(6)
+
+    late = await ClientPage.open(context, url, lambda: token("lena"), transport="ws",
+                                 lastId=sent[1], remember=False)
+    await late.until_status("live")
+    more = await publish(log, "lena", 2, start=6)
+    await late.until_shown(6)
+    await leader.until_shown(8)
+    await late.page.wait_for_timeout(500)  # a duplicate would show up by now
+    assert await late.feed_ids() == list(reversed(sent[2:] + more))
+    assert await leader.feed_ids() == list(reversed(sent + more))
+    assert await late.page.get_attribute("body", "data-role") == "follower"
+    assert (leader.websockets, late.websockets) == (1, 0)
