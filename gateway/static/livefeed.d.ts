@@ -113,6 +113,13 @@ export interface Options {
   backoffBaseMs?: number;
   backoffMaxMs?: number;
   /**
+   * After a refusal by a connection limit (close 4029 LIMITED, on a gateway with that
+   * code) the wait is seconds, not a fraction of one: "equal jitter" on the step
+   * s = min(backoffMaxMs, max(limitedMs, backoffBaseMs * 2^n)), a random time in
+   * [s/2, s]. Default 5000 ms.
+   */
+  limitedMs?: number;
+  /**
    * Watchdog: a WebSocket that received nothing (the server sends `{"type":"ping"}` every
    * LIVEFEED_KEEPALIVE seconds, 15 by default, on an idle connection) for this long is
    * taken as dead: closed and reconnected with the last id. Default 40000 ms (about 2.5x
@@ -145,7 +152,7 @@ export declare function backoffDelay(attempt: number, baseMs?: number, maxMs?: n
 
 export declare const DEFAULTS: Readonly<Required<Pick<Options,
   "transport" | "share" | "remember" | "historyLimit" | "backoffBaseMs" | "backoffMaxMs" |
-  "watchdogMs">>>;
+  "limitedMs" | "watchdogMs">>>;
 
 /**
  * WebSocket close codes of the gateway (schemas/frames.py CloseCode) and what the client
@@ -159,7 +166,10 @@ export declare const DEFAULTS: Readonly<Required<Pick<Options,
  *   the backoff.
  * - 4008 TOO_SLOW: it did not keep up: reconnects with backoff, the server replays.
  * - 1012 DRAINING: the gateway shuts down: reconnects with backoff (to another gateway).
- * - any other code (1006: the connection broke): reconnects with backoff, resuming.
+ * - 4029 LIMITED (a gateway with connection limits): waits `limitedMs`-based equal
+ *   jitter (seconds), then reconnects, resuming.
+ * - any other code (1006: the connection broke; 1008/1009 inbound limits): reconnects with
+ *   backoff, resuming.
  */
 export declare const CLOSE: {
   readonly BAD_TOKEN: 4001;

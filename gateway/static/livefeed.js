@@ -19,6 +19,7 @@ export const DEFAULTS = Object.freeze({
   backoffBaseMs: 500,
   backoffMaxMs: 20000,
   watchdogMs: 40000, // ~2.5 x the server's 15 s WebSocket keepalive
+  limitedMs: 5000,
 });
 
 // ---------------------------------------------------------------------------------------
@@ -260,8 +261,17 @@ class Connection {
     if (!opened && this.opts.transport === "auto" && ++this.wsFailures >= 2) {
       this.transport = "sse"; // WebSocket blocked on the way: fall back to SSE
     }
+    if (code === CLOSE.LIMITED) { this.retry("limited", this.limitedDelay()); return; }
     const why = code === CLOSE.DRAINING ? "draining" : code === CLOSE.TOO_SLOW ? "too slow" : "closed " + code;
     this.retry(why);
+  }
+
+  // Refused by a connection limit (LIMITED, when the gateway has that code): seconds, not
+  // the usual first fraction of one: half the step fixed, half random ("equal jitter").
+  limitedDelay() {
+    const step = Math.min(this.opts.backoffMaxMs, Math.max(this.opts.limitedMs, this.opts.backoffBaseMs * 2 ** this.attempt));
+    this.attempt += 1;
+    return step / 2 + Math.random() * step / 2;
   }
 
   // After an expiry a fresh token at once; a second expiry before any `hello` (getToken()

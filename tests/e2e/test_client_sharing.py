@@ -17,12 +17,12 @@ from livefeed.core.embedded import free_port
 from livefeed.core.keys import Keys
 from tests.gateway.livehelp import Gateways, make_log, publish, token
 from tests.helpers.browser import wait_shown
-from tests.helpers.client_page import ClientPage
+from tests.helpers.client_page import ClientPage, csp_free_context
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-EMBED = Path(gateway.__file__).parent / "static" / "examples" / "embed.html"
+EMBED = Path(gateway.__file__).parent / "static" / "embed.html"
 
 
 class Tabs:
@@ -158,7 +158,7 @@ async def test_the_readme_snippet_runs_and_asks_for_a_token_on_every_reconnect(
         await route.fulfill(status=200, content_type="text/plain", body=tokens[-1])
 
     await page.route("**/my-app/livefeed-token", mint)
-    await page.goto(f"{url}/static/examples/embed.html")
+    await page.goto(f"{url}/static/embed.html")
     await page.wait_for_selector("body[data-status='live']", state="attached",
                                  timeout=30_000)
     await publish(log, "emma", 3)
@@ -186,7 +186,7 @@ async def test_a_tab_opened_later_gets_what_it_missed_from_the_leader(
     connection of its own."""
     _, url = gateways.start()
     log = make_log(redis, keys)
-    context = await chromium.new_context()
+    context = await csp_free_context(chromium)
     leader = await ClientPage.open(context, url, lambda: token("lena"), transport="ws")
     await leader.until_status("live")
     sent = await publish(log, "lena", 6)

@@ -2,7 +2,8 @@
 tests: written into a document the gateway served (so the page is of the gateway's origin
 and address space, as on a real deployment: a page Playwright made up is "public" to
 Chromium, which then blocks its connections to 127.0.0.1), with the client's options from
-the test and a `getToken()` that asks a token endpoint the test plays."""
+the test and a `getToken()` that asks a token endpoint the test plays. Its inline script is
+the test's, not one of the shipped pages: it runs with the page's CSP bypassed."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ window.feed = connect({
 """.replace("TOKEN_PATH", TOKEN_PATH)
 
 
+async def csp_free_context(browser: Any) -> Any:
+    """A browser context whose pages ignore the gateway's Content-Security-Policy: the
+    test's page script is inline and the policy allows only the shipped pages' own."""
+    return await browser.new_context(bypass_csp=True)
+
+
 class ClientPage:
     """One page running the client; `tokens` mints what getToken() gets (each call)."""
 
@@ -68,7 +75,10 @@ class ClientPage:
     @classmethod
     async def open(cls, browser: Any, base: str, tokens: Callable[[], str],
                    **options: object) -> ClientPage:
-        page = await browser.new_page()
+        """`browser`: a Browser (a page of its own context) or a BrowserContext (make it
+        with `csp_free_context`)."""
+        page = await (browser.new_page(bypass_csp=True) if hasattr(browser, "contexts")
+                      else browser.new_page())
         self = cls(page, tokens)
 
         async def token(route: Any) -> None:
