@@ -59,7 +59,7 @@ async def test_a_reloaded_page_shows_its_history_then_resumes_live_each_event_on
             await page.reload()
             await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
             # The earlier events, from the history (before the fix: an empty feed).
-            await page.wait_for_function("document.querySelectorAll('#feed li').length >= 5",
+            await page.wait_for_selector("#feed li:nth-child(5)", state="attached",
                                          timeout=15_000)
             second = await post(poster, http, 5, 3)
             await wait_shown(page, 8)

@@ -38,5 +38,6 @@ async def shown(page: Any) -> list[str]:
 
 
 async def wait_shown(page: Any, n: int) -> None:
-    await page.wait_for_function(f"document.querySelectorAll('#feed li').length >= {n}",
-                                 timeout=60_000)
+    """Until the page shows at least `n` feed items. A selector, not wait_for_function: that
+    one evaluates a string in the page, which the gateway's CSP (no 'unsafe-eval') refuses."""
+    await page.wait_for_selector(f"#feed li:nth-child({n})", state="attached", timeout=60_000)

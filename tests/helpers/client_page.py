@@ -108,8 +108,8 @@ class ClientPage:
         return found
 
     async def until_shown(self, n: int, timeout: float = 60_000) -> None:
-        await self.page.wait_for_function(
-            f"document.querySelectorAll('#feed li').length >= {n}", timeout=timeout)
+        await self.page.wait_for_selector(f"#feed li:nth-child({n})", state="attached",
+                                          timeout=timeout)
 
     async def feed_ids(self) -> list[str]:
         ids: list[str] = await self.page.eval_on_selector_all(
