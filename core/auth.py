@@ -37,7 +37,7 @@ class InvalidToken(LivefeedError):
     """The token is missing, malformed, badly signed or expired."""
 
 
-def mint(secret: str, user: str, *, admin: bool = False, ttl_s: float = DEFAULT_TTL_S) -> str:
+def mint(secret: str, user: str, *, admin: bool = False, ttl_s: int = DEFAULT_TTL_S) -> str:
     """A token for `user`; raises ValueError for a user id ingest would refuse."""
     if not valid_user_id(user):
         raise ValueError(f"not a valid user id: {user!r} ({USER_ID_RULE})")

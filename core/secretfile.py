@@ -51,9 +51,3 @@ def previous_secret(settings: Settings) -> str | None:
                             f"read it ({exc.strerror})") from None
     return value or None
 
-
-def verifying_secrets(settings: Settings) -> tuple[str, ...]:
-    """The secrets tokens may be signed with: the current one, then the previous one."""
-    previous = previous_secret(settings)
-    current = signing_secret(settings)
-    return (current, previous) if previous and previous != current else (current,)

@@ -1,6 +1,6 @@
 """livefeed.client against real gateway processes: the subscriber resumes exactly across
-a gateway killed under it (WebSocket and SSE), and the publisher's retries through a
-Redis outage append every event once."""
+a gateway killed under it and across token expiries (WebSocket and SSE), and the
+publisher's retries through a Redis outage append every event once."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import anyio
 import pytest
 
 from livefeed.client import Event, Publisher, Reset, subscribe
+from livefeed.client import publish as publish_mod
+from livefeed.core import auth
 from livefeed.core.embedded import free_port
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
@@ -102,3 +104,56 @@ async def test_publisher_retries_through_a_redis_outage_and_appends_each_event_o
             gw.kill()
     stored = [fields[b"event_id"].decode() for _, fields in await ingest_rows(redis, keys)]
     assert sorted(stored) == sorted(first.ids)
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_subscriber_renews_an_expired_token_and_resumes_exactly(
+        settings_factory: Callable[..., Settings], tmp_path: Path, transport: str) -> None:
+    """Tokens living one second: the gateway closes 4003 (or ends SSE with `expired`)
+    again and again; `get_token` is called each time and no event is lost or repeated."""
+    settings = settings_factory(secret=SECRET, token_grace_s=0.2)
+    assert settings.webhook_secret
+    gw, url = start_gateway(settings, tmp_path)
+    fanout = Proc(["consumer", "fanout"], settings, tmp_path).start()
+    got: list[Event | Reset] = []
+    minted = 0
+
+    async def get_token() -> str:
+        nonlocal minted
+        minted += 1
+        return token("fred", ttl_s=1)
+
+    try:
+        async with anyio.create_task_group() as tg, Publisher(
+                url, webhook_secret=settings.webhook_secret) as pub:
+            async def follow() -> None:
+                async for item in subscribe(url, get_token=get_token, transport=transport):
+                    got.append(item)
+
+            tg.start_soon(follow)
+            await anyio.sleep(1.0)  # subscribed (hello) before the first event
+            sent: list[str] = []
+            for _ in range(4):
+                sent += (await pub.publish(newsletters("fred", 5))).ids
+                want = len(sent)
+                await eventually(lambda w=want: len(got) >= w, what="the events",
+                                 procs=(fanout,), timeout=60)
+                # Until the next expiry has passed: the next batch goes to a new connection.
+                calls = minted
+                await eventually(lambda c=calls: minted > c, what="a renewal", timeout=30)
+            await anyio.sleep(0.5)  # a duplicate would arrive by now
+            tg.cancel_scope.cancel()
+    finally:
+        gw.kill()
+        fanout.kill()
+    assert all(isinstance(item, Event) for item in got)
+    assert [item.data["id"] for item in got if isinstance(item, Event)] == sent
+    assert minted >= 5
+
+
+def test_the_publisher_signs_like_the_gateway_checks() -> None:
+    body = b'[{"user_id": "a"}]'
+    headers = publish_mod.signature_headers("hook", body, 1_700_000_000)
+    assert headers == auth.signature_headers("hook", body, 1_700_000_000)
+    assert auth.check_signature("hook", body, headers["x-livefeed-signature"],
+                                headers["x-livefeed-timestamp"], now=1_700_000_100) is None

@@ -71,8 +71,8 @@ async def test_after_the_dedupe_window_answer_row_and_feed_agree_on_the_new_vers
         await settle(redis, keys, pool)
         r = await post(version("Second"))  # a retry of the new version: a duplicate
         assert r.json() == {"ids": [j], "accepted": [], "duplicates": [j]}
-        page = (await client.get("/v1/feed", params={
-            "token": auth.mint(SECRET, "alice")})).json()
+        page = (await client.get("/v1/feed", headers={
+            "authorization": f"Bearer {auth.mint(SECRET, 'alice')}"})).json()
     assert [(i["id"], i["subject"]) for i in page["items"]] == [(j, "Second")]
     feed = [msgspec.json.decode(f[b"data"]) for _, f in await redis.xrange(keys.feed("alice"))]
     assert [(e["id"], e["subject"]) for e in feed] == [(j, "First"), (j, "Second")]

@@ -17,7 +17,8 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "token", parents=[parent], help="print a signed client or admin token",
         description="Print a token signed with LIVEFEED_SECRET (or the data dir's secret) "
-        "alone on stdout. Browsers pass it as ?token=; operators as a bearer token.",
+        "alone on stdout. Clients send it as `Authorization: Bearer <token>` (the demo and "
+        "admin pages read it from their URL's fragment, #token=), never in a query string.",
     )
     p.add_argument("user", type=user_id, help="the user the token is for (its `sub`)")
     p.add_argument("--admin", action="store_true", help="an operator token for /admin and ingest")

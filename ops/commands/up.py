@@ -48,8 +48,9 @@ def banner(settings: Resolved, url: str, embedded: list[str], nodes: list[str] |
         f"  database  {settings.database_url}",
         f"  delivery  {settings.delivery}",
         "",
-        f"  feed page  {url}/?token={demo}",
-        f"  admin      {url}/admin?token={admin}",
+        # In the fragment: a browser never sends it to a server, so no log holds it.
+        f"  feed page  {url}/#token={demo}",
+        f"  admin      {url}/admin#token={admin}",
         f"  metrics    {url}/metrics",
         "",
         "  send a few newsletters to the demo user:  livefeed send --user demo --count 5",

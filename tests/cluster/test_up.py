@@ -49,11 +49,12 @@ async def test_up_cluster_starts_an_embedded_cluster(tmp_path: Path, database_ur
             timeout=60,
         )
         assert send.returncode == 0 and "3 accepted" in send.stdout, send.stderr
-        token = re.search(r"/\?token=(\S+)", out)
+        token = re.search(r"/#token=(\S+)", out)
         assert token is not None
         deadline = time.monotonic() + 30
         while (
-            len(items := httpx.get(f"{base}/v1/feed", params={"token": token[1]}).json()["items"])
+            len(items := httpx.get(f"{base}/v1/feed", headers={
+                "authorization": f"Bearer {token[1]}"}).json()["items"])
             < 3
             and time.monotonic() < deadline
         ):

@@ -29,3 +29,39 @@ def test_the_cli_refuses_a_bad_user_id(argv: list[str], capsys: pytest.CaptureFi
         build_parser().parse_args(argv)
     assert info.value.code == 2
     assert "not a valid user id" in capsys.readouterr().err
+
+
+def test_a_previous_secret_verifies_during_rotation() -> None:
+    current, previous, other = "c" * 40, "p" * 40, "o" * 40
+    old = auth.mint(previous, "alice", admin=True)
+    claims = auth.verify((current, previous), old)
+    assert (claims.user, claims.admin) == ("alice", True) and claims.exp > time.time()
+    assert auth.verify((current, previous), auth.mint(current, "bob")).user == "bob"
+    for secrets in (current, (current,)):
+        with pytest.raises(auth.InvalidToken, match="Signature"):
+            auth.verify(secrets, old)
+    with pytest.raises(auth.InvalidToken, match="Signature"):
+        auth.verify((current, previous), auth.mint(other, "alice"))
+    # Expiry is not a reason to try the next secret: it is reported as such.
+    with pytest.raises(auth.InvalidToken, match="expired"):
+        auth.verify((current, previous), auth.mint(previous, "alice", ttl_s=-10))
+
+
+def test_timestamped_signatures() -> None:
+    body, now = b'{"x": 1}', 1_700_000_000
+    headers = auth.signature_headers("k", body, now)
+    sig, ts = headers[auth.SIGNATURE_HEADER], headers[auth.TIMESTAMP_HEADER]
+    assert sig.startswith("v1=") and ts == str(now)
+    assert auth.check_signature("k", body, sig, ts, now=now + 300) is None
+    assert auth.check_signature("k", body, sig, ts, now=now - 300) is None
+    assert "timestamp" in (auth.check_signature("k", body, sig, ts, now=now + 301) or "")
+    assert "timestamp" in (auth.check_signature("k", body, sig, ts, now=now - 301) or "")
+    assert auth.check_signature("k", body, sig, ts, now=now + 60, tolerance_s=30)
+    assert auth.check_signature("other", body, sig, ts, now=now)
+    assert auth.check_signature("k", body + b" ", sig, ts, now=now)
+    assert auth.check_signature("k", body, sig, str(now + 1), now=now)
+    untimed = auth.untimed_signature("k", body)
+    assert "untimed" in (auth.check_signature("k", body, untimed, None, now=now) or "")
+    assert auth.check_signature("k", body, untimed, None, allow_untimed=True) is None
+    assert auth.check_signature("k", b"{}", untimed, None, allow_untimed=True)
+    assert auth.check_signature("k", body, None, ts, now=now)

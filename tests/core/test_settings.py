@@ -6,7 +6,7 @@ import pytest
 
 from livefeed.core import settings as settings_mod
 from livefeed.core.groups import RunnerConfig
-from livefeed.core.secretfile import signing_secret
+from livefeed.core.secretfile import previous_secret, signing_secret
 from livefeed.core.settings import Resolved, SettingsError
 
 
@@ -77,3 +77,35 @@ def test_resolve_fills_unset_urls_and_keeps_configured_ones() -> None:
         s.resolve()
     with pytest.raises(SettingsError, match="LIVEFEED_DATABASE_URL"):
         s.resolve(database_url="mysql://x")  # what is filled in is validated too
+
+
+def test_token_settings(tmp_path: Path) -> None:
+    s = settings_mod.load({})
+    assert (s.auth_timeout_s, s.token_grace_s, s.keepalive_s) == (10.0, 10.0, 15.0)
+    assert (s.signature_tolerance_s, s.allow_untimed_signatures) == (300, False)
+    assert previous_secret(s) is None
+    s = settings_mod.load({"LIVEFEED_AUTH_TIMEOUT": "2.5", "LIVEFEED_TOKEN_GRACE": "0",
+                           "LIVEFEED_KEEPALIVE": "1", "LIVEFEED_SIGNATURE_TOLERANCE": "60",
+                           "LIVEFEED_ALLOW_UNTIMED_SIGNATURES": "true",
+                           "LIVEFEED_SECRET": "now",
+                           "LIVEFEED_SIGNING_SECRET_PREVIOUS": "before-42"})
+    assert (s.auth_timeout_s, s.token_grace_s, s.keepalive_s) == (2.5, 0.0, 1.0)
+    assert (s.signature_tolerance_s, s.allow_untimed_signatures) == (60, True)
+    assert "before-42" not in repr(s)
+    assert (signing_secret(s), previous_secret(s)) == ("now", "before-42")
+    path = tmp_path / "previous"
+    path.write_text("from-a-file\n")
+    s = settings_mod.load({"LIVEFEED_SECRET": "now",
+                           "LIVEFEED_SIGNING_SECRET_PREVIOUS_FILE": str(path)})
+    assert (signing_secret(s), previous_secret(s)) == ("now", "from-a-file")
+    with pytest.raises(SettingsError, match="LIVEFEED_SIGNING_SECRET_PREVIOUS_FILE"):
+        previous_secret(settings_mod.load({
+            "LIVEFEED_SIGNING_SECRET_PREVIOUS_FILE": str(tmp_path / "absent")}))
+    for env, name in (({"LIVEFEED_KEEPALIVE": "0"}, "LIVEFEED_KEEPALIVE"),
+                      ({"LIVEFEED_AUTH_TIMEOUT": "-1"}, "LIVEFEED_AUTH_TIMEOUT"),
+                      ({"LIVEFEED_TOKEN_GRACE": "-1"}, "LIVEFEED_TOKEN_GRACE"),
+                      ({"LIVEFEED_SIGNING_SECRET_PREVIOUS": "a",
+                        "LIVEFEED_SIGNING_SECRET_PREVIOUS_FILE": "b"},
+                       "LIVEFEED_SIGNING_SECRET_PREVIOUS")):
+        with pytest.raises(SettingsError, match=name):
+            settings_mod.load(env)

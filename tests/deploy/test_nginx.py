@@ -67,7 +67,7 @@ async def test_a_page_behind_nginx_survives_its_gateways_being_killed_one_after_
     with running_nginx(tmp_path / "nginx", [u.removeprefix("http://") for u in urls]) as nginx:
         context = await chromium.new_context(ignore_https_errors=True)
         page = await context.new_page()
-        await page.goto(f"{nginx.url}/?token={token('dana')}&transport={transport}")
+        await page.goto(f"{nginx.url}/#token={token('dana')}&transport={transport}")
         await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
         assert await page.evaluate("location.protocol") == "https:"
         # HTTP/2 toward the browser (SSE streams share one connection).

@@ -59,10 +59,13 @@ async def test_admin_page_shows_groups_lag_and_dead_letters(
         # A user token gets the page but no data: the API refuses it.
         user = auth.mint(signing_secret(settings), "alice")
         async with httpx.AsyncClient(base_url=url) as client:
-            assert (await client.get(f"/admin/api/status?token={user}")).status_code == 403
+            denied = await client.get("/admin/api/status",
+                                      headers={"authorization": f"Bearer {user}"})
+            assert denied.status_code == 403
 
         page = await chromium.new_page(viewport={"width": 1400, "height": 1000})
-        await page.goto(f"{url}/admin?token={token}")
+        # In the fragment: the browser never sends it; the page sends it as the header.
+        await page.goto(f"{url}/admin#token={token}")
         await page.wait_for_selector("body[data-loaded='1']", timeout=30_000)
         groups_text = await page.inner_text("#groups")
         for text in (PERSIST_GROUP, FANOUT_GROUP):

@@ -22,7 +22,7 @@ async def test_demo_page_survives_a_gateway_restart_without_gap_or_duplicate(
     proc, url = gateways.start(port=port)
     log = make_log(redis, keys)
     page = await chromium.new_page()
-    await page.goto(f"{url}/?token={token('dana')}&transport={transport}")
+    await page.goto(f"{url}/#token={token('dana')}&transport={transport}")
     await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
     live = await publish(log, "dana", 5)
     await wait_shown(page, 5)
@@ -63,7 +63,7 @@ async def test_a_page_that_saw_no_event_yet_still_resumes_from_the_feed_end(
     if feed == "with history":
         await publish(log, "erin", 3)  # older events, before the page opens
     page = await chromium.new_page()
-    await page.goto(f"{url}/?token={token('erin')}&transport={transport}")
+    await page.goto(f"{url}/#token={token('erin')}&transport={transport}")
     await page.wait_for_selector("#status[data-status='live']", timeout=30_000)
     proc.kill()
     await page.wait_for_selector("#status[data-status='offline']", timeout=30_000)

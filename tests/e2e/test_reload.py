@@ -46,7 +46,7 @@ async def test_a_reloaded_page_shows_its_history_then_resumes_live_each_event_on
         dep.consumer("fanout", "fanout-a")
         poster = Poster(settings, dep.live_urls)
         page = await chromium.new_page()
-        page_url = f"{url}/?token={token(USER)}&transport={transport}"
+        page_url = f"{url}/#token={token(USER)}&transport={transport}"
         async with httpx.AsyncClient(timeout=10) as http:
             await page.goto(page_url)
             await page.wait_for_selector("#status[data-status='live']", timeout=30_000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -158,6 +159,77 @@ async def test_auth(mode: str, gateway: Any) -> None:
     admin = {"authorization": f"Bearer {auth.mint(secret, 'ops', admin=True)}"}
     assert (await client.post("/v1/events", content=body, headers=admin)).status_code == 202
     assert (await client.post("/v1/events", content=body, headers=signed(body))).status_code == 202
+    # An admin token in the URL is refused: only the header counts.
+    token = admin["authorization"].removeprefix("Bearer ")
+    r = await client.post(f"/v1/events?token={token}", content=body)
+    assert r.status_code == 401 and "Authorization" in r.json()["detail"]
+
+
+def timed(body: bytes, at: float) -> dict[str, str]:
+    return auth.signature_headers(WEBHOOK, body, int(at))
+
+
+async def test_signatures_carry_a_timestamp_within_the_tolerance(gateway: Any) -> None:
+    client = await gateway("streams")
+    now = time.time()
+    cases = {
+        "good": (timed, now, 202),
+        "a little off (clocks)": (timed, now - 290, 202),
+        "old": (timed, now - 301, 401),
+        "future": (timed, now + 301, 401),
+    }
+    for name, (sign, at, status) in cases.items():
+        body = msgspec.json.encode(event())
+        r = await client.post("/v1/events", content=body, headers=sign(body, at))
+        assert r.status_code == status, (name, r.text)
+        if status == 401:
+            assert "timestamp" in r.json()["detail"], name
+    body = msgspec.json.encode(event())
+    # The timestamp is signed: moving it to now breaks the signature.
+    moved = {**timed(body, now - 600), auth.TIMESTAMP_HEADER: str(int(now))}
+    r = await client.post("/v1/events", content=body, headers=moved)
+    assert r.status_code == 401 and "does not match" in r.json()["detail"]
+    for bad in ("", "soon", "12.5"):
+        r = await client.post("/v1/events", content=body,
+                              headers={**timed(body, now), auth.TIMESTAMP_HEADER: bad})
+        assert r.status_code == 401, bad
+    untimed = {auth.SIGNATURE_HEADER: auth.untimed_signature(WEBHOOK, body)}
+    r = await client.post("/v1/events", content=body, headers=untimed)
+    assert r.status_code == 401 and "untimed" in r.json()["detail"]
+
+
+async def test_the_untimed_scheme_only_behind_its_setting(gateway: Any) -> None:
+    client = await gateway("streams", allow_untimed_signatures=True)
+    body = msgspec.json.encode(event())
+    untimed = {auth.SIGNATURE_HEADER: auth.untimed_signature(WEBHOOK, body)}
+    assert (await client.post("/v1/events", content=body, headers=untimed)).status_code == 202
+    wrong = {auth.SIGNATURE_HEADER: auth.untimed_signature(WEBHOOK, b"other")}
+    assert (await client.post("/v1/events", content=body, headers=wrong)).status_code == 401
+    # Timed signatures still work, and still expire.
+    body = msgspec.json.encode(event())
+    assert (await client.post("/v1/events", content=body,
+                              headers=timed(body, time.time()))).status_code == 202
+    assert (await client.post("/v1/events", content=body,
+                              headers=timed(body, time.time() - 400))).status_code == 401
+
+
+async def test_a_captured_request_replayed_after_the_tolerance_is_refused(
+    gateway: Any, redis: Any, keys: Keys
+) -> None:
+    client = await gateway("streams", signature_tolerance_s=1)
+    body = msgspec.json.encode(event(id=str(uuid.uuid4())))
+    captured = {**signed(body)}
+    assert (await client.post("/v1/events", content=body, headers=captured)).status_code == 202
+    # Within the window a replay is a duplicate; once the window passed, it is refused.
+    answer = (await client.post("/v1/events", content=body, headers=captured)).json()
+    assert answer["accepted"] == [] and len(answer["duplicates"]) == 1
+    ts = int(captured[auth.TIMESTAMP_HEADER])
+    while time.time() <= ts + 1:
+        await anyio.sleep(0.1)
+    await anyio.sleep(1.0)  # whole seconds: past ts + tolerance for sure
+    r = await client.post("/v1/events", content=body, headers=captured)
+    assert r.status_code == 401 and "replayed" in r.json()["detail"]
+    assert await ingest_length(redis, keys) == 1
 
 
 @modes

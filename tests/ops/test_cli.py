@@ -7,6 +7,7 @@ import os
 import pkgutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -55,8 +56,11 @@ def test_token_is_alone_on_stdout_and_verifies(tmp_path: Path) -> None:
     admin = livefeed("token", "ops", "--admin", "--ttl", "60", env=env)
     assert user.returncode == 0 and admin.returncode == 0
     secret = (tmp_path / "secret").read_text()
-    assert auth.verify(secret, user.stdout.strip()) == auth.Claims("alice", False)
-    assert auth.verify(secret, admin.stdout.strip()) == auth.Claims("ops", True)
+    claims = auth.verify(secret, user.stdout.strip())
+    assert (claims.user, claims.admin) == ("alice", False)
+    claims = auth.verify(secret, admin.stdout.strip())
+    assert (claims.user, claims.admin) == ("ops", True)
+    assert claims.exp <= time.time() + 60
 
 
 @pytest.mark.parametrize(
@@ -93,7 +97,7 @@ def test_up_runs_on_the_embedded_default(tmp_path: Path) -> None:
         assert proc.terminate() == 0, proc.output()
         out = proc.output()
         assert "embedded  Redis" in out and "embedded  PostgreSQL" in out
-        assert f"http://127.0.0.1:{port}/?token=" in out
+        assert f"http://127.0.0.1:{port}/#token=" in out
         assert not (data / "runtime.json").exists()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz")
