@@ -31,7 +31,7 @@ class Tabs:
 
     def __init__(self, context: Any, base: str, user: str, transport: str) -> None:
         self.context = context
-        self.url = f"{base}/?token={token(user)}&transport={transport}"
+        self.url = f"{base}/#token={token(user)}&transport={transport}"
         self.transport = transport
         self.opened: dict[Any, int] = {}
 
