@@ -19,7 +19,8 @@ export interface FeedEvent {
  * - `replaying`: connected with a last id, the missed events are arriving;
  * - `live`: caught up (`detail`: `hello`, `recovered <count>`, `reset: <reason>`);
  * - `offline`: not connected, a reconnect is scheduled (`detail`: why: `closed <code>`,
- *   `draining`, `too slow`, `bad token`, `token expired`, `watchdog: server silent`,
+ *   `draining`, `too slow`, `limited`, `bad token`, `token expired`,
+ *   `watchdog: server silent`,
  *   `browser offline`, `sse error`, or `closed` after `close()`);
  * - `unauthorized`: the server refused the token and `getToken()` returned that same token
  *   again: the client stopped (call `connect()` again with a working `getToken`).

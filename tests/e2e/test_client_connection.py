@@ -115,3 +115,26 @@ async def test_an_expired_token_gets_a_fresh_one_and_resumes_exactly(
     await client.page.wait_for_timeout(500)  # a duplicate would show up by now
     assert await client.feed_ids() == list(reversed(before + during + after))
     assert len(set(client.minted)) >= 2
+
+
+async def test_the_reconnect_backoff_is_full_jitter_up_to_its_cap(
+        gateways: Gateways, chromium: Any) -> None:
+    """Attempt n waits a uniformly random time in [0, min(max, base * 2^n)]: reconnects of
+    many clients after a gateway restart spread over the whole window."""
+    _, url = gateways.start()
+    page = await chromium.new_page()
+    await page.goto(f"{url}/static/livefeed.css")  # a document of the gateway's origin
+    spans = await page.evaluate("""async () => {
+        const { backoffDelay, DEFAULTS } = await import("/static/livefeed.js");
+        const out = [];
+        for (let n = 0; n < 10; n++) {
+            const xs = Array.from({ length: 400 }, () => backoffDelay(n));
+            const cap = Math.min(DEFAULTS.backoffMaxMs, DEFAULTS.backoffBaseMs * 2 ** n);
+            out.push([cap, Math.min(...xs), Math.max(...xs)]);
+        }
+        return out;
+    }""")
+    caps = [cap for cap, _, _ in spans]
+    assert caps == [min(20000, 500 * 2**n) for n in range(10)]
+    for cap, low, high in spans:
+        assert 0 <= low < 0.1 * cap and 0.9 * cap < high <= cap
