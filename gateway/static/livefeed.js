@@ -381,6 +381,8 @@ export class LiveFeed {
   lead() {
     if (this.channel) {
       this.role = "leader";
+      // Tabs that asked "who" before this one held the lock ask again.
+      this.channel.postMessage({ t: "leader" });
       this.status(this.state, "leader");
     }
     this.connection = new Connection(this);
@@ -397,6 +399,8 @@ export class LiveFeed {
                                  state: this.state, detail: this.detail });
     } else if (this.role === "leader") {
       return; // frames of a former leader still in flight
+    } else if (msg.t === "leader") {
+      if (this.waiting?.has("welcome")) this.channel.postMessage({ t: "who", from: this.tabId, lastId: this.lastId });
     } else if (msg.t === "welcome") {
       if (msg.to !== this.tabId || !this.waiting?.has("welcome")) return; // another tab's
       if (!this.lastId && msg.lastId && !msg.frames.length) this.lastId = msg.lastId;

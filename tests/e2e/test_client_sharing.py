@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from livefeed import gateway
@@ -81,6 +82,30 @@ async def test_two_tabs_share_one_connection_and_each_shows_every_event_once(
     for page in (first, second):
         assert await feed_ids(page) == list(reversed(sent))  # newest on top, each once
     assert tabs.opened == {first: 1, second: 0}
+
+
+async def test_tabs_opened_at_the_same_time_elect_one_leader_and_each_show_every_event(
+        gateways: Gateways, redis: Any, keys: Keys, chromium: Any) -> None:
+    """Tabs that ask for the leader before any holds the lock hear from it once it does."""
+    _, url = gateways.start()
+    log = make_log(redis, keys)
+    tabs = Tabs(await chromium.new_context(), url, "tara", "ws")
+    pages: list[Any] = []
+
+    async def one() -> None:
+        pages.append(await tabs.open())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(one)
+    sent = await publish(log, "tara", 5)
+    for page in pages:
+        await wait_shown(page, 5)
+    await pages[0].wait_for_timeout(500)  # a duplicate would show up by now
+    for page in pages:
+        assert await feed_ids(page) == list(reversed(sent))
+    assert sorted([await role(p) for p in pages]) == ["follower", "follower", "leader"]
+    assert tabs.connections() == 1
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
