@@ -22,10 +22,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 import anyio
 import msgspec
 from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livefeed.core import auth, metrics
@@ -40,7 +42,6 @@ from livefeed.schemas.frames import (
     Auth,
     CloseCode,
     FrameType,
-    Refresh,
     decode_client_message,
 )
 
@@ -111,6 +112,84 @@ async def _first_message(websocket: WebSocket, state: GatewayState) -> auth.Clai
     return None
 
 
+class _Watch:
+    """The client side of one connection: reads its messages until it leaves, pings it
+    when idle, and ends the session once its token expired (grace included) without a
+    refresh. The wait for the next message is bounded by the nearer of the two deadlines
+    (a timer handle that cancels this task), so no task or timer runs besides it.
+    (Slots rather than a closure: this lives as long as the connection.)"""
+
+    __slots__ = ("websocket", "transport", "session", "state", "user", "deadline", "gone",
+                 "_fired")
+
+    def __init__(self, websocket: WebSocket, transport: WebSocketTransport, session: Session,
+                 state: GatewayState, claims: auth.Claims) -> None:
+        self.websocket = websocket
+        self.transport = transport
+        self.session = session
+        self.state = state
+        self.user = claims.user
+        self.deadline = claims.exp + state.settings.token_grace_s
+        self.gone = False
+        self._fired = False
+
+    def _fire(self, task: asyncio.Task[None]) -> None:
+        self._fired = True
+        task.cancel()
+
+    async def run(self) -> None:
+        keepalive = self.state.settings.keepalive_s
+        transport = self.transport
+        loop = asyncio.get_running_loop()
+        task: Any = asyncio.current_task()
+        while True:
+            expires_in = self.deadline - time.time()
+            if expires_in <= 0:
+                self.session.stop(CloseCode.TOKEN_EXPIRED)
+                return
+            idle_left = transport.last_sent + keepalive - time.monotonic()
+            if idle_left <= 0:
+                try:
+                    await transport.ping()
+                except (WebSocketDisconnect, OSError, RuntimeError):
+                    self.gone = True
+                    return
+                continue
+            self._fired = False
+            timer = loop.call_at(loop.time() + min(expires_in, idle_left), self._fire, task)
+            try:
+                message = await self.websocket.receive()
+            except asyncio.CancelledError:
+                # Ours: time to ping or to expire (a message that arrived meanwhile stays
+                # queued for the next receive). Any other cancellation goes on.
+                if not self._fired or task.uncancel() > 0:
+                    raise
+                continue
+            finally:
+                timer.cancel()
+            if message["type"] == "websocket.disconnect":
+                self.gone = True
+                return
+            if not self._on_message(message):
+                return
+
+    def _on_message(self, message: Message) -> bool:
+        """False once the session was stopped (a bad refresh)."""
+        try:
+            received = decode_client_message(_message_text(dict(message)) or b"")
+        except msgspec.DecodeError:
+            return True  # nothing else is expected of clients: ignored
+        try:
+            fresh = self.state.verify(received.token)
+        except auth.InvalidToken:
+            fresh = None
+        if fresh is None or fresh.user != self.user:
+            self.session.stop(CloseCode.BAD_TOKEN)
+            return False
+        self.deadline = max(self.deadline, fresh.exp + self.state.settings.token_grace_s)
+        return True
+
+
 async def live_ws(websocket: WebSocket) -> None:
     state: GatewayState = websocket.app.state.lf
     settings = state.settings
@@ -119,7 +198,8 @@ async def live_ws(websocket: WebSocket) -> None:
                       "in the first message or an Authorization header")
         return
     claims: auth.Claims | None = None
-    if (header := bearer_token(websocket.headers)) is not None:
+    header = bearer_token(websocket.headers)
+    if header is not None:
         try:
             claims = state.verify(header)
         except auth.InvalidToken:
@@ -129,87 +209,38 @@ async def live_ws(websocket: WebSocket) -> None:
         await _refuse(websocket, CloseCode.DRAINING, "gateway draining")
         return
     hub, sessions = state.live()
-    transport = WebSocketTransport(websocket)
-    last_id = websocket.query_params.get("last_id")
     if claims is None:
         await websocket.accept()
         claims = await _first_message(websocket, state)
         if claims is None:
             return
-        session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
-                          last_id=last_id, mode=settings.delivery,
-                          queue_size=settings.send_queue)
-    else:
-        session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
-                          last_id=last_id, mode=settings.delivery,
-                          queue_size=settings.send_queue)
+    transport = WebSocketTransport(websocket)
+    session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
+                      last_id=websocket.query_params.get("last_id"), mode=settings.delivery,
+                      queue_size=settings.send_queue)
+    if header is not None:
         # Before the handshake completes: what is published once the client sees itself
         # connected is delivered to it. (After an auth message: once `hello` arrives.)
         await session.prepare()
         await websocket.accept()
-    gone = False
-    user = claims.user
-    deadline = claims.exp + settings.token_grace_s
-    keepalive = settings.keepalive_s
-
-    async def until_gone() -> None:
-        """Read the client's messages until it leaves; ping it when idle, and end the
-        session once its token expired (grace included) without a refresh."""
-        nonlocal gone, deadline
-        loop = asyncio.get_running_loop()
-        while True:
-            expires_in = deadline - time.time()
-            if expires_in <= 0:
-                session.stop(CloseCode.TOKEN_EXPIRED)
-                return
-            idle_left = transport.last_sent + keepalive - time.monotonic()
-            if idle_left <= 0:
-                try:
-                    await transport.ping()
-                except (WebSocketDisconnect, OSError, RuntimeError):
-                    gone = True
-                    return
-                continue
-            message = None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(loop.time() + min(expires_in, idle_left)):
-                    message = await websocket.receive()
-            if message is None:
-                continue
-            if message["type"] == "websocket.disconnect":
-                gone = True
-                return
-            try:
-                received = decode_client_message(_message_text(dict(message)) or b"")
-            except msgspec.DecodeError:
-                continue  # nothing else is expected of clients: ignored
-            if isinstance(received, Refresh | Auth):
-                try:
-                    fresh = state.verify(received.token)
-                except auth.InvalidToken:
-                    fresh = None
-                if fresh is None or fresh.user != user:
-                    session.stop(CloseCode.BAD_TOKEN)
-                    return
-                deadline = max(deadline, fresh.exp + settings.token_grace_s)
-
+    watch = _Watch(websocket, transport, session, state, claims)
     metrics.CLIENTS.labels("ws").inc()
     close_code: int | None = None
     try:
-        close_code = await run_with(session, sessions, until_gone)
+        close_code = await run_with(session, sessions, watch.run)
     except (WebSocketDisconnect, OSError):
-        gone = True
+        watch.gone = True
     finally:
         metrics.CLIENTS.labels("ws").dec()
-    if not gone:
+    if not watch.gone:
         with anyio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(
             WebSocketDisconnect, OSError, RuntimeError
         ):
             await websocket.close(close_code or 1000, _REASONS.get(close_code or 1000, ""))
 
 
-_REASONS: dict[int, str] = {CloseCode.TOKEN_EXPIRED: "token expired: get a new one and resume",
-            CloseCode.BAD_TOKEN: "bad token in refresh"}
+_REASONS: dict[int, str] = {CloseCode.TOKEN_EXPIRED: "token expired: get a new one, resume",
+                            CloseCode.BAD_TOKEN: "bad token in refresh"}
 
 
 def routes() -> list[BaseRoute]:

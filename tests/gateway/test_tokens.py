@@ -86,15 +86,16 @@ async def test_an_expired_token_closes_4003_and_the_client_resumes_exactly(
     _, url = gateways.start(token_grace_s=0.5)
     log = make_log(redis, keys)
     short = token("alice", ttl_s=1)
-    short_exp = jwt.decode(short, options={"verify_signature": False})["exp"]
     client = await WsClient.open(ws_url(url, "alice", tok=short))
     await client.until(lambda c: bool(c.frames))
     # A refresh pushes the expiry back: the connection outlives the first token.
-    await client.conn.send(auth_message(token("alice", ttl_s=3), "refresh"))
+    longer = token("alice", ttl_s=4)
+    await client.conn.send(auth_message(longer, "refresh"))
     seen = await publish(log, "alice", 3)
     await client.until_events(3)
     assert await closed_code(client) == CloseCode.TOKEN_EXPIRED
-    assert time.time() > short_exp  # the refresh held it open past the first token
+    # Not before the refreshed token's exp (without the refresh: the first one's + 0.5 s).
+    assert time.time() >= jwt.decode(longer, options={"verify_signature": False})["exp"]
     missed = await publish(log, "alice", 4, start=3)
     again = await WsClient.open(ws_url(url, "alice", client.events()[-1]))
     await again.until(lambda c: "recovered" in c.types())
