@@ -86,9 +86,10 @@ export interface Options {
    * (`navigator.locks.request`) elects the leader tab, which connects and passes every
    * frame to the others over a `BroadcastChannel`; when it closes, the next tab takes the
    * lock and connects with its own last id, so the server replays whatever that tab has
-   * not seen: no gap, and each tab still sees every event once. A tab that opens while a
-   * leader runs gets the leader's recent events after its own last id (up to 1000), the
-   * rest from the history.
+   * not seen: no gap, and each tab still sees every event once (the other tabs first take
+   * the new leader's recent events after their own last id, then its live ones). A tab
+   * that opens while a leader runs gets the leader's recent events after its own last id
+   * (up to 1000), the rest from the history.
    */
   share?: boolean;
   /** Live events, each once (deduplicated by feed id and event id). */

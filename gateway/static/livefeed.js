@@ -322,7 +322,7 @@ export class LiveFeed {
     this.connection = null;
     this.channel = null;
     this.inbox = null; // a follower's frames before it is ready
-    this.recent = []; // a leader's recent event frames, for tabs that join late
+    this.recent = []; // recent event frames: a leader's catch-up for tabs that join
     this.released = new Promise((resolve) => { this.release = resolve; });
   }
 
@@ -400,7 +400,16 @@ export class LiveFeed {
     } else if (this.role === "leader") {
       return; // frames of a former leader still in flight
     } else if (msg.t === "leader") {
-      if (this.waiting?.has("welcome")) this.channel.postMessage({ t: "who", from: this.tabId, lastId: this.lastId });
+      // A new leader (a hand-over, or tabs that asked before any held the lock): hold its
+      // frames, and any a former leader still has in flight, until it answered with what
+      // it has after our last id; then those first: nothing is skipped as out of order.
+      if (this.inbox === null) {
+        this.inbox = [];
+        this.waiting = new Set(["welcome"]);
+      }
+      if (this.waiting.has("welcome")) {
+        this.channel.postMessage({ t: "who", from: this.tabId, lastId: this.lastId });
+      }
     } else if (msg.t === "welcome") {
       if (msg.to !== this.tabId || !this.waiting?.has("welcome")) return; // another tab's
       if (!this.lastId && msg.lastId && !msg.frames.length) this.lastId = msg.lastId;
@@ -431,13 +440,7 @@ export class LiveFeed {
   frame(f) {
     if (f.type === "hello") this.replaying = Boolean(this.lastId) && f.mode === "streams";
     const replayed = this.replaying;
-    if (this.channel && this.role === "leader") {
-      this.channel.postMessage({ t: "frame", f, replayed });
-      if (f.type === "event") {
-        this.recent.push({ t: "frame", f, replayed });
-        if (this.recent.length > SHARED_RECENT) this.recent.shift();
-      }
-    }
+    if (this.channel && this.role === "leader") this.channel.postMessage({ t: "frame", f, replayed });
     this.apply(f, replayed);
   }
 
@@ -451,6 +454,10 @@ export class LiveFeed {
       case "event":
         if (this.lastId && !newer(f.id, this.lastId)) return; // already had it
         this.saveLast(f.id);
+        if (this.channel) { // every tab: it may lead next
+          this.recent.push({ t: "frame", f, replayed });
+          if (this.recent.length > SHARED_RECENT) this.recent.shift();
+        }
         if (this.remember(f.data && f.data.id) && this.opts.onEvent) {
           this.opts.onEvent(f.data, { feedId: f.id, replayed });
         }

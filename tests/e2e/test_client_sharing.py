@@ -115,19 +115,24 @@ async def test_closing_the_leader_tab_hands_over_without_a_gap(
     log = make_log(redis, keys)
     tabs = Tabs(await chromium.new_context(), url, "hana", transport)
     leader = await tabs.open()
-    follower = await tabs.open()
+    follower, other = await tabs.open(), await tabs.open()
     before = await publish(log, "hana", 4)
-    await wait_shown(follower, 4)
+    for page in (follower, other):
+        await wait_shown(page, 4)
 
-    await leader.close()  # its lock goes: the follower takes over with its own last id
+    await leader.close()  # its lock goes: the next tab takes over with its own last id
     during = await publish(log, "hana", 6, start=4)  # while nobody is connected, maybe
     await follower.wait_for_selector("#status[data-role='leader']", timeout=30_000)
-    await wait_shown(follower, 10)
+    for page in (follower, other):
+        await wait_shown(page, 10)
     after = await publish(log, "hana", 3, start=10)
-    await wait_shown(follower, 13)
+    for page in (follower, other):
+        await wait_shown(page, 13)
     await follower.wait_for_timeout(500)
-    assert await feed_ids(follower) == list(reversed(before + during + after))
-    assert tabs.opened == {leader: 1, follower: 1}
+    for page in (follower, other):
+        assert await feed_ids(page) == list(reversed(before + during + after))
+    assert await role(other) == "follower"
+    assert tabs.opened == {leader: 1, follower: 1, other: 0}
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
