@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     claim_idle_ms: int = 30_000
     dedupe_ttl_s: int = 7 * 24 * 3600
     send_queue: int = 1_000
+    # Frames written together when a session has several ready (one WebSocket message of
+    # `\n`-separated frames, one SSE write); 1 sends each frame on its own.
+    coalesce: int = 16
     drain_timeout_s: float = 10.0
     log_level: str = "INFO"
 
@@ -193,7 +196,7 @@ def validate(s: Settings) -> None:
     if s.ingest_replicas < 0:
         raise SettingsError(f"{env_name('ingest_replicas')} must be 0 or more")
     for name in ("feed_maxlen", "dead_maxlen", "max_deliveries", "batch_size", "flush_ms",
-                 "send_queue"):
+                 "send_queue", "coalesce"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{env_name(name)} must be a positive integer")
     if s.redis_cluster and s.redis_url is None:

@@ -16,10 +16,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from livefeed.core import auth, metrics
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
-from livefeed.gateway.live import Session
+from livefeed.gateway.live import Out, Session
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
-from livefeed.schemas.frames import CloseCode, FrameType
+from livefeed.schemas.frames import CloseCode, FrameType, join_frames
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ class WebSocketTransport:
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
         # uvicorn's wsproto sends bytes as a binary message: a text frame needs a str.
         await self.websocket.send_text(frame.decode())
+
+    async def send_many(self, frames: list[Out]) -> None:
+        await self.websocket.send_text(join_frames([frame for _, _, frame in frames]).decode())
 
 
 async def live_ws(websocket: WebSocket) -> None:
@@ -54,7 +57,7 @@ async def live_ws(websocket: WebSocket) -> None:
     session = Session(
         user=claims.user, log=state.log, hub=hub, transport=WebSocketTransport(websocket),
         last_id=websocket.query_params.get("last_id"), mode=state.settings.delivery,
-        queue_size=state.settings.send_queue,
+        queue_size=state.settings.send_queue, coalesce=state.settings.coalesce,
     )
     # Before the handshake completes: what is published once the client sees itself
     # connected is delivered to it.

@@ -124,7 +124,8 @@
       this.conn = ws;
       let opened = false;
       ws.onopen = () => { opened = true; this.wsFailures = 0; };
-      ws.onmessage = (m) => this.frame(JSON.parse(m.data));
+      // One message may carry several frames, one per line (the gateway coalesces).
+      ws.onmessage = (m) => m.data.split("\n").forEach((line) => line && this.frame(JSON.parse(line)));
       ws.onclose = (e) => {
         if (this.conn !== ws) return;
         if (e.code === CLOSE.BAD_TOKEN) { this.stopped = true; this.status("unauthorized"); return; }

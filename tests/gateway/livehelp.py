@@ -25,6 +25,7 @@ from livefeed.gateway.app import DEFAULT_FEATURES, create_app
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import Hub
 from livefeed.schemas.event import Event
+from livefeed.schemas.frames import split_message
 from livefeed.schemas.stream import IngestEntry
 from tests.procs import Proc, start_gateway
 
@@ -63,6 +64,7 @@ class WsClient:
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         self.frames: list[dict[str, Any]] = []
+        self.messages = 0  # WebSocket messages: fewer than frames when the gateway coalesces
 
     @classmethod
     async def open(cls, url: str, **kw: Any) -> WsClient:
@@ -77,7 +79,8 @@ class WsClient:
     async def until(self, done: Callable[[WsClient], bool], timeout: float = 60) -> None:
         with anyio.fail_after(timeout):
             while not done(self):
-                self.frames.append(json.loads(await self.conn.recv()))
+                self.frames += [json.loads(f) for f in split_message(await self.conn.recv())]
+                self.messages += 1
 
     async def until_events(self, n: int, timeout: float = 60) -> None:
         await self.until(lambda c: len(c.events()) >= n, timeout)
