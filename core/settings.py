@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     claim_idle_ms: int = 30_000
     dedupe_ttl_s: int = 7 * 24 * 3600
     send_queue: int = 1_000
+    # Frames written together when a session has several ready (one WebSocket message of
+    # `\n`-separated frames, one SSE write); 1 sends each frame on its own.
+    coalesce: int = 16
     drain_timeout_s: float = 10.0
     log_level: str = "INFO"
     # Browser-facing limits (gateway/headers.py, gateway/limits.py, ops/protocols.py).
@@ -225,7 +228,7 @@ def validate(s: Settings) -> None:
     if s.ingest_replicas < 0:
         raise SettingsError(f"{env_name('ingest_replicas')} must be 0 or more")
     for name in ("feed_maxlen", "dead_maxlen", "max_deliveries", "batch_size", "flush_ms",
-                 "send_queue"):
+                 "send_queue", "coalesce"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{env_name(name)} must be a positive integer")
     for name in ("auth_timeout_s", "keepalive_s"):

@@ -46,10 +46,18 @@ _SENT = {kind: metrics.FRAMES_SENT.labels(kind) for kind in get_args(FrameType)}
 _Item = tuple[StreamId | None, str | None, bytes] | None
 
 
+# (frame type, feed id, frame bytes) of one frame to write
+Out = tuple[FrameType, str | None, bytes]
+
+
 class Transport(Protocol):
-    """Writes one frame to the client; awaits while the client is not reading."""
+    """Writes frames to the client; awaits while the client is not reading."""
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None: ...
+
+    async def send_many(self, frames: list[Out]) -> None:
+        """Several frames at once, in order (one WebSocket message, one SSE write)."""
+        ...
 
 
 class Subscriber(Protocol):
@@ -79,12 +87,12 @@ class Session:
     """Delivery to one connected client of `user` until stopped, cancelled or too slow."""
 
     __slots__ = ("user", "log", "hub", "transport", "last_id", "mode", "page", "queue_size",
-                 "close_code", "sent_events", "_pending", "_queued", "_waiter", "_stopped",
-                 "_task", "_cancel_sent", "_prepared", "_recovery")
+                 "coalesce", "close_code", "sent_events", "_pending", "_queued", "_waiter",
+                 "_stopped", "_task", "_cancel_sent", "_prepared", "_recovery", "_out")
 
     def __init__(self, *, user: str, log: EventLog, hub: Subscriber, transport: Transport,
                  last_id: str | None, mode: Delivery = "streams", queue_size: int = 1000,
-                 page: int = PAGE) -> None:
+                 page: int = PAGE, coalesce: int = 16) -> None:
         self.user = user
         self.log = log
         self.hub = hub
@@ -93,6 +101,9 @@ class Session:
         self.mode = mode
         self.page = page
         self.queue_size = queue_size
+        # Frames ready to go are written together, up to this many (1: one at a time).
+        self.coalesce = max(1, coalesce)
+        self._out: list[Out] = []
         self.close_code: int | None = None
         self.sent_events = 0
         # The send queue: items not yet taken by the session's task, and how many items
@@ -209,6 +220,7 @@ class Session:
             self._stopped = True
             self._task = None
             self._pending.clear()
+            self._out.clear()
             self._consume_cancel(task)
         if task.cancelling():
             # A cancel from outside, lost together with ours (see `stop`): it goes on.
@@ -226,6 +238,9 @@ class Session:
         loop = asyncio.get_running_loop()
         while not self._stopped:
             if not self._pending:
+                await self._flush()
+                if self._pending or self._stopped:
+                    continue
                 self._waiter = loop.create_future()
                 try:
                     await self._waiter
@@ -273,6 +288,7 @@ class Session:
             else:
                 recovery.move_to(self.last_id)
         while True:
+            await self._flush()  # the page so far goes out while the next one is read
             after = recovery.cursor_id
             if after is None:
                 entries, problem = await self.log.read_feed(self.user, FEED_START,
@@ -309,6 +325,7 @@ class Session:
     async def _reset(self, problem: str) -> None:
         metrics.RESETS.labels(problem).inc()
         logger.info("reset for %s: %s", self.user, problem)
+        await self._flush()
         last = await self.log.last_feed_id(self.user)
         self._check_stopped()
         # An empty feed: read it from its start without a check; the client resumes from
@@ -325,7 +342,18 @@ class Session:
         await self._write("event", fid, frame)
 
     async def _write(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
-        await self.transport.send(kind, feed_id, frame)
+        """Queue a frame for the client; a full message goes out at once, the rest with the
+        next `_flush` (before the task waits or reads Redis: nothing is held back)."""
+        self._out.append((kind, feed_id, frame))
         _SENT[kind].inc()
         if kind == "event":
             self.sent_events += 1
+        if len(self._out) >= self.coalesce:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        out, self._out = self._out, []
+        if len(out) == 1:
+            await self.transport.send(*out[0])
+        elif out:
+            await self.transport.send_many(out)

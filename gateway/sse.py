@@ -30,7 +30,7 @@ from livefeed.gateway import limits, tickets
 from livefeed.gateway.bearer import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
-from livefeed.gateway.live import Session
+from livefeed.gateway.live import Out, Session
 from livefeed.gateway.operation import USER_TOKEN, Answer, Operation, Param
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
@@ -63,6 +63,10 @@ class _SseTransport:
         head, self._head = self._head, b""
         await self.write(head + sse_chunk(kind, feed_id, frame))
 
+    async def send_many(self, frames: list[Out]) -> None:
+        head, self._head = self._head, b""
+        await self.write(head + b"".join(sse_chunk(*out) for out in frames))
+
 
 class SseStream(Response):
     """The event stream of one session, written straight to the ASGI `send`."""
@@ -94,7 +98,7 @@ class SseStream(Response):
         session = Session(
             user=self.user, log=state.log, hub=hub, transport=transport,
             last_id=self.last_id, mode=state.settings.delivery,
-            queue_size=state.settings.send_queue,
+            queue_size=state.settings.send_queue, coalesce=state.settings.coalesce,
         )
         # Before the response starts: what is published once the client sees the stream
         # open is delivered to it.

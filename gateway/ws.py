@@ -36,7 +36,7 @@ from livefeed.gateway import limits
 from livefeed.gateway.bearer import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
-from livefeed.gateway.live import Session
+from livefeed.gateway.live import Out, Session
 from livefeed.gateway.operation import Channel
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
@@ -47,6 +47,7 @@ from livefeed.schemas.frames import (
     Frame,
     FrameType,
     decode_client_message,
+    join_frames,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class WebSocketTransport:
         self.last_sent = time.monotonic()
         # uvicorn's wsproto sends bytes as a binary message: a text frame needs a str.
         await self.websocket.send_text(frame.decode())
+
+    async def send_many(self, frames: list[Out]) -> None:
+        self.last_sent = time.monotonic()
+        await self.websocket.send_text(join_frames([frame for _, _, frame in frames]).decode())
 
     async def ping(self) -> None:
         # Concurrent with the session's own sends: uvicorn writes each message whole.
@@ -232,7 +237,7 @@ async def _live(websocket: WebSocket, state: GatewayState, claims: auth.Claims, 
     transport = WebSocketTransport(websocket)
     session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
                       last_id=websocket.query_params.get("last_id"), mode=settings.delivery,
-                      queue_size=settings.send_queue)
+                      queue_size=settings.send_queue, coalesce=settings.coalesce)
     if not accepted:
         # Before the handshake completes: what is published once the client sees itself
         # connected is delivered to it. (After an auth message: once `hello` arrives.)

@@ -1,11 +1,16 @@
 """Frames sent to browsers over WebSocket (JSON text) and SSE (same JSON in `data:`).
 
+One WebSocket message carries one or more frames, one per line (`\n` between them; JSON
+never holds a raw newline): a session coalesces what it has ready to send (a replay page,
+a burst) up to `LIVEFEED_COALESCE` frames per message. `split_message` reads one.
+
 Event frames are built from the stored event JSON without decoding it (`msgspec.Raw`):
 the feed stream keeps the exact bytes ingest validated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 from typing import Literal
 
@@ -114,3 +119,17 @@ EVENT_FRAME_TAIL = b"}"
 def event_frame(feed_id: str, data: bytes) -> bytes:
     """The `event` frame for one feed entry; byte-identical to what the fanout script publishes."""
     return EVENT_FRAME_HEAD + feed_id.encode() + EVENT_FRAME_MID + data + EVENT_FRAME_TAIL
+
+
+FRAME_SEPARATOR = b"\n"
+
+
+def join_frames(frames: Sequence[bytes]) -> bytes:
+    """One WebSocket message of several frames."""
+    return FRAME_SEPARATOR.join(frames)
+
+
+def split_message(message: str | bytes) -> list[bytes]:
+    """The frames of one WebSocket message, in order."""
+    data = message.encode() if isinstance(message, str) else message
+    return [line for line in data.split(FRAME_SEPARATOR) if line]

@@ -192,7 +192,10 @@ class Connection {
       opened = true;
       ws.send(wsAuthMessage(token));
     };
-    ws.onmessage = (m) => this.heard(gen, JSON.parse(m.data));
+    // One message may carry several frames, one per line (the gateway coalesces them).
+    ws.onmessage = (m) => {
+      for (const line of String(m.data).split("\n")) if (line) this.heard(gen, JSON.parse(line));
+    };
     ws.onclose = (e) => {
       if (gen !== this.gen) return;
       this.conn = null;

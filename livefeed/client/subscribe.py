@@ -161,9 +161,12 @@ async def _ws(url: str, token: str, cursor: _Cursor) -> AsyncIterator[Event | Re
         async with connect(f"{base}/v1/ws{_query(cursor)}", max_size=None,
                            compression=None, additional_headers=_auth(token)) as ws:
             async for message in ws:
-                item = cursor.take(_decode(message))
-                if item is not None:
-                    yield item
+                text = message if isinstance(message, str) else message.decode()
+                # Several frames in one message, one per line (the gateway coalesces).
+                for frame in text.split("\n"):
+                    item = cursor.take(_decode(frame)) if frame else None
+                    if item is not None:
+                        yield item
     except ConnectionClosed as exc:
         if exc.rcvd is not None and exc.rcvd.code == BAD_TOKEN:
             raise _Refused(f"gateway closed with {BAD_TOKEN}: {exc.rcvd.reason}") from None

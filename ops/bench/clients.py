@@ -17,6 +17,8 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from livefeed.schemas.frames import split_message
+
 PREFIX = "bench t="
 
 
@@ -94,27 +96,31 @@ class Clients:
 
     async def _until_recovered(self, ws: ClientConnection, start: float) -> None:
         while True:
-            raw = await ws.recv(decode=False)
-            self.frames += 1
-            kind = _decode(raw).type
-            if kind == "event":
-                self.events += 1
-            elif kind in ("recovered", "reset"):
-                self.recovered.append(time.perf_counter() - start)
-                return
+            for raw in split_message(await ws.recv(decode=False)):
+                self.frames += 1
+                kind = _decode(raw).type
+                if kind == "event":
+                    self.events += 1
+                elif kind in ("recovered", "reset"):
+                    self.recovered.append(time.perf_counter() - start)
+                    return
+
+    def _latency(self, raw: bytes) -> None:
+        frame = _decode(raw)
+        if frame.type == "event" and frame.data and frame.data.preview and \
+                frame.data.preview.startswith(PREFIX):
+            t = int(frame.data.preview[len(PREFIX):].split()[0])
+            self.latencies.append((time.monotonic_ns() - t) / 1000)
+            self.events += 1
 
     async def listen(self, ws: ClientConnection) -> None:
         latency = self.spec.mode == "latency"
         try:
-            async for raw in ws:
-                self.frames += 1
-                if latency:
-                    frame = _decode(raw)
-                    if frame.type == "event" and frame.data and frame.data.preview and \
-                            frame.data.preview.startswith(PREFIX):
-                        t = int(frame.data.preview[len(PREFIX):].split()[0])
-                        self.latencies.append((time.monotonic_ns() - t) / 1000)
-                        self.events += 1
+            async for message in ws:
+                for raw in split_message(message):
+                    self.frames += 1
+                    if latency:
+                        self._latency(raw)
         except ConnectionClosed as exc:
             code = str(exc.rcvd.code if exc.rcvd else "none")
             self.closed[code] = self.closed.get(code, 0) + 1

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from livefeed.ops.compare.records import Away, ClientLog, Connection, Received
-from livefeed.schemas.frames import EventFrame, Hello, Recovered, Reset, decode_frame
+from livefeed.schemas.frames import EventFrame, Hello, Recovered, Reset, decode_frame, split_message
 
 logger = logging.getLogger(__name__)
 
@@ -158,34 +158,38 @@ class FeedClient:
         expect_replay = self.mode == "streams" and self.last_id is not None
         async for message in ws:
             t = self.clock()
-            try:
-                frame = decode_frame(message)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self.protocol_errors += 1
-                continue
-            match frame:
-                case EventFrame(id=feed_id, data=data):
-                    try:
-                        event_id = _event_id.decode(data).id
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        self.protocol_errors += 1
-                        continue
-                    self.log.received.append(
-                        Received(t=t, event_id=event_id, feed_id=feed_id,
-                                 conn=len(self.log.connections) - 1))
-                    self.seen.add(event_id)
-                    self.last_id = feed_id
-                case Hello():
-                    if not expect_replay:
-                        self._mark_ready(conn, t)
-                case Recovered(count=count):
-                    conn.recovered = count
-                    self._mark_ready(conn, t)
-                case Reset(reason=reason):
-                    conn.reset = reason
-                    self._mark_ready(conn, t)
+            for raw in split_message(message):
+                self._take(raw, conn, t, expect_replay)
             if self.read_delay > 0:
                 await anyio.sleep(self.read_delay)
+
+    def _take(self, raw: bytes, conn: Connection, t: float, expect_replay: bool) -> None:
+        try:
+            frame = decode_frame(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.protocol_errors += 1
+            return
+        match frame:
+            case EventFrame(id=feed_id, data=data):
+                try:
+                    event_id = _event_id.decode(data).id
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    self.protocol_errors += 1
+                    return
+                self.log.received.append(
+                    Received(t=t, event_id=event_id, feed_id=feed_id,
+                             conn=len(self.log.connections) - 1))
+                self.seen.add(event_id)
+                self.last_id = feed_id
+            case Hello():
+                if not expect_replay:
+                    self._mark_ready(conn, t)
+            case Recovered(count=count):
+                conn.recovered = count
+                self._mark_ready(conn, t)
+            case Reset(reason=reason):
+                conn.reset = reason
+                self._mark_ready(conn, t)
 
     def _mark_ready(self, conn: Connection, t: float) -> None:
         if conn.t_ready is None:

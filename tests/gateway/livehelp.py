@@ -26,6 +26,7 @@ from livefeed.gateway.app import DEFAULT_FEATURES, create_app
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import Hub
 from livefeed.schemas.event import Event
+from livefeed.schemas.frames import split_message
 from livefeed.schemas.stream import IngestEntry
 from tests.procs import Proc, start_gateway
 
@@ -87,6 +88,8 @@ class WsClient:
         self.conn = conn
         self.frames: list[dict[str, Any]] = []
         self.pings = 0
+        self.messages = 0  # WebSocket messages: fewer than frames when the gateway coalesces
+        self._unread: list[dict[str, Any]] = []  # frames of a message not yet returned
 
     @classmethod
     async def open(cls, target: WsTarget, *, header: bool = False, **kw: Any) -> WsClient:
@@ -102,7 +105,11 @@ class WsClient:
     async def recv(self) -> dict[str, Any]:
         """The next frame that is not a keepalive `ping`."""
         while True:
-            frame: dict[str, Any] = json.loads(await self.conn.recv())
+            if not self._unread:
+                message = await self.conn.recv()
+                self.messages += 1
+                self._unread = [json.loads(f) for f in split_message(message)]
+            frame = self._unread.pop(0)
             if frame["type"] != "ping":
                 return frame
             self.pings += 1

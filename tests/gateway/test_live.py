@@ -190,3 +190,28 @@ async def test_pubsub_mode_forwards_live_frames_without_replay(redis: Any, keys:
         tg.cancel_scope.cancel()
     assert rec.frames[0][2] == {"type": "hello", "user": "alice", "mode": "pubsub"}
     assert rec.events() == new
+
+
+@pytest.mark.parametrize("coalesce", [1, 16])
+async def test_a_replay_goes_out_in_coalesced_writes(redis: Any, keys: Keys, hub: Hub,
+                                                     coalesce: int) -> None:
+    log = make_log(redis, keys)
+    seen = await publish(log, "alice", 1)
+    missed = await publish(log, "alice", 100, start=1)
+    rec = Recorder()
+    s = session(log, hub, rec, seen[-1], page=40, coalesce=coalesce)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        await rec.until(lambda r: "recovered" in r.types())
+        live = await publish(log, "alice", 3, start=500)
+        await rec.until(lambda r: len(r.events()) >= 103)
+        tg.cancel_scope.cancel()
+    assert_exact(rec.events(), missed + live)
+    assert rec.types()[0] == "hello" and rec.types()[101] == "recovered"
+    if coalesce == 1:
+        assert rec.messages == 0  # every frame on its own
+    else:
+        # 100 events in pages of 40: full writes of 16, the rest of each page flushed
+        # before the next page is read; no write larger than 16 frames.
+        assert 7 <= rec.messages <= 12
+        assert max(rec.batch_sizes) == 16

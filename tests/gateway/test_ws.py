@@ -61,6 +61,8 @@ async def test_reconnect_replays_exactly_the_missed_events_then_live(
     assert types[0] == "hello"
     assert types.index("recovered") == 501  # hello, the 500 replayed, then recovered
     assert again.frames[501] == {"type": "recovered", "count": 500, "last_id": missed[-1]}
+    # The replay went out coalesced: up to 16 frames per message (LIVEFEED_COALESCE).
+    assert again.messages <= len(again.frames) // 4
 
 
 @pytest.mark.parametrize("feed", ["with history", "empty"])

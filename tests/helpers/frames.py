@@ -19,12 +19,20 @@ class Recorder:
 
     def __init__(self) -> None:
         self.frames: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.messages = 0  # coalesced writes (send_many)
+        self.batch_sizes: list[int] = []
         self.stalled = False
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
         while self.stalled:
             await anyio.sleep(3600)
         self.frames.append((kind, feed_id, json.loads(frame)))
+
+    async def send_many(self, frames: list[tuple[FrameType, str | None, bytes]]) -> None:
+        self.messages += 1
+        self.batch_sizes.append(len(frames))
+        for out in frames:
+            await self.send(*out)
 
     def events(self) -> list[str]:
         return [f["id"] for k, _, f in self.frames if k == "event"]

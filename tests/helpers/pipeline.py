@@ -24,6 +24,7 @@ from livefeed.core import auth
 from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.leases import owners
 from livefeed.core.settings import Settings
+from livefeed.schemas.frames import split_message
 from tests.gateway.livehelp import SECRET, token
 from tests.procs import Proc, start_gateway
 
@@ -100,8 +101,8 @@ class Follower:
                 async with websockets.connect(url, open_timeout=10) as ws:
                     await ws.send(json.dumps({"type": "auth", "token": token(self.user)}))
                     async for message in ws:
-                        frame = json.loads(message)
-                        self._take(frame)
+                        for frame in split_message(message):
+                            self._take(json.loads(frame))
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
                 pass
             self.reconnects += 1
