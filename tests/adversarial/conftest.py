@@ -41,6 +41,7 @@ from livefeed.core import auth
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Resolved
 from livefeed.ops import namespace
+from livefeed.schemas.frames import split_message
 from tests.procs import Proc, start_gateway
 
 SECRET = "adversarial-secret-long-enough-for-hs256!"
@@ -197,12 +198,13 @@ class Control:
                     message = await asyncio.wait_for(conn.recv(), 0.2)
                 except TimeoutError:
                     continue
-                frame = json.loads(message)
-                self.frames.append(frame["type"])
-                if frame["type"] == "hello":
-                    self.hello.set()
-                elif frame["type"] == "event":
-                    self.received.append(frame["data"]["id"])
+                for raw in split_message(message):  # coalesced: one frame per line
+                    frame = json.loads(raw)
+                    self.frames.append(frame["type"])
+                    if frame["type"] == "hello":
+                        self.hello.set()
+                    elif frame["type"] == "event":
+                        self.received.append(frame["data"]["id"])
         except websockets.ConnectionClosed as exc:
             self.closed = f"closed by the gateway: {exc.rcvd!r}"
         finally:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from livefeed.core import redis_client
 from livefeed.core.eventlog import EventLog
+from livefeed.schemas.frames import split_message
 from tests.adversarial.conftest import TALLY, Target, sse_connect, token, ws_connect
 from tests.gateway.livehelp import publish
 
@@ -71,9 +72,10 @@ async def ws_answer(target: Target, last_id: str) -> tuple[dict[str, Any], dict[
     conn = await ws_connect(target.base, token(USER), last_id)
     try:
         with anyio.fail_after(20):
-            hello = json.loads(await conn.recv())
-            while (after := json.loads(await conn.recv()))["type"] == "event":
-                pass
+            frames: list[dict[str, Any]] = []
+            while len(frames) < 2 or frames[-1]["type"] == "event":
+                frames += [json.loads(f) for f in split_message(await conn.recv())]
+            hello, after = frames[0], next(f for f in frames[1:] if f["type"] != "event")
         return hello, after
     finally:
         await conn.close()

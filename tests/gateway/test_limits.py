@@ -5,7 +5,6 @@ gateways, per gateway, per second; refusals are close 4029 (WebSocket) and 429 (
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,7 +44,7 @@ async def refusal(url: str, user: str) -> tuple[int | None, str]:
     with anyio.fail_after(30):
         try:
             while True:
-                client.frames.append(json.loads(await client.conn.recv()))
+                client.frames.append(await client.recv())
         except ConnectionClosed as exc:
             assert client.frames == [], "a refused connection got frames"
             return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
