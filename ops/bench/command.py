@@ -18,6 +18,7 @@ from livefeed.ops.bench import (
     connmem,
     e2e,
     fanout,
+    flame,
     ingest,
     persist,
     procs,
@@ -61,7 +62,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
                    help="also write the results as JSON to this file")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="sample the gateway/consumer processes with py-spy (PATH or $PY_SPY) "
-                   "into collapsed-stack files in DIR")
+                   "into collapsed-stack files in DIR, each also as a speedscope flame graph")
     p.set_defaults(func=bench)
 
 
@@ -99,6 +100,9 @@ async def bench(args: argparse.Namespace, settings: Settings) -> int:
                 console.print(f"[bold]profiles[/bold] (py-spy, in {args.profile}):")
                 for line in profile.summaries(args.profile):
                     console.print(f"  {line}", highlight=False)
+                flames = flame.convert(args.profile)
+                console.print(f"  flame graphs: {len(flames)} *.speedscope.json files "
+                              "(https://www.speedscope.app)", highlight=False)
             if args.json_path is not None:
                 args.json_path.write_bytes(report.to_json(rep))
             failed = [n for n, r in results.items() if r.error]
