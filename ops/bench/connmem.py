@@ -73,17 +73,21 @@ async def _sample(ctx: Context, s: Resolved, n: int, frames: int, folder: Path,
             pass
         async with loadgen.clients([Spec(url, warm[10:])]):
             await anyio.sleep(0.5)
-            first = await _dump(child, folder)
             before = procs.rss_kb(child.pid)
+            first = await _dump(child, folder)
             tokens = [auth.mint(s.secret, f"idle{i}") for i in range(n)]
             specs = [Spec(url, part) for part in loadgen.split(tokens, CLIENT_PROCS)]
             async with loadgen.clients(specs):
                 await anyio.sleep(1.0)
-                second = await _dump(child, folder)
                 per_conn = (procs.rss_kb(child.pid) - before) / n
+                second = await _dump(child, folder)
     finally:
         child.terminate()
     return per_conn, first, second
+
+
+_STDLIB = str(Path(os.__file__).parent) + "/"
+_OURS = tuple(f"/livefeed/{part}/" for part in ("gateway", "core", "schemas"))
 
 
 def _where(frame: tracemalloc.Frame) -> str:
@@ -92,6 +96,8 @@ def _where(frame: tracemalloc.Frame) -> str:
         path = path.split("site-packages/")[-1]
     elif path.startswith(ROOT):
         path = path[len(ROOT) + 1:]
+    elif path.startswith(_STDLIB):
+        path = path[len(_STDLIB):]
     return f"{path}:{frame.lineno}"
 
 
@@ -106,12 +112,12 @@ def _library(tb: tracemalloc.Traceback) -> str:
 
 
 def _ours(tb: tracemalloc.Traceback) -> str:
-    """The innermost livefeed line on the allocation's stack (who asked for it)."""
+    """The innermost gateway/core/schemas line on the allocation's stack (who asked for
+    it); else the server's library (uvicorn, starlette... on their own)."""
     for frame in reversed(list(tb)):
-        if frame.filename.startswith(ROOT) and "site-packages" not in frame.filename \
-                and "ops/bench" not in frame.filename:
+        if frame.filename.startswith(ROOT) and any(part in frame.filename for part in _OURS):
             return _where(frame)
-    return "(no livefeed frame: " + _where(tb[-1]) + ")"
+    return f"(no livefeed frame: {_library(tb)})"
 
 
 def breakdown(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int,
@@ -150,7 +156,7 @@ async def run(ctx: Context, result: BenchResult) -> None:
     async with ctx.namespace() as s:
         plain_dir, traced_dir = ctx.workdir / "conn-memory-rss", ctx.workdir / "conn-memory-heap"
         rss, _, _ = await _sample(ctx, s, n, 0, plain_dir)
-        traced_rss, first, second = await _sample(ctx, s, n, FRAMES, traced_dir)
+        _, first, second = await _sample(ctx, s, n, FRAMES, traced_dir)
     heap, views = breakdown(tracemalloc.Snapshot.load(str(traced_dir / f"{first}.snapshot")),
                             tracemalloc.Snapshot.load(str(traced_dir / f"{second}.snapshot")), n)
     types = type_census(traced_dir, first, second, n)
@@ -159,9 +165,9 @@ async def run(ctx: Context, result: BenchResult) -> None:
             "gateway RSS per idle connection", rss),
     ]
     ctx.note(f"{n} idle connections (one user each, after their hello) beside 20 warm-up "
-             f"ones; RSS per connection {rss:.1f} KiB untraced ({traced_rss:.1f} KiB with "
-             f"tracemalloc's own {FRAMES}-frame traces); Python heap {heap:.1f} KiB of it, "
-             f"the rest ({rss - heap:.1f} KiB) is C memory and allocator slack")
+             f"ones; RSS per connection {rss:.1f} KiB (untraced gateway); Python heap (traced "
+             f"gateway, {FRAMES} frames) {heap:.1f} KiB; the difference ({rss - heap:.1f} KiB) "
+             "is C memory (uvloop transports, hiredis) and allocator slack")
     for view, entries in views.items():
         ctx.note(f"heap per connection by {view}: " + "; ".join(
             f"{kib:.2f} KiB ({objs:.1f}) {key}" for key, kib, objs in entries if kib >= 0.05))
