@@ -28,7 +28,7 @@ from livefeed.ops.bench import loadgen, procs
 from livefeed.ops.bench.clients import Spec
 from livefeed.ops.bench.fanout import CLIENT_PROCS, PAYLOAD
 from livefeed.ops.bench.runner import BenchResult, Context, row
-from livefeed.ops.bench.speedservers import SERVERS, cpu_s, rss_kb
+from livefeed.ops.bench.speedservers import SERVERS, cpu_s, cpu_times, rss_kb
 from livefeed.schemas.frames import event_frame
 
 # Frames in flight; each is ~250 bytes, so Redis' pub/sub output buffer for the server
@@ -52,6 +52,7 @@ class Measured:
     cpu_us_per_frame: float
     kib_per_conn: float
     client_busy: float  # mean CPU share of one core per client process during the fan-out
+    kernel_share: float = 0.0  # of the server's CPU: system time (socket writes)
     closed: dict[str, int] = field(default_factory=dict)
 
 
@@ -72,18 +73,22 @@ async def measure(ctx: Context, name: str, pid: int, port: int, s: Resolved, sha
         per_conn = (rss_kb(pid) - before) / n
         targets = users if shape == "users" else [ROOM]
         client_pids = [g.proc.pid for g in gens if g.proc is not None]
-        cpu0, clients0 = cpu_s(pid), sum(cpu_s(p) for p in client_pids)
+        times0, clients0 = cpu_times(pid), sum(cpu_s(p) for p in client_pids)
         with procs.profiled(pid, ctx.profile_dir, f"speed-{name}-{shape}"):
             start = time.monotonic()
             total = await _fan_out(s, targets, n // len(targets), rounds, gens)
             seconds = time.monotonic() - start
-        cpu = cpu_s(pid) - cpu0
+        times = cpu_times(pid)
+        user, system = times[0] - times0[0], times[1] - times0[1]
+        cpu = user + system
         busy = (sum(cpu_s(p) for p in client_pids) - clients0) / seconds / len(client_pids)
         closed: dict[str, int] = {}
         for g in gens:
             for code, count in (await g.stop()).closed.items():
                 closed[code] = closed.get(code, 0) + count
-    return Measured(total / seconds, cpu / total * 1e6, per_conn, busy, closed)
+    return Measured(frames_per_s=total / seconds, cpu_us_per_frame=cpu / total * 1e6,
+                    kib_per_conn=per_conn, client_busy=busy,
+                    kernel_share=system / cpu if cpu else 0.0, closed=closed)
 
 
 async def _fan_out(s: Resolved, targets: list[str], per_publish: int, rounds: int,
@@ -190,7 +195,8 @@ async def run(ctx: Context, result: BenchResult) -> None:
         ctx.note(f"{key} ({shape}): {got.frames_per_s:,.0f} frames/s, "
                  f"{got.cpu_us_per_frame:.2f} µs server CPU/frame, "
                  f"{got.kib_per_conn:.1f} KiB/conn, client processes "
-                 f"{100 * got.client_busy:.0f}% of a core each"
+                 f"{100 * got.client_busy:.0f}% of a core each, server CPU "
+                 f"{100 * got.kernel_share:.0f}% in the kernel"
                  + (f", closed {got.closed}" if got.closed else ""))
     ctx.note(f"{n} clients in {CLIENT_PROCS} client processes (Python websockets); {rounds} "
              f"rounds; at most {WINDOW} frames in flight; `users`: one PUBLISH per user "

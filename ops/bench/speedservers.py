@@ -64,14 +64,19 @@ def rss_kb(pid: int) -> int:
     return total
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of the process tree so far."""
-    ticks = 0
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process tree so far."""
+    user = system = 0
     for p in tree(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / CLK_TCK
+            user, system = user + int(fields[11]), system + int(fields[12])  # utime, stime
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the process tree so far."""
+    return sum(cpu_times(pid))
 
 
 @contextlib.contextmanager
