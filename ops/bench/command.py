@@ -15,8 +15,10 @@ from rich.console import Console
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime
 from livefeed.ops.bench import (
+    connmem,
     e2e,
     fanout,
+    flame,
     ingest,
     persist,
     procs,
@@ -24,6 +26,7 @@ from livefeed.ops.bench import (
     replay,
     report,
     scaling,
+    speed,
 )
 from livefeed.ops.bench.article import run as article_run
 from livefeed.ops.bench.runner import Benchmark, Context, run_one
@@ -39,6 +42,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     "scaling": scaling.run,
     "article": article_run,  # the article's table: pubsub vs list vs streams
 }
+# Run only when named (the gateway-speed groundwork: minutes each, not part of the default run).
+OPTIONAL: dict[str, Benchmark] = {
+    "speed": speed.run,
+    "conn-memory": connmem.run,
+}
 
 
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
@@ -50,23 +58,25 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         "run, as a ratio, with its goal.",
     )
     p.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+                   help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)}); "
+                   f"only when named: {', '.join(OPTIONAL)}")
     p.add_argument("--quick", action="store_true",
                    help="small sizes, under a minute: proves the benchmarks run (CI smoke)")
     p.add_argument("--json", dest="json_path", type=Path, default=None,
                    help="also write the results as JSON to this file")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="sample the gateway/consumer processes with py-spy (PATH or $PY_SPY) "
-                   "into collapsed-stack files in DIR")
+                   "into collapsed-stack files in DIR, each also as a speedscope flame graph")
     p.set_defaults(func=bench)
 
 
 async def bench(args: argparse.Namespace, settings: Settings) -> int:
     names = args.names or list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS]
+    known = BENCHMARKS | OPTIONAL
+    unknown = [n for n in names if n not in known]
     if unknown:
         print(f"livefeed bench: unknown benchmark {', '.join(unknown)}; choose from "
-              f"{', '.join(BENCHMARKS)}", file=sys.stderr)
+              f"{', '.join(known)}", file=sys.stderr)
         return 2
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.profile is not None and procs.py_spy() is None:
@@ -86,7 +96,7 @@ async def bench(args: argparse.Namespace, settings: Settings) -> int:
             results = {}
             for name in names:
                 console.print(f"[dim]running {name}...[/dim]")
-                results[name] = await run_one(name, BENCHMARKS[name], ctx)
+                results[name] = await run_one(name, known[name], ctx)
             machine.load_after = os.getloadavg()
             rep = report.Report(machine=machine, quick=args.quick, benchmarks=results)
             report.render(rep, console)
@@ -94,6 +104,9 @@ async def bench(args: argparse.Namespace, settings: Settings) -> int:
                 console.print(f"[bold]profiles[/bold] (py-spy, in {args.profile}):")
                 for line in profile.summaries(args.profile):
                     console.print(f"  {line}", highlight=False)
+                flames = flame.convert(args.profile)
+                console.print(f"  flame graphs: {len(flames)} *.speedscope.json files "
+                              "(https://www.speedscope.app)", highlight=False)
             if args.json_path is not None:
                 args.json_path.write_bytes(report.to_json(rep))
             failed = [n for n, r in results.items() if r.error]

@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from livefeed.ops.bench.command import BENCHMARKS
@@ -93,3 +95,118 @@ def test_profile_summary_ranks_innermost_frames(tmp_path: Path) -> None:
     total, frames = summarize(path)
     assert total == 40
     assert frames == [("send (uvicorn/ws.py)", 75.0), ("decode (schemas/event.py)", 25.0)]
+
+
+# Issue 13's baselines (`livefeed bench speed`, `conn-memory`): each measures at a tiny
+# size and gives numbers; speeds are never asserted.
+
+def _ctx(tmp_path: Path, redis_url: str = "redis://127.0.0.1:1/0",
+         postgres_url: str = "postgresql://nobody@127.0.0.1:1/none") -> Any:
+    from livefeed.core.settings import Resolved
+    from livefeed.ops.bench.runner import Context
+
+    settings = Resolved(redis_url=redis_url, database_url=postgres_url)
+    return Context(settings=settings, quick=True, workdir=tmp_path / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("server,shape", [("raw", "tabs"), ("raw", "users"), ("node", "tabs"),
+                                          ("granian", "users"), ("picows", "users")])
+async def test_speed_baseline_measures(server: str, shape: str, redis_url: str,
+                                       postgres_url: str, tmp_path: Path) -> None:
+    from livefeed.ops.bench import speed
+    from livefeed.ops.bench.speedservers import SERVERS
+
+    why = SERVERS[server].available()
+    if why is not None:  # the bench skips it too (said in its notes); here: visibly skipped
+        pytest.skip(why)
+    ctx = _ctx(tmp_path, redis_url, postgres_url)
+    errors: list[str] = []
+    measured = await speed.run_cases(ctx, [(server, shape)], n=20, rounds=3, errors=errors)
+    assert errors == []
+    got = measured[server, shape]
+    assert got.frames_per_s > 0
+    assert got.cpu_us_per_frame >= 0 and got.client_busy >= 0
+    assert math.isfinite(got.kib_per_conn)
+    assert got.closed == {}
+
+
+def test_node_baseline_skips_cleanly_without_node(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from livefeed.ops.bench import nodews, speed
+    from livefeed.ops.bench.speedservers import SERVERS
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(nodews.Unavailable, match="node/npm not on PATH"):
+        nodews.prepare(tmp_path / "cache")
+    assert SERVERS["node"].available() == "node/npm not on PATH"
+    ctx = _ctx(tmp_path)
+    errors: list[str] = []
+    # No server is started for a skipped case, so no Redis or PostgreSQL is needed.
+    measured = anyio.run(speed.run_cases, ctx, [("node", "tabs"), ("node-send", "tabs")], 20, 3,
+                         errors)
+    assert measured == {} and errors == []
+    assert ctx.notes == ["skipped Node ws, pre-encoded frame: node/npm not on PATH",
+                         "skipped Node ws, ws.send per socket: node/npm not on PATH"]
+
+
+def test_node_install_failure_is_a_skip_reason(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from livefeed.ops.bench import nodews
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, body in (("node", "exit 0"), ("npm", "echo 'registry unreachable' >&2; exit 1")):
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with pytest.raises(nodews.Unavailable, match="npm install failed .*registry unreachable"):
+        nodews.prepare(tmp_path / "cache")
+
+
+def test_raw_floor_frames_and_handshake() -> None:
+    from livefeed.ops.bench.rawws import accept_key, text_frame
+
+    # RFC 6455 section 1.3's example
+    assert accept_key(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert text_frame(b"hi") == b"\x81\x02hi"
+    assert text_frame(b"x" * 300)[:4] == b"\x81\x7e\x01\x2c"
+    assert text_frame(b"x" * 70_000)[:10] == b"\x81\x7f" + (70_000).to_bytes(8, "big")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_conn_memory_breaks_down_an_idle_connection(redis_url: str, postgres_url: str,
+                                                          tmp_path: Path) -> None:
+    from livefeed.ops.bench import connmem
+    from livefeed.ops.bench.runner import BenchResult
+
+    ctx = _ctx(tmp_path, redis_url, postgres_url)
+    result = BenchResult(name="conn-memory")
+    ctx.notes = result.notes
+    await connmem.run(ctx, result)
+    (heap,) = result.rows
+    assert heap.value > 0 and heap.baseline > 0
+    text = "\n".join(result.notes)
+    for view in ("site", "livefeed line", "library"):
+        assert f"heap per connection by {view}: " in text
+    assert "gc-tracked objects per connection by type" in text
+
+
+def test_profiles_become_speedscope_flame_graphs(tmp_path: Path) -> None:
+    from livefeed.ops.bench.flame import convert
+
+    (tmp_path / "e2e-gateway.txt").write_text(
+        "main (a.py:1);send (ws.py:9) 30\nmain (a.py:1);decode (e.py:5) 10\n")
+    (out,) = convert(tmp_path)
+    doc = json.loads(out.read_text())
+    assert out.name == "e2e-gateway.speedscope.json"
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    names = [f["name"] for f in doc["shared"]["frames"]]
+    assert names == ["main (a.py:1)", "send (ws.py:9)", "decode (e.py:5)"]
+    (prof,) = doc["profiles"]
+    assert prof["type"] == "sampled" and prof["endValue"] == 40
+    assert prof["samples"] == [[0, 1], [0, 2]] and prof["weights"] == [30, 10]

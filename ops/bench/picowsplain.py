@@ -1,0 +1,105 @@
+"""The plain app on picows (Cython WebSocket library, no ASGI): one server candidate of
+issue 13, doing what `ops.bench.plainws` does.
+
+`python -m livefeed.ops.bench.picowsplain --port P --redis URL --prefix P`. Each
+connection on /v1/ws?token=JWT gets a hello and idles; one pattern subscription forwards
+`<prefix>:live:{user}` messages to that user's sockets with `WSTransport.send` (picows
+frames each send itself); /healthz answers plain HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+from picows import (
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from livefeed.core import redis_client
+from livefeed.core.keys import Keys
+
+sockets: dict[str, set[WSTransport]] = {}
+
+
+class Client(WSListener):
+    def __init__(self, user: str) -> None:
+        self.user = user
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        transport.send(WSMsgType.TEXT, b'{"type":"hello"}')
+        sockets.setdefault(self.user, set()).add(transport)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        sockets.get(self.user, set()).discard(transport)
+
+
+def route(request: WSUpgradeRequest) -> Client | WSUpgradeResponseWithListener | None:
+    target = urlsplit(request.path.decode("latin-1"))
+    if target.path == "/healthz":
+        return WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_ok_response(b"ok"), None)
+    if target.path != "/v1/ws":
+        return None
+    try:
+        claims = jwt.decode(parse_qs(target.query).get("token", [""])[0],
+                            options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_error_response(HTTPStatus.FORBIDDEN), None)
+    return Client(str(claims["sub"]))
+
+
+async def forward(redis_url: str, keys: Keys) -> None:
+    client = redis_client.connect(redis_url, blocking=True)
+    pubsub = client.pubsub()
+    await pubsub.psubscribe(keys.live_pattern)
+    try:
+        async for msg in pubsub.listen():
+            if msg["type"] != "pmessage":
+                continue
+            data = msg["data"]
+            for transport in sockets.get(keys.user_of_live(msg["channel"]), ()):
+                transport.send(WSMsgType.TEXT, data)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        await client.aclose()
+
+
+async def serve(port: int, redis_url: str, prefix: str) -> None:
+    server = await ws_create_server(route, "127.0.0.1", port, backlog=4096)
+    task = asyncio.create_task(forward(redis_url, Keys(prefix)))
+    try:
+        await server.serve_forever()
+    finally:
+        task.cancel()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--redis", required=True)
+    p.add_argument("--prefix", default="lf")
+    a = p.parse_args()
+    import uvloop
+
+    uvloop.run(serve(a.port, a.redis, a.prefix))
+
+
+if __name__ == "__main__":
+    main()
