@@ -178,6 +178,7 @@ export declare const CLOSE: {
   readonly TOKEN_EXPIRED: 4003;
   readonly TOO_SLOW: 4008;
   readonly DRAINING: 1012;
+  readonly LIMITED: 4029;
 };
 
 /** The frame types the gateway sends (schemas/frames.py FrameType). */

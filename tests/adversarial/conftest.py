@@ -220,7 +220,8 @@ LEAK_GAUGES = ("livefeed_gateway_tasks", "livefeed_gateway_sessions", "livefeed_
 
 def gauges(base: str) -> dict[str, float]:
     """The gateway's leak gauges (LEAK_GAUGES), read from its /metrics."""
-    text = httpx.get(f"{base}/metrics", timeout=30).text
+    text = httpx.get(f"{base}/metrics", timeout=30,
+                     headers=auth_headers(token("operator", admin=True))).text
     out: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")

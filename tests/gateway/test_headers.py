@@ -85,20 +85,24 @@ def test_a_malformed_allow_list_is_refused_at_start(value: str) -> None:
         load({"LIVEFEED_ALLOWED_ORIGINS": value})
 
 
+def bearer(user: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token(user)}"}
+
+
 @pytest.mark.slow
 async def test_websocket_and_sse_refuse_a_foreign_origin_before_the_handshake(
         gateways: Gateways) -> None:
     _, url = gateways.start()
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(ws_url(url, "alice"), origin=EVIL, open_timeout=20)  # type: ignore[arg-type]
+        await websockets.connect(ws_url(url, "alice").url, origin=EVIL, open_timeout=20)  # type: ignore[arg-type]
     assert refused.value.response.status_code == 403
     async with httpx.AsyncClient(base_url=url, timeout=20) as http:
-        sse = await http.get(f"/v1/sse?token={token('alice')}", headers={"origin": EVIL})
+        sse = await http.get("/v1/sse", headers={"origin": EVIL, **bearer("alice")})
         assert sse.status_code == 403
         assert sse.headers["x-content-type-options"] == "nosniff"
         # The page's own origin and clients without Origin are served.
-        async with http.stream("GET", f"/v1/sse?token={token('alice')}",
-                               headers={"origin": url}) as same:
+        async with http.stream("GET", "/v1/sse",
+                               headers={"origin": url, **bearer("alice")}) as same:
             assert same.status_code == 200
     for origin in (url, None):
         client = await WsClient.open(ws_url(url, "alice"), origin=origin)
@@ -113,8 +117,7 @@ async def test_an_allowed_origin_is_served(gateways: Gateways) -> None:
     await client.until(lambda c: c.types() == ["hello"])
     await client.close()
     async with httpx.AsyncClient(base_url=url, timeout=20) as http, \
-            http.stream("GET", f"/v1/sse?token={token('alice')}",
-                        headers={"origin": EVIL}) as r:
+            http.stream("GET", "/v1/sse", headers={"origin": EVIL, **bearer("alice")}) as r:
         assert r.status_code == 200
 
 

@@ -53,7 +53,8 @@ async def refusal(url: str, user: str) -> tuple[int | None, str]:
 @contextlib.asynccontextmanager
 async def sse(url: str, user: str) -> AsyncIterator[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, timeout=20) as http, \
-            http.stream("GET", f"/v1/sse?token={token(user)}") as response:
+            http.stream("GET", "/v1/sse",
+                        headers={"authorization": f"Bearer {token(user)}"}) as response:
         yield response
 
 
