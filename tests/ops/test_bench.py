@@ -168,13 +168,16 @@ def test_node_install_failure_is_a_skip_reason(tmp_path: Path,
 
 
 def test_raw_floor_frames_and_handshake() -> None:
-    from livefeed.ops.bench.rawws import accept_key, text_frame
+    from livefeed.ops.bench.rawws import accept_key, bearer, text_frame
 
     # RFC 6455 section 1.3's example
     assert accept_key(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     assert text_frame(b"hi") == b"\x81\x02hi"
     assert text_frame(b"x" * 300)[:4] == b"\x81\x7e\x01\x2c"
     assert text_frame(b"x" * 70_000)[:10] == b"\x81\x7f" + (70_000).to_bytes(8, "big")
+    # The user comes from the Authorization header (its scheme in any case), never the URL.
+    assert bearer(b"Bearer a.b.c") == bearer(b"bearer a.b.c ") == "a.b.c"
+    assert bearer(b"Basic a.b.c") == bearer(b"") == ""
 
 
 @pytest.mark.slow
