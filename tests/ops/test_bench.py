@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,22 @@ def test_profiles_become_speedscope_flame_graphs(tmp_path: Path) -> None:
     (prof,) = doc["profiles"]
     assert prof["type"] == "sampled" and prof["endValue"] == 40
     assert prof["samples"] == [[0, 1], [0, 2]] and prof["weights"] == [30, 10]
+
+
+def test_bench_clients_count_every_frame_of_a_coalesced_message() -> None:
+    from livefeed.ops.bench.clients import Clients, Spec, sent_at
+    from livefeed.schemas import frames
+
+    def event(n: int, preview: str = "x") -> bytes:
+        return frames.event_frame(f"{n}-0", b'{"preview":"%s"}' % preview.encode())
+
+    recovered = frames.encode_frame(frames.Recovered(count=2, last_id="2-0"))
+    # The message that ends a replay may go on with live events: they count as live frames.
+    clients = Clients(Spec("ws://unused/v1/ws", [], mode="latency", last_id="0-0"))
+    start = time.perf_counter()
+    assert not clients._recovering([event(1)], start)
+    live = event(4, sent_at(time.monotonic_ns()))
+    assert clients._recovering(frames.split_message(b"\n".join(
+        [event(2), event(3), recovered, live])), start)
+    assert (clients.frames, clients.events, len(clients.recovered)) == (5, 4, 1)
+    assert len(clients.latencies) == 1
