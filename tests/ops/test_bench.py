@@ -133,6 +133,21 @@ async def test_speed_baseline_measures(server: str, shape: str, redis_url: str,
     assert got.closed == {}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_speed_gateway_tabs_holds_more_sockets_than_the_user_limit(
+        redis_url: str, postgres_url: str, tmp_path: Path) -> None:
+    from livefeed.core.settings import Settings
+    from livefeed.ops.bench import speed
+
+    n = Settings().max_user_connections + 8  # all of them one user's tabs
+    errors: list[str] = []
+    measured = await speed.run_cases(_ctx(tmp_path, redis_url, postgres_url),
+                                     [("gateway", "tabs")], n=n, rounds=2, errors=errors)
+    assert errors == []
+    assert measured["gateway", "tabs"].frames_per_s > 0
+
+
 def test_node_baseline_skips_cleanly_without_node(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from livefeed.ops.bench import nodews, speed
