@@ -81,7 +81,8 @@ class Clients:
                     ws = await connect(url, max_size=None, open_timeout=60, ping_interval=None,
                                        compression=None, max_queue=None,
                                        additional_headers=auth)
-                    await ws.recv()  # hello
+                    # The hello is the first frame; a message may carry more after it.
+                    after_hello = split_message(await ws.recv(decode=False))[1:]
                     break
                 except (OSError, ConnectionClosed, TimeoutError, InvalidStatus) as exc:
                     reason = f"{type(exc).__name__}: {exc}"[:120]
@@ -90,20 +91,35 @@ class Clients:
         else:
             self.failed += 1
             return None
-        if self.spec.last_id:
-            await self._until_recovered(ws, start)
+        if not self.spec.last_id:
+            for raw in after_hello:
+                self._live(raw)
+        elif not self._recovering(after_hello, start):
+            while not self._recovering(split_message(await ws.recv(decode=False)), start):
+                pass
         return ws
 
-    async def _until_recovered(self, ws: ClientConnection, start: float) -> None:
-        while True:
-            for raw in split_message(await ws.recv(decode=False)):
-                self.frames += 1
-                kind = _decode(raw).type
-                if kind == "event":
-                    self.events += 1
-                elif kind in ("recovered", "reset"):
-                    self.recovered.append(time.perf_counter() - start)
-                    return
+    def _recovering(self, raws: list[bytes], start: float) -> bool:
+        """The frames of one message while recovering; True once `recovered` or `reset` was
+        among them (frames after it in the same message are live ones, counted as such)."""
+        done = False
+        for raw in raws:
+            if done:
+                self._live(raw)
+                continue
+            self.frames += 1
+            kind = _decode(raw).type
+            if kind == "event":
+                self.events += 1
+            elif kind in ("recovered", "reset"):
+                self.recovered.append(time.perf_counter() - start)
+                done = True
+        return done
+
+    def _live(self, raw: bytes) -> None:
+        self.frames += 1
+        if self.spec.mode == "latency":
+            self._latency(raw)
 
     def _latency(self, raw: bytes) -> None:
         frame = _decode(raw)
@@ -114,13 +130,10 @@ class Clients:
             self.events += 1
 
     async def listen(self, ws: ClientConnection) -> None:
-        latency = self.spec.mode == "latency"
         try:
             async for message in ws:
                 for raw in split_message(message):
-                    self.frames += 1
-                    if latency:
-                        self._latency(raw)
+                    self._live(raw)
         except ConnectionClosed as exc:
             code = str(exc.rcvd.code if exc.rcvd else "none")
             self.closed[code] = self.closed.get(code, 0) + 1

@@ -2,9 +2,10 @@
 issue 13, doing what `ops.bench.plainws` does.
 
 `python -m livefeed.ops.bench.picowsplain --port P --redis URL --prefix P`. Each
-connection on /v1/ws?token=JWT gets a hello and idles; one pattern subscription forwards
-`<prefix>:live:{user}` messages to that user's sockets with `WSTransport.send` (picows
-frames each send itself); /healthz answers plain HTTP.
+connection on /v1/ws (`Authorization: Bearer <jwt>`, the `sub` is the user, not verified)
+gets a hello and idles; one pattern subscription forwards `<prefix>:live:{user}` messages
+to that user's sockets with `WSTransport.send` (picows frames each send itself); /healthz
+answers plain HTTP.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from http import HTTPStatus
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import jwt
 from picows import (
@@ -56,8 +57,10 @@ def route(request: WSUpgradeRequest) -> Client | WSUpgradeResponseWithListener |
             WSUpgradeResponse.create_ok_response(b"ok"), None)
     if target.path != "/v1/ws":
         return None
+    # picows hands the headers over as a CIMultiDict: names match case-insensitively.
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     try:
-        claims = jwt.decode(parse_qs(target.query).get("token", [""])[0],
+        claims = jwt.decode(token.strip() if scheme.lower() == "bearer" else "",
                             options={"verify_signature": False})
     except jwt.InvalidTokenError:
         return WSUpgradeResponseWithListener(

@@ -1,10 +1,12 @@
 """Baseline server: the raw floor of a Python fan-out (issue 13).
 
 `python -m livefeed.ops.bench.rawws --port P --redis URL --prefix P`. A bare asyncio
-protocol under uvloop: the WebSocket upgrade is answered by hand (RFC 6455 accept key,
-no extensions), each connection gets a hello and idles, and every message on a user's
-live channel (one pattern subscription) is framed ONCE and handed to each of that user's
-sockets with `transport.write`: no ASGI, no per-connection task, no per-send encoding.
+protocol under uvloop: the WebSocket upgrade on /v1/ws is answered by hand (RFC 6455
+accept key, no extensions; the user is the `sub` of the `Authorization: Bearer <jwt>`
+header, not verified), each connection gets a hello and idles, and every message on a
+user's live channel (one pattern subscription) is framed ONCE and handed to each of that
+user's sockets with `transport.write`: no ASGI, no per-connection task, no per-send
+encoding.
 The least any Python server can do per frame; the gateway is compared against it.
 """
 
@@ -16,7 +18,7 @@ import base64
 import contextlib
 import hashlib
 from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import jwt
 
@@ -47,6 +49,13 @@ CLOSE = bytes((0x88, 2)) + (1000).to_bytes(2, "big")
 
 def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def bearer(value: bytes) -> str:
+    """The token of an `Authorization` header's value ("" unless its scheme is Bearer,
+    matched case-insensitively like the gateway does)."""
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 class Conn(asyncio.Protocol):
@@ -91,9 +100,9 @@ class Conn(asyncio.Protocol):
         elif target.path != "/v1/ws" or b"sec-websocket-key" not in headers:
             self._reply(b"404 Not Found")
         else:
-            token = parse_qs(target.query).get("token", [""])[0]
-            try:
-                claims = jwt.decode(token, options={"verify_signature": False})
+            try:  # header names were lowered above: they are case-insensitive
+                claims = jwt.decode(bearer(headers.get(b"authorization", b"")),
+                                    options={"verify_signature": False})
             except jwt.InvalidTokenError:
                 self._reply(b"403 Forbidden")
                 return

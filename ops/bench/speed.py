@@ -135,7 +135,10 @@ async def run_cases(ctx: Context, cases: list[tuple[str, str]], n: int, rounds: 
             ctx.note(f"skipped {server.label}: {why}")
             continue
         try:
-            async with ctx.namespace() as s:
+            # `tabs` holds all n sockets for one user: the gateway's per-user limit must let
+            # them in (the baselines have no limits; fan-out is measured, not admission).
+            limit = max(n, ctx.settings.max_user_connections)
+            async with ctx.namespace(max_user_connections=limit) as s:
                 with server.start(ctx, s) as (child, port):
                     measured[key, shape] = await measure(ctx, key, child.pid, port, s, shape,
                                                          n, rounds)
@@ -200,7 +203,8 @@ async def run(ctx: Context, result: BenchResult) -> None:
                  + (f", closed {got.closed}" if got.closed else ""))
     ctx.note(f"{n} clients in {CLIENT_PROCS} client processes (Python websockets); {rounds} "
              f"rounds; at most {WINDOW} frames in flight; `users`: one PUBLISH per user "
-             "per round; `tabs`: one PUBLISH per round to one user with all the sockets. "
+             "per round; `tabs`: one PUBLISH per round to one user with all the sockets "
+             f"(LIVEFEED_MAX_USER_CONNECTIONS raised to {n} for it). "
              "Servers, clients, Redis and the bench share the machine's cores: a server "
              "at the clients' ceiling shows as clients near 100% of a core")
     ctx.note("memory: RSS growth of the server's process tree from 20 warm-up "

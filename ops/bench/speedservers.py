@@ -1,9 +1,9 @@
 """The servers `livefeed bench speed` compares (issue 13), and their processes' cost.
 
-Every server takes the same clients (`ops.bench.clients`: /v1/ws?token=JWT, a hello,
-then idle) and forwards what is PUBLISHed on `<prefix>:live:{user}` to that user's
-sockets. A server runs in its own process (granian: a supervisor and one worker), so
-RSS and CPU are summed over the process tree.
+Every server takes the same clients (`ops.bench.clients`: /v1/ws with an `Authorization:
+Bearer <jwt>` header, a hello, then idle) and forwards what is PUBLISHed on
+`<prefix>:live:{user}` to that user's sockets. A server runs in its own process (granian:
+a supervisor and one worker), so RSS and CPU are summed over the process tree.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,21 @@ async def test_speed_baseline_measures(server: str, shape: str, redis_url: str,
     assert got.closed == {}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_speed_gateway_tabs_holds_more_sockets_than_the_user_limit(
+        redis_url: str, postgres_url: str, tmp_path: Path) -> None:
+    from livefeed.core.settings import Settings
+    from livefeed.ops.bench import speed
+
+    n = Settings().max_user_connections + 8  # all of them one user's tabs
+    errors: list[str] = []
+    measured = await speed.run_cases(_ctx(tmp_path, redis_url, postgres_url),
+                                     [("gateway", "tabs")], n=n, rounds=2, errors=errors)
+    assert errors == []
+    assert measured["gateway", "tabs"].frames_per_s > 0
+
+
 def test_node_baseline_skips_cleanly_without_node(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from livefeed.ops.bench import nodews, speed
@@ -171,13 +187,16 @@ def test_node_install_failure_is_a_skip_reason(tmp_path: Path,
 
 
 def test_raw_floor_frames_and_handshake() -> None:
-    from livefeed.ops.bench.rawws import accept_key, text_frame
+    from livefeed.ops.bench.rawws import accept_key, bearer, text_frame
 
     # RFC 6455 section 1.3's example
     assert accept_key(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     assert text_frame(b"hi") == b"\x81\x02hi"
     assert text_frame(b"x" * 300)[:4] == b"\x81\x7e\x01\x2c"
     assert text_frame(b"x" * 70_000)[:10] == b"\x81\x7f" + (70_000).to_bytes(8, "big")
+    # The user comes from the Authorization header (its scheme in any case), never the URL.
+    assert bearer(b"Bearer a.b.c") == bearer(b"bearer a.b.c ") == "a.b.c"
+    assert bearer(b"Basic a.b.c") == bearer(b"") == ""
 
 
 @pytest.mark.slow
@@ -213,3 +232,22 @@ def test_profiles_become_speedscope_flame_graphs(tmp_path: Path) -> None:
     (prof,) = doc["profiles"]
     assert prof["type"] == "sampled" and prof["endValue"] == 40
     assert prof["samples"] == [[0, 1], [0, 2]] and prof["weights"] == [30, 10]
+
+
+def test_bench_clients_count_every_frame_of_a_coalesced_message() -> None:
+    from livefeed.ops.bench.clients import Clients, Spec, sent_at
+    from livefeed.schemas import frames
+
+    def event(n: int, preview: str = "x") -> bytes:
+        return frames.event_frame(f"{n}-0", b'{"preview":"%s"}' % preview.encode())
+
+    recovered = frames.encode_frame(frames.Recovered(count=2, last_id="2-0"))
+    # The message that ends a replay may go on with live events: they count as live frames.
+    clients = Clients(Spec("ws://unused/v1/ws", [], mode="latency", last_id="0-0"))
+    start = time.perf_counter()
+    assert not clients._recovering([event(1)], start)
+    live = event(4, sent_at(time.monotonic_ns()))
+    assert clients._recovering(frames.split_message(b"\n".join(
+        [event(2), event(3), recovered, live])), start)
+    assert (clients.frames, clients.events, len(clients.recovered)) == (5, 4, 1)
+    assert len(clients.latencies) == 1

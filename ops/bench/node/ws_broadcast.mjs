@@ -2,9 +2,10 @@
 //
 // node ws_broadcast.mjs PORT REDIS_HOST REDIS_PORT PATTERN [prebuilt|send]
 //
-// Each WebSocket on /v1/ws?token=JWT (the JWT's `sub` is the user, not verified) gets
-// a hello and idles. One Redis PSUBSCRIBE to PATTERN (a hand-rolled RESP reader: no Redis
-// client library to install); each pmessage on `...:live:{user}` goes to that user's
+// Each WebSocket on /v1/ws with an `Authorization: Bearer <jwt>` header (the JWT's `sub`
+// is the user, not verified; never a `?token=`, as at the gateway) gets a hello and idles.
+// One Redis PSUBSCRIBE to PATTERN (a hand-rolled RESP reader: no Redis client library
+// to install); each pmessage on `...:live:{user}` goes to that user's
 // sockets. `prebuilt` (default) frames the message ONCE and writes the same bytes to
 // every socket (encode once, write many); `send` calls ws.send per socket (the usual path).
 import http from "node:http";
@@ -22,9 +23,11 @@ const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, clie
 
 server.on("upgrade", (req, socket, head) => {
   const url = new URL(req.url, "http://x");
-  const token = url.searchParams.get("token") || "";
+  // Node lowers header names (they are case-insensitive); the scheme is matched the same way.
+  const [scheme, token = ""] = (req.headers.authorization || "").trim().split(/\s+/, 2);
   let user;
   try {
+    if (scheme.toLowerCase() !== "bearer") throw new Error("no bearer token");
     user = String(JSON.parse(Buffer.from(token.split(".")[1], "base64url")).sub);
   } catch {
     socket.end("HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n");
