@@ -135,10 +135,12 @@ async def run_cases(ctx: Context, cases: list[tuple[str, str]], n: int, rounds: 
             ctx.note(f"skipped {server.label}: {why}")
             continue
         try:
-            # `tabs` holds all n sockets for one user: the gateway's per-user limit must let
-            # them in (the baselines have no limits; fan-out is measured, not admission).
+            # `tabs` holds all n sockets for one user, and all n connect at once: the
+            # gateway's per-user limit and connection rate must let them in (the baselines
+            # have no limits; fan-out is measured, not admission).
             limit = max(n, ctx.settings.max_user_connections)
-            async with ctx.namespace(max_user_connections=limit) as s:
+            rate = max(n, ctx.settings.connect_rate)
+            async with ctx.namespace(max_user_connections=limit, connect_rate=rate) as s:
                 with server.start(ctx, s) as (child, port):
                     measured[key, shape] = await measure(ctx, key, child.pid, port, s, shape,
                                                          n, rounds)
