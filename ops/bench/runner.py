@@ -101,6 +101,9 @@ class Context:
     async def namespace(self, **overrides: Any) -> AsyncIterator[Resolved]:
         """Settings with their own key prefix and migrated Postgres schema, removed after
         (on the run's Redis, or on `redis_url` with `cluster` when given)."""
+        # Benchmarks open thousands of connections at once: admission limits are not what
+        # they measure (a case may still set its own).
+        overrides.setdefault("connect_rate", max(self.settings.connect_rate, 100_000.0))
         redis_url = overrides.pop("redis_url", self.settings.redis_url)
         cluster = overrides.pop("cluster", self.settings.redis_cluster)
         async with throwaway_namespace(redis_url, self.settings.database_url,
