@@ -21,6 +21,7 @@ from livefeed.ops import logredact
 from livefeed.ops.bench import command as bench
 from livefeed.ops.commands import (
     Register,
+    Subparsers,
     claim,
     consumer,
     dead,
@@ -55,10 +56,21 @@ COMMANDS: tuple[Register, ...] = (
 Command = Callable[[argparse.Namespace, Settings], "int | None | Awaitable[int | None]"]
 
 
+class CliParser(argparse.ArgumentParser):
+    """No abbreviated long options, in every parser and subparser of the CLI: with a flag for
+    every setting, a command's own option is often a prefix of one (`dead retry --all` of
+    `--allowed-origins`), which argparse would refuse as ambiguous, or, worse, take as the
+    setting when only one matched."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def _settings_parent() -> argparse.ArgumentParser:
     # SUPPRESS: an absent flag sets nothing, so a nested subcommand's parser cannot
     # overwrite a flag given before it (`livefeed dead --prefix x list`).
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = CliParser(add_help=False)
     group = parent.add_argument_group(
         "settings", "each also read from the environment variable named in brackets"
     )
@@ -75,12 +87,13 @@ def _settings_parent() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="livefeed",
         description="Newsletters from webhooks to a live, gap-free feed in the browser.",
         epilog="Run `livefeed up` to start everything on embedded Redis and PostgreSQL.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub: Subparsers = parser.add_subparsers(  # every subparser a CliParser
+        dest="command", metavar="COMMAND", required=True, parser_class=CliParser)
     parent = _settings_parent()
     for register in COMMANDS:
         register(sub, parent)

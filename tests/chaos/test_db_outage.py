@@ -34,6 +34,7 @@ async def test_gateway_starts_and_serves_ingest_without_postgres(
         proc, base = await anyio.to_thread.run_sync(start_gateway, settings, tmp_path)
         with running(proc):
             admin = {"authorization": f"Bearer {token('ops', admin=True)}"}
+            user = {"authorization": f"Bearer {token('pg-away')}"}
             async with httpx.AsyncClient(base_url=base, timeout=30) as http:
                 ready = await http.get("/readyz")
                 assert ready.status_code == 200, ready.text
@@ -45,7 +46,7 @@ async def test_gateway_starts_and_serves_ingest_without_postgres(
                                          headers={**admin, "content-type": "application/json"})
                 assert posted.status_code == 202, posted.text
 
-                feed = await http.get("/v1/feed", params={"token": token("pg-away")})
+                feed = await http.get("/v1/feed", headers=user)
                 assert feed.status_code == 503, feed.text
                 assert feed.headers["retry-after"] == "5"
                 assert "PostgreSQL" in feed.json()["error"]
@@ -57,7 +58,7 @@ async def test_gateway_starts_and_serves_ingest_without_postgres(
                 proxy.restore()
 
                 async def history_back() -> bool:
-                    r = await http.get("/v1/feed", params={"token": token("pg-away")})
+                    r = await http.get("/v1/feed", headers=user)
                     return r.status_code == 200
 
                 await eventually(history_back, what="the history back", interval=0.2)
