@@ -8,12 +8,12 @@ CPU are measured over the process tree.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from starlette.applications import Starlette
 
 from livefeed.ops.bench import plainws
+from livefeed.ops.bench.baseline import server_args
 
 
 def factory() -> Starlette:
@@ -24,11 +24,7 @@ def main() -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--redis", required=True)
-    p.add_argument("--prefix", default="lf")
-    a = p.parse_args()
+    a = server_args()
     os.environ["LFB_PLAIN_REDIS"], os.environ["LFB_PLAIN_PREFIX"] = a.redis, a.prefix
     Granian("livefeed.ops.bench.granianplain:factory", address="127.0.0.1", port=a.port,
             interface=Interfaces.ASGI, factory=True, workers=1, loop=Loops.uvloop,

@@ -10,7 +10,6 @@ answers plain HTTP.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -27,8 +26,8 @@ from picows import (
     ws_create_server,
 )
 
-from livefeed.core import redis_client
 from livefeed.core.keys import Keys
+from livefeed.ops.bench.baseline import live_messages, server_args
 
 sockets: dict[str, set[WSTransport]] = {}
 
@@ -69,19 +68,9 @@ def route(request: WSUpgradeRequest) -> Client | WSUpgradeResponseWithListener |
 
 
 async def forward(redis_url: str, keys: Keys) -> None:
-    client = redis_client.connect(redis_url, blocking=True)
-    pubsub = client.pubsub()
-    await pubsub.psubscribe(keys.live_pattern)
-    try:
-        async for msg in pubsub.listen():
-            if msg["type"] != "pmessage":
-                continue
-            data = msg["data"]
-            for transport in sockets.get(keys.user_of_live(msg["channel"]), ()):
-                transport.send(WSMsgType.TEXT, data)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-        await client.aclose()
+    async for user, data in live_messages(redis_url, keys):
+        for transport in sockets.get(user, ()):
+            transport.send(WSMsgType.TEXT, data)
 
 
 async def serve(port: int, redis_url: str, prefix: str) -> None:
@@ -94,11 +83,7 @@ async def serve(port: int, redis_url: str, prefix: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--redis", required=True)
-    p.add_argument("--prefix", default="lf")
-    a = p.parse_args()
+    a = server_args()
     import uvloop
 
     uvloop.run(serve(a.port, a.redis, a.prefix))

@@ -8,7 +8,6 @@ sockets, inline: the least work a fan-out can do, to compare the gateway against
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
@@ -22,8 +21,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from livefeed.core import redis_client
 from livefeed.core.keys import Keys
+from livefeed.ops.bench.baseline import live_messages, server_args
 
 sockets: dict[str, set[WebSocket]] = {}
 
@@ -49,20 +48,11 @@ async def healthz(request: Request) -> PlainTextResponse:
 
 
 async def forward(redis_url: str, keys: Keys) -> None:
-    client = redis_client.connect(redis_url, blocking=True)
-    pubsub = client.pubsub()
-    await pubsub.psubscribe(keys.live_pattern)
-    try:
-        async for msg in pubsub.listen():
-            if msg["type"] != "pmessage":
-                continue
-            text = msg["data"].decode()
-            for ws in list(sockets.get(keys.user_of_live(msg["channel"]), ())):
-                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                    await ws.send_text(text)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-        await client.aclose()
+    async for user, data in live_messages(redis_url, keys):
+        text = data.decode()
+        for ws in list(sockets.get(user, ())):
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await ws.send_text(text)
 
 
 def app(redis_url: str | None, prefix: str) -> Starlette:
@@ -78,12 +68,7 @@ def app(redis_url: str | None, prefix: str) -> Starlette:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--ws", default="wsproto")
-    p.add_argument("--redis", default=None)
-    p.add_argument("--prefix", default="lf")
-    a = p.parse_args()
+    a = server_args(redis_required=False, ws="wsproto")
     config: Any = uvicorn.Config(app(a.redis, a.prefix), host="127.0.0.1", port=a.port,
                                  ws=a.ws, log_level="warning", loop="uvloop", backlog=4096)
     uvicorn.Server(config).run()

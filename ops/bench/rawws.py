@@ -12,7 +12,6 @@ The least any Python server can do per frame; the gateway is compared against it
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -22,8 +21,8 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from livefeed.core import redis_client
 from livefeed.core.keys import Keys
+from livefeed.ops.bench.baseline import live_messages, server_args
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEAD = 16384
@@ -126,19 +125,10 @@ class Conn(asyncio.Protocol):
 
 
 async def forward(redis_url: str, keys: Keys) -> None:
-    client = redis_client.connect(redis_url, blocking=True)
-    pubsub = client.pubsub()
-    await pubsub.psubscribe(keys.live_pattern)
-    try:
-        async for msg in pubsub.listen():
-            if msg["type"] != "pmessage":
-                continue
-            frame = text_frame(msg["data"])  # encoded once, written to every socket
-            for transport in sockets.get(keys.user_of_live(msg["channel"]), ()):
-                transport.write(frame)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-        await client.aclose()
+    async for user, data in live_messages(redis_url, keys):
+        frame = text_frame(data)  # encoded once, written to every socket
+        for transport in sockets.get(user, ()):
+            transport.write(frame)
 
 
 async def serve(port: int, redis_url: str, prefix: str) -> None:
@@ -154,11 +144,7 @@ async def serve(port: int, redis_url: str, prefix: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--redis", required=True)
-    p.add_argument("--prefix", default="lf")
-    a = p.parse_args()
+    a = server_args()
     import uvloop
 
     uvloop.run(serve(a.port, a.redis, a.prefix))
