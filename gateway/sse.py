@@ -34,7 +34,7 @@ from livefeed.gateway.live import Out, Session
 from livefeed.gateway.operation import USER_TOKEN, Answer, Operation, Param
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
-from livefeed.schemas.frames import EXPIRED_FRAME, FrameType
+from livefeed.schemas.frames import EXPIRED_FRAME, PING_FRAME, FrameType
 from livefeed.schemas.http import ErrorBody
 
 logger = logging.getLogger(__name__)
@@ -108,8 +108,9 @@ class SseStream(Response):
         expired = False
 
         async def until_gone() -> None:
-            # Waiting for the client's disconnect, with a comment line whenever it idles
-            # that long (proxies close silent streams), until the token expires.
+            # Waiting for the client's disconnect, with a `ping` every keepalive interval
+            # (proxies close silent streams; clients' watchdogs listen), until the token
+            # expires.
             nonlocal expired
             with contextlib.suppress(OSError):
                 while True:
@@ -123,7 +124,9 @@ class SseStream(Response):
                     if not idle.cancelled_caught:
                         return
                     if self.deadline > time.time():
-                        await transport.write(b": keep-alive\n\n")
+                        # A `ping` event, not a comment: EventSource shows events to
+                        # scripts, so a client's watchdog can see the stream alive.
+                        await transport.write(sse_chunk("ping", None, PING_FRAME))
 
         metrics.CLIENTS.labels("sse").inc()
         try:

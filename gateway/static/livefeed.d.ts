@@ -122,11 +122,10 @@ export interface Options {
    */
   limitedMs?: number;
   /**
-   * Watchdog: a WebSocket that received nothing (the server sends `{"type":"ping"}` every
-   * LIVEFEED_KEEPALIVE seconds, 15 by default, on an idle connection) for this long is
-   * taken as dead: closed and reconnected with the last id. Default 40000 ms (about 2.5x
-   * the keepalive; raise it with LIVEFEED_KEEPALIVE). Over SSE the keepalive is a comment
-   * line EventSource does not surface, so there it only bounds the wait for `hello`.
+   * Watchdog: a connection that received nothing (the server sends `{"type":"ping"}` every
+   * LIVEFEED_KEEPALIVE seconds, 15 by default, on an idle WebSocket and on every SSE
+   * stream) for this long is taken as dead: closed and reconnected with the last id.
+   * Default 40000 ms (about 2.5x the keepalive; raise it with LIVEFEED_KEEPALIVE).
    * 0: no watchdog.
    */
   watchdogMs?: number;

@@ -18,7 +18,7 @@ export const DEFAULTS = Object.freeze({
   historyLimit: 200,
   backoffBaseMs: 500,
   backoffMaxMs: 20000,
-  watchdogMs: 40000, // ~2.5 x the server's 15 s WebSocket keepalive
+  watchdogMs: 40000, // ~2.5 x the server's 15 s keepalive (WebSocket and SSE)
   limitedMs: 5000,
 });
 
@@ -155,9 +155,9 @@ class Connection {
     else this.openSse(gen, token);
   }
 
-  // The watchdog: no frame for watchdogMs => the connection is dead, reconnect. Over SSE
-  // the server's keepalive is a comment EventSource does not surface: there it only
-  // guards the time until `hello`.
+  // The watchdog: no frame for watchdogMs => the connection is dead, reconnect. The server
+  // sends a `ping` frame on an idle connection every LIVEFEED_KEEPALIVE (15 s), over
+  // WebSocket and SSE alike.
   arm(gen) {
     clearTimeout(this.watchdog);
     if (!this.opts.watchdogMs) return;
@@ -168,8 +168,7 @@ class Connection {
 
   heard(gen, f) {
     if (gen !== this.gen) return;
-    if (this.transport === "ws") this.arm(gen);
-    else clearTimeout(this.watchdog);
+    this.arm(gen); // any frame, `ping` included (WebSocket and SSE), proves the link alive
     if (f.type === "ping") return;
     if (f.type === "hello") {
       this.attempt = 0;

@@ -21,20 +21,25 @@ from tests.helpers.waiting import eventually
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_the_watchdog_reconnects_when_the_server_goes_silent(
-        gateways: Gateways, redis: Any, keys: Keys, chromium: Any) -> None:
+        gateways: Gateways, redis: Any, keys: Keys, chromium: Any, transport: str) -> None:
     """A frozen gateway (SIGSTOP) keeps its connections open and says nothing: the
-    watchdog gives up on it, keeps retrying, and resumes exactly once it answers again."""
+    watchdog gives up on it, keeps retrying, and resumes exactly once it answers again.
+    Over SSE too: the stream's keepalive is a `ping` event the page sees, not a comment."""
     proc, url = gateways.start(keepalive_s=0.25)
     log = make_log(redis, keys)
-    client = await ClientPage.open(chromium, url, lambda: token("wade"), transport="ws",
+    client = await ClientPage.open(chromium, url, lambda: token("wade"), transport=transport,
                                    share=False, watchdogMs=2000)
     await client.until_status("live")
     before = await publish(log, "wade", 3)
     await client.until_shown(3)
     # The keepalive feeds the watchdog: an idle connection that gets its pings stays.
-    await eventually(lambda: client.pings >= 20, what="pings over several watchdog periods")
-    assert client.websockets == 1
+    if transport == "ws":
+        await eventually(lambda: client.pings >= 20, what="pings over several watchdog periods")
+        assert client.websockets == 1
+    else:
+        await client.page.wait_for_timeout(6000)  # three watchdog periods of idling
     assert not [s for s in await client.statuses() if s.startswith("offline")]
 
     os.kill(proc.pid, signal.SIGSTOP)
