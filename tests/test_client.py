@@ -4,6 +4,7 @@ publisher's retries through a Redis outage append every event once."""
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -149,6 +150,69 @@ async def test_subscriber_renews_an_expired_token_and_resumes_exactly(
     assert all(isinstance(item, Event) for item in got)
     assert [item.data["id"] for item in got if isinstance(item, Event)] == sent
     assert minted >= 5
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_subscriber_waits_out_a_connection_limit_then_resumes(
+        settings_factory: Callable[..., Settings], tmp_path: Path, transport: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One connection per user: a second subscriber is refused (4029, SSE 429 with
+    Retry-After), keeps waiting seconds rather than hammering, and gets in, exactly, once
+    the first one leaves."""
+    # The module (the package's `subscribe` attribute is the function of that name).
+    subscribe_mod = importlib.import_module("livefeed.client.subscribe")
+
+    monkeypatch.setattr(subscribe_mod, "LIMITED_WAIT_S", 0.5)
+    settings = settings_factory(secret=SECRET, max_user_connections=1)
+    assert settings.webhook_secret
+    gw, url = start_gateway(settings, tmp_path)
+    fanout = Proc(["consumer", "fanout"], settings, tmp_path).start()
+    first: list[Event | Reset] = []
+    second: list[Event | Reset] = []
+    limited = 0
+    real = subscribe_mod._Limited.__init__
+
+    def counting(self: Any, after: float) -> None:
+        nonlocal limited
+        limited += 1
+        real(self, after)
+
+    monkeypatch.setattr(subscribe_mod._Limited, "__init__", counting)
+    try:
+        async with anyio.create_task_group() as tg, Publisher(
+                url, webhook_secret=settings.webhook_secret) as pub:
+            holder = anyio.CancelScope()
+
+            async def hold() -> None:
+                with holder:
+                    async for item in subscribe(url, token("gina"), transport=transport):
+                        first.append(item)
+
+            async def wait_in() -> None:
+                async for item in subscribe(url, token("gina"), transport=transport,
+                                            last_id="0-0"):
+                    second.append(item)
+
+            tg.start_soon(hold)
+            await anyio.sleep(1.0)  # the first holds the user's only connection
+            sent = (await pub.publish(newsletters("gina", 3))).ids
+            await eventually(lambda: len(first) == 3, what="the first's events",
+                             procs=(fanout,))
+            tg.start_soon(wait_in)
+            await eventually(lambda: limited >= 2, what="the second refused, and retrying")
+            assert second == []
+            holder.cancel()  # the first leaves: the second gets in, from the start
+            sent += (await pub.publish(newsletters("gina", 2))).ids
+            await eventually(lambda: len(second) == 5, what="the second's events",
+                             procs=(fanout,), timeout=60)
+            await anyio.sleep(0.5)  # a duplicate would arrive by now
+            tg.cancel_scope.cancel()
+    finally:
+        gw.kill()
+        fanout.kill()
+    assert [item.data["id"] for item in second if isinstance(item, Event)] == sent
+    # Waits of seconds, not the backoff's milliseconds: a handful of refusals, not hundreds.
+    assert limited < 30
 
 
 def test_the_publisher_signs_like_the_gateway_checks() -> None:

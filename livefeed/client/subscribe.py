@@ -14,6 +14,7 @@ never in the URL. When it expires on an open connection (close `4003`, or the SS
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -32,6 +33,16 @@ logger = logging.getLogger(__name__)
 
 BAD_TOKEN = 4001  # the gateway's close code for a bad or missing token
 TOKEN_EXPIRED = 4003  # the token expired on an open connection: get a new one, resume
+LIMITED = 4029  # a connection limit: wait seconds (SSE: 429 with Retry-After), then resume
+LIMITED_WAIT_S = 5.0
+
+
+class _Limited(Exception):
+    """A connection limit refused us (close 4029, SSE 429): wait `after` seconds."""
+
+    def __init__(self, after: float) -> None:
+        super().__init__(f"connection limit: retry after {after:g} s")
+        self.after = after
 
 
 class SubscribeError(Exception):
@@ -128,6 +139,12 @@ async def subscribe(url: str, token: str | None = None, *, last_id: str | None =
             logger.info("livefeed token expired; renewing, resuming after %s",
                         cursor.last_id)
             continue  # at once: nothing is wrong with the gateway
+        except _Limited as exc:
+            # Seconds, not the backoff's first milliseconds: the limit holds for a while.
+            wait = max(exc.after, backoff.next())
+            logger.info("livefeed connection refused by a limit; retrying in %.1f s", wait)
+            await anyio.sleep(wait * (0.5 + random.random() / 2))  # equal jitter
+            continue
         except _Refused as exc:
             refused += 1
             if get_token is None or refused > 2:
@@ -172,6 +189,8 @@ async def _ws(url: str, token: str, cursor: _Cursor) -> AsyncIterator[Event | Re
             raise _Refused(f"gateway closed with {BAD_TOKEN}: {exc.rcvd.reason}") from None
         if exc.rcvd is not None and exc.rcvd.code == TOKEN_EXPIRED:
             raise _Expired from None
+        if exc.rcvd is not None and exc.rcvd.code == LIMITED:
+            raise _Limited(LIMITED_WAIT_S) from None
         raise
     except InvalidStatus as exc:
         if exc.response.status_code in (401, 403):
@@ -190,6 +209,8 @@ async def _sse(url: str, token: str, cursor: _Cursor) -> AsyncIterator[Event | R
     ) as source:
         if source.response.status_code == 401:
             raise _Refused("gateway answered 401")
+        if source.response.status_code == 429:
+            raise _Limited(_retry_after(source.response.headers.get("retry-after")))
         source.response.raise_for_status()
         async for sse in source.aiter_sse():
             if not sse.data:
@@ -199,3 +220,11 @@ async def _sse(url: str, token: str, cursor: _Cursor) -> AsyncIterator[Event | R
             item = cursor.take(_decode(sse.data))
             if item is not None:
                 yield item
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds of a `Retry-After` header (a number; anything else: LIMITED_WAIT_S)."""
+    try:
+        return min(max(float(value or ""), 0.0), 300.0)
+    except ValueError:
+        return LIMITED_WAIT_S
