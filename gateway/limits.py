@@ -70,27 +70,48 @@ class Limits:
         self.bucket = TokenBucket(connect_rate, max(1.0, connect_rate))
         self.active = 0
 
-    @contextlib.asynccontextmanager
-    async def connection(self, user: str, transport: Transport) -> AsyncIterator[None]:
-        wait = self.bucket.take()
+    def connection(self, user: str, transport: Transport) -> _Held:
+        return _Held(self, user)
+
+
+class _Held:
+    """One live connection of `user` held for the block; `Limited` on entry. A slotted
+    class rather than an async generator: it lives as long as the connection, and the
+    generator's frame and contextlib's wrapper cost about 1 KiB more per connection."""
+
+    __slots__ = ("limits", "user", "member")
+
+    def __init__(self, limits: Limits, user: str) -> None:
+        self.limits = limits
+        self.user = user
+        self.member: str | None = None
+
+    async def __aenter__(self) -> None:
+        lim = self.limits
+        wait = lim.bucket.take()
         if wait:
             raise _refused(f"too many new connections on this gateway: retry in {wait:.1f} s",
                            math.ceil(wait), "rate")
-        if self.active >= self.max_connections:
-            raise _refused(f"this gateway holds its limit of {self.max_connections} "
+        if lim.active >= lim.max_connections:
+            raise _refused(f"this gateway holds its limit of {lim.max_connections} "
                            "connections", COUNT_RETRY_S, "gateway_limit")
-        self.active += 1
+        lim.active += 1
         try:
-            member = await self.presence.join(user, self.max_user_connections)
-            if member is None:
-                raise _refused(f"this user holds its limit of {self.max_user_connections} "
-                               "connections", COUNT_RETRY_S, "user_limit")
-            try:
-                yield
-            finally:
-                await self.presence.leave(user, member)
+            self.member = await lim.presence.join(self.user, lim.max_user_connections)
+        except BaseException:
+            lim.active -= 1
+            raise
+        if self.member is None:
+            lim.active -= 1
+            raise _refused(f"this user holds its limit of {lim.max_user_connections} "
+                           "connections", COUNT_RETRY_S, "user_limit")
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self.member is not None:
+                await self.limits.presence.leave(self.user, self.member)
         finally:
-            self.active -= 1
+            self.limits.active -= 1
 
 
 def _refused(reason: str, retry_after_s: int, kind: str) -> Limited:
@@ -98,8 +119,7 @@ def _refused(reason: str, retry_after_s: int, kind: str) -> Limited:
     return Limited(reason, max(1, retry_after_s), kind)
 
 
-def connection(state: GatewayState, user: str,
-               transport: Transport) -> contextlib.AbstractAsyncContextManager[None]:
+def connection(state: GatewayState, user: str, transport: Transport) -> _Held:
     """Hold one live connection of `user` for the block; raises `Limited` on entry."""
     if state.limits is None:
         raise RuntimeError("live delivery needs the limits feature (gateway.limits.FEATURE)")
