@@ -20,36 +20,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from livefeed.core.errors import DB_ERRORS, REDIS_ERRORS
+from livefeed.core.probe import CHECK_TIMEOUT_S, postgres_ok, redis_ok
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.operation import Answer, Operation
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.http import Health, Readiness
 
-CHECK_TIMEOUT_S = 1.0
-
 
 async def _redis(state: GatewayState) -> str:
-    try:
-        with anyio.fail_after(CHECK_TIMEOUT_S):
-            await state.redis.ping()
-    except TimeoutError:
-        return f"no answer within {CHECK_TIMEOUT_S}s"
-    except REDIS_ERRORS as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return "ok"
+    return await redis_ok(state.redis)
 
 
 async def _postgres(state: GatewayState) -> str:
-    try:
-        with anyio.fail_after(CHECK_TIMEOUT_S):
-            async with state.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-    except TimeoutError:
-        return f"no answer within {CHECK_TIMEOUT_S}s"
-    except DB_ERRORS as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return "ok"
+    async def select_one() -> None:
+        async with state.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    return await postgres_ok(select_one)
 
 
 def _hub(state: GatewayState) -> str | None:
