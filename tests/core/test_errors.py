@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncpg
 import redis.exceptions
 
-from livefeed.core import errors
+from livefeed.core import errors, probe
 from livefeed.core.auth import InvalidToken
 from livefeed.core.pending import PendingError
 from livefeed.core.settings import SettingsError
-from livefeed.gateway import health, ingest, metrics
+from livefeed.gateway import ingest, metrics
 
 
 def test_own_exceptions_share_one_root_and_keep_their_builtin_base() -> None:
@@ -35,5 +35,5 @@ def test_unavailable_covers_what_a_retry_can_fix() -> None:
 
 def test_callers_use_the_shared_tuples() -> None:
     assert ingest.DB_UNAVAILABLE is errors.DB_UNAVAILABLE
-    assert ingest.REDIS_ERRORS is metrics.REDIS_ERRORS is health.REDIS_ERRORS is errors.REDIS_ERRORS
-    assert health.DB_ERRORS is errors.DB_ERRORS
+    assert ingest.REDIS_ERRORS is metrics.REDIS_ERRORS is probe.REDIS_ERRORS is errors.REDIS_ERRORS
+    assert probe.DB_ERRORS is errors.DB_ERRORS  # the readiness checks of gateways and consumers
