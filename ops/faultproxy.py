@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from types import TracebackType
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -142,11 +143,18 @@ class FaultProxy:
                 self._writers.discard(w)
                 w.transport.abort()
 
+    def _observer(self, writer: asyncio.StreamWriter) -> Callable[[bytes], None] | None:
+        """For subclasses: a function shown every chunk bound for `writer` (None: none)."""
+        return None
+
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        observe = self._observer(writer)
         try:
             while data := await reader.read(_CHUNK):
                 if self._cut:
                     break
+                if observe is not None:
+                    observe(data)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -9,7 +9,6 @@ each uvicorn WebSocket implementation, measured in the same run the same way.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,13 +16,12 @@ from typing import Any
 import anyio
 
 from livefeed.core import auth, redis_client
-from livefeed.core.embedded import free_port
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Resolved
 from livefeed.ops.bench import loadgen, procs
 from livefeed.ops.bench.clients import Spec
 from livefeed.ops.bench.runner import BenchResult, Context, Goal, row
-from livefeed.ops.procs import Child, child_env
+from livefeed.ops.procs import Child
 from livefeed.schemas.frames import event_frame
 
 CLIENT_PROCS = 2
@@ -34,16 +32,24 @@ PAYLOAD = (b'{"user_id":"u","subject":"Weekly digest","sender":"news@example.com
 
 @contextlib.contextmanager
 def plain_server(ctx: Context, impl: str, s: Resolved) -> Iterator[tuple[Child, int]]:
-    port = free_port()
-    child = Child(
-        [sys.executable, "-m", "livefeed.ops.bench.plainws", "--port", str(port), "--ws", impl,
-         "--redis", s.redis_url, "--prefix", s.prefix],
-        child_env(s), ctx.workdir / f"plainws-{impl}-{port}.log").start()
-    try:
-        procs.wait_http(f"http://127.0.0.1:{port}/healthz", child)
-        yield child, port
-    finally:
-        child.terminate()
+    with procs.baseline_server(ctx.workdir, s, "plainws", f"plainws-{impl}",
+                               ["--ws", impl]) as pair:
+        yield pair
+
+
+async def warm_up(url: str, secret: str) -> None:
+    """Open and close 20 connections, so first-connection costs (imports, pools) are out
+    of an idle-memory figure taken next."""
+    warm = [auth.mint(secret, f"warm{i}") for i in range(20)]
+    async with loadgen.clients([Spec(url, warm)]):
+        pass
+    await anyio.sleep(0.5)
+
+
+def specs(url: str, secret: str, users: list[str]) -> list[Spec]:
+    """One client per user, spread over CLIENT_PROCS client processes."""
+    tokens = [auth.mint(secret, u) for u in users]
+    return [Spec(url, part) for part in loadgen.split(tokens, CLIENT_PROCS)]
 
 
 async def _measure(ctx: Context, name: str, child: Child, port: int, s: Resolved,
@@ -51,14 +57,9 @@ async def _measure(ctx: Context, name: str, child: Child, port: int, s: Resolved
     """(KiB per idle connection, frames/s, close codes) against one server process."""
     assert s.secret
     url = f"ws://127.0.0.1:{port}/v1/ws"
-    warm = [auth.mint(s.secret, f"warm{i}") for i in range(20)]
-    async with loadgen.clients([Spec(url, warm)]):
-        pass
-    await anyio.sleep(0.5)
+    await warm_up(url, s.secret)
     before = procs.rss_kb(child.pid)
-    tokens = [auth.mint(s.secret, u) for u in users]
-    specs = [Spec(url, part) for part in loadgen.split(tokens, CLIENT_PROCS)]
-    async with loadgen.clients(specs) as gens:
+    async with loadgen.clients(specs(url, s.secret, users)) as gens:
         await anyio.sleep(1.0)
         per_conn = (procs.rss_kb(child.pid) - before) / len(users)
         with procs.profiled(child.pid, ctx.profile_dir, f"fanout-{name}"):

@@ -15,11 +15,10 @@ import asyncio
 import contextlib
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from livefeed.ops.faultproxy import FaultProxy
 
-_CHUNK = 64 * 1024
 # Untyped messages before the startup message: SSLRequest, GSSENCRequest, CancelRequest.
 _PRE_STARTUP = {80877103, 80877104, 80877102}
 
@@ -63,20 +62,9 @@ class PgCounter(FaultProxy):
     round_trips = 0
     statements = 0
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self._upstream(writer):
-            await super()._pump(reader, writer)
-            return
-        frontend = _Frontend(self)
-        try:
-            while data := await reader.read(_CHUNK):
-                frontend.feed(data)
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.transport.abort()
+    def _observer(self, writer: asyncio.StreamWriter) -> Callable[[bytes], None] | None:
+        # What clients send (the frontend protocol); the server's answers are not read.
+        return _Frontend(self).feed if self._upstream(writer) else None
 
     def _upstream(self, writer: asyncio.StreamWriter) -> bool:
         """Whether `writer` goes to the server: not the client's socket, which is bound to

@@ -64,6 +64,24 @@ def consumer(settings: Settings, workdir: Path, group: str,
         child.terminate()
 
 
+@contextlib.contextmanager
+def baseline_server(workdir: Path, settings: Settings, module: str, name: str,
+                    extra: list[str] | None = None) -> Iterator[tuple[Child, int]]:
+    """A baseline server `python -m livefeed.ops.bench.<module> --port P --redis URL
+    --prefix P [extra]` (ops/bench/baseline.py); yields it and its port once /healthz
+    answers."""
+    assert settings.redis_url
+    port = free_port()
+    child = Child([sys.executable, "-m", f"livefeed.ops.bench.{module}", "--port", str(port),
+                   "--redis", settings.redis_url, "--prefix", settings.prefix, *(extra or [])],
+                  child_env(settings), workdir / f"{name}-{port}.log").start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", child)
+        yield child, port
+    finally:
+        child.terminate()
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size of `pid` in KiB (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

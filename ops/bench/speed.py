@@ -21,11 +21,10 @@ from typing import Any
 
 import anyio
 
-from livefeed.core import auth, redis_client
+from livefeed.core import redis_client
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Resolved
-from livefeed.ops.bench import loadgen, procs
-from livefeed.ops.bench.clients import Spec
+from livefeed.ops.bench import fanout, loadgen, procs
 from livefeed.ops.bench.fanout import CLIENT_PROCS, PAYLOAD
 from livefeed.ops.bench.runner import BenchResult, Context, row
 from livefeed.ops.bench.speedservers import SERVERS, cpu_s, cpu_times, rss_kb
@@ -60,15 +59,10 @@ async def measure(ctx: Context, name: str, pid: int, port: int, s: Resolved, sha
                   n: int, rounds: int) -> Measured:
     assert s.secret
     url = f"ws://127.0.0.1:{port}/v1/ws"
-    warm = [auth.mint(s.secret, f"warm{i}") for i in range(20)]
-    async with loadgen.clients([Spec(url, warm)]):
-        pass
-    await anyio.sleep(0.5)
+    await fanout.warm_up(url, s.secret)
     before = rss_kb(pid)
     users = [f"fan{i}" for i in range(n)] if shape == "users" else [ROOM] * n
-    tokens = [auth.mint(s.secret, u) for u in users]
-    specs = [Spec(url, part) for part in loadgen.split(tokens, CLIENT_PROCS)]
-    async with loadgen.clients(specs) as gens:
+    async with loadgen.clients(fanout.specs(url, s.secret, users)) as gens:
         await anyio.sleep(1.0)
         per_conn = (rss_kb(pid) - before) / n
         targets = users if shape == "users" else [ROOM]

@@ -11,16 +11,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from livefeed.core.embedded import free_port
 from livefeed.core.settings import Resolved
 from livefeed.ops.bench import fanout, nodews, procs
 from livefeed.ops.bench.runner import Context
-from livefeed.ops.procs import Child, child_env
+from livefeed.ops.procs import Child
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -79,20 +77,6 @@ def cpu_s(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-@contextlib.contextmanager
-def module_server(ctx: Context, s: Resolved, module: str, name: str,
-                  extra: list[str] | None = None) -> Iterator[tuple[Child, int]]:
-    port = free_port()
-    child = Child([sys.executable, "-m", f"livefeed.ops.bench.{module}", "--port", str(port),
-                   "--redis", s.redis_url, "--prefix", s.prefix, *(extra or [])],
-                  child_env(s), ctx.workdir / f"{name}-{port}.log").start()
-    try:
-        procs.wait_http(f"http://127.0.0.1:{port}/healthz", child)
-        yield child, port
-    finally:
-        child.terminate()
-
-
 def _importable(module: str) -> Callable[[], str | None]:
     def check() -> str | None:
         if importlib.util.find_spec(module) is None:
@@ -133,7 +117,7 @@ def _plain(impl: str) -> Starter:
 
 def _module(module: str) -> Starter:
     def start(ctx: Context, s: Resolved) -> contextlib.AbstractContextManager[tuple[Child, int]]:
-        return module_server(ctx, s, module, module)
+        return procs.baseline_server(ctx.workdir, s, module, module)
     return start
 
 
