@@ -159,6 +159,9 @@ class GroupRunner:
         self._held: set[str] = set()  # delivered to us, not yet settled: kept alive
         self._to_ack: list[str] = []  # done; acked with the next read (or flushed)
         self._next: Batch | None = None  # prefetched: delivered to us, not yet handled
+        # Read beyond a batch (a read over many partitions may return up to one COUNT from
+        # each): handled, a batch at a time, before anything is read again.
+        self._carry: list[Raw] = []
         # Prefetch only while the handler succeeds: a consumer whose database is down
         # holds one batch, not two, and leaves the rest to the other consumers.
         self._healthy = False
@@ -218,19 +221,23 @@ class GroupRunner:
             await self._safely(self._maintain)
             if self._next is not None:
                 batch, self._next = self._next, None
-                raws = await self._linger(batch.raws)
-                if len(raws) > len(batch.raws):
-                    batch = sort_batch(raws)
+                if not batch.more:
+                    raws = await self._linger(batch.raws)
+                    if len(raws) > len(batch.raws):
+                        batch = sort_batch(raws, self._more)
             else:
                 raws = await self._safely(self._collect)
                 if raws is _DOWN or not raws:
                     continue
-                batch = sort_batch(raws)
+                batch = sort_batch(raws, self._more)
             await self._safely(self._process, batch, False)
-        if self._next is not None and not self._abandoned:
-            # Delivered to us before the stop: finish it rather than leave it waiting
-            # for a restart or a claim (it is left pending if the drain time runs out).
-            batch, self._next = self._next, None
+        # Delivered to us before the stop: finish it rather than leave it waiting for a
+        # restart or a claim (it is left pending if the drain time runs out).
+        while not self._abandoned and (self._next is not None or self._carry):
+            if self._next is not None:
+                batch, self._next = self._next, None
+            else:
+                batch = sort_batch(self._take_carry(self.config.batch_size))
             await self._safely(self._process, batch, False)
         await self._safely(self._flush_acks)
 
@@ -341,11 +348,40 @@ class GroupRunner:
         # a blocking read would register us only once it is served.
         await self._finish_own(partition)
 
-    async def _read(self, cursor: str, count: int, block_ms: int | None) -> list[Raw]:
-        """Read entries, acking the done ones in the same round trip."""
+    @property
+    def _more(self) -> bool:
+        """Entries are waiting: carried from the last read, or left by it in Redis."""
+        return bool(self._carry) or self.stream.more
+
+    def _take_carry(self, count: int) -> list[Raw]:
+        raws, self._carry = self._carry[:count], self._carry[count:]
+        return raws
+
+    async def _read(self, count: int, block_ms: int | None) -> list[Raw]:
+        """Up to `count` new entries: first what the last read carried over, then read
+        (acking the done ones in the same round trip; blocking only when nothing was
+        carried). What a read returns beyond `count` is carried to the next call, so a
+        batch never outgrows the batch size and a short remainder is topped up."""
+        raws = self._take_carry(count)
+        try:
+            while len(raws) < count:
+                raws += await self._fetch(count - len(raws), None if raws else block_ms)
+                # A read that did not know where entries were shared its COUNT among every
+                # partition: if it left some waiting, read them now that it knows.
+                if not (self.stream.more and self.stream.blind):
+                    break
+        except BaseException:
+            self._carry = raws + self._carry
+            raise
+        if len(raws) > count:
+            raws, self._carry = raws[:count], raws[count:]
+        return raws
+
+    async def _fetch(self, count: int, block_ms: int | None) -> list[Raw]:
+        """Read new entries from Redis, acking the done ones in the same round trip."""
         ack, self._to_ack = self._to_ack, []
         try:
-            acked, raws = await self.stream.ack_and_read(ack, cursor, count, block_ms)
+            acked, raws = await self.stream.ack_and_read(ack, ">", count, block_ms)
         except BaseException:
             self._to_ack = ack + self._to_ack  # XACK is idempotent: resend it later
             raise
@@ -355,21 +391,23 @@ class GroupRunner:
         return raws
 
     async def _collect(self) -> list[Raw]:
-        entries = await self._read(">", self.config.batch_size, self.config.block_ms)
+        entries = await self._read(self.config.batch_size, self.config.block_ms)
         return await self._linger(entries) if entries else entries
 
     async def _linger(self, entries: list[Raw]) -> list[Raw]:
-        """Let a partial batch fill for up to linger_ms (persist: flush_ms)."""
+        """Let a partial batch fill for up to linger_ms (persist: flush_ms), unless the
+        last read left entries waiting: then the batch goes now and the next one is read
+        while it is handled."""
         cfg = self.config
         if cfg.linger_ms <= 0:
             return entries
         deadline = time.monotonic() + cfg.linger_ms / 1000
-        while len(entries) < cfg.batch_size and not self._stopping.is_set():
+        while len(entries) < cfg.batch_size and not self._more and not self._stopping.is_set():
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms < 1:
                 break
             try:
-                more = await self._read(">", cfg.batch_size - len(entries), remaining_ms)
+                more = await self._read(cfg.batch_size - len(entries), remaining_ms)
             except REDIS_UNAVAILABLE as exc:  # handle what we have; no entry is dropped
                 logger.warning("group %s: Redis unavailable while batching (%s)", self.group,
                                exc)
@@ -383,7 +421,7 @@ class GroupRunner:
         """Read (acking the previous batch) and prepare the next batch while the handler
         works on this one."""
         try:
-            raws = await self._read(">", self.config.batch_size, None)
+            raws = await self._read(self.config.batch_size, None)
         except REDIS_UNAVAILABLE as exc:  # the main loop's next read waits for Redis
             logger.debug("group %s: prefetch failed: %s", self.group, exc)
             return
@@ -393,7 +431,7 @@ class GroupRunner:
             return  # the main loop's next read recreates the group
         if not raws:
             return
-        self._next = batch = sort_batch(raws)
+        self._next = batch = sort_batch(raws, self._more)
         prepare = getattr(self.handler, "prepare", None)
         if prepare is not None and batch.entries:
             prepare(batch.entries)
@@ -491,10 +529,11 @@ class GroupRunner:
             entries = [e for e in entries if e.id not in over]
         if entries:
             metrics.BATCH_SIZE.labels(self.group).observe(len(entries))
-            # A full batch says more is waiting: read it meanwhile. After a partial one the
-            # next read would mostly come back empty: one Redis command and task for nothing.
+            # A read that stopped at its COUNT says more is waiting: read it meanwhile.
+            # Otherwise the next read would mostly come back empty: one Redis command and
+            # task for nothing.
             prefetch = (self._healthy and not history and not self._stopping.is_set()
-                        and len(batch.raws) >= self.config.batch_size)
+                        and (batch.more or len(batch.raws) >= self.config.batch_size))
             result = await self._handle(entries, prefetch)
             if result is None:
                 return  # stopping: leave the batch pending, ack nothing undone

@@ -92,9 +92,10 @@ class Batch(NamedTuple):
     by_id: dict[str, Raw]  # every entry with a payload
     entries: list[Entry]
     malformed: dict[str, str]  # ref -> why
+    more: bool  # the read stopped at its COUNT on some stream: more entries are waiting
 
 
-def sort_batch(raws: list[Raw]) -> Batch:
+def sort_batch(raws: list[Raw], more: bool = False) -> Batch:
     gone: list[str] = []
     by_id: dict[str, Raw] = {}
     entries: list[Entry] = []
@@ -109,18 +110,21 @@ def sort_batch(raws: list[Raw]) -> Batch:
             malformed[raw.id] = parsed
         else:
             entries.append(parsed)
-    return Batch(raws, gone, by_id, entries, malformed)
+    return Batch(raws, gone, by_id, entries, malformed, more)
 
 
-def parse_read(reply: Any, keys: Keys) -> list[Raw]:
+def parse_read(reply: Any, keys: Keys, counts: dict[int, int] | None = None) -> list[Raw]:
     """XREADGROUP: [[stream, [(id, fields), ...]], ...] (RESP2 list, or a RESP3 map;
-    nil/[] on timeout)."""
+    nil/[] on timeout). `counts`, when given, gets the number of entries of each partition
+    that returned any."""
     if not reply:
         return []
     pairs = reply.items() if isinstance(reply, dict) else reply
     out: list[Raw] = []
     for stream, rows in pairs:
         p = keys.partition_of_key(stream)
+        if counts is not None and rows:
+            counts[p] = len(rows)
         for i, fields in rows or ():
             out.append(Raw(ref(p, _s(i)),
                            fields if type(fields) is dict else dict(fields or {})))
@@ -164,18 +168,34 @@ class GroupStream:
         self.cluster = cluster
         self.owned: list[int] = sorted(owned if owned is not None else range(keys.count))
         # How many partitions had entries on the last read of new entries: XREADGROUP's
-        # COUNT applies to each stream, so a read shares `count` among that many (at first
-        # one: a whole batch from each, then it adapts).
-        self._busy = 1
+        # COUNT applies to each stream, so a read shares `count` among that many. At first
+        # and after an empty read every owned partition counts as busy, so a burst that
+        # lands on all of them is read as one batch, not one from each.
+        self._busy = 0  # 0: unknown, every owned partition
+        # Whether the last read of new entries stopped at its COUNT on some stream: more
+        # entries are waiting, so the runner reads ahead instead of lingering for them.
+        self.more = False
+        # Whether the last read shared its COUNT among every owned partition for want of
+        # knowing where entries were (the first read, and one that woke from blocking).
+        self.blind = False
 
     def _per_stream(self, count: int) -> int:
         """COUNT for each stream of a read, so a batch holds about `count` entries: the
         batch is shared among the partitions that were busy last time (one hot partition
         still fills whole batches; when every partition is busy a read is not 16x the batch)."""
-        return max(1, -(-count // max(1, min(self._busy, len(self.owned)))))
+        self.blind = not self._busy and len(self.owned) > 1
+        busy = min(self._busy or len(self.owned), len(self.owned))
+        return max(1, -(-count // max(1, busy)))
 
-    def _note_busy(self, raws: Sequence[Raw]) -> None:
-        self._busy = len({split_ref(r.id)[0] for r in raws})
+    def _note_read(self, counts: dict[int, int], per_stream: int, woke: bool) -> None:
+        """After a read of new entries: which partitions were busy, and whether any of them
+        had more than the read took (a read shared among too many partitions comes back
+        short of a batch while entries wait: that is `more`, not an idle group).
+
+        A read that `woke` from blocking returns the first entries of a burst, which say
+        nothing of where the rest lands: the next read counts every partition as busy."""
+        self._busy = 0 if woke else len(counts)
+        self.more = bool(counts) and max(counts.values()) >= per_stream
 
     def stream(self, partition: int) -> str:
         return self.keys.ingest(partition)
@@ -230,9 +250,10 @@ class GroupStream:
             pipe.xreadgroup(self.group, self.consumer, streams, count=per_stream,
                             block=block_ms if blocking else None)
             *acks, reply = await pipe.execute()
-        raws = parse_read(reply, self.keys)
-        if cursor == ">" and raws:
-            self._note_busy(raws)
+        counts: dict[int, int] = {}
+        raws = parse_read(reply, self.keys, counts)
+        if cursor == ">":
+            self._note_read(counts, per_stream, woke=blocking)
         return sum(int(a) for a in acks), raws
 
     async def _sweep(self, ack: Sequence[str], cursor: str, count: int,
@@ -253,10 +274,11 @@ class GroupStream:
                                 count=per_stream)
             replies = await pipe.execute()
             acked += sum(int(a) for a in replies[: len(pending)])
+            counts: dict[int, int] = {}
             raws = [raw for reply in replies[len(pending):]
-                    for raw in parse_read(reply, self.keys)]
-            if cursor == ">" and raws:
-                self._note_busy(raws)
+                    for raw in parse_read(reply, self.keys, counts)]
+            if cursor == ">":
+                self._note_read(counts, per_stream, woke=block_ms is not None)
             if raws or block_ms is None or time.monotonic() >= deadline:
                 return acked, raws
             await anyio.sleep(POLL_S)

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from livefeed.core.groups import GroupRunner, RunnerConfig
-from livefeed.core.groupstream import Entry
+from livefeed.core.groupstream import Entry, GroupStream
 from livefeed.core.keys import Keys
 from livefeed.core.leases import PartitionLeases, Refresh
 
@@ -27,11 +27,13 @@ class Recorder:
         self.name, self.log, self.hold = name, log, hold
         self.batches = 0
         self.partitions_per_batch: list[int] = []
+        self.sizes: list[int] = []
 
     async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
         if self.hold is not None:
             await self.hold.wait()  # a consumer that hangs holding its batch
         self.batches += 1
+        self.sizes.append(len(entries))
         self.partitions_per_batch.append(len({e.id.split("/")[0] for e in entries}))
         for e in entries:
             self.log[e.user].append((e.event_id, self.name))
@@ -168,3 +170,37 @@ async def test_a_lease_lost_and_won_back_in_one_refresh_is_taken_over_again(
     assert r.stream.owned == [] and r._to_take == {2}  # someone may have claimed meanwhile
     await r._apply_leases()
     assert r.stream.owned == [2] and r._to_take == set()
+
+
+async def test_a_burst_that_wakes_an_idle_consumer_comes_in_batches_of_the_batch_size(
+        redis: Any, keys: Keys) -> None:
+    """The blocked read returns the burst's first entry (one partition); a read shared
+    among that one partition would take a whole batch from each of the 16 streams. What
+    a read returns beyond the batch size is carried, a batch at a time, in order."""
+    log: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    rec = Recorder("c", log)
+    run = runner(redis, keys, "c", rec)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run.run, stop)
+        await until(lambda: len(run.stream.owned) == 16)
+        await anyio.sleep(0.2)  # blocked on an empty group
+        await post(redis, keys, 20)
+        await until(lambda: sum(len(v) for v in log.values()) == 20 * len(USERS))
+        stop.set()
+    check_each_once_in_order(log, 20)
+    assert max(rec.sizes) <= 50, rec.sizes
+    # Carried and topped-up reads fill their batches: no trail of small ones.
+    assert len(rec.sizes) <= 20 * len(USERS) // 50 + 4, rec.sizes
+    for p in range(16):
+        assert (await redis.xpending(keys.ingest(p), GROUP))["pending"] == 0
+
+
+async def test_a_read_says_whether_entries_are_left_waiting(redis: Any, keys: Keys) -> None:
+    stream = GroupStream(redis, keys, GROUP, "c")
+    await stream.ensure_groups()
+    await post(redis, keys, 3)  # 40 users over 16 partitions: 3 entries or more in each
+    got = await stream.read(">", 16, None)  # 1 from each partition: more is waiting
+    assert len(got) == 16 and stream.more
+    rest = await stream.read(">", 10_000, None)
+    assert len(got) + len(rest) == 3 * len(USERS) and not stream.more
