@@ -224,16 +224,36 @@ async def settled(client: Any, keys: Keys, pool: asyncpg.Pool, load: Load) -> bo
     return True
 
 
+def _missing_doubled(got: list[str], want: list[str]) -> tuple[int, int]:
+    return len(set(want) - set(got)), len(got) - len(set(got))
+
+
 async def check_exact(client: Any, keys: Keys, pool: asyncpg.Pool, load: Load) -> None:
-    """Rows, feeds and every follower hold each accepted event once, in order; no reset."""
+    """Rows, feeds and every follower hold each accepted event once, in order; no reset.
+
+    Prints the run's figures first (shown with `pytest -rP`, and above a failure)."""
     stored = [str(r["id"]) for r in await pool.fetch("SELECT id FROM newsletters")]
+    feeds = {f.user: [json.loads(fields[b"data"])["id"]
+                      for _, fields in await client.xrange(keys.feed(f.user))]
+             for f in load.followers}
+    figures = {"accepted": len(load.poster.accepted), "retried posts": load.poster.retries,
+               "rows": len(stored), "feed entries": sum(map(len, feeds.values())),
+               "deliveries": sum(len(f.received) for f in load.followers),
+               "client reconnects": sum(f.reconnects for f in load.followers)}
+    for name, pairs in (("rows", [(stored, load.poster.accepted)]),
+                        ("feed", [(feeds[f.user], owed(load.poster, f.user))
+                                  for f in load.followers]),
+                        ("delivery", [(f.received, owed(load.poster, f.user))
+                                      for f in load.followers])):
+        counts = [_missing_doubled(got, want) for got, want in pairs]
+        figures[f"{name} missing"] = sum(m for m, _ in counts)
+        figures[f"{name} duplicated"] = sum(d for _, d in counts)
+    print("figures:", ", ".join(f"{k} {v}" for k, v in figures.items()))
     assert sorted(stored) == sorted(load.poster.accepted), "rows missing or doubled"
     for f in load.followers:
         want = owed(load.poster, f.user)
         assert exactly_once_in_order(f.received, want) is None, (
             f.user, exactly_once_in_order(f.received, want))
-        feed = [json.loads(fields[b"data"])["id"]
-                for _, fields in await client.xrange(keys.feed(f.user))]
-        assert exactly_once_in_order(feed, want) is None, (
-            f.user, "feed", exactly_once_in_order(feed, want))
+        assert exactly_once_in_order(feeds[f.user], want) is None, (
+            f.user, "feed", exactly_once_in_order(feeds[f.user], want))
         assert f.resets == []
