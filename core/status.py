@@ -182,24 +182,35 @@ class Status:
         )
 
 
+def _ref(partition: int, stream_id: str) -> str:
+    """An id in a view over all partitions: a ref (`<partition>/<stream id>`), since a
+    stream id alone does not say which partition's stream holds it."""
+    return f"{partition}/{stream_id}"
+
+
 def total_stream(name: str, key: str, parts: list[StreamView]) -> StreamView:
-    firsts = [s.first_id for s in parts if s.first_id]
-    lasts = [s.last_id for s in parts if s.last_id]
+    """The partitions' streams (`parts[p]` is partition p's) as one: ids are refs."""
+    firsts = [(s.first_id, p) for p, s in enumerate(parts) if s.first_id]
+    lasts = [(s.last_id, p) for p, s in enumerate(parts) if s.last_id]
+    first = min(firsts, key=lambda f: _id_tuple(f[0])) if firsts else None
+    last = max(lasts, key=lambda f: _id_tuple(f[0])) if lasts else None
     return StreamView(name=name, key=key, length=sum(s.length for s in parts),
-                      first_id=min(firsts, key=_id_tuple) if firsts else None,
-                      last_id=max(lasts, key=_id_tuple) if lasts else None,
+                      first_id=_ref(first[1], first[0]) if first else None,
+                      last_id=_ref(last[1], last[0]) if last else None,
                       groups=max((s.groups for s in parts), default=0))
 
 
 def total_groups(per_partition: list[list[GroupView]]) -> list[GroupView]:
-    """One view per group over all partitions: sums, the oldest pending entry, each
-    consumer's pending total and its least idle time."""
-    by_name: dict[str, list[GroupView]] = {}
-    for groups in per_partition:
+    """One view per group over all partitions (`per_partition[p]` is partition p's):
+    sums, the oldest pending entry and the latest delivered one as refs, each consumer's
+    pending total and its least idle time."""
+    by_name: dict[str, list[tuple[int, GroupView]]] = {}
+    for p, groups in enumerate(per_partition):
         for g in groups:
-            by_name.setdefault(g.name, []).append(g)
+            by_name.setdefault(g.name, []).append((p, g))
     out = []
-    for name, views in by_name.items():
+    for name, placed in by_name.items():
+        views = [g for _, g in placed]
         consumers: dict[str, ConsumerView] = {}
         for g in views:
             for c in g.consumers:
@@ -207,18 +218,20 @@ def total_groups(per_partition: list[list[GroupView]]) -> list[GroupView]:
                 consumers[c.name] = c if seen is None else ConsumerView(
                     name=c.name, pending=seen.pending + c.pending,
                     idle_ms=min(seen.idle_ms, c.idle_ms))
-        oldest = [g for g in views if g.oldest_pending_id is not None]
-        first = min(oldest, key=lambda g: _id_tuple(g.oldest_pending_id or "0-0"),
+        oldest = [(p, g) for p, g in placed if g.oldest_pending_id is not None]
+        first = min(oldest, key=lambda pg: _id_tuple(pg[1].oldest_pending_id or "0-0"),
                     default=None)
+        latest = max(placed, key=lambda pg: _id_tuple(pg[1].last_delivered_id))
         lags = [g.lag for g in views]
         out.append(GroupView(
             stream="*", name=name, consumers=sorted(consumers.values(), key=lambda c: c.name),
             pending=sum(g.pending for g in views),
             lag=None if any(lag is None for lag in lags) else sum(lag or 0 for lag in lags),
             lag_exact=all(g.lag_exact for g in views),
-            last_delivered_id=max((g.last_delivered_id for g in views), key=_id_tuple),
-            oldest_pending_id=first.oldest_pending_id if first else None,
-            oldest_pending_age_ms=first.oldest_pending_age_ms if first else None,
-            oldest_pending_idle_ms=first.oldest_pending_idle_ms if first else None,
+            last_delivered_id=_ref(latest[0], latest[1].last_delivered_id),
+            oldest_pending_id=(_ref(first[0], first[1].oldest_pending_id or "")
+                               if first else None),
+            oldest_pending_age_ms=first[1].oldest_pending_age_ms if first else None,
+            oldest_pending_idle_ms=first[1].oldest_pending_idle_ms if first else None,
         ))
     return out

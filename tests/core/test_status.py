@@ -32,6 +32,9 @@ async def test_status_counts_pending_lag_and_consumers(r: Any, keys: Keys) -> No
 
     status = await Status(r, keys).status()
     ingest_view = status.streams[0]
+    # Totals name ids as refs: a stream id alone does not say which partition holds it.
+    p = keys.partition_of("alice")
+    ids = [f"{p}/{i}" for i in ids]
     assert (ingest_view.length, ingest_view.first_id, ingest_view.last_id) == (10, ids[0], ids[9])
     assert ingest_view.groups == 2
     by_name = {g.name: g for g in status.groups}
@@ -119,3 +122,14 @@ async def test_feed_sample(r: Any, keys: Keys) -> None:
     assert len(small.feeds) == 12 and not small.feeds_more
     assert {f.key for f in small.feeds} == feed_keys
 
+
+
+def test_totals_name_their_ids_with_the_partition() -> None:
+    def view(first: str | None, last: str | None) -> status_mod.StreamView:
+        return status_mod.StreamView(name="ingest", key="k", length=0 if first is None else 2,
+                                     first_id=first, last_id=last, groups=2)
+
+    # Partition 2 holds the oldest entry, partition 0 the newest; 1 is empty.
+    total = status_mod.total_stream("ingest", "*", [view("5-0", "90-1"), view(None, None),
+                                                     view("3-7", "40-0")])
+    assert (total.length, total.first_id, total.last_id) == (4, "2/3-7", "0/90-1")

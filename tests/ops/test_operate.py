@@ -71,9 +71,9 @@ async def test_status_pending_and_claim(redis: Any, keys: Keys,
     by_group = {g["name"]: g for g in status["groups"]}
     assert (by_group[PERSIST_GROUP]["pending"], by_group[PERSIST_GROUP]["lag"]) == (4, 2)
     assert (by_group[FANOUT_GROUP]["pending"], by_group[FANOUT_GROUP]["lag"]) == (0, 6)
-    assert by_group[PERSIST_GROUP]["oldest_pending_id"] == ids[0]
-
     entry_refs = refs(keys, "alice", ids)
+    assert by_group[PERSIST_GROUP]["oldest_pending_id"] == entry_refs[0]
+
     stale = as_json(settings, "pending", "--group", PERSIST_GROUP, "--min-idle", "30s")
     assert [(e["id"], e["consumer"], e["deliveries"]) for e in stale["entries"]] == [
         (i, "persist-dead", 1) for i in entry_refs[:3]]
