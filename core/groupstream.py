@@ -10,7 +10,8 @@ two partitions can hold the same id. Refs are opaque to the policy and to the ha
 
 Reads: on a standalone server one XREADGROUP names every owned partition's stream and may
 block; on a cluster the streams live in different slots, so each is read by its own
-command, pipelined (one round trip per node), and an idle consumer polls (POLL_S).
+command, pipelined (one round trip per node), and an idle consumer polls: 1 ms after a
+sweep that found entries, doubling while it finds none, up to POLL_S.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from livefeed.schemas.stream import parse_ingest
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 0.02  # cluster: pause between empty sweeps of the owned partitions
+POLL_S = 0.02  # cluster: the longest pause between empty sweeps of the owned partitions
+POLL_MIN_S = 0.001  # ... and the first one after a sweep that found entries
 
 
 class Entry(NamedTuple):
@@ -178,6 +180,7 @@ class GroupStream:
         # Whether the last read shared its COUNT among every owned partition for want of
         # knowing where entries were (the first read, and one that woke from blocking).
         self.blind = False
+        self._poll_s = POLL_MIN_S  # cluster: the next pause after an empty sweep
 
     def _per_stream(self, count: int) -> int:
         """COUNT for each stream of a read, so a batch holds about `count` entries: the
@@ -279,9 +282,15 @@ class GroupStream:
                     for raw in parse_read(reply, self.keys, counts)]
             if cursor == ">":
                 self._note_read(counts, per_stream, woke=block_ms is not None)
-            if raws or block_ms is None or time.monotonic() >= deadline:
+            if raws:
+                # Entries come in runs: the next sweep follows soon, so an entry that
+                # arrives meanwhile waits about a millisecond, not POLL_S.
+                self._poll_s = POLL_MIN_S
                 return acked, raws
-            await anyio.sleep(POLL_S)
+            if block_ms is None or time.monotonic() >= deadline:
+                return acked, raws
+            await anyio.sleep(self._poll_s)
+            self._poll_s = min(self._poll_s * 2, POLL_S)
 
     async def read_own(self, partition: int, after: str, count: int) -> list[Raw]:
         """Our own pending entries of `partition` after stream id `after` (0: from the
