@@ -9,8 +9,9 @@ transport calls `prepare`), so whatever is published once it is connected reache
 live or replayed; an empty feed's start is `FEED_START`. A pub/sub re-sync from the hub
 runs the same catch-up from the cursor.
 
-Slow clients: live frames go through a bounded queue; when it is full the session ends
-with close code 4008 and the client replays on reconnect. Replay pages are read only as
+Slow clients: live frames go through a bounded queue; when it is full, or the transport
+reports more bytes waiting for the client than it may hold (`ClientTooSlow`), the session
+ends with close code 4008 and the client replays on reconnect. Replay pages are read only as
 fast as the client takes them, so memory stays bounded whatever the client does.
 
 Cost per connection: a session is a plain list, a counter and one future to wake its
@@ -50,8 +51,14 @@ _Item = tuple[StreamId | None, str | None, bytes] | None
 Out = tuple[FrameType, str | None, bytes]
 
 
+class ClientTooSlow(Exception):
+    """Raised by a transport after a write that left more bytes waiting for its client than
+    it may hold: the session ends with 4008, as when its queue is full."""
+
+
 class Transport(Protocol):
-    """Writes frames to the client; awaits while the client is not reading."""
+    """Writes frames to the client; awaits while the client is not reading. May raise
+    ClientTooSlow."""
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None: ...
 
@@ -142,7 +149,7 @@ class Session:
         if self._stopped:
             return
         if self._queued >= self.queue_size:
-            self._too_slow()
+            self._too_slow(f"{self.queue_size} frames queued")
             return
         self._pending.append(item)
         self._queued += 1
@@ -150,9 +157,8 @@ class Session:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _too_slow(self) -> None:
-        logger.info("client of %s too slow (%d frames queued): closing", self.user,
-                    self.queue_size)
+    def _too_slow(self, why: str) -> None:
+        logger.info("client of %s too slow (%s): closing", self.user, why)
         metrics.SLOW_CLOSES.inc()
         self.stop(CloseCode.TOO_SLOW)
 
@@ -353,7 +359,11 @@ class Session:
 
     async def _flush(self) -> None:
         out, self._out = self._out, []
-        if len(out) == 1:
-            await self.transport.send(*out[0])
-        elif out:
-            await self.transport.send_many(out)
+        try:
+            if len(out) == 1:
+                await self.transport.send(*out[0])
+            elif out:
+                await self.transport.send_many(out)
+        except ClientTooSlow as slow:
+            self._too_slow(str(slow))
+            raise _Stopped from None

@@ -10,7 +10,7 @@ import pytest
 from livefeed.core.eventlog import FEED_START, EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
-from livefeed.gateway.live import Session, frame_id
+from livefeed.gateway.live import ClientTooSlow, Session, frame_id
 from livefeed.schemas.frames import CloseCode, event_frame
 from tests.gateway.livehelp import assert_exact, make_log, publish, tells_an_intact_head
 from tests.helpers.frames import Recorder
@@ -173,6 +173,35 @@ async def test_slow_client_is_closed_with_4008(redis: Any, keys: Keys, hub: Hub)
         await publish(log, "alice", 20)
         await eventually(lambda: result, what="the session's end", timeout=20)
     assert result == [CloseCode.TOO_SLOW]
+    assert hub.local_users() == 0
+
+
+async def test_a_transport_holding_too_many_bytes_ends_the_session_with_4008(
+        redis: Any, keys: Keys, hub: Hub) -> None:
+    """A transport that reports its client too slow (the WebSocket transport's byte bound)
+    ends the session as a full queue does, and nothing more is written."""
+    log = make_log(redis, keys)
+
+    class Full(Recorder):
+        async def send(self, kind: Any, feed_id: str | None, frame: bytes) -> None:
+            await super().send(kind, feed_id, frame)
+            if kind == "event":
+                raise ClientTooSlow("2 MiB buffered")
+
+    rec = Full()
+    s = session(log, hub, rec, None, queue_size=1000, coalesce=1)
+    result: list[int | None] = []
+
+    async def run() -> None:
+        result.append(await s.run())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await rec.until(lambda r: r.types() == ["hello"])
+        await publish(log, "alice", 5)
+        await eventually(lambda: result, what="the session's end", timeout=20)
+    assert result == [CloseCode.TOO_SLOW]
+    assert len(rec.events()) == 1
     assert hub.local_users() == 0
 
 
