@@ -9,6 +9,7 @@ import pytest
 
 from livefeed.core.eventlog import FEED_START, EventLog
 from livefeed.core.keys import Keys
+from livefeed.gateway import live
 from livefeed.gateway.hub import Hub
 from livefeed.gateway.live import ClientTooSlow, Session, frame_id
 from livefeed.schemas.frames import CloseCode, event_frame
@@ -28,6 +29,28 @@ def test_frame_id_reads_the_published_frame() -> None:
     assert frame_id(event_frame("17-3", b'{"a":1}')) == "17-3"
     assert frame_id(b'{"id":"5-1","type":"event","data":{}}') == "5-1"
     assert frame_id(b"not json") is None
+
+
+def test_a_live_frame_for_many_sessions_has_its_id_read_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[bytes] = []
+
+    def counting(frame: bytes) -> str | None:
+        read.append(frame)
+        return frame_id(frame)
+
+    monkeypatch.setattr(live, "frame_id", counting)
+    tabs = [Session(user="alice", log=None, hub=None, transport=Recorder(),  # type: ignore[arg-type]
+                    last_id=None, mode=mode) for mode in ("streams", "streams", "pubsub")]
+    frame = event_frame("5-1", b"{}")
+    for tab in tabs:
+        tab.on_live(frame)
+    same = event_frame("5-1", b"{}")  # equal bytes, another object: read again
+    for tab in tabs:
+        tab.on_live(same)
+    assert read == [frame, same] and read[1] is same
+    assert [tab._pending for tab in tabs[2:]] == [[((5, 1), "5-1", frame),
+                                                   ((5, 1), "5-1", same)]]
 
 
 async def test_replays_missed_events_while_new_ones_arrive(redis: Any, keys: Keys,
