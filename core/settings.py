@@ -63,6 +63,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     claim_idle_ms: int = 30_000
     dedupe_ttl_s: int = 7 * 24 * 3600
     send_queue: int = 1_000
+    # Bytes a WebSocket's transport may hold for its client after a write (more: 4008).
+    send_buffer: int = 1 << 20
     # Frames written together when a session has several ready (one WebSocket message of
     # `\n`-separated frames, one SSE write); 1 sends each frame on its own.
     coalesce: int = 16
@@ -228,7 +230,7 @@ def validate(s: Settings) -> None:
     if s.ingest_replicas < 0:
         raise SettingsError(f"{env_name('ingest_replicas')} must be 0 or more")
     for name in ("feed_maxlen", "dead_maxlen", "max_deliveries", "batch_size", "flush_ms",
-                 "send_queue", "coalesce"):
+                 "send_queue", "send_buffer", "coalesce"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{env_name(name)} must be a positive integer")
     for name in ("auth_timeout_s", "keepalive_s"):

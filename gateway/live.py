@@ -9,8 +9,9 @@ transport calls `prepare`), so whatever is published once it is connected reache
 live or replayed; an empty feed's start is `FEED_START`. A pub/sub re-sync from the hub
 runs the same catch-up from the cursor.
 
-Slow clients: live frames go through a bounded queue; when it is full the session ends
-with close code 4008 and the client replays on reconnect. Replay pages are read only as
+Slow clients: live frames go through a bounded queue; when it is full, or the transport
+reports more bytes waiting for the client than it may hold (`ClientTooSlow`), the session
+ends with close code 4008 and the client replays on reconnect. Replay pages are read only as
 fast as the client takes them, so memory stays bounded whatever the client does.
 
 Cost per connection: a session is a plain list, a counter and one future to wake its
@@ -50,8 +51,14 @@ _Item = tuple[StreamId | None, str | None, bytes] | None
 Out = tuple[FrameType, str | None, bytes]
 
 
+class ClientTooSlow(Exception):
+    """Raised by a transport after a write that left more bytes waiting for its client than
+    it may hold: the session ends with 4008, as when its queue is full."""
+
+
 class Transport(Protocol):
-    """Writes frames to the client; awaits while the client is not reading."""
+    """Writes frames to the client; awaits while the client is not reading. May raise
+    ClientTooSlow."""
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None: ...
 
@@ -81,6 +88,23 @@ def frame_id(frame: bytes) -> str | None:
     except msgspec.DecodeError:
         return None
     return decoded.id if isinstance(decoded, frames.EventFrame) else None
+
+
+# The last live frame's (feed id, stream id): the hub hands one bytes object to every
+# session of its user in a row, so a thousand tabs read the id once (reading it per
+# session was a fifth of the gateway's CPU with 3,000 tabs of one user).
+_last_live: tuple[bytes, str | None, StreamId | None] = (b"", None, None)
+
+
+def _live_id(frame: bytes) -> tuple[str | None, StreamId | None]:
+    global _last_live
+    last = _last_live
+    if last[0] is frame:
+        return last[1], last[2]
+    fid = frame_id(frame)
+    parsed = parse_stream_id(fid) if fid is not None else None
+    _last_live = (frame, fid, parsed)
+    return fid, parsed
 
 
 class Session:
@@ -120,12 +144,10 @@ class Session:
     # -- called by the hub (must not block) -----------------------------------------------
 
     def on_live(self, frame: bytes) -> None:
+        fid, parsed = _live_id(frame)
         if self.mode != "streams":  # pubsub, list: no feed, the frame goes as it is
-            fid = frame_id(frame)
-            self._enqueue((parse_stream_id(fid) if fid else None, fid, frame))
+            self._enqueue((parsed, fid, frame))
             return
-        fid = frame_id(frame)
-        parsed = parse_stream_id(fid) if fid is not None else None
         if fid is None or parsed is None:
             logger.warning("dropping a live message of %s that is no event frame", self.user)
             return
@@ -142,7 +164,7 @@ class Session:
         if self._stopped:
             return
         if self._queued >= self.queue_size:
-            self._too_slow()
+            self._too_slow(f"{self.queue_size} frames queued")
             return
         self._pending.append(item)
         self._queued += 1
@@ -150,9 +172,8 @@ class Session:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _too_slow(self) -> None:
-        logger.info("client of %s too slow (%d frames queued): closing", self.user,
-                    self.queue_size)
+    def _too_slow(self, why: str) -> None:
+        logger.info("client of %s too slow (%s): closing", self.user, why)
         metrics.SLOW_CLOSES.inc()
         self.stop(CloseCode.TOO_SLOW)
 
@@ -353,7 +374,11 @@ class Session:
 
     async def _flush(self) -> None:
         out, self._out = self._out, []
-        if len(out) == 1:
-            await self.transport.send(*out[0])
-        elif out:
-            await self.transport.send_many(out)
+        try:
+            if len(out) == 1:
+                await self.transport.send(*out[0])
+            elif out:
+                await self.transport.send_many(out)
+        except ClientTooSlow as slow:
+            self._too_slow(str(slow))
+            raise _Stopped from None

@@ -11,6 +11,14 @@ LIVEFEED_KEEPALIVE seconds.
 The expiry and the keepalive are deadlines of the one task that reads the client's
 messages (there is no timer task per connection).
 
+Frames are written raw when the server offers it (`livefeed.ws.write`, ops/protocols.py,
+which `livefeed gateway` runs): each message is WebSocket-encoded here, and a frame that
+goes to many connections (every tab of a user gets the same bytes from the hub) is
+encoded once and the same bytes written to each socket. Elsewhere (the test client,
+another server) frames go through Starlette's `send_text`. Writes wait while the transport
+is paused, as uvicorn's own do; a write that leaves more than LIVEFEED_SEND_BUFFER bytes
+waiting for the client ends the session with 4008.
+
 Close codes (`schemas.frames.CloseCode`): 4001 bad, missing or late token, 4003 token
 expired (get a new one and resume), 4008 client too slow (it reconnects and replays),
 1012 gateway draining, 4029 a connection limit (gateway/limits.py); 1009 and 1008 for what
@@ -23,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -36,7 +44,7 @@ from livefeed.gateway import limits
 from livefeed.gateway.bearer import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
-from livefeed.gateway.live import Out, Session
+from livefeed.gateway.live import ClientTooSlow, Out, Session
 from livefeed.gateway.operation import Channel
 from livefeed.gateway.sessions import run_with
 from livefeed.gateway.state import GatewayState
@@ -48,34 +56,110 @@ from livefeed.schemas.frames import (
     FrameType,
     decode_client_message,
     join_frames,
+    ws_text_frame,
 )
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
 _PING_TEXT = PING_FRAME.decode()
+_PING_WS = ws_text_frame(PING_FRAME)
+
+# The ASGI scope extension through which the server takes encoded frames.
+RAW_WRITE = "livefeed.ws.write"
+
+
+class RawWriter(Protocol):
+    """What the server offers as `scope["extensions"][RAW_WRITE]` (ops.protocols.RawWrite)."""
+
+    def write(self, frame: bytes) -> int | None:
+        """Write one whole encoded frame; the bytes waiting in the transport's buffer after
+        it, or None (nothing written) when the connection is not open any more."""
+        ...
+
+    @property
+    def paused(self) -> bool:
+        """The transport's buffer is over its high-water mark: `drain` before writing."""
+        ...
+
+    async def drain(self) -> None: ...
+
+
+class _Encoded:
+    """The WebSocket frames of the last messages written, by the identity of their bytes:
+    the hub hands one bytes object to every session of a user, so the thousand tabs of a
+    user cost one encoding. Entries hold their key object, so an id is never reused while
+    it is here; the oldest go first."""
+
+    __slots__ = ("_frames", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._frames: dict[int, tuple[bytes, bytes]] = {}
+        self._size = size
+
+    def __call__(self, frame: bytes) -> bytes:
+        frames = self._frames
+        hit = frames.get(id(frame))
+        if hit is not None and hit[0] is frame:
+            return hit[1]
+        encoded = ws_text_frame(frame)
+        if len(frames) >= self._size:
+            del frames[next(iter(frames))]
+        frames[id(frame)] = (frame, encoded)
+        return encoded
+
+
+# Frames in flight at once are a few per published event (the fan-out's rounds overlap).
+encoded = _Encoded(64)
 
 
 class WebSocketTransport:
-    __slots__ = ("websocket", "last_sent")
+    __slots__ = ("websocket", "last_sent", "raw", "max_buffered")
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, max_buffered: int = 1 << 20) -> None:
         self.websocket = websocket
         self.last_sent = time.monotonic()  # the keepalive pings after this much silence
+        extensions = websocket.scope.get("extensions") or {}
+        self.raw: RawWriter | None = extensions.get(RAW_WRITE)
+        # Bytes the transport may hold for the client after a write (LIVEFEED_SEND_BUFFER).
+        self.max_buffered = max_buffered
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
         self.last_sent = time.monotonic()
-        # uvicorn's wsproto sends bytes as a binary message: a text frame needs a str.
-        await self.websocket.send_text(frame.decode())
+        if self.raw is not None:
+            await self._write(encoded(frame))
+        else:
+            # uvicorn's wsproto sends bytes as a binary message: a text frame needs a str.
+            await self.websocket.send_text(frame.decode())
 
     async def send_many(self, frames: list[Out]) -> None:
         self.last_sent = time.monotonic()
-        await self.websocket.send_text(join_frames([frame for _, _, frame in frames]).decode())
+        message = join_frames([frame for _, _, frame in frames])
+        if self.raw is not None:
+            await self._write(ws_text_frame(message))  # this session's own: encoded once
+        else:
+            await self.websocket.send_text(message.decode())
 
     async def ping(self) -> None:
-        # Concurrent with the session's own sends: uvicorn writes each message whole.
+        # Concurrent with the session's own sends: each message is written whole.
         self.last_sent = time.monotonic()
-        await self.websocket.send_text(_PING_TEXT)
+        if self.raw is not None:
+            await self._write(_PING_WS, bounded=False)
+        else:
+            await self.websocket.send_text(_PING_TEXT)
+
+    async def _write(self, frame: bytes, *, bounded: bool = True) -> None:
+        """Write as uvicorn does (after the transport drained below its high-water mark);
+        ClientTooSlow when more than `max_buffered` bytes are left waiting."""
+        raw = self.raw
+        assert raw is not None
+        if raw.paused:
+            await raw.drain()
+        buffered = raw.write(frame)
+        if buffered is None:
+            raise WebSocketDisconnect(1006)
+        if bounded and buffered > self.max_buffered:
+            raise ClientTooSlow(f"{buffered} bytes buffered")
 
 
 async def _refuse(websocket: WebSocket, code: int, reason: str, *, accept: bool = True,
@@ -234,7 +318,7 @@ async def _live(websocket: WebSocket, state: GatewayState, claims: auth.Claims, 
                 accepted: bool) -> None:
     settings = state.settings
     hub, sessions = state.live()
-    transport = WebSocketTransport(websocket)
+    transport = WebSocketTransport(websocket, settings.send_buffer)
     session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
                       last_id=websocket.query_params.get("last_id"), mode=settings.delivery,
                       queue_size=settings.send_queue, coalesce=settings.coalesce)

@@ -12,6 +12,10 @@
   (`LIVEFEED_WS_INBOUND_MESSAGES`, `LIVEFEED_WS_INBOUND_BYTES`); past either, close 1008.
   Clients send only small `auth`/`refresh` messages, so this costs them nothing, and a
   client that pings without reading cannot pile up pongs in the gateway faster than that.
+- **Raw writes** (outbound): the scope extension `livefeed.ws.write` (`RawWrite`) lets the
+  app write a WebSocket frame it encoded itself (once, for every connection that gets it)
+  straight to the socket, instead of a Starlette -> uvicorn -> wsproto encoding per
+  connection.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import wsproto
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from wsproto import events
+from wsproto.connection import ConnectionState
 
 from livefeed.core import metrics
 from livefeed.core.settings import Settings
+from livefeed.gateway.ws import RAW_WRITE
 
 POLICY_VIOLATION = 1008  # inbound rate exceeded
 MESSAGE_TOO_BIG = 1009  # uvicorn's own close for a message over ws_max_size
@@ -141,8 +147,47 @@ class _Bucket:
 _COUNTED = (events.Message, events.Ping, events.Pong)
 
 
+class RawWrite:
+    """`scope["extensions"]["livefeed.ws.write"]` of one connection (the app's side is
+    `gateway.ws.RawWriter`): whole frames the app encoded, written as uvicorn writes its
+    own, with uvicorn's flow control left to the caller.
+
+    Frames from here are whole and written synchronously, so they never interleave with
+    uvicorn's own (pongs, the close frame): wsproto keeps no state for unfragmented
+    messages a server sends, so its close logic still runs as usual. A write is refused
+    (None) unless the connection is open: handshake done, no close sent (by the app or by
+    the protocol's 1008/1009) or received, socket not closing."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: WSProtocol) -> None:
+        self._ws = ws
+
+    def write(self, frame: bytes) -> int | None:
+        """Write one encoded frame; the bytes then waiting in the transport's buffer, or
+        None (nothing written) once the connection is not open."""
+        ws = self._ws
+        transport = ws.transport
+        if ws.close_sent or ws.conn.state is not ConnectionState.OPEN or \
+                transport.is_closing():
+            return None
+        transport.write(frame)
+        return transport.get_write_buffer_size()
+
+    @property
+    def paused(self) -> bool:
+        """The transport asked for no more writes (its buffer is over the high-water mark):
+        uvicorn's own `send` waits for `drain` then, and so should the caller."""
+        return not self._ws.writable.is_set()
+
+    async def drain(self) -> None:
+        """Until the transport takes writes again (or the connection is lost)."""
+        await self._ws.writable.wait()
+
+
 class BoundedWs(WSProtocol):
-    """uvicorn's wsproto protocol with a bound on inbound frames and bytes per second."""
+    """uvicorn's wsproto protocol with a bound on inbound frames and bytes per second, and
+    the raw-write extension (`RawWrite`)."""
 
     messages_per_s: ClassVar[float] = 10.0
     bytes_per_s: ClassVar[float] = 16_384
@@ -151,6 +196,11 @@ class BoundedWs(WSProtocol):
         super().__init__(*args, **kw)
         self._frames = _Bucket(self.messages_per_s)
         self._bytes = _Bucket(self.bytes_per_s)
+
+    def handle_connect(self, event: events.Request) -> None:
+        super().handle_connect(event)
+        # The app's task was created above but has not run yet: it sees the extension.
+        self.scope["extensions"][RAW_WRITE] = RawWrite(self)  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         # Before the handshake completes the bytes are the upgrade request (bounded by the

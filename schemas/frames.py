@@ -10,6 +10,7 @@ the feed stream keeps the exact bytes ingest validated.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from enum import IntEnum
 from typing import Literal
@@ -133,3 +134,23 @@ def split_message(message: str | bytes) -> list[bytes]:
     """The frames of one WebSocket message, in order."""
     data = message.encode() if isinstance(message, str) else message
     return [line for line in data.split(FRAME_SEPARATOR) if line]
+
+
+# A server-to-client WebSocket text frame (RFC 6455 5.2): FIN + opcode 1, the payload
+# length in 7, 7+16 or 7+64 bits, never masked (only clients mask). The gateway encodes a
+# message once and writes the same bytes to every connection that gets it
+# (gateway/ws.py). wsproto's FrameProtocol encodes text only from a str (one decode and
+# one re-encode of JSON we hold as UTF-8 bytes) and copies the payload twice more.
+_FIN_TEXT = 0x81
+_LEN16 = struct.Struct("!BBH")
+_LEN64 = struct.Struct("!BBQ")
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked WebSocket text frame holding `payload` (UTF-8)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((_FIN_TEXT, n)) + payload
+    if n < 65536:
+        return _LEN16.pack(_FIN_TEXT, 126, n) + payload
+    return _LEN64.pack(_FIN_TEXT, 127, n) + payload

@@ -9,8 +9,9 @@ import pytest
 
 from livefeed.core.eventlog import FEED_START, EventLog
 from livefeed.core.keys import Keys
+from livefeed.gateway import live
 from livefeed.gateway.hub import Hub
-from livefeed.gateway.live import Session, frame_id
+from livefeed.gateway.live import ClientTooSlow, Session, frame_id
 from livefeed.schemas.frames import CloseCode, event_frame
 from tests.gateway.livehelp import assert_exact, make_log, publish, tells_an_intact_head
 from tests.helpers.frames import Recorder
@@ -28,6 +29,28 @@ def test_frame_id_reads_the_published_frame() -> None:
     assert frame_id(event_frame("17-3", b'{"a":1}')) == "17-3"
     assert frame_id(b'{"id":"5-1","type":"event","data":{}}') == "5-1"
     assert frame_id(b"not json") is None
+
+
+def test_a_live_frame_for_many_sessions_has_its_id_read_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[bytes] = []
+
+    def counting(frame: bytes) -> str | None:
+        read.append(frame)
+        return frame_id(frame)
+
+    monkeypatch.setattr(live, "frame_id", counting)
+    tabs = [Session(user="alice", log=None, hub=None, transport=Recorder(),  # type: ignore[arg-type]
+                    last_id=None, mode=mode) for mode in ("streams", "streams", "pubsub")]
+    frame = event_frame("5-1", b"{}")
+    for tab in tabs:
+        tab.on_live(frame)
+    same = event_frame("5-1", b"{}")  # equal bytes, another object: read again
+    for tab in tabs:
+        tab.on_live(same)
+    assert read == [frame, same] and read[1] is same
+    assert [tab._pending for tab in tabs[2:]] == [[((5, 1), "5-1", frame),
+                                                   ((5, 1), "5-1", same)]]
 
 
 async def test_replays_missed_events_while_new_ones_arrive(redis: Any, keys: Keys,
@@ -173,6 +196,35 @@ async def test_slow_client_is_closed_with_4008(redis: Any, keys: Keys, hub: Hub)
         await publish(log, "alice", 20)
         await eventually(lambda: result, what="the session's end", timeout=20)
     assert result == [CloseCode.TOO_SLOW]
+    assert hub.local_users() == 0
+
+
+async def test_a_transport_holding_too_many_bytes_ends_the_session_with_4008(
+        redis: Any, keys: Keys, hub: Hub) -> None:
+    """A transport that reports its client too slow (the WebSocket transport's byte bound)
+    ends the session as a full queue does, and nothing more is written."""
+    log = make_log(redis, keys)
+
+    class Full(Recorder):
+        async def send(self, kind: Any, feed_id: str | None, frame: bytes) -> None:
+            await super().send(kind, feed_id, frame)
+            if kind == "event":
+                raise ClientTooSlow("2 MiB buffered")
+
+    rec = Full()
+    s = session(log, hub, rec, None, queue_size=1000, coalesce=1)
+    result: list[int | None] = []
+
+    async def run() -> None:
+        result.append(await s.run())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await rec.until(lambda r: r.types() == ["hello"])
+        await publish(log, "alice", 5)
+        await eventually(lambda: result, what="the session's end", timeout=20)
+    assert result == [CloseCode.TOO_SLOW]
+    assert len(rec.events()) == 1
     assert hub.local_users() == 0
 
 
