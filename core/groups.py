@@ -162,6 +162,10 @@ class GroupRunner:
         # Read beyond a batch (a read over many partitions may return up to one COUNT from
         # each): handled, a batch at a time, before anything is read again.
         self._carry: list[Raw] = []
+        # A read of new entries failed: Redis may have delivered entries to us whose reply
+        # never came (a connection lost, a primary killed after it answered). They are in
+        # our pending list and nowhere else; they are read back before anything new.
+        self._lost_read = False
         # Prefetch only while the handler succeeds: a consumer whose database is down
         # holds one batch, not two, and leaves the rest to the other consumers.
         self._healthy = False
@@ -218,6 +222,8 @@ class GroupRunner:
                     if stopping.is_set():
                         return
         while not stopping.is_set():
+            if self._lost_read and await self._safely(self._reread_own) is _DOWN:
+                continue
             await self._safely(self._maintain)
             if self._next is not None:
                 batch, self._next = self._next, None
@@ -257,6 +263,23 @@ class GroupRunner:
         with anyio.move_on_after(1.0):
             await self._stopping.wait()
         return _DOWN
+
+    async def _reread_own(self) -> None:
+        """After a failed read: handle our own pending entries of every owned partition,
+        oldest first, before reading new ones, so an entry delivered by a read whose reply
+        was lost is neither left for a claim (`claim_idle_ms` later) nor handled after newer
+        entries of its user. What was read ahead (carried, prefetched) is pending too: it
+        is dropped here and read back in order."""
+        await self._flush_acks()  # done entries are not read back
+        if self._to_ack:
+            raise redis.exceptions.ConnectionError("acks not flushed: Redis still away")
+        ahead = [r.id for r in self._carry] + ([r.id for r in self._next.raws]
+                                               if self._next is not None else [])
+        self._carry, self._next = [], None
+        self._held.difference_update(ahead)
+        for partition in list(self.stream.owned):
+            await self._finish_own(partition)
+        self._lost_read = False
 
     async def _finish_own(self, partition: int) -> None:
         """Handle our own pending entries of `partition`, oldest first."""
@@ -384,6 +407,7 @@ class GroupRunner:
             acked, raws = await self.stream.ack_and_read(ack, ">", count, block_ms)
         except BaseException:
             self._to_ack = ack + self._to_ack  # XACK is idempotent: resend it later
+            self._lost_read = True
             raise
         if acked:
             metrics.ENTRIES_ACKED.labels(self.group).inc(acked)

@@ -387,6 +387,40 @@ async def test_reads_that_fail_lose_no_entry_and_no_ack(
 
 
 @both
+async def test_entries_of_a_read_whose_reply_was_lost_are_handled_at_once_in_order(
+    r: Any, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis runs a read and the connection drops before its reply arrives (a primary
+    killed after it answered): the entries it delivered are pending for us and nowhere
+    else. They are read back before anything new, in order, not left for a claim."""
+    await ensure(r, keys)
+    await add(r, keys, *[f"e{i}" for i in range(40)])
+    rec = Recorder()
+    run_ = runner(r, keys, rec, "c1", batch_size=4, claim_idle_ms=600_000)
+    real = run_.stream.ack_and_read
+    calls = 0
+
+    async def lossy(ack: Sequence[str], *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        got = await real(ack, *args)
+        if calls % 3 == 0:
+            raise ConnectionError("connection reset by peer")  # executed, reply lost
+        return got
+
+    monkeypatch.setattr(run_.stream, "ack_and_read", lossy)
+    async with anyio.create_task_group() as tg:
+        run = Running(run_, tg)
+        # claim_idle_ms is 10 minutes: only the read-back can bring those entries back.
+        await eventually(lambda: _true(len(set(rec.handled)) == 40), timeout=20)
+        await eventually(lambda: _is(pending_count(r, keys), 0))
+        await run.stop()
+    firsts = list(dict.fromkeys(rec.handled))
+    assert firsts == [f"e{i}" for i in range(40)]  # each first handled in order
+    assert calls >= 9
+
+
+@both
 async def test_vanished_pending_entries_are_acked_and_counted(r: Any, keys: Keys) -> None:
     """After a trim/XDEL a pending entry has no payload: on restart (own pending, id 0)
     and when claimed (Redis 7 reports deleted ids; 6.2 returns nil entries)."""
