@@ -27,14 +27,12 @@ from livefeed.ops.serve import Server, uvicorn_config
 from livefeed.schemas.frames import event_frame, join_frames, ws_text_frame
 from tests.gateway.livehelp import (
     SECRET,
-    Gateways,
     WsClient,
     assert_exact,
     make_log,
     publish,
     ws_url,
 )
-from tests.helpers.frames import closed_code
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -277,25 +275,3 @@ async def test_the_gateway_writes_raw_encoding_each_frame_once_for_all_tabs(
         await late.close()
     assert_exact(late.events(), live + missed)
     assert late.messages <= len(late.frames) // 4
-
-
-@pytest.mark.slow
-async def test_a_client_that_stops_reading_is_closed_4008_by_the_byte_bound(
-        gateways: Gateways, redis: Any, keys: Keys) -> None:
-    """The send queue cannot fill here (6,000 events, a bound of 100,000): the 4008 comes
-    from the bytes the transport holds for the client (LIVEFEED_SEND_BUFFER, set below
-    one coalesced message of these events, so the client resumes on a gateway with the
-    default)."""
-    _, url = gateways.start(send_queue=100_000, send_buffer=16_384)
-    _, other = gateways.start()
-    log = make_log(redis, keys)
-    slow = await WsClient.open(ws_url(url, "alice"), max_queue=1, max_size=None)
-    await slow.until(lambda c: c.types() == ["hello"])
-    ids = await publish(log, "alice", 6000, preview="x" * 2000)
-    assert await closed_code(slow, timeout=60) == 4008
-    got = [f for f in slow.frames if f["type"] == "event"]
-    last = got[-1]["id"] if got else None
-    again = await WsClient.open(ws_url(other, "alice", last or ids[0]), max_size=None)
-    await again.until(lambda c: "recovered" in c.types(), timeout=90)
-    await again.close()
-    assert_exact(again.events(), ids[ids.index(last) + 1:] if last else ids[1:])
