@@ -270,9 +270,7 @@ class GroupRunner:
         was lost is neither left for a claim (`claim_idle_ms` later) nor handled after newer
         entries of its user. What was read ahead (carried, prefetched) is pending too: it
         is dropped here and read back in order."""
-        await self._flush_acks()  # done entries are not read back
-        if self._to_ack:
-            raise redis.exceptions.ConnectionError("acks not flushed: Redis still away")
+        await self._flush_acks(strict=True)  # done entries are not read back
         ahead = [r.id for r in self._carry] + ([r.id for r in self._next.raws]
                                                if self._next is not None else [])
         self._carry, self._next = [], None
@@ -377,8 +375,24 @@ class GroupRunner:
         return bool(self._carry) or self.stream.more
 
     def _take_carry(self, count: int) -> list[Raw]:
+        if self._carry and self.leases is not None:
+            self._drop_carried_elsewhere()
         raws, self._carry = self._carry[:count], self._carry[count:]
         return raws
+
+    def _drop_carried_elsewhere(self) -> None:
+        """Carried entries of partitions whose lease this consumer lost are dropped: they
+        stay pending, and the partition's new owner claims them before it reads anything
+        new, so they are handled in order with the rest of their users' entries (not
+        later, and twice, here). A partition only on its way out (surplus) keeps its lease
+        until what is held of it is handled, carried entries included."""
+        assert self.leases is not None
+        leased = self.leases.owned
+        gone = [r.id for r in self._carry if split_ref(r.id)[0] not in leased]
+        if gone:
+            self._held.difference_update(gone)
+            dropped = set(gone)
+            self._carry = [r for r in self._carry if r.id not in dropped]
 
     async def _read(self, count: int, block_ms: int | None) -> list[Raw]:
         """Up to `count` new entries: first what the last read carried over, then read
@@ -460,7 +474,9 @@ class GroupRunner:
         if prepare is not None and batch.entries:
             prepare(batch.entries)
 
-    async def _flush_acks(self) -> None:
+    async def _flush_acks(self, *, strict: bool = False) -> None:
+        """Send the pending acks; if Redis is away they are kept for the next read (or,
+        `strict`, kept and the error raised)."""
         ids, self._to_ack = self._to_ack, []
         if not ids:
             return
@@ -470,6 +486,8 @@ class GroupRunner:
             # Tried again with the next read; if that never comes, the entries stay pending
             # and are redelivered (the handlers are idempotent).
             self._to_ack = ids + self._to_ack
+            if strict:
+                raise
             logger.warning("group %s: ack of %d entries failed (%s)", self.group, len(ids), exc)
             return
         metrics.ENTRIES_ACKED.labels(self.group).inc(acked)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -180,10 +181,10 @@ async def test_unreplayable_history_resets_then_goes_live(redis: Any, keys: Keys
     assert_exact(rec.events(), live)
 
 
-async def test_slow_client_is_closed_with_4008(redis: Any, keys: Keys, hub: Hub) -> None:
-    log = make_log(redis, keys)
-    rec = Recorder()
-    s = session(log, hub, rec, None, queue_size=5)
+async def close_code_after(s: Session, rec: Recorder,
+                           act: Callable[[], Awaitable[None]]) -> int | None:
+    """Run session `s` until its hello reached `rec`, do `act`, and return the close code
+    the session ends with."""
     result: list[int | None] = []
 
     async def run() -> None:
@@ -192,10 +193,21 @@ async def test_slow_client_is_closed_with_4008(redis: Any, keys: Keys, hub: Hub)
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
         await rec.until(lambda r: r.types() == ["hello"])
+        await act()
+        await eventually(lambda: result, what="the session's end", timeout=20)
+    return result[0]
+
+
+async def test_slow_client_is_closed_with_4008(redis: Any, keys: Keys, hub: Hub) -> None:
+    log = make_log(redis, keys)
+    rec = Recorder()
+    s = session(log, hub, rec, None, queue_size=5)
+
+    async def stall_then_publish() -> None:
         rec.stalled = True
         await publish(log, "alice", 20)
-        await eventually(lambda: result, what="the session's end", timeout=20)
-    assert result == [CloseCode.TOO_SLOW]
+
+    assert await close_code_after(s, rec, stall_then_publish) == CloseCode.TOO_SLOW
     assert hub.local_users() == 0
 
 
@@ -213,17 +225,11 @@ async def test_a_transport_holding_too_many_bytes_ends_the_session_with_4008(
 
     rec = Full()
     s = session(log, hub, rec, None, queue_size=1000, coalesce=1)
-    result: list[int | None] = []
 
-    async def run() -> None:
-        result.append(await s.run())
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
-        await rec.until(lambda r: r.types() == ["hello"])
+    async def publish_some() -> None:
         await publish(log, "alice", 5)
-        await eventually(lambda: result, what="the session's end", timeout=20)
-    assert result == [CloseCode.TOO_SLOW]
+
+    assert await close_code_after(s, rec, publish_some) == CloseCode.TOO_SLOW
     assert len(rec.events()) == 1
     assert hub.local_users() == 0
 
