@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from livefeed.core.groupstream import ref
 from livefeed.core.keys import Keys
 from livefeed.core.leases import owners
 from livefeed.core.redis_client import RedisClient
@@ -182,21 +183,16 @@ class Status:
         )
 
 
-def _ref(partition: int, stream_id: str) -> str:
-    """An id in a view over all partitions: a ref (`<partition>/<stream id>`), since a
-    stream id alone does not say which partition's stream holds it."""
-    return f"{partition}/{stream_id}"
-
-
 def total_stream(name: str, key: str, parts: list[StreamView]) -> StreamView:
-    """The partitions' streams (`parts[p]` is partition p's) as one: ids are refs."""
+    """The partitions' streams (`parts[p]` is partition p's) as one: ids are refs
+    (`<partition>/<stream id>`: a stream id alone does not say which stream holds it)."""
     firsts = [(s.first_id, p) for p, s in enumerate(parts) if s.first_id]
     lasts = [(s.last_id, p) for p, s in enumerate(parts) if s.last_id]
     first = min(firsts, key=lambda f: _id_tuple(f[0])) if firsts else None
     last = max(lasts, key=lambda f: _id_tuple(f[0])) if lasts else None
     return StreamView(name=name, key=key, length=sum(s.length for s in parts),
-                      first_id=_ref(first[1], first[0]) if first else None,
-                      last_id=_ref(last[1], last[0]) if last else None,
+                      first_id=ref(first[1], first[0]) if first else None,
+                      last_id=ref(last[1], last[0]) if last else None,
                       groups=max((s.groups for s in parts), default=0))
 
 
@@ -228,8 +224,8 @@ def total_groups(per_partition: list[list[GroupView]]) -> list[GroupView]:
             pending=sum(g.pending for g in views),
             lag=None if any(lag is None for lag in lags) else sum(lag or 0 for lag in lags),
             lag_exact=all(g.lag_exact for g in views),
-            last_delivered_id=_ref(latest[0], latest[1].last_delivered_id),
-            oldest_pending_id=(_ref(first[0], first[1].oldest_pending_id or "")
+            last_delivered_id=ref(latest[0], latest[1].last_delivered_id),
+            oldest_pending_id=(ref(first[0], first[1].oldest_pending_id or "")
                                if first else None),
             oldest_pending_age_ms=first[1].oldest_pending_age_ms if first else None,
             oldest_pending_idle_ms=first[1].oldest_pending_idle_ms if first else None,
