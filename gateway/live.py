@@ -40,9 +40,21 @@ from livefeed.schemas.frames import EVENT_FRAME_HEAD, CloseCode, Delivery, Frame
 logger = logging.getLogger(__name__)
 
 PAGE = 250
+# Frames ready at once go to the transport together, up to this many or this many bytes:
+# a replay page is a few socket writes, not one per message (the transport still splits
+# them into messages of LIVEFEED_COALESCE frames).
+WRITE_FRAMES = 256
+WRITE_BYTES = 64 << 10
 
 # Label children looked up once: `labels()` per frame was a measurable share of a send.
 _SENT = {kind: metrics.FRAMES_SENT.labels(kind) for kind in get_args(FrameType)}
+_SENT_EVENTS = _SENT["event"]
+# The live frames whose delivery latency was observed, by identity (the last 64): a frame
+# is observed once per gateway, at its first send (the tabs of a user get one bytes
+# object: observing it per session cost ~1.5 µs a send, and said the same thing a
+# thousand times). Entries hold their key object, so an id is never reused while here.
+_observed: dict[int, bytes] = {}
+_OBSERVED_SIZE = 64
 # (stream id, feed id, frame) of a live frame; None: re-sync from the feed stream.
 _Item = tuple[StreamId | None, str | None, bytes] | None
 
@@ -63,7 +75,8 @@ class Transport(Protocol):
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None: ...
 
     async def send_many(self, frames: list[Out]) -> None:
-        """Several frames at once, in order (one WebSocket message, one SSE write)."""
+        """Several frames at once, in order, in one write to the socket (WebSocket: messages
+        of up to LIVEFEED_COALESCE frames each; SSE: an event each)."""
         ...
 
 
@@ -111,8 +124,9 @@ class Session:
     """Delivery to one connected client of `user` until stopped, cancelled or too slow."""
 
     __slots__ = ("user", "log", "hub", "transport", "last_id", "mode", "page", "queue_size",
-                 "coalesce", "close_code", "sent_events", "_pending", "_queued", "_waiter",
-                 "_stopped", "_task", "_cancel_sent", "_prepared", "_recovery", "_out")
+                 "coalesce", "close_code", "_out_events", "_pending", "_queued", "_waiter",
+                 "_stopped", "_task", "_cancel_sent", "_prepared", "_recovery", "_out",
+                 "_out_bytes")
 
     def __init__(self, *, user: str, log: EventLog, hub: Subscriber, transport: Transport,
                  last_id: str | None, mode: Delivery = "streams", queue_size: int = 1000,
@@ -125,11 +139,13 @@ class Session:
         self.mode = mode
         self.page = page
         self.queue_size = queue_size
-        # Frames ready to go are written together, up to this many (1: one at a time).
+        # Frames ready to go are written together (the transport makes messages of up to
+        # `coalesce` frames; 1: one at a time).
         self.coalesce = max(1, coalesce)
         self._out: list[Out] = []
+        self._out_bytes = 0
         self.close_code: int | None = None
-        self.sent_events = 0
+        self._out_events = 0  # event frames in `_out` (counted in the metric at a flush)
         # The send queue: items not yet taken by the session's task, and how many items
         # (these plus the rest of the batch being written) wait for the client.
         self._pending: list[_Item] = []
@@ -358,22 +374,32 @@ class Session:
 
     async def _write_live(self, parsed: StreamId | None, fid: str | None,
                           frame: bytes) -> None:
-        if parsed is not None:
+        if parsed is not None and _observed.get(id(frame)) is not frame:
+            if len(_observed) >= _OBSERVED_SIZE:
+                del _observed[next(iter(_observed))]
+            _observed[id(frame)] = frame
             metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - parsed[0] / 1000))
         await self._write("event", fid, frame)
 
     async def _write(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
-        """Queue a frame for the client; a full message goes out at once, the rest with the
-        next `_flush` (before the task waits or reads Redis: nothing is held back)."""
+        """Queue a frame for the client; WRITE_FRAMES frames or WRITE_BYTES go out at once,
+        the rest with the next `_flush` (before the task waits or reads Redis: nothing is
+        held back)."""
         self._out.append((kind, feed_id, frame))
-        _SENT[kind].inc()
+        self._out_bytes += len(frame)
         if kind == "event":
-            self.sent_events += 1
-        if len(self._out) >= self.coalesce:
+            self._out_events += 1
+        else:
+            _SENT[kind].inc()
+        if len(self._out) >= WRITE_FRAMES or self._out_bytes >= WRITE_BYTES:
             await self._flush()
 
     async def _flush(self) -> None:
         out, self._out = self._out, []
+        self._out_bytes = 0
+        if self._out_events:
+            _SENT_EVENTS.inc(self._out_events)
+            self._out_events = 0
         try:
             if len(out) == 1:
                 await self.transport.send(*out[0])

@@ -66,9 +66,29 @@ class Recovery:
         self.cursor, self.cursor_id = parsed, fid
         return True
 
-    def replayed(self, entries: Sequence[FeedEntry]) -> list[FeedEntry]:
+    def replayed(self, entries: Sequence[FeedEntry]) -> Sequence[FeedEntry]:
         """The entries of a replay page to send, in order (those after the cursor, which
-        moves to the last of them)."""
+        moves to the last of them). A page comes from one XRANGE, in increasing id order,
+        so only the first ids up to one past the cursor and the last id are parsed."""
+        cursor = self.cursor
+        start, parsed = 0, None
+        while start < len(entries):
+            parsed = parse_stream_id(entries[start].feed_id)
+            if parsed is not None and (cursor is None or parsed > cursor):
+                break
+            start += 1
+        if parsed is None or start == len(entries):
+            return ()
+        last = entries[-1]
+        if start < len(entries) - 1:
+            end = parse_stream_id(last.feed_id)
+            if end is None or end <= parsed:  # not a page of increasing ids: check each
+                return self._each(entries[start:])
+            parsed = end
+        self.cursor, self.cursor_id = parsed, last.feed_id
+        return entries[start:]
+
+    def _each(self, entries: Sequence[FeedEntry]) -> list[FeedEntry]:
         out: list[FeedEntry] = []
         for entry in entries:
             parsed = parse_stream_id(entry.feed_id)

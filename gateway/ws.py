@@ -114,15 +114,18 @@ encoded = _Encoded(64)
 
 
 class WebSocketTransport:
-    __slots__ = ("websocket", "last_sent", "raw", "max_buffered")
+    __slots__ = ("websocket", "last_sent", "raw", "max_buffered", "coalesce")
 
-    def __init__(self, websocket: WebSocket, max_buffered: int = 1 << 20) -> None:
+    def __init__(self, websocket: WebSocket, max_buffered: int = 1 << 20,
+                 coalesce: int = 16) -> None:
         self.websocket = websocket
         self.last_sent = time.monotonic()  # the keepalive pings after this much silence
         extensions = websocket.scope.get("extensions") or {}
         self.raw: RawWriter | None = extensions.get(RAW_WRITE)
         # Bytes the transport may hold for the client after a write (LIVEFEED_SEND_BUFFER).
         self.max_buffered = max_buffered
+        # Frames per WebSocket message (LIVEFEED_COALESCE).
+        self.coalesce = max(1, coalesce)
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
         self.last_sent = time.monotonic()
@@ -133,12 +136,17 @@ class WebSocketTransport:
             await self.websocket.send_text(frame.decode())
 
     async def send_many(self, frames: list[Out]) -> None:
+        """Messages of up to `coalesce` frames each, written to the socket at once."""
         self.last_sent = time.monotonic()
-        message = join_frames([frame for _, _, frame in frames])
+        n = self.coalesce
+        messages = [join_frames([frame for _, _, frame in frames[i : i + n]])
+                    for i in range(0, len(frames), n)]
         if self.raw is not None:
-            await self._write(ws_text_frame(message))  # this session's own: encoded once
+            # This session's own: encoded once, one write for them all.
+            await self._write(b"".join([ws_text_frame(m) for m in messages]))
         else:
-            await self.websocket.send_text(message.decode())
+            for message in messages:
+                await self.websocket.send_text(message.decode())
 
     async def ping(self) -> None:
         # Concurrent with the session's own sends: each message is written whole.
@@ -318,7 +326,7 @@ async def _live(websocket: WebSocket, state: GatewayState, claims: auth.Claims, 
                 accepted: bool) -> None:
     settings = state.settings
     hub, sessions = state.live()
-    transport = WebSocketTransport(websocket, settings.send_buffer)
+    transport = WebSocketTransport(websocket, settings.send_buffer, settings.coalesce)
     session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
                       last_id=websocket.query_params.get("last_id"), mode=settings.delivery,
                       queue_size=settings.send_queue, coalesce=settings.coalesce)

@@ -12,7 +12,7 @@ from livefeed.core.eventlog import FEED_START, EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway import live
 from livefeed.gateway.hub import Hub
-from livefeed.gateway.live import ClientTooSlow, Session, frame_id
+from livefeed.gateway.live import ClientTooSlow, FrameType, Session, frame_id
 from livefeed.schemas.frames import CloseCode, event_frame
 from tests.gateway.livehelp import assert_exact, make_log, publish, tells_an_intact_head
 from tests.helpers.frames import Recorder
@@ -250,26 +250,78 @@ async def test_pubsub_mode_forwards_live_frames_without_replay(redis: Any, keys:
     assert rec.events() == new
 
 
-@pytest.mark.parametrize("coalesce", [1, 16])
-async def test_a_replay_goes_out_in_coalesced_writes(redis: Any, keys: Keys, hub: Hub,
-                                                     coalesce: int) -> None:
+@pytest.mark.parametrize(("page", "writes"), [(40, [40] * 7 + [21]),
+                                             (600, [live.WRITE_FRAMES, 45])])
+async def test_a_replay_page_goes_to_the_transport_in_few_writes(
+        redis: Any, keys: Keys, hub: Hub, monkeypatch: pytest.MonkeyPatch, page: int,
+        writes: list[int]) -> None:
+    monkeypatch.setattr(live, "WRITE_BYTES", 1 << 30)
     log = make_log(redis, keys)
     seen = await publish(log, "alice", 1)
-    missed = await publish(log, "alice", 100, start=1)
+    missed = await publish(log, "alice", 300, start=1)
     rec = Recorder()
-    s = session(log, hub, rec, seen[-1], page=40, coalesce=coalesce)
+    s = session(log, hub, rec, seen[-1], page=page)
     async with anyio.create_task_group() as tg:
         tg.start_soon(s.run)
         await rec.until(lambda r: "recovered" in r.types())
-        live = await publish(log, "alice", 3, start=500)
-        await rec.until(lambda r: len(r.events()) >= 103)
+        live_ids = await publish(log, "alice", 3, start=500)
+        await rec.until(lambda r: len(r.events()) >= 303)
         tg.cancel_scope.cancel()
-    assert_exact(rec.events(), missed + live)
-    assert rec.types()[0] == "hello" and rec.types()[101] == "recovered"
-    if coalesce == 1:
-        assert rec.messages == 0  # every frame on its own
-    else:
-        # 100 events in pages of 40: full writes of 16, the rest of each page flushed
-        # before the next page is read; no write larger than 16 frames.
-        assert 7 <= rec.messages <= 12
-        assert max(rec.batch_sizes) == 16
+    assert_exact(rec.events(), missed + live_ids)
+    assert rec.types()[0] == "hello" and rec.types()[301] == "recovered"
+    # Pages of 40: each page is one write, flushed before the next page is read; the
+    # last one carries `recovered`. One page of 300: writes of at most WRITE_FRAMES.
+    assert rec.batch_sizes[: len(writes)] == writes
+
+
+async def test_a_write_holds_at_most_write_bytes_and_one_frame(
+        redis: Any, keys: Keys, hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live, "WRITE_BYTES", 2000)
+    log = make_log(redis, keys)
+    seen = await publish(log, "alice", 1)
+    missed = await publish(log, "alice", 100, start=1)
+    sizes: list[int] = []
+
+    class Sized(Recorder):
+        async def send_many(self, frames: list[tuple[FrameType, str | None, bytes]]) -> None:
+            sizes.append(sum(len(f) for _, _, f in frames) - len(frames[-1][2]))
+            await super().send_many(frames)
+
+    rec = Sized()
+    s = session(log, hub, rec, seen[-1], page=500)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        await rec.until(lambda r: "recovered" in r.types())
+        tg.cancel_scope.cancel()
+    assert_exact(rec.events(), missed)
+    assert len(sizes) > 3 and max(sizes) < 2000  # what came before the last frame
+
+
+async def test_a_live_frame_is_observed_once_per_gateway_and_counted_per_session(
+        redis: Any, keys: Keys, hub: Hub) -> None:
+    from livefeed.core import metrics
+
+    def delivered() -> float:
+        buckets = metrics.DELIVERY_SECONDS._buckets  # type: ignore[attr-defined]
+        return float(sum(b.get() for b in buckets))
+
+    def sent() -> float:
+        return live._SENT_EVENTS._value.get()  # type: ignore[attr-defined]
+
+    log = make_log(redis, keys)
+    tabs = [Recorder() for _ in range(3)]
+    sessions = [session(log, hub, rec, None) for rec in tabs]
+    async with anyio.create_task_group() as tg:
+        for s in sessions:
+            tg.start_soon(s.run)
+        for rec in tabs:
+            await rec.until(lambda r: r.types() == ["hello"])
+        observed, counted = delivered(), sent()
+        ids = await publish(log, "alice", 4)
+        for rec in tabs:
+            await rec.until(lambda r: len(r.events()) == 4)
+        tg.cancel_scope.cancel()
+    for rec in tabs:
+        assert_exact(rec.events(), ids)
+    assert delivered() - observed == 4  # one tab's sends, not three
+    assert sent() - counted == 12  # every frame sent is counted

@@ -165,13 +165,14 @@ class FakeRaw:
         self.paused = False
 
 
-def transport(raw: FakeRaw | None, max_buffered: int = 1000) -> WebSocketTransport:
+def transport(raw: FakeRaw | None, max_buffered: int = 1000,
+              coalesce: int = 16) -> WebSocketTransport:
     async def nothing(*_: Any) -> Any:
         raise AssertionError("the Starlette path was taken")
 
     extensions = {RAW_WRITE: raw} if raw is not None else {}
     scope = {"type": "websocket", "path": "/v1/ws", "headers": [], "extensions": extensions}
-    return WebSocketTransport(WebSocket(scope, nothing, nothing), max_buffered)
+    return WebSocketTransport(WebSocket(scope, nothing, nothing), max_buffered, coalesce)
 
 
 async def test_one_frame_for_many_connections_is_encoded_once() -> None:
@@ -194,6 +195,21 @@ async def test_a_coalesced_message_is_one_frame_of_newline_joined_frames() -> No
     frames = [event_frame(f"{i}-0", b"{}") for i in range(3)]
     await transport(raw).send_many([("event", f"{i}-0", f) for i, f in enumerate(frames)])
     assert raw.written == [ws_text_frame(join_frames(frames))]
+
+
+@pytest.mark.parametrize(("coalesce", "shape"), [(2, [2, 2, 1]), (1, [1] * 5), (16, [5])])
+async def test_many_frames_are_messages_of_coalesce_frames_in_one_write(
+        coalesce: int, shape: list[int]) -> None:
+    raw = FakeRaw()
+    frames = [event_frame(f"{i}-0", b"{}") for i in range(5)]
+    t = transport(raw, coalesce=coalesce)
+    await t.send_many([("event", f"{i}-0", f) for i, f in enumerate(frames)])
+    assert len(raw.written) == 1
+    messages, at = [], 0
+    for n in shape:
+        messages.append(ws_text_frame(join_frames(frames[at : at + n])))
+        at += n
+    assert raw.written[0] == b"".join(messages)
 
 
 async def test_writes_wait_for_a_paused_transport_and_refusals_end_the_session() -> None:

@@ -3,6 +3,8 @@ frames to send out, in order. No Redis, no hub, no session."""
 
 from __future__ import annotations
 
+import pytest
+
 from livefeed.core.eventlog import FEED_START, FeedEntry
 from livefeed.gateway.recovery import Live, Recovery
 
@@ -112,3 +114,25 @@ def test_the_cursor_positions() -> None:
     # Stream ids compare as numbers, not as text.
     r.move_to(fid(9, 9))
     assert sent(r.replayed(entries(fid(9, 10), fid(10, 0)))) == [fid(9, 10), fid(10, 0)]
+
+
+@pytest.mark.parametrize(
+    ("cursor", "ids", "sent", "moved_to"),
+    [
+        ("5-0", ["4-0", "5-0", "6-0", "7-0", "9-1"], ["6-0", "7-0", "9-1"], "9-1"),
+        ("5-0", ["6-0"], ["6-0"], "6-0"),
+        ("5-0", ["3-0", "5-0"], [], "5-0"),
+        (None, ["1-0", "2-0"], ["1-0", "2-0"], "2-0"),
+        # A last id not after the first (no XRANGE page has one): each id is checked.
+        ("5-0", ["6-0", "8-0", "7-0", "6-0"], ["6-0", "8-0"], "8-0"),
+        ("5-0", ["6-0", "bad", "9-0", "bad"], ["6-0", "9-0"], "9-0"),
+        ("5-0", [], [], "5-0"),
+    ],
+)
+def test_a_replay_page_sends_what_is_after_the_cursor(
+        cursor: str | None, ids: list[str], sent: list[str], moved_to: str) -> None:
+    rec = Recovery(10)
+    rec.move_to(cursor)
+    out = rec.replayed([FeedEntry(i, b"{}") for i in ids])
+    assert [e.feed_id for e in out] == sent
+    assert rec.cursor_id == moved_to
