@@ -220,3 +220,18 @@ async def test_resume_from_the_start(request: pytest.FixtureRequest, redis_url: 
     finally:
         await redis_client.delete_keys(r, keys)
         await r.aclose()
+
+
+async def test_replay_pages_read_entries_as_redis_sent_them(redis: Any, keys: Keys) -> None:
+    log = EventLog(redis, keys, feed_maxlen=100, dedupe_ttl_s=60)
+    fanned = await log.fan_out([("e1", "alice", b'{"n":1}'), ("e2", "alice", b'{"n":2}')])
+    # An entry written by hand with another field first is still read by its `data`.
+    odd = (await redis.xadd(keys.feed("alice"), {"note": "x", "data": b'{"n":3}'})).decode()
+    ids = [f.feed_id for f in fanned] + [odd]
+    assert await log.read_feed("alice", "0-0", 10) == [
+        FeedEntry(ids[0], b'{"n":1}'), FeedEntry(ids[1], b'{"n":2}'), FeedEntry(odd, b'{"n":3}')]
+    resumed = await log.resume("alice", ids[0], 10)
+    assert resumed.problem is None and [e.feed_id for e in resumed.entries] == ids[1:]
+    assert (await log.resume("alice", FEED_START, 1)).entries == [FeedEntry(ids[0], b'{"n":1}')]
+    # The parsing is skipped for these reads only: the shared client's XRANGE is as before.
+    assert (await redis.xrange(keys.feed("alice"), count=1))[0][1] == {b"data": b'{"n":1}'}
