@@ -573,9 +573,12 @@ class GroupRunner:
             metrics.BATCH_SIZE.labels(self.group).observe(len(entries))
             # A read that stopped at its COUNT says more is waiting: read it meanwhile.
             # Otherwise the next read would mostly come back empty: one Redis command and
-            # task for nothing.
+            # task for nothing. A consumer that does not linger (fanout) also reads on
+            # after a read that woke from blocking: that read brought one partition's
+            # entries, and a request's others are handled a round trip sooner.
             prefetch = (self._healthy and not history and not self._stopping.is_set()
-                        and (batch.more or len(batch.raws) >= self.config.batch_size))
+                        and (batch.more or len(batch.raws) >= self.config.batch_size
+                             or (self.config.linger_ms <= 0 and self.stream.woke)))
             result = await self._handle(entries, prefetch)
             if result is None:
                 return  # stopping: leave the batch pending, ack nothing undone

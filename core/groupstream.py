@@ -180,6 +180,10 @@ class GroupStream:
         # Whether the last read shared its COUNT among every owned partition for want of
         # knowing where entries were (the first read, and one that woke from blocking).
         self.blind = False
+        # Whether the last read of new entries blocked and came back with some: Redis
+        # answers a woken XREADGROUP with the stream that woke it only, so entries that
+        # landed on other partitions in the same instant (one ingest request) still wait.
+        self.woke = False
         self._poll_s = POLL_MIN_S  # cluster: the next pause after an empty sweep
 
     def _per_stream(self, count: int) -> int:
@@ -257,6 +261,7 @@ class GroupStream:
         raws = parse_read(reply, self.keys, counts)
         if cursor == ">":
             self._note_read(counts, per_stream, woke=blocking)
+            self.woke = blocking and bool(counts)
         return sum(int(a) for a in acks), raws
 
     async def _sweep(self, ack: Sequence[str], cursor: str, count: int,

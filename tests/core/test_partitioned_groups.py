@@ -196,6 +196,45 @@ async def test_a_burst_that_wakes_an_idle_consumer_comes_in_batches_of_the_batch
         assert (await redis.xpending(keys.ingest(p), GROUP))["pending"] == 0
 
 
+async def test_a_consumer_that_does_not_linger_reads_a_requests_other_partitions_meanwhile(
+        redis: Any, keys: Keys) -> None:
+    """One ingest request lands on several partitions at once; Redis answers the blocked
+    read with the partition that woke it only. A consumer that does not linger (fanout)
+    reads the others while it handles that one, not a round trip after it."""
+    log: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    read_meanwhile: list[bool] = []
+    woken = [-1]  # the index of the batch the wake-up brings
+
+    class Watching(Recorder):
+        async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
+            if self.batches == woken[0]:
+                with anyio.move_on_after(5):
+                    await until(lambda: run._next is not None)
+                read_meanwhile.append(run._next is not None)
+            return await super().handle(entries)
+
+    rec = Watching("c", log)
+    run = runner(redis, keys, "c", rec)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run.run, stop)
+        await until(lambda: len(run.stream.owned) == 16)
+        await post(redis, keys, 1)  # first batches: the runner is healthy from then on
+        await until(lambda: sum(len(v) for v in log.values()) == len(USERS))
+        await anyio.sleep(0.2)  # blocked on an empty group
+        woken[0] = rec.batches
+        pipe = redis.pipeline(transaction=True)  # one request: every partition at once
+        for user in USERS:
+            pipe.xadd(keys.ingest_of(user), {"event_id": f"{user}-1", "user": user,
+                                             "data": b"{}"})
+        await pipe.execute()
+        await until(lambda: sum(len(v) for v in log.values()) == 2 * len(USERS))
+        stop.set()
+    check_each_once_in_order(log, 2)
+    assert rec.partitions_per_batch[woken[0]] == 1  # the wake-up brought one partition
+    assert read_meanwhile == [True]
+
+
 async def test_a_read_says_whether_entries_are_left_waiting(redis: Any, keys: Keys) -> None:
     stream = GroupStream(redis, keys, GROUP, "c")
     await stream.ensure_groups()
