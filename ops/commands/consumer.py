@@ -15,7 +15,7 @@ import anyio
 import uvicorn
 
 from livefeed.consumers import fanout, listwriter, persist
-from livefeed.core import redis_client
+from livefeed.core import heap, redis_client
 from livefeed.core.settings import Settings
 from livefeed.ops import runtime, serve
 from livefeed.ops.commands import Subparsers, port, whole
@@ -101,6 +101,7 @@ async def consumer(args: argparse.Namespace, settings: Settings) -> int:
             tg.start_soon(probes.serve)
         extra = {} if args.role != "list-writer" else dict(
             interval_ms=args.interval_ms, count=args.count, hold_file=args.hold_file)
+        heap.settle()
         await ROLES[args.role](settings, stopping, name=args.name,
                                partitions=args.own_partitions, **extra)
         if args.metrics_port is not None:

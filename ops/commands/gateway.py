@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from livefeed.core import heap
 from livefeed.core.settings import Settings
 from livefeed.gateway.app import create_app
 from livefeed.ops import runtime, serve
@@ -40,7 +41,9 @@ async def gateway(args: argparse.Namespace, settings: Settings) -> int:
         from livefeed.ops import workers
 
         return await workers.run(args, settings)
-    await serve.serve(create_app(settings), host=args.host, port=args.port,
+    app = create_app(settings)
+    heap.settle()
+    await serve.serve(app, host=args.host, port=args.port,
                       log_level=settings.log_level, fd=args.fd,
                       drain_timeout_s=settings.drain_timeout_s, bounds=Bounds(settings))
     return 0
