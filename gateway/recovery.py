@@ -14,8 +14,6 @@ merge in internal/recovery).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from livefeed.core.eventlog import FeedEntry, parse_stream_id
 
 StreamId = tuple[int, int]
@@ -66,7 +64,7 @@ class Recovery:
         self.cursor, self.cursor_id = parsed, fid
         return True
 
-    def replayed(self, entries: Sequence[FeedEntry]) -> Sequence[FeedEntry]:
+    def replayed(self, entries: list[FeedEntry]) -> list[FeedEntry]:
         """The entries of a replay page to send, in order (those after the cursor, which
         moves to the last of them). A page comes from one XRANGE, in increasing id order,
         so only the first ids up to one past the cursor and the last id are parsed."""
@@ -78,7 +76,7 @@ class Recovery:
                 break
             start += 1
         if parsed is None or start == len(entries):
-            return ()
+            return []
         last = entries[-1]
         if start < len(entries) - 1:
             end = parse_stream_id(last.feed_id)
@@ -88,7 +86,7 @@ class Recovery:
         self.cursor, self.cursor_id = parsed, last.feed_id
         return entries[start:]
 
-    def _each(self, entries: Sequence[FeedEntry]) -> list[FeedEntry]:
+    def _each(self, entries: list[FeedEntry]) -> list[FeedEntry]:
         out: list[FeedEntry] = []
         for entry in entries:
             parsed = parse_stream_id(entry.feed_id)

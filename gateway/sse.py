@@ -67,6 +67,9 @@ class _SseTransport:
         head, self._head = self._head, b""
         await self.write(head + b"".join(sse_chunk(*out) for out in frames))
 
+    def send_now(self, frame: bytes) -> bool:
+        return False  # every SSE write goes through the ASGI `send`: the session's task
+
 
 class SseStream(Response):
     """The event stream of one session, written straight to the ASGI `send`."""

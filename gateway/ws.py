@@ -148,6 +148,20 @@ class WebSocketTransport:
             for message in messages:
                 await self.websocket.send_text(message.decode())
 
+    def send_now(self, frame: bytes) -> bool:
+        """Write a live frame at once when the raw path is offered and the transport is
+        not paused; ClientTooSlow past `max_buffered`."""
+        raw = self.raw
+        if raw is None or raw.paused:
+            return False
+        buffered = raw.write(encoded(frame))
+        if buffered is None:
+            return False  # not open: the session's own path sees the same and ends
+        self.last_sent = time.monotonic()
+        if buffered > self.max_buffered:
+            raise ClientTooSlow(f"{buffered} bytes buffered")
+        return True
+
     async def ping(self) -> None:
         # Concurrent with the session's own sends: each message is written whole.
         self.last_sent = time.monotonic()

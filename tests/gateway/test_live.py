@@ -223,6 +223,10 @@ async def test_a_transport_holding_too_many_bytes_ends_the_session_with_4008(
             if kind == "event":
                 raise ClientTooSlow("2 MiB buffered")
 
+        def send_now(self, frame: bytes) -> bool:
+            super().send_now(frame)
+            raise ClientTooSlow("2 MiB buffered")
+
     rec = Full()
     s = session(log, hub, rec, None, queue_size=1000, coalesce=1)
 
@@ -325,3 +329,45 @@ async def test_a_live_frame_is_observed_once_per_gateway_and_counted_per_session
         assert_exact(rec.events(), ids)
     assert delivered() - observed == 4  # one tab's sends, not three
     assert sent() - counted == 12  # every frame sent is counted
+
+
+async def test_live_frames_to_a_waiting_session_are_written_by_the_hubs_reader(
+        redis: Any, keys: Keys, hub: Hub) -> None:
+    """A session waiting with nothing queued has its live frames written at once (no wake
+    of its task); while the transport cannot take them they queue, and they still go out
+    in order, each once."""
+    log = make_log(redis, keys)
+
+    class Paused(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.resumed: anyio.Event | None = None
+
+        async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
+            if self.resumed is not None:
+                await self.resumed.wait()
+            await super().send(kind, feed_id, frame)
+
+        def send_now(self, frame: bytes) -> bool:
+            return self.resumed is None and super().send_now(frame)
+
+    rec = Paused()
+    s = session(log, hub, rec, None, coalesce=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        await rec.until(lambda r: r.types() == ["hello"])
+        first: list[str] = []
+        for i in range(5):  # one at a time: each finds the session waiting
+            first += await publish(log, "alice", 1, start=i)
+            await rec.until(lambda r, n=i + 1: len(r.events()) == n)
+        assert rec.written_now == 5
+        rec.resumed = resumed = anyio.Event()  # as a paused socket: queued, the task waits
+        more = await publish(log, "alice", 5, start=5)
+        await anyio.sleep(0.2)
+        rec.resumed = None
+        resumed.set()
+        await rec.until(lambda r: len(r.events()) == 10)
+        last = await publish(log, "alice", 1, start=10)
+        await rec.until(lambda r: len(r.events()) == 11)
+        tg.cancel_scope.cancel()
+    assert_exact(rec.events(), first + more + last)

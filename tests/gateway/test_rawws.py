@@ -212,6 +212,22 @@ async def test_many_frames_are_messages_of_coalesce_frames_in_one_write(
     assert raw.written[0] == b"".join(messages)
 
 
+async def test_a_live_frame_is_written_at_once_unless_the_transport_must_wait() -> None:
+    raw = FakeRaw()
+    t = transport(raw, max_buffered=100)
+    frame = event_frame("1-0", b"{}")
+    assert t.send_now(frame) and raw.written == [ws_text_frame(frame)]
+    raw.paused = True
+    assert not t.send_now(frame) and len(raw.written) == 1  # the session queues it
+    raw.paused = False
+    raw.buffered = 101
+    with pytest.raises(ClientTooSlow):
+        t.send_now(frame)
+    raw.open = False
+    assert not t.send_now(frame)
+    assert not transport(None).send_now(frame)  # Starlette's path: always the session's
+
+
 async def test_writes_wait_for_a_paused_transport_and_refusals_end_the_session() -> None:
     raw = FakeRaw()
     t = transport(raw, max_buffered=100)

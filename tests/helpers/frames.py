@@ -22,11 +22,19 @@ class Recorder:
         self.messages = 0  # coalesced writes (send_many)
         self.batch_sizes: list[int] = []
         self.stalled = False
+        self.written_now = 0  # live frames the hub's reader wrote itself (send_now)
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
         while self.stalled:
             await anyio.sleep(3600)
         self.frames.append((kind, feed_id, json.loads(frame)))
+
+    def send_now(self, frame: bytes) -> bool:
+        if self.stalled:
+            return False  # as a paused transport: the session queues it
+        self.frames.append(("event", None, json.loads(frame)))
+        self.written_now += 1
+        return True
 
     async def send_many(self, frames: list[tuple[FrameType, str | None, bytes]]) -> None:
         self.messages += 1
