@@ -54,6 +54,8 @@ async def run(ctx: Context, result: BenchResult) -> None:
         try:
             log = EventLog(redis, keys, feed_maxlen=s.feed_maxlen, dedupe_ttl_s=s.dedupe_ttl_s)
             anchors = {m: await _fill(log, f"replay{m}", m) for m in sizes}
+            newest = await log.last_feed_id(f"replay{sizes[0]}")
+            assert newest is not None
             floors = {m: median([await _xrange_floor(redis, keys.feed(f"replay{m}"),
                                                      anchors[m], m) for _ in range(runs)])
                       for m in sizes}
@@ -61,20 +63,32 @@ async def run(ctx: Context, result: BenchResult) -> None:
             await redis.aclose()
         with procs.gateway(s, ctx.workdir, "replay-gateway") as (gw, port):
             url = f"ws://127.0.0.1:{port}/v1/ws"
-            for m in sizes:
-                spec = Spec(url, [auth.mint(s.secret, f"replay{m}")], last_id=anchors[m])
+            secret = s.secret
+
+            async def reconnect(user: str, last_id: str, missed: int) -> float:
+                """Median seconds from connect to `recovered` over `runs` reconnects."""
+                spec = Spec(url, [auth.mint(secret, user)], last_id=last_id)
                 times = []
+                for _ in range(runs):
+                    async with loadgen.clients([spec]) as gens:
+                        outcome = await gens[0].stop()
+                    if outcome.events != missed or not outcome.recovered_s:
+                        raise RuntimeError(f"replay of {missed}: got {outcome.events} events, "
+                                           f"recovered frames {len(outcome.recovered_s)}")
+                    times.append(outcome.recovered_s[0])
+                return median(times)
+
+            for m in sizes:
                 with procs.profiled(gw.pid, ctx.profile_dir, f"replay-{m}"):
-                    for _ in range(runs):
-                        async with loadgen.clients([spec]) as gens:
-                            outcome = await gens[0].stop()
-                        if outcome.events != m or not outcome.recovered_s:
-                            raise RuntimeError(f"replay of {m}: got {outcome.events} events, "
-                                               f"recovered frames {len(outcome.recovered_s)}")
-                        times.append(outcome.recovered_s[0])
-                result.rows.append(row(f"replay {m:,} missed events", median(times) * 1000,
+                    seconds = await reconnect(f"replay{m}", anchors[m], m)
+                result.rows.append(row(f"replay {m:,} missed events", seconds * 1000,
                                        "ms", f"paged XRANGE ({PAGE}) only",
                                        floors[m] * 1000, Goal("ratio", "<=", 2)))
+            # What every reconnect costs before any replay: connect, auth, hello, one read.
+            fixed = await reconnect(f"replay{sizes[0]}", newest, 0)
+            result.rows.append(row("reconnect with nothing missed", fixed * 1000, "ms",
+                                   f"paged XRANGE ({PAGE}) of {sizes[0]:,}",
+                                   floors[sizes[0]] * 1000))
     ctx.note(f"time from the WebSocket connect (with last_id) to the `recovered` frame, "
              f"in a separate client process; includes connect, auth and hello; medians of "
              f"{runs} reconnects and of {runs} floor reads")
