@@ -32,5 +32,5 @@ async def live_messages(redis_url: str, keys: Keys) -> AsyncIterator[tuple[str, 
             if msg["type"] == "pmessage":
                 yield keys.user_of_live(msg["channel"]), msg["data"]
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis-py 8.2
         await client.aclose()
