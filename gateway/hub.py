@@ -31,10 +31,10 @@ from typing import Any, Protocol
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
-from redis.retry import Retry
 
 from livefeed.core import metrics, redis_client
 from livefeed.core.errors import REDIS_UNAVAILABLE
