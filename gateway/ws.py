@@ -226,7 +226,7 @@ class LiveSocket(Protocol):
         sees the code rather than an HTTP 403); bounded, and never raises."""
         ...
 
-    def transport(self, settings: Resolved) -> WebSocketTransport: ...
+    def transport_for(self, settings: Resolved) -> WebSocketTransport: ...
 
     async def run(self, session: Session, sessions: Sessions, watch: Watch) -> int | None:
         """Run the session until it ends, with `watch` told of the client's messages and
@@ -327,7 +327,7 @@ class AsgiSocket:
                 await websocket.accept()
             await websocket.close(code, reason)
 
-    def transport(self, settings: Resolved) -> WebSocketTransport:
+    def transport_for(self, settings: Resolved) -> WebSocketTransport:
         return WebSocketTransport(self.websocket, settings.send_buffer, settings.coalesce)
 
     async def run(self, session: Session, sessions: Sessions, watch: Watch) -> int | None:
@@ -459,7 +459,7 @@ async def _live(sock: LiveSocket, state: GatewayState, claims: auth.Claims, *,
     settings = state.settings
     hub, sessions = state.live()
     session = Session(user=claims.user, log=state.log, hub=hub,
-                      transport=sock.transport(settings),
+                      transport=sock.transport_for(settings),
                       last_id=sock.query_params.get("last_id"), mode=settings.delivery,
                       queue_size=settings.send_queue, coalesce=settings.coalesce)
     if not accepted:
