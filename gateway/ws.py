@@ -8,11 +8,14 @@ URL is refused (it would be logged). While connected, `{"type": "refresh", "toke
 token's `exp` the connection is closed with 4003. An idle socket gets a `ping` frame every
 LIVEFEED_KEEPALIVE seconds.
 
-The expiry and the keepalive are deadlines of the one task that reads the client's
-messages (there is no timer task per connection).
+`serve` is the connection's logic over a `LiveSocket`: the gateway's own protocol
+(ops/livews.py, which `livefeed gateway` runs for this path; its expiry and keepalive are
+entries of the process's one deadline timer, gateway/deadlines.py) or Starlette's
+WebSocket (`AsgiSocket`, any ASGI server; the expiry and the keepalive bound the wait of
+the one task that reads the client's messages). Neither has a timer task per connection.
 
-Frames are written raw when the server offers it (`livefeed.ws.write`, ops/protocols.py,
-which `livefeed gateway` runs): each message is WebSocket-encoded here, and a frame that
+Frames are written raw when the protocol offers it (ops/livews.py, or uvicorn's with the
+`livefeed.ws.write` extension of ops/protocols.py): each message is WebSocket-encoded here, and a frame that
 goes to many connections (every tab of a user gets the same bytes from the hub) is
 encoded once and the same bytes written to each socket. Elsewhere (the test client,
 another server) frames go through Starlette's `send_text`. Writes wait while the transport
