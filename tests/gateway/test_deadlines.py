@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -15,17 +16,16 @@ from livefeed.gateway.deadlines import Deadlines
 pytestmark = pytest.mark.anyio
 
 
+@dataclass(eq=False)
 class Target:
     """A Due that records when it fired, and may ask to fire again or fail."""
 
-    def __init__(self, name: str, log: list[tuple[str, float, float]], deadlines: Deadlines,
-                 *, again_in: float | None = None, fail: bool = False) -> None:
-        self.name = name
-        self.log = log
-        self.deadlines = deadlines
-        self.again_in = again_in
-        self.fail = fail
-        self.wanted = 0.0
+    name: str
+    log: list[tuple[str, float, float]]
+    deadlines: Deadlines
+    again_in: float | None = None
+    fail: bool = False
+    wanted: float = 0.0
 
     def at(self, when: float) -> None:
         self.wanted = when
