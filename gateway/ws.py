@@ -15,9 +15,9 @@ WebSocket (`AsgiSocket`, any ASGI server; the expiry and the keepalive bound the
 the one task that reads the client's messages). Neither has a timer task per connection.
 
 Frames are written raw when the protocol offers it (ops/livews.py, or uvicorn's with the
-`livefeed.ws.write` extension of ops/protocols.py): each message is WebSocket-encoded here, and a frame that
-goes to many connections (every tab of a user gets the same bytes from the hub) is
-encoded once and the same bytes written to each socket. Elsewhere (the test client,
+`livefeed.ws.write` extension of ops/protocols.py): each message is WebSocket-encoded
+here, and a frame that goes to many connections (every tab of a user gets the same bytes
+from the hub) is encoded once and the same bytes written to each socket. Elsewhere (the test client,
 another server) frames go through Starlette's `send_text`. Writes wait while the transport
 is paused, as uvicorn's own do; a write that leaves more than LIVEFEED_SEND_BUFFER bytes
 waiting for the client ends the session with 4008.
