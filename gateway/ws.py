@@ -25,7 +25,7 @@ waiting for the client ends the session with 4008.
 Close codes (`schemas.frames.CloseCode`): 4001 bad, missing or late token, 4003 token
 expired (get a new one and resume), 4008 client too slow (it reconnects and replays),
 1012 gateway draining, 4029 a connection limit (gateway/limits.py); 1009 and 1008 for what
-the client sends (ops/protocols.py).
+the client sends (ops/livews.py; ops/protocols.py on uvicorn's protocol).
 """
 
 from __future__ import annotations
