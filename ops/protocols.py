@@ -16,6 +16,9 @@
   app write a WebSocket frame it encoded itself (once, for every connection that gets it)
   straight to the socket, instead of a Starlette -> uvicorn -> wsproto encoding per
   connection.
+- **Upgrade hook**: `BoundedHttp` offers a WebSocket upgrade request to its `upgrade_hook`
+  first; `livefeed gateway` sets it to the gateway's own `/v1/ws` protocol
+  (ops/livews.py, which applies the bounds above itself). Other upgrades get `BoundedWs`.
 """
 
 from __future__ import annotations
