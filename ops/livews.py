@@ -123,6 +123,9 @@ class LiveUpgrade:
         transport = http.transport
         ws.connection_made(transport)
         transport.set_protocol(ws)
+        # The HTTP protocol and its parser refer to each other: without this it would
+        # wait for a full collection (rare after gc.freeze) rather than go now.
+        http.parser = None  # type: ignore[assignment]
         ws.handshake(b"".join(request))
         return True
 
