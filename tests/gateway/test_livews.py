@@ -1,7 +1,8 @@
 """`/v1/ws` on the gateway's own protocol (ops/livews.py), under uvicorn in this process
 as `livefeed gateway` runs it: the handshake and what is refused before it, pings and
 pongs, both close handshakes, the inbound bounds, uvicorn's keepalive and graceful
-shutdown, raw writes once closed. (The rest of `/v1/ws` runs on it too: tests/gateway/
+shutdown, raw writes once closed; most of it also on uvicorn's protocol and the ASGI
+route, for parity (`either`). (The rest of `/v1/ws` runs on it too: tests/gateway/
 test_ws.py, test_tokens.py, test_protocols.py, test_limits.py, tests/adversarial/.)"""
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import pytest
+import websockets
 from prometheus_client import REGISTRY
+from websockets.exceptions import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -97,6 +100,15 @@ def bearer_header(user: str) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", f"Bearer {token(user)}".encode())]
 
 
+@pytest.fixture(params=["ours", "uvicorn"])
+def either(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Parity: `/v1/ws` on the gateway's own protocol, or (the upgrade hook off) on
+    uvicorn's protocol and the ASGI route (`AsgiSocket`), as under any other server."""
+    if request.param == "uvicorn":
+        monkeypatch.setattr(livews, "serves", lambda *_: False)
+    return str(request.param)
+
+
 @contextlib.asynccontextmanager
 async def gateway(settings_factory: Callable[..., Resolved], uvicorn: dict[str, Any] | None = None,
                   **overrides: Any) -> AsyncIterator[tuple[Server, str, Any]]:
@@ -164,8 +176,42 @@ async def test_a_bad_handshake_or_a_foreign_origin_is_refused_before_it(
             await ok.aclose()
 
 
+async def test_tokens_keepalive_and_expiry_on_either_path(
+        settings_factory: Callable[..., Resolved], either: str) -> None:
+    async with gateway(settings_factory, auth_timeout_s=0.5, keepalive_s=0.3,
+                       token_grace_s=0.2) as (server, url, _):
+        header = await WsClient.open(ws_url(url, "alice"), header=True)
+        message = await WsClient.open(ws_url(url, "bob"))
+        for client in (header, message):
+            await client.until(lambda c: c.types() == ["hello"])
+        kinds = {type(c).__name__ for c in server.server_state.connections}
+        assert kinds == ({"LiveWs"} if either == "ours" else {"Ws"}), kinds
+        # Idle: the keepalive `ping` frames come (the deadline timer, or the watcher).
+        with anyio.fail_after(10):
+            while message.pings < 2:
+                with anyio.move_on_after(0.5):
+                    message.frames.append(await message.recv())
+        assert message.types() == ["hello"]
+        await header.close()
+        await message.close()
+        # A token in the URL; no auth message in time: 4001.
+        in_url = await WsClient.open(ws_url(url, "alice"), header=True)
+        await in_url.close()
+        for target in (f"{url}/v1/ws?token={token('alice')}", f"{url}/v1/ws"):
+            async with websockets.connect(target.replace("http", "ws")) as conn:
+                with pytest.raises(ConnectionClosed) as closed, anyio.fail_after(10):
+                    while True:
+                        await conn.recv()
+                assert closed.value.rcvd is not None
+                assert closed.value.rcvd.code == CloseCode.BAD_TOKEN, target
+        # The token's exp plus the grace passes on the open connection: 4003.
+        short = await WsClient.open(ws_url(url, "carol", tok=token("carol", ttl_s=1)))
+        await short.until(lambda c: c.types() == ["hello"])
+        assert await closed_code(short, timeout=10) == CloseCode.TOKEN_EXPIRED
+
+
 async def test_pings_are_answered_and_a_client_close_is_answered(
-        settings_factory: Callable[..., Resolved]) -> None:
+        settings_factory: Callable[..., Resolved], either: str) -> None:
     async with gateway(settings_factory) as (server, url, app):
         client, accepted = await RawClient.open(url, headers=bearer_header("alice"))
         assert isinstance(accepted, AcceptConnection)
@@ -175,14 +221,14 @@ async def test_pings_are_answered_and_a_client_close_is_answered(
         pong = await client.until(lambda e: isinstance(e, Pong))
         assert isinstance(pong, Pong) and bytes(pong.payload) == b"abc"
 
-        sessions = app.state.lf.sessions
-        assert len(sessions) == 1 and len(live(server)) == 1
+        sessions, connections = app.state.lf.sessions, server.server_state.connections
+        assert len(sessions) == 1 and len(connections) == 1
         await client.send(CloseConnection(4321, "bye"))
         echo = await client.until(lambda e: isinstance(e, CloseConnection))
         assert isinstance(echo, CloseConnection) and echo.code == 4321
         assert await client.next() is None  # the server closed the socket
         await client.aclose()
-        await eventually(lambda: not live(server) and len(sessions) == 0,
+        await eventually(lambda: not connections and len(sessions) == 0,
                          what="the connection and its session gone")
 
 
@@ -215,7 +261,7 @@ async def test_a_server_close_waits_for_the_answer_then_the_socket_goes(
 
 
 async def test_inbound_messages_in_fragments_and_their_bounds(
-        settings_factory: Callable[..., Resolved]) -> None:
+        settings_factory: Callable[..., Resolved], either: str) -> None:
     async with gateway(settings_factory, ws_max_message=2048) as (_, url, _):
         # The auth message in three fragments authenticates.
         client, _ = await RawClient.open(url)
@@ -245,7 +291,7 @@ async def test_inbound_messages_in_fragments_and_their_bounds(
 
 
 async def test_uvicorns_keepalive_closes_a_client_that_never_answers_pings(
-        settings_factory: Callable[..., Resolved]) -> None:
+        settings_factory: Callable[..., Resolved], either: str) -> None:
     keepalive = {"ws_ping_interval": 0.2, "ws_ping_timeout": 0.3}
     async with gateway(settings_factory, keepalive) as (_, url, _):
         answers = await WsClient.open(ws_url(url, "alice"))  # websockets answers pings
@@ -262,7 +308,7 @@ async def test_uvicorns_keepalive_closes_a_client_that_never_answers_pings(
 
 
 async def test_drain_and_uvicorns_shutdown_close_with_1012(
-        settings_factory: Callable[..., Resolved]) -> None:
+        settings_factory: Callable[..., Resolved], either: str) -> None:
     async with gateway(settings_factory) as (server, url, app):
         drained = await WsClient.open(ws_url(url, "alice"))
         await drained.until(lambda c: c.types() == ["hello"])
@@ -275,7 +321,7 @@ async def test_drain_and_uvicorns_shutdown_close_with_1012(
         clients = [await WsClient.open(ws_url(url, f"u{i}")) for i in range(3)]
         for client in clients:
             await client.until(lambda c: c.types() == ["hello"])
-        assert len(live(server)) == 3
+        assert len(server.server_state.connections) == 3
         # uvicorn's own shutdown, without the app's drain: it closes them as its own.
         server.should_exit = True
         for client in clients:
