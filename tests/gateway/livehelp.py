@@ -155,6 +155,13 @@ class WsClient:
     async def until_events(self, n: int, timeout: float = 60) -> None:
         await self.until(lambda c: len(c.events()) >= n, timeout)
 
+    async def until_pings(self, n: int, timeout: float = 30) -> None:
+        """Until `n` keepalive pings came (keeping the other frames meanwhile)."""
+        with anyio.fail_after(timeout):
+            while self.pings < n:
+                with anyio.move_on_after(0.5):
+                    self.frames.append(await self.recv())
+
     async def close(self) -> None:
         await self.conn.close()
 
