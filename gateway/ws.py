@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -231,10 +231,11 @@ class LiveSocket(Protocol):
 
     def transport_for(self, settings: Resolved) -> WebSocketTransport: ...
 
-    async def run(self, session: Session, sessions: Sessions, watch: Watch) -> int | None:
-        """Run the session until it ends, with `watch` told of the client's messages and
-        of the keepalive and the token's expiry; what `session.run` returns.
-        WebSocketDisconnect (or OSError) once the client is gone."""
+    def run(self, session: Session, sessions: Sessions, watch: Watch,
+            ) -> Awaitable[int | None]:
+        """Run the session (registered in `sessions`) until it ends, with `watch` told of
+        the client's messages and of the keepalive and the token's expiry; what
+        `session.run` returns. WebSocketDisconnect (or OSError) once the client is gone."""
         ...
 
     @property
@@ -442,6 +443,8 @@ async def serve(sock: LiveSocket, state: GatewayState) -> None:
         except auth.InvalidToken:
             await sock.close(CloseCode.BAD_TOKEN, "bad or expired token")
             return
+    accepted = header is None
+    del header  # this frame lives as long as the connection: the token need not
     if state.draining.is_set():
         await sock.close(CloseCode.DRAINING, "gateway draining")
         return
@@ -452,7 +455,7 @@ async def serve(sock: LiveSocket, state: GatewayState) -> None:
             return
     try:
         async with limits.connection(state, claims.user, "ws"):
-            await _live(sock, state, claims, accepted=header is None)
+            await _live(sock, state, claims, accepted=accepted)
     except limits.Limited as refused:
         await sock.close(CloseCode.LIMITED, refused.reason)
 

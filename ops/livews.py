@@ -39,6 +39,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
@@ -134,7 +135,7 @@ class LiveWs(asyncio.Protocol):
     """One `/v1/ws` connection: the `LiveSocket` of gateway/ws.py's `serve`, and the raw
     writer of its transport."""
 
-    __slots__ = ("upgrade", "state", "transport", "gone", "session", "watch", "_out",
+    __slots__ = ("upgrade", "state", "transport", "gone", "session", "watch", "_out", "_sessions",
                  "_stage", "_handshake", "_request", "_params", "_proto", "_parts", "_size",
                  "_frames", "_bytes", "_first", "_waiter", "_paused", "_until", "_due",
                  "_ping_at", "_pong_due")
@@ -147,6 +148,7 @@ class LiveWs(asyncio.Protocol):
         self.session: Session | None = None
         self.watch: Watch | None = None
         self._out: WebSocketTransport | None = None
+        self._sessions: Sessions | None = None
         self._stage = _CONNECTING
         self._handshake: H11Handshake | None = None
         self._request: Request | None = None
@@ -345,27 +347,30 @@ class LiveWs(asyncio.Protocol):
         self._params = QueryParams(event.target.partition("?")[2])
         server_state = self.upgrade.server_state
         assert server_state is not None
-        task = asyncio.get_running_loop().create_task(self._serve())
+        # `serve` itself is the task's coroutine, and `_served` its epilogue: a coroutine
+        # around it would stay suspended as long as the connection.
+        task = asyncio.get_running_loop().create_task(serve(self, self.state))
         server_state.tasks.add(task)
-        task.add_done_callback(server_state.tasks.discard)
+        task.add_done_callback(self._served)
 
     def _client(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
 
-    async def _serve(self) -> None:
-        try:
-            await serve(self, self.state)
-        except (WebSocketDisconnect, OSError):
-            pass
-        except Exception:
-            logger.exception("the /v1/ws connection failed")
+    def _served(self, task: asyncio.Task[None]) -> None:
+        server_state = self.upgrade.server_state
+        assert server_state is not None
+        server_state.tasks.discard(task)
+        if self._sessions is not None and self.session is not None:
+            self._sessions.discard(self.session)
+        self.session = self.watch = self._out = self._sessions = None
+        failed = None if task.cancelled() else task.exception()
+        if failed is not None and not isinstance(failed, WebSocketDisconnect | OSError):
+            logger.error("the /v1/ws connection failed", exc_info=failed)
             if self._stage == _CONNECTING and self._handshake is not None:
                 self._reject(500, b"Internal Server Error")
-        finally:
-            self.session = self.watch = self._out = None
-            if self._stage in (_CONNECTING, _OPEN):  # ended without a close: the socket goes
-                self._close_transport()
+        if self._stage in (_CONNECTING, _OPEN):  # ended without a close: the socket goes
+            self._close_transport()
 
     def _reject(self, status: int, body: bytes) -> None:
         handshake = self._handshake
@@ -448,17 +453,17 @@ class LiveWs(asyncio.Protocol):
         self._out = WebSocketTransport(None, settings.send_buffer, settings.coalesce, raw=self)
         return self._out
 
-    async def run(self, session: Session, sessions: Sessions, watch: Watch) -> int | None:
+    def run(self, session: Session, sessions: Sessions, watch: Watch,
+            ) -> Awaitable[int | None]:
+        # Not a coroutine around `session.run` (it would stay suspended as long as the
+        # connection): the session leaves `sessions` when the task ends (`_served`).
         self.session, self.watch, self._params = session, watch, None
+        self._sessions = sessions
         if self.gone:
             session.stop()
         self._schedule(self._next(time.monotonic()))
         sessions.add(session)
-        try:
-            return await session.run()
-        finally:
-            sessions.discard(session)
-            self.session = self.watch = None
+        return session.run()
 
     # -- the raw writer (gateway/ws.py's RawWriter) ---------------------------------------
 
