@@ -8,9 +8,10 @@ the gateway itself only; the inline `<script>` and `<style>` blocks of the pages
 
 A WebSocket (`/v1/ws`) or SSE (`/v1/sse`) request that carries an `Origin` header is
 refused with 403 unless the origin is the request's own host or is listed in
-`LIVEFEED_ALLOWED_ORIGINS` (`*`: any); WebSocket before the handshake. Requests without
-`Origin` (non-browser clients) pass: the check keeps other sites' pages from using a
-visitor's credentials, which only browsers send.
+`LIVEFEED_ALLOWED_ORIGINS` (`*`: any); WebSocket before the handshake (under `livefeed
+gateway`, `/v1/ws` is checked by its own protocol, ops/livews.py, with `OriginPolicy`).
+Requests without `Origin` (non-browser clients) pass: the check keeps other sites' pages
+from using a visitor's credentials, which only browsers send.
 """
 
 from __future__ import annotations

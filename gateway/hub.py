@@ -323,17 +323,12 @@ class Hub:
 
     # -- sessions -------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, user: str, listener: Listener) -> AsyncIterator[bool]:
+    def subscribe(self, user: str, listener: Listener) -> _Subscription:
         """`user`'s live frames go to `listener` inside the block; counted out on the way
         out, whatever ends the block. Yields True once the channel is subscribed, False
         after JOIN_TIMEOUT_S with the link down; either way the listener is asked to re-sync
         when a new link confirms the channel."""
-        try:
-            yield await self._join(user, listener)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._leave(user, listener)
+        return _Subscription(self, user, listener)
 
     async def _join(self, user: str, listener: Listener) -> bool:
         async with self._lock:
@@ -490,3 +485,23 @@ async def lifespan(state: GatewayState) -> AsyncIterator[None]:
 
 # Live delivery's resources (no routes of its own): the WebSocket and SSE features need it.
 FEATURE = Feature("hub", lifespan=lifespan)
+
+
+class _Subscription:
+    """`Hub.subscribe`'s block. A slotted class rather than an asynccontextmanager: it
+    lives as long as the connection, and the generator's frame and contextlib's wrapper
+    cost about 1 KiB more per connection (as `limits._Held`)."""
+
+    __slots__ = ("hub", "user", "listener")
+
+    def __init__(self, hub: Hub, user: str, listener: Listener) -> None:
+        self.hub = hub
+        self.user = user
+        self.listener = listener
+
+    async def __aenter__(self) -> bool:
+        return await self.hub._join(self.user, self.listener)
+
+    async def __aexit__(self, *exc: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.hub._leave(self.user, self.listener)

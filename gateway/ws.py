@@ -8,13 +8,16 @@ URL is refused (it would be logged). While connected, `{"type": "refresh", "toke
 token's `exp` the connection is closed with 4003. An idle socket gets a `ping` frame every
 LIVEFEED_KEEPALIVE seconds.
 
-The expiry and the keepalive are deadlines of the one task that reads the client's
-messages (there is no timer task per connection).
+`serve` is the connection's logic over a `LiveSocket`: the gateway's own protocol
+(ops/livews.py, which `livefeed gateway` runs for this path; its expiry and keepalive are
+entries of the process's one deadline timer, gateway/deadlines.py) or Starlette's
+WebSocket (`AsgiSocket`, any ASGI server; the expiry and the keepalive bound the wait of
+the one task that reads the client's messages). Neither has a timer task per connection.
 
-Frames are written raw when the server offers it (`livefeed.ws.write`, ops/protocols.py,
-which `livefeed gateway` runs): each message is WebSocket-encoded here, and a frame that
-goes to many connections (every tab of a user gets the same bytes from the hub) is
-encoded once and the same bytes written to each socket. Elsewhere (the test client,
+Frames are written raw when the protocol offers it (ops/livews.py, or uvicorn's with the
+`livefeed.ws.write` extension of ops/protocols.py): each message is WebSocket-encoded
+here, and a frame that goes to many connections (every tab of a user gets the same bytes
+from the hub) is encoded once and the same bytes written to each socket. Elsewhere (the test client,
 another server) frames go through Starlette's `send_text`. Writes wait while the transport
 is paused, as uvicorn's own do; a write that leaves more than LIVEFEED_SEND_BUFFER bytes
 waiting for the client ends the session with 4008.
@@ -22,7 +25,7 @@ waiting for the client ends the session with 4008.
 Close codes (`schemas.frames.CloseCode`): 4001 bad, missing or late token, 4003 token
 expired (get a new one and resume), 4008 client too slow (it reconnects and replays),
 1012 gateway draining, 4029 a connection limit (gateway/limits.py); 1009 and 1008 for what
-the client sends (ops/protocols.py).
+the client sends (ops/livews.py; ops/protocols.py on uvicorn's protocol).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -40,13 +44,14 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from livefeed.core import auth, metrics
+from livefeed.core.settings import Resolved
 from livefeed.gateway import limits
 from livefeed.gateway.bearer import bearer_token
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import FEATURE as HUB
 from livefeed.gateway.live import ClientTooSlow, Out, Session
 from livefeed.gateway.operation import Channel
-from livefeed.gateway.sessions import run_with
+from livefeed.gateway.sessions import Sessions, run_with
 from livefeed.gateway.state import GatewayState
 from livefeed.schemas.frames import (
     PING_FRAME,
@@ -116,12 +121,15 @@ encoded = _Encoded(64)
 class WebSocketTransport:
     __slots__ = ("websocket", "last_sent", "raw", "max_buffered", "coalesce")
 
-    def __init__(self, websocket: WebSocket, max_buffered: int = 1 << 20,
-                 coalesce: int = 16) -> None:
+    def __init__(self, websocket: WebSocket | None, max_buffered: int = 1 << 20,
+                 coalesce: int = 16, raw: RawWriter | None = None) -> None:
+        """`raw`: the writer, when there is no `websocket` (the gateway's own protocol);
+        else the websocket's scope extension, if its server offers it."""
         self.websocket = websocket
         self.last_sent = time.monotonic()  # the keepalive pings after this much silence
-        extensions = websocket.scope.get("extensions") or {}
-        self.raw: RawWriter | None = extensions.get(RAW_WRITE)
+        if raw is None and websocket is not None:
+            raw = (websocket.scope.get("extensions") or {}).get(RAW_WRITE)
+        self.raw = raw
         # Bytes the transport may hold for the client after a write (LIVEFEED_SEND_BUFFER).
         self.max_buffered = max_buffered
         # Frames per WebSocket message (LIVEFEED_COALESCE).
@@ -133,7 +141,7 @@ class WebSocketTransport:
             await self._write(encoded(frame))
         else:
             # uvicorn's wsproto sends bytes as a binary message: a text frame needs a str.
-            await self.websocket.send_text(frame.decode())
+            await self._websocket().send_text(frame.decode())
 
     async def send_many(self, frames: list[Out]) -> None:
         """Messages of up to `coalesce` frames each, written to the socket at once."""
@@ -146,7 +154,7 @@ class WebSocketTransport:
             await self._write(b"".join([ws_text_frame(m) for m in messages]))
         else:
             for message in messages:
-                await self.websocket.send_text(message.decode())
+                await self._websocket().send_text(message.decode())
 
     def send_now(self, frame: bytes) -> bool:
         """Write a live frame at once when the raw path is offered and the transport is
@@ -162,13 +170,26 @@ class WebSocketTransport:
             raise ClientTooSlow(f"{buffered} bytes buffered")
         return True
 
+    def ping_now(self) -> bool:
+        """Write the keepalive `ping` at once; False (nothing written) while the transport
+        is paused (the client is not reading what it has) or not open."""
+        raw = self.raw
+        if raw is None or raw.paused or raw.write(_PING_WS) is None:
+            return False
+        self.last_sent = time.monotonic()
+        return True
+
     async def ping(self) -> None:
         # Concurrent with the session's own sends: each message is written whole.
         self.last_sent = time.monotonic()
         if self.raw is not None:
             await self._write(_PING_WS, bounded=False)
         else:
-            await self.websocket.send_text(_PING_TEXT)
+            await self._websocket().send_text(_PING_TEXT)
+
+    def _websocket(self) -> WebSocket:
+        assert self.websocket is not None  # a transport has one or a raw writer
+        return self.websocket
 
     async def _write(self, frame: bytes, *, bounded: bool = True) -> None:
         """Write as uvicorn does (after the transport drained below its high-water mark);
@@ -184,114 +205,71 @@ class WebSocketTransport:
             raise ClientTooSlow(f"{buffered} bytes buffered")
 
 
-async def _refuse(websocket: WebSocket, code: int, reason: str, *, accept: bool = True,
-                  ) -> None:
-    # Accept first: a close before the handshake reaches the client as HTTP 403, not 4001.
-    with anyio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(
-        WebSocketDisconnect, OSError, RuntimeError
-    ):
-        if accept:
-            await websocket.accept()
-        await websocket.close(code, reason)
+class LiveSocket(Protocol):
+    """One `/v1/ws` connection as `serve` drives it: Starlette's WebSocket (`AsgiSocket`,
+    under any ASGI server) or the gateway's own protocol (`ops.livews.LiveWs`)."""
+
+    @property
+    def query_params(self) -> Mapping[str, str]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def accept(self) -> None:
+        """Complete the handshake; WebSocketDisconnect (or OSError) if the client left."""
+        ...
+
+    async def receive_first(self, timeout_s: float) -> str | bytes | None:
+        """The data of the client's first message; None if none came within `timeout_s`.
+        WebSocketDisconnect once the client left."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with `code` (after completing the handshake if it is not, so the client
+        sees the code rather than an HTTP 403); bounded, and never raises."""
+        ...
+
+    def transport_for(self, settings: Resolved) -> WebSocketTransport: ...
+
+    def run(self, session: Session, sessions: Sessions, watch: Watch,
+            ) -> Awaitable[int | None]:
+        """Run the session (registered in `sessions`) until it ends, with `watch` told of
+        the client's messages and of the keepalive and the token's expiry; what
+        `session.run` returns. WebSocketDisconnect (or OSError) once the client is gone."""
+        ...
+
+    @property
+    def gone(self) -> bool:
+        """The client left (or was closed by the protocol): nothing more to close."""
+        ...
 
 
-def _message_text(message: dict[str, object]) -> str | bytes | None:
-    text = message.get("text")
-    if isinstance(text, str | bytes):
-        return text
-    data = message.get("bytes")
-    return data if isinstance(data, bytes) else None
-
-
-async def _first_message(websocket: WebSocket, state: GatewayState) -> auth.Claims | None:
-    """The claims of the client's `auth` message; None once the client is gone or was
-    closed with 4001."""
-    timeout = state.settings.auth_timeout_s
-    message: dict[str, object] | None = None
-    with anyio.move_on_after(timeout), contextlib.suppress(WebSocketDisconnect, OSError):
-        message = dict(await websocket.receive())
-    if message is not None and message["type"] == "websocket.disconnect":
-        return None
-    why = f"no auth message within {timeout:g} s"
-    if message is not None:
-        try:
-            first = decode_client_message(_message_text(message) or b"")
-            if not isinstance(first, Auth):
-                raise msgspec.ValidationError("not an auth message")
-            return state.verify(first.token)
-        except msgspec.DecodeError:
-            why = 'the first message must be {"type":"auth","token":"<jwt>"}'
-        except auth.InvalidToken:
-            why = "bad or expired token"
-    await _refuse(websocket, CloseCode.BAD_TOKEN, why, accept=False)
-    return None
-
-
-class _Watch:
-    """The client side of one connection: reads its messages until it leaves, pings it
-    when idle, and ends the session once its token expired (grace included) without a
-    refresh. The wait for the next message is bounded by the nearer of the two deadlines
-    (a timer handle that cancels this task), so no task or timer runs besides it.
+class Watch:
+    """What the client does to its live session once it runs: a `refresh` of the same
+    user pushes the token's expiry (`expires`, wall clock, grace included) back; a bad one
+    or another user's stops the session with 4001. The socket pings when the client got
+    nothing for LIVEFEED_KEEPALIVE seconds and stops the session with 4003 at `expires`.
     (Slots rather than a closure: this lives as long as the connection.)"""
 
-    __slots__ = ("websocket", "transport", "session", "state", "user", "deadline", "gone",
-                 "_fired")
+    __slots__ = ("session", "state", "user", "expires")
 
-    def __init__(self, websocket: WebSocket, transport: WebSocketTransport, session: Session,
-                 state: GatewayState, claims: auth.Claims) -> None:
-        self.websocket = websocket
-        self.transport = transport
+    def __init__(self, session: Session, state: GatewayState, claims: auth.Claims) -> None:
         self.session = session
         self.state = state
         self.user = claims.user
-        self.deadline = claims.exp + state.settings.token_grace_s
-        self.gone = False
-        self._fired = False
+        self.expires = claims.exp + state.settings.token_grace_s
 
-    def _fire(self, task: asyncio.Task[None]) -> None:
-        self._fired = True
-        task.cancel()
+    def expired(self) -> bool:
+        """Past `expires` (then the session was stopped with 4003)."""
+        if self.expires - time.time() > 0:
+            return False
+        self.session.stop(CloseCode.TOKEN_EXPIRED)
+        return True
 
-    async def run(self) -> None:
-        keepalive = self.state.settings.keepalive_s
-        transport = self.transport
-        loop = asyncio.get_running_loop()
-        task: Any = asyncio.current_task()
-        while True:
-            expires_in = self.deadline - time.time()
-            if expires_in <= 0:
-                self.session.stop(CloseCode.TOKEN_EXPIRED)
-                return
-            idle_left = transport.last_sent + keepalive - time.monotonic()
-            if idle_left <= 0:
-                try:
-                    await transport.ping()
-                except (WebSocketDisconnect, OSError, RuntimeError):
-                    self.gone = True
-                    return
-                continue
-            self._fired = False
-            timer = loop.call_at(loop.time() + min(expires_in, idle_left), self._fire, task)
-            try:
-                message = await self.websocket.receive()
-            except asyncio.CancelledError:
-                # Ours: time to ping or to expire (a message that arrived meanwhile stays
-                # queued for the next receive). Any other cancellation goes on.
-                if not self._fired or task.uncancel() > 0:
-                    raise
-                continue
-            finally:
-                timer.cancel()
-            if message["type"] == "websocket.disconnect":
-                self.gone = True
-                return
-            if not self._on_message(message):
-                return
-
-    def _on_message(self, message: Message) -> bool:
+    def on_message(self, data: str | bytes | None) -> bool:
         """False once the session was stopped (a bad refresh)."""
         try:
-            received = decode_client_message(_message_text(dict(message)) or b"")
+            received = decode_client_message(data or b"")
         except msgspec.DecodeError:
             return True  # nothing else is expected of clients: ignored
         try:
@@ -301,68 +279,211 @@ class _Watch:
         if fresh is None or fresh.user != self.user:
             self.session.stop(CloseCode.BAD_TOKEN)
             return False
-        self.deadline = max(self.deadline, fresh.exp + self.state.settings.token_grace_s)
+        self.expires = max(self.expires, fresh.exp + self.state.settings.token_grace_s)
         return True
 
 
+def _message_text(message: Message) -> str | bytes | None:
+    text = message.get("text")
+    if isinstance(text, str | bytes):
+        return text
+    data = message.get("bytes")
+    return data if isinstance(data, bytes) else None
+
+
+class AsgiSocket:
+    """`LiveSocket` over Starlette's WebSocket: the ASGI path (the test client, any server;
+    under `livefeed gateway` only when the gateway's own protocol is not in front)."""
+
+    __slots__ = ("websocket", "gone")
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.gone = False
+
+    @property
+    def query_params(self) -> Mapping[str, str]:
+        return self.websocket.query_params
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.websocket.headers
+
+    async def accept(self) -> None:
+        await self.websocket.accept()
+
+    async def receive_first(self, timeout_s: float) -> str | bytes | None:
+        message: Message | None = None
+        with anyio.move_on_after(timeout_s):
+            message = await self.websocket.receive()
+        if message is None:
+            return None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        return _message_text(message) or b""
+
+    async def close(self, code: int, reason: str) -> None:
+        websocket = self.websocket
+        with anyio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(
+            WebSocketDisconnect, OSError, RuntimeError
+        ):
+            if websocket.client_state == WebSocketState.CONNECTING:
+                await websocket.accept()
+            await websocket.close(code, reason)
+
+    def transport_for(self, settings: Resolved) -> WebSocketTransport:
+        return WebSocketTransport(self.websocket, settings.send_buffer, settings.coalesce)
+
+    async def run(self, session: Session, sessions: Sessions, watch: Watch) -> int | None:
+        transport = session.transport
+        assert isinstance(transport, WebSocketTransport)
+        watcher = _AsgiWatch(self, transport, watch)
+        try:
+            return await run_with(session, sessions, watcher.run)
+        except (WebSocketDisconnect, OSError):
+            self.gone = True
+            raise
+
+
+class _AsgiWatch:
+    """Reads the client's messages until it leaves, pinging it when idle, and ends the
+    session once its token expired; the wait for the next message is bounded by the
+    nearer of the two deadlines (a timer handle that cancels this task), so no task or
+    timer runs besides it."""
+
+    __slots__ = ("socket", "transport", "watch", "_fired")
+
+    def __init__(self, socket: AsgiSocket, transport: WebSocketTransport, watch: Watch) -> None:
+        self.socket = socket
+        self.transport = transport
+        self.watch = watch
+        self._fired = False
+
+    def _fire(self, task: asyncio.Task[None]) -> None:
+        self._fired = True
+        task.cancel()
+
+    async def run(self) -> None:
+        watch = self.watch
+        keepalive = watch.state.settings.keepalive_s
+        transport = self.transport
+        websocket = self.socket.websocket
+        loop = asyncio.get_running_loop()
+        task: Any = asyncio.current_task()
+        while True:
+            if watch.expired():
+                return
+            idle_left = transport.last_sent + keepalive - time.monotonic()
+            if idle_left <= 0:
+                try:
+                    await transport.ping()
+                except (WebSocketDisconnect, OSError, RuntimeError):
+                    self.socket.gone = True
+                    return
+                continue
+            self._fired = False
+            wait = min(watch.expires - time.time(), idle_left)
+            timer = loop.call_at(loop.time() + wait, self._fire, task)
+            try:
+                message = await websocket.receive()
+            except asyncio.CancelledError:
+                # Ours: time to ping or to expire (a message that arrived meanwhile stays
+                # queued for the next receive). Any other cancellation goes on.
+                if not self._fired or task.uncancel() > 0:
+                    raise
+                continue
+            finally:
+                timer.cancel()
+            if message["type"] == "websocket.disconnect":
+                self.socket.gone = True
+                return
+            if not watch.on_message(_message_text(message)):
+                return
+
+
+async def _first_message(sock: LiveSocket, state: GatewayState) -> auth.Claims | None:
+    """The claims of the client's `auth` message; None once the client is gone or was
+    closed with 4001."""
+    timeout = state.settings.auth_timeout_s
+    try:
+        data = await sock.receive_first(timeout)
+    except (WebSocketDisconnect, OSError):
+        return None
+    why = f"no auth message within {timeout:g} s"
+    if data is not None:
+        try:
+            first = decode_client_message(data)
+            if not isinstance(first, Auth):
+                raise msgspec.ValidationError("not an auth message")
+            return state.verify(first.token)
+        except msgspec.DecodeError:
+            why = 'the first message must be {"type":"auth","token":"<jwt>"}'
+        except auth.InvalidToken:
+            why = "bad or expired token"
+    await sock.close(CloseCode.BAD_TOKEN, why)
+    return None
+
+
 async def live_ws(websocket: WebSocket) -> None:
-    state: GatewayState = websocket.app.state.lf
-    if "token" in websocket.query_params:
-        await _refuse(websocket, CloseCode.BAD_TOKEN, "token in the URL refused: send it "
-                      "in the first message or an Authorization header")
+    await serve(AsgiSocket(websocket), websocket.app.state.lf)
+
+
+async def serve(sock: LiveSocket, state: GatewayState) -> None:
+    """One `/v1/ws` connection, whichever protocol carries it: the token (header or first
+    message), the drain, the connection limits, then the live session and its close."""
+    if "token" in sock.query_params:
+        await sock.close(CloseCode.BAD_TOKEN, "token in the URL refused: send it in the "
+                         "first message or an Authorization header")
         return
     claims: auth.Claims | None = None
-    header = bearer_token(websocket.headers)
+    header = bearer_token(sock.headers)
     if header is not None:
         try:
             claims = state.verify(header)
         except auth.InvalidToken:
-            await _refuse(websocket, CloseCode.BAD_TOKEN, "bad or expired token")
+            await sock.close(CloseCode.BAD_TOKEN, "bad or expired token")
             return
+    accepted = header is None
+    del header  # this frame lives as long as the connection: the token need not
     if state.draining.is_set():
-        await _refuse(websocket, CloseCode.DRAINING, "gateway draining")
+        await sock.close(CloseCode.DRAINING, "gateway draining")
         return
     if claims is None:
-        await websocket.accept()
-        claims = await _first_message(websocket, state)
+        await sock.accept()
+        claims = await _first_message(sock, state)
         if claims is None:
             return
     try:
         async with limits.connection(state, claims.user, "ws"):
-            await _live(websocket, state, claims, accepted=header is None)
+            await _live(sock, state, claims, accepted=accepted)
     except limits.Limited as refused:
-        if websocket.client_state == WebSocketState.CONNECTING:
-            await websocket.accept()  # so the client sees the close code, not a 403
-        await websocket.close(CloseCode.LIMITED, refused.reason)
+        await sock.close(CloseCode.LIMITED, refused.reason)
 
 
-async def _live(websocket: WebSocket, state: GatewayState, claims: auth.Claims, *,
+async def _live(sock: LiveSocket, state: GatewayState, claims: auth.Claims, *,
                 accepted: bool) -> None:
     settings = state.settings
     hub, sessions = state.live()
-    transport = WebSocketTransport(websocket, settings.send_buffer, settings.coalesce)
-    session = Session(user=claims.user, log=state.log, hub=hub, transport=transport,
-                      last_id=websocket.query_params.get("last_id"), mode=settings.delivery,
+    session = Session(user=claims.user, log=state.log, hub=hub,
+                      transport=sock.transport_for(settings),
+                      last_id=sock.query_params.get("last_id"), mode=settings.delivery,
                       queue_size=settings.send_queue, coalesce=settings.coalesce)
     if not accepted:
         # Before the handshake completes: what is published once the client sees itself
         # connected is delivered to it. (After an auth message: once `hello` arrives.)
         await session.prepare()
-        await websocket.accept()
-    watch = _Watch(websocket, transport, session, state, claims)
+        await sock.accept()
     metrics.CLIENTS.labels("ws").inc()
     close_code: int | None = None
     try:
-        close_code = await run_with(session, sessions, watch.run)
+        close_code = await sock.run(session, sessions, Watch(session, state, claims))
     except (WebSocketDisconnect, OSError):
-        watch.gone = True
+        pass  # gone
     finally:
         metrics.CLIENTS.labels("ws").dec()
-    if not watch.gone:
-        with anyio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(
-            WebSocketDisconnect, OSError, RuntimeError
-        ):
-            await websocket.close(close_code or 1000, _REASONS.get(close_code or 1000, ""))
+    if not sock.gone:
+        code = close_code or 1000
+        await sock.close(code, _REASONS.get(code, ""))
 
 _REASONS: dict[int, str] = {CloseCode.TOKEN_EXPIRED: "token expired: get a new one, resume",
                             CloseCode.BAD_TOKEN: "bad token in refresh"}

@@ -16,13 +16,16 @@
   app write a WebSocket frame it encoded itself (once, for every connection that gets it)
   straight to the socket, instead of a Starlette -> uvicorn -> wsproto encoding per
   connection.
+- **Upgrade hook**: `BoundedHttp` offers a WebSocket upgrade request to its `upgrade_hook`
+  first; `livefeed gateway` sets it to the gateway's own `/v1/ws` protocol
+  (ops/livews.py, which applies the bounds above itself). Other upgrades get `BoundedWs`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import wsproto
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -48,13 +51,15 @@ class Bounds:
         self.ws_inbound_messages = settings.ws_inbound_messages
         self.ws_inbound_bytes = settings.ws_inbound_bytes
 
-    def config(self) -> dict[str, Any]:
-        """uvicorn.Config arguments: the protocol classes and the WebSocket size bound."""
+    def config(self, upgrade: UpgradeHook | None = None) -> dict[str, Any]:
+        """uvicorn.Config arguments: the protocol classes and the WebSocket size bound;
+        `upgrade`: the hook that may take WebSocket upgrades over (ops/livews.py)."""
         bounds = self
 
         class Http(BoundedHttp):
             header_timeout_s = bounds.header_timeout_s
             body_timeout_s = bounds.body_timeout_s
+            upgrade_hook = upgrade
 
         class Ws(BoundedWs):
             messages_per_s = bounds.ws_inbound_messages
@@ -63,11 +68,20 @@ class Bounds:
         return {"http": Http, "ws": Ws, "ws_max_size": self.ws_max_message}
 
 
+class UpgradeHook(Protocol):
+    def take(self, http: BoundedHttp) -> bool:
+        """Take `http`'s connection over for its WebSocket upgrade request (which it has
+        whole); False: uvicorn's WebSocket protocol gets it."""
+        ...
+
+
 class BoundedHttp(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline on headers and one on the body."""
+    """uvicorn's httptools protocol with a deadline on headers and one on the body, and
+    an upgrade hook (the gateway's own protocol for `/v1/ws`, ops/livews.py)."""
 
     header_timeout_s: ClassVar[float] = 10.0
     body_timeout_s: ClassVar[float] = 30.0
+    upgrade_hook: ClassVar[UpgradeHook | None] = None
 
     _deadline: asyncio.TimerHandle | None = None
     _phase = "headers"
@@ -93,6 +107,11 @@ class BoundedHttp(HttpToolsProtocol):
                                                 or self.cycle.response_complete):
             self._seen = self.cycle
             self._arm("headers", self.header_timeout_s)
+
+    def handle_websocket_upgrade(self) -> None:
+        hook = self.upgrade_hook
+        if hook is None or not hook.take(self):
+            super().handle_websocket_upgrade()
 
     def _follow(self) -> None:
         """After data arrived: move on from the header deadline to the body's, or none."""

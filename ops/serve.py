@@ -17,7 +17,7 @@ import anyio
 import uvicorn
 
 from livefeed.core.settings import Settings
-from livefeed.ops import logredact
+from livefeed.ops import livews, logredact
 from livefeed.ops.protocols import Bounds
 
 logger = logging.getLogger(__name__)
@@ -31,12 +31,16 @@ def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "warning"
                    **kw: Any) -> uvicorn.Config:
     """uvicorn for the gateway: wsproto, no compression, drained within `drain_timeout_s`,
     with header/body deadlines and inbound WebSocket bounds (`ops/protocols.py`; default:
-    the settings' defaults); its logs (and ours) never show a token (`ops/logredact.py`)."""
+    the settings' defaults); `/v1/ws` of a gateway app on its own protocol
+    (`ops/livews.py`); its logs (and ours) never show a token (`ops/logredact.py`)."""
+    bounds = bounds or Bounds(Settings())
+    upgrade = livews.LiveUpgrade(app, bounds) if livews.serves(app) else None
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level.lower(), lifespan="on",
-        # wsproto (ops.protocols.BoundedWs): the least memory per idle WebSocket of
-        # uvicorn's implementations; httptools (BoundedHttp) for HTTP.
-        **(bounds or Bounds(Settings())).config(),
+        # `/v1/ws` on the gateway's own protocol (ops.livews); other WebSockets on wsproto
+        # (ops.protocols.BoundedWs): the least memory per idle WebSocket of uvicorn's
+        # implementations; httptools (BoundedHttp) for HTTP.
+        **bounds.config(upgrade),
         # permessage-deflate keeps zlib state per connection (137.7 KiB per idle socket vs
         # 46.7 KiB without, measured): every browser offers it, and frames are small JSON.
         ws_per_message_deflate=False,

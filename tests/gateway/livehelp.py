@@ -19,15 +19,19 @@ from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
 from livefeed.core import auth
+from livefeed.core.embedded import free_port
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.core.settings import Settings
 from livefeed.gateway.app import DEFAULT_FEATURES, create_app
 from livefeed.gateway.feature import Feature
 from livefeed.gateway.hub import Hub
+from livefeed.ops.protocols import Bounds
+from livefeed.ops.serve import Server, uvicorn_config
 from livefeed.schemas.event import Event
 from livefeed.schemas.frames import split_message
 from livefeed.schemas.stream import IngestEntry
+from tests.helpers.waiting import eventually
 from tests.procs import Proc, start_gateway
 
 SECRET = "live-test-secret-long-enough-for-hs256!"
@@ -81,6 +85,29 @@ def auth_message(tok: str, kind: str = "auth") -> str:
     return json.dumps({"type": kind, "token": tok})
 
 
+@contextlib.asynccontextmanager
+async def served(app: Any, settings: Settings | None = None, **kw: Any,
+                 ) -> AsyncIterator[tuple[Server, str]]:
+    """`app` under uvicorn in this event loop, configured as `livefeed gateway` runs it
+    (`kw`: more uvicorn settings): the server and its URL."""
+    port = free_port()
+    server = Server(uvicorn_config(app, host="127.0.0.1", port=port,
+                                   bounds=Bounds(settings or Settings()), **kw))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        try:
+            await eventually(lambda: server.started, what="uvicorn serving")
+            yield server, f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, settings: Settings | None = None) -> AsyncIterator[str]:
+    async with served(app, settings) as (_, url):
+        yield url
+
+
 class WsClient:
     """A real `websockets` client that keeps every frame it received (pings aside)."""
 
@@ -127,6 +154,13 @@ class WsClient:
 
     async def until_events(self, n: int, timeout: float = 60) -> None:
         await self.until(lambda c: len(c.events()) >= n, timeout)
+
+    async def until_pings(self, n: int, timeout: float = 30) -> None:
+        """Until `n` keepalive pings came (keeping the other frames meanwhile)."""
+        with anyio.fail_after(timeout):
+            while self.pings < n:
+                with anyio.move_on_after(0.5):
+                    self.frames.append(await self.recv())
 
     async def close(self) -> None:
         await self.conn.close()

@@ -5,8 +5,7 @@ and 4008 for a client that stops reading."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -15,15 +14,12 @@ import websockets
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
 
-from livefeed.core.embedded import free_port
 from livefeed.core.keys import Keys
-from livefeed.core.settings import Resolved, Settings
+from livefeed.core.settings import Resolved
 from livefeed.gateway import ws as ws_mod
 from livefeed.gateway.app import create_app
 from livefeed.gateway.live import ClientTooSlow
 from livefeed.gateway.ws import RAW_WRITE, WebSocketTransport
-from livefeed.ops.protocols import Bounds
-from livefeed.ops.serve import Server, uvicorn_config
 from livefeed.schemas.frames import event_frame, join_frames, ws_text_frame
 from tests.gateway.livehelp import (
     SECRET,
@@ -31,26 +27,12 @@ from tests.gateway.livehelp import (
     assert_exact,
     make_log,
     publish,
+    serving,
     ws_url,
 )
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.anyio
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any, settings: Settings | None = None) -> AsyncIterator[str]:
-    """`app` under uvicorn in this event loop, configured as `livefeed gateway` runs it."""
-    port = free_port()
-    server = Server(uvicorn_config(app, host="127.0.0.1", port=port,
-                                   bounds=Bounds(settings or Settings())))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        try:
-            await eventually(lambda: server.started, what="uvicorn serving")
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
 
 
 def raw_app(run: Callable[[Any, Any, Any], Any]) -> Any:
