@@ -16,7 +16,10 @@ ASGI path; what uvicorn and the middleware did for `/v1/ws` is done here:
 - the handshake is wsproto's (`H11Handshake`: a bad one is answered 400/426 as uvicorn
   does), a browser `Origin` that is not allowed is answered 403 before it
   (gateway/headers.py's policy, counted as `origin` refusals), and uvicorn's access log
-  lines (`"WebSocket /v1/ws?.." [accepted]`, `403`; ops/logredact.py redacts them);
+  lines (`"WebSocket /v1/ws?.." [accepted]`, `403`; ops/logredact.py redacts them), with
+  the client a trusted proxy names in `X-Forwarded-For` (ProxyHeadersMiddleware's rule);
+- messages after the auth message and before the session started are kept (up to
+  EARLY_MESSAGES) and handed to it, as uvicorn's queue would;
 - frames are parsed by wsproto's `FrameProtocol` (a malformed one closes with its code);
   a ping is answered with a pong; an inbound message over `ws_max_message` (whole or in
   fragments) closes with 1009, more frames or bytes per second than the bounds allow with
@@ -46,6 +49,7 @@ from urllib.parse import unquote
 from starlette.datastructures import Headers, QueryParams
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
@@ -73,6 +77,7 @@ access = logging.getLogger("uvicorn.error")  # where uvicorn logs its WebSocket 
 PATH = "/v1/ws"
 CLOSE_TIMEOUT_S = 10.0  # uvicorn's close_timeout
 KEEPALIVE_TIMEOUT = 1011
+EARLY_MESSAGES = 8  # kept between the auth message and the session's start
 
 # Control frames a server sends are unmasked and keep no state: one encoder for all.
 _FRAMES = FrameProtocol(client=False, extensions=[])
@@ -101,6 +106,7 @@ class LiveUpgrade:
         self.origins: OriginPolicy | None = None
         self.ping_interval: float | None = None
         self.ping_timeout: float | None = None
+        self.trusted: Any = None  # uvicorn's trusted proxies (`--forwarded-allow-ips`)
 
     def take(self, http: BoundedHttp) -> bool:
         """Take over `http`'s connection if its upgrade request is for `path`."""
@@ -115,6 +121,9 @@ class LiveUpgrade:
             self.server_state = http.server_state
             self.ping_interval = http.config.ws_ping_interval
             self.ping_timeout = http.config.ws_ping_timeout
+            if http.config.proxy_headers:  # whose X-Forwarded-For the access log believes
+                self.trusted = ProxyHeadersMiddleware(
+                    self.app, http.config.forwarded_allow_ips).trusted_hosts
         request = [http.scope["method"].encode(), b" ", target, b" HTTP/1.1\r\n"]
         for name, value in http.scope["headers"]:
             request += [name, b": ", value, b"\r\n"]
@@ -137,7 +146,7 @@ class LiveWs(asyncio.Protocol):
 
     __slots__ = ("upgrade", "state", "transport", "gone", "session", "watch", "_out", "_sessions",
                  "_stage", "_handshake", "_request", "_params", "_proto", "_parts", "_size",
-                 "_frames", "_bytes", "_first", "_waiter", "_paused", "_until", "_due",
+                 "_frames", "_bytes", "_first", "_early", "_waiter", "_paused", "_until", "_due",
                  "_ping_at", "_pong_due")
 
     def __init__(self, upgrade: LiveUpgrade, state: GatewayState) -> None:
@@ -159,6 +168,9 @@ class LiveWs(asyncio.Protocol):
         self._frames: _Bucket | None = None
         self._bytes: _Bucket | None = None
         self._first: asyncio.Future[str | bytes | None] | None = None
+        # Messages after the auth message, before the session started (the limits and
+        # presence check): handed to the watch when it starts, as uvicorn's queue would.
+        self._early: list[str | bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._until = math.inf  # the auth message's or the close handshake's deadline
@@ -264,13 +276,17 @@ class LiveWs(asyncio.Protocol):
 
     def _on_message(self, data: str | bytes) -> None:
         first = self._first
-        if first is not None:
-            if not first.done():
-                first.set_result(data)
+        if first is not None and not first.done():
+            first.set_result(data)
             return
         if self.watch is not None:
             self.watch.on_message(data)
-        # Else between the auth message and the session's start: dropped.
+        elif self._early is None:
+            self._early = [data]
+        elif len(self._early) < EARLY_MESSAGES:
+            self._early.append(data)
+        # (More than that within the few milliseconds before the start: dropped. The
+        # inbound rate bound allows 10 a second.)
 
     def _too_much(self, code: int, reason: str) -> None:
         """Close with 1008/1009 as uvicorn closes for the app (the session sees a client
@@ -339,7 +355,7 @@ class LiveWs(asyncio.Protocol):
         origin = Headers(raw=event.extra_headers).get("origin")
         if not origins.allows(origin, event.host):
             metrics.CONNECTIONS_REFUSED.labels("origin").inc()
-            access.info('%s - "WebSocket %s" 403', self._client(), event.target)
+            access.info('%s - "WebSocket %s" 403', self._client(event), event.target)
             self._write(handshake.send(RejectConnection(status_code=403)))
             self._close_transport()
             return
@@ -353,9 +369,23 @@ class LiveWs(asyncio.Protocol):
         server_state.tasks.add(task)
         task.add_done_callback(self._served)
 
-    def _client(self) -> str:
+    def _client(self, request: Request) -> str:
+        """The client's address as uvicorn's access log shows it: the peer's, or from a
+        trusted proxy, the client its `X-Forwarded-For` names (ProxyHeadersMiddleware)."""
         peer = self.transport.get_extra_info("peername") if self.transport else None
-        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        if not isinstance(peer, tuple):
+            return ""
+        host, port = peer[0], peer[1]
+        trusted = self.upgrade.trusted
+        if trusted is not None and host in trusted:
+            forwarded = [value for name, value in request.extra_headers
+                         if name.lower() == b"x-forwarded-for"]
+            if forwarded:
+                named, named_port = trusted.get_trusted_client_address(
+                    b", ".join(forwarded).decode("latin-1"))
+                if named:  # (an empty header names no one)
+                    host, port = named, named_port
+        return f"{host}:{port}"
 
     def _served(self, task: asyncio.Task[None]) -> None:
         server_state = self.upgrade.server_state
@@ -414,7 +444,8 @@ class LiveWs(asyncio.Protocol):
             raise WebSocketDisconnect(1006)
         server_state = self.upgrade.server_state
         assert server_state is not None and self._request is not None
-        access.info('%s - "WebSocket %s" [accepted]', self._client(), self._request.target)
+        access.info('%s - "WebSocket %s" [accepted]', self._client(self._request),
+                    self._request.target)
         transport.write(handshake.send(AcceptConnection(
             extra_headers=list(server_state.default_headers))))
         self._handshake = self._request = None  # h11's state is not needed any more
@@ -430,6 +461,10 @@ class LiveWs(asyncio.Protocol):
     async def receive_first(self, timeout_s: float) -> str | bytes | None:
         if self.gone:
             raise WebSocketDisconnect(1006)
+        if self._early:  # it came before this was asked for
+            data = self._early.pop(0)
+            self._early = self._early or None
+            return data
         first: asyncio.Future[str | bytes | None] = asyncio.get_running_loop().create_future()
         self._first = first
         self._until = time.monotonic() + timeout_s
@@ -461,6 +496,10 @@ class LiveWs(asyncio.Protocol):
         self._sessions = sessions
         if self.gone:
             session.stop()
+        early, self._early = self._early, None
+        for data in early or ():
+            if not watch.on_message(data):
+                break
         self._schedule(self._next(time.monotonic()))
         sessions.add(session)
         return session.run()

@@ -8,6 +8,7 @@ test_ws.py, test_tokens.py, test_protocols.py, test_limits.py, tests/adversarial
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -325,3 +326,46 @@ async def test_drain_and_uvicorns_shutdown_close_with_1012(
             assert await closed_code(client) == CloseCode.DRAINING
         await eventually(lambda: not server.server_state.connections,
                          what="uvicorn counting them out")
+
+
+async def test_a_message_right_after_the_auth_message_is_not_lost_on_either_path(
+        settings_factory: Callable[..., Resolved], either: str) -> None:
+    # The auth message and a refresh for another user in one write: the refresh arrives
+    # before the session has started (its limits and presence check come first), and must
+    # still end it with 4001 once it starts.
+    async with gateway(settings_factory) as (_, url, _):
+        client, answer = await RawClient.open(url)
+        assert isinstance(answer, AcceptConnection)
+        await client.sock.send(
+            client.conn.send(TextMessage(auth_message(token("alice"))))
+            + client.conn.send(TextMessage(auth_message(token("mallory"), "refresh"))))
+        closed = await client.until(lambda e: isinstance(e, CloseConnection))
+        assert isinstance(closed, CloseConnection) and closed.code == CloseCode.BAD_TOKEN
+        await client.aclose()
+
+
+async def test_the_access_log_names_the_client_a_trusted_proxy_forwards_on_either_path(
+        settings_factory: Callable[..., Resolved], either: str) -> None:
+    lines: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log = logging.getLogger("uvicorn.error")
+    handler = Lines()
+    async with gateway(settings_factory) as (_, url, _):
+        level = log.level
+        log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        try:
+            # From 127.0.0.1, which uvicorn trusts by default (--forwarded-allow-ips).
+            client, answer = await RawClient.open(url, headers=[
+                (b"x-forwarded-for", b"203.0.113.7"), *bearer_header("alice")])
+            assert isinstance(answer, AcceptConnection)
+            await client.aclose()
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(level)
+    accepted = [line for line in lines if '"WebSocket /v1/ws" [accepted]' in line]
+    assert len(accepted) == 1 and accepted[0].startswith("203.0.113.7:"), lines
