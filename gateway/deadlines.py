@@ -8,7 +8,8 @@ deadlines due within one tick fire on one wake-up.
 
 An entry is a `Due` object and the monotonic time it is due at; nothing is ever removed:
 when the entry comes up, `due(now)` is called, and the object checks its own state (the
-deadline may have moved or be moot) and schedules itself again if it still needs to.
+deadline may have moved or be moot; an entry it superseded with an earlier one comes up
+after that one did, and is ignored) and schedules itself again if it still needs to.
 """
 
 from __future__ import annotations

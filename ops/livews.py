@@ -546,6 +546,10 @@ class LiveWs(asyncio.Protocol):
         return when
 
     def due(self, now: float) -> None:
+        if now < self._due:
+            # An entry superseded by an earlier one, which came already and scheduled
+            # what is next: acting again would keep a second entry for good.
+            return
         self._due = math.inf
         stage = self._stage
         if stage == _CLOSED:

@@ -369,3 +369,23 @@ async def test_the_access_log_names_the_client_a_trusted_proxy_forwards_on_eithe
             log.setLevel(level)
     accepted = [line for line in lines if '"WebSocket /v1/ws" [accepted]' in line]
     assert len(accepted) == 1 and accepted[0].startswith("203.0.113.7:"), lines
+
+
+async def test_each_idle_connection_keeps_one_deadline_entry(
+        settings_factory: Callable[..., Resolved]) -> None:
+    # The auth message's deadline, uvicorn's ping and the keepalive are scheduled at
+    # different times while a connection opens; entries they superseded must not come back
+    # as extra wake-ups, round after round.
+    # (As by default, the auth message is due before uvicorn's first ping.)
+    keepalive = {"ws_ping_interval": 0.4, "ws_ping_timeout": 5}
+    async with gateway(settings_factory, keepalive, auth_timeout_s=0.15,
+                       keepalive_s=0.25) as (server, url, _):
+        clients = [await WsClient.open(ws_url(url, f"u{i}")) for i in range(5)]
+        for client in clients:
+            await client.until(lambda c: c.types() == ["hello"])
+        conn = live(server)[0]
+        deadlines = conn.upgrade.deadlines
+        await anyio.sleep(1.5)  # several rounds of pings, past every superseded entry
+        assert len(deadlines) == len(clients), len(deadlines)
+        for client in clients:
+            await client.close()
