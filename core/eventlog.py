@@ -164,9 +164,9 @@ class Fanned(NamedTuple):
     new: bool
 
 
-class FeedEntry(NamedTuple):
-    feed_id: str
-    data: bytes
+# One feed entry read back: (feed id, payload). A plain tuple, not a NamedTuple: building
+# a NamedTuple per entry was a tenth of a replay's CPU in the gateway.
+FeedEntry = tuple[str, bytes]
 
 
 # The resume point before a feed's first entry, given to clients of an empty feed: a resume
@@ -422,10 +422,12 @@ class EventLog:
         """XRANGE of a feed stream from `start`: a replay page."""
         if self._pages is None:
             rows = stream_rows(await self.redis.xrange(key, min=start, count=count))
-            return [FeedEntry(fid, fields[FEED_DATA_KEY]) for fid, fields in rows]
+            return [(fid, fields[FEED_DATA_KEY]) for fid, fields in rows]
         reply: list[tuple[bytes, list[bytes]]] = cast(
             Any, await self._pages.xrange(key, min=start, count=count))
-        return [FeedEntry(_s(sid), _feed_data(fields)) for sid, fields in reply]
+        # Inline: a call per entry (a decode helper, the field lookup) costs as much again.
+        return [(sid.decode(), fields[1] if len(fields) == 2 and fields[0] == FEED_DATA_KEY
+                 else _feed_data(fields)) for sid, fields in reply]
 
     async def resume(self, user: str, last_id: str, count: int) -> Resume:
         """The first page after `last_id`, or the reason the gap cannot be filled.
@@ -443,7 +445,7 @@ class EventLog:
             return await self._from_start(key, count)
         last_id = f"{parsed[0]}-{parsed[1]}"  # as Redis writes it (`007-01` is `7-1`)
         page = await self._page(key, last_id, count + 1)
-        if page and page[0].feed_id == last_id:
+        if page and page[0][0] == last_id:
             return Resume(page[1:], None)
         first = stream_rows(await self.redis.xrange(key, count=1))
         if not first:
@@ -473,6 +475,6 @@ class EventLog:
             return Resume([], "trimmed")
         page = await self._page(key, "-", count)
         first = info.get("first-entry")
-        if page and (not first or _s(first[0]) != page[0].feed_id):
+        if page and (not first or _s(first[0]) != page[0][0]):
             return Resume([], "trimmed")  # trimmed between the two reads
         return Resume(page, None)

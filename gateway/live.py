@@ -32,10 +32,10 @@ from typing import Any, Protocol, get_args
 import msgspec
 
 from livefeed.core import metrics
-from livefeed.core.eventlog import FEED_START, EventLog, parse_stream_id
+from livefeed.core.eventlog import FEED_START, EventLog, FeedEntry, parse_stream_id
 from livefeed.gateway.recovery import Recovery, StreamId
 from livefeed.schemas import frames
-from livefeed.schemas.frames import EVENT_FRAME_HEAD, CloseCode, Delivery, FrameType
+from livefeed.schemas.frames import EVENT_FRAME_HEAD, CloseCode, Delivery, FrameType, event_frame
 
 logger = logging.getLogger(__name__)
 
@@ -373,10 +373,7 @@ class Session:
                 reset = True
                 await self._reset(problem)
                 continue
-            for entry in recovery.replayed(entries):
-                await self._write("event", entry.feed_id,
-                                  frames.event_frame(entry.feed_id, entry.data))
-                replayed += 1
+            replayed += await self._write_events(recovery.replayed(entries))
             if len(entries) == self.page:
                 continue
             if initial and not reset:
@@ -426,6 +423,20 @@ class Session:
             _SENT[kind].inc()
         if len(self._out) >= WRITE_FRAMES or self._out_bytes >= WRITE_BYTES:
             await self._flush()
+
+    async def _write_events(self, entries: list[FeedEntry]) -> int:
+        """Queue the event frame of each feed entry, as `_write` does one frame (one loop
+        here rather than a coroutine per event: that was a sixth of a replay's CPU)."""
+        out = self._out
+        for fid, data in entries:
+            frame = event_frame(fid, data)
+            out.append(("event", fid, frame))
+            self._out_events += 1
+            self._out_bytes += len(frame)
+            if len(out) >= WRITE_FRAMES or self._out_bytes >= WRITE_BYTES:
+                await self._flush()
+                out = self._out
+        return len(entries)
 
     async def _flush(self) -> None:
         out, self._out = self._out, []

@@ -71,27 +71,27 @@ class Recovery:
         cursor = self.cursor
         start, parsed = 0, None
         while start < len(entries):
-            parsed = parse_stream_id(entries[start].feed_id)
+            parsed = parse_stream_id(entries[start][0])
             if parsed is not None and (cursor is None or parsed > cursor):
                 break
             start += 1
         if parsed is None or start == len(entries):
             return []
-        last = entries[-1]
+        last = entries[-1][0]
         if start < len(entries) - 1:
-            end = parse_stream_id(last.feed_id)
+            end = parse_stream_id(last)
             if end is None or end <= parsed:  # not a page of increasing ids: check each
                 return self._each(entries[start:])
             parsed = end
-        self.cursor, self.cursor_id = parsed, last.feed_id
+        self.cursor, self.cursor_id = parsed, last
         return entries[start:]
 
     def _each(self, entries: list[FeedEntry]) -> list[FeedEntry]:
         out: list[FeedEntry] = []
         for entry in entries:
-            parsed = parse_stream_id(entry.feed_id)
+            parsed = parse_stream_id(entry[0])
             if parsed is not None and (self.cursor is None or parsed > self.cursor):
-                self.cursor, self.cursor_id = parsed, entry.feed_id
+                self.cursor, self.cursor_id = parsed, entry[0]
                 out.append(entry)
         return out
 

@@ -119,7 +119,8 @@ EVENT_FRAME_TAIL = b"}"
 
 def event_frame(feed_id: str, data: bytes) -> bytes:
     """The `event` frame for one feed entry; byte-identical to what the fanout script publishes."""
-    return EVENT_FRAME_HEAD + feed_id.encode() + EVENT_FRAME_MID + data + EVENT_FRAME_TAIL
+    # One join, not four concatenations (each a copy): a replay builds one per event.
+    return b"".join((EVENT_FRAME_HEAD, feed_id.encode(), EVENT_FRAME_MID, data, EVENT_FRAME_TAIL))
 
 
 FRAME_SEPARATOR = b"\n"

@@ -11,7 +11,6 @@ from livefeed.core import redis_client
 from livefeed.core.eventlog import (
     FEED_START,
     EventLog,
-    FeedEntry,
     IdConflict,
     NotReplicated,
     content_digest,
@@ -150,7 +149,7 @@ async def test_another_content_under_a_fanned_id_is_a_new_version(
     [second] = await log.fan_out([("e1", "alice", b'{"v":2}')])
     assert second.new and second.feed_id != first.feed_id
     assert await log.fan_out([("e1", "alice", b'{"v":2}')]) == [(second.feed_id, False)]
-    assert [e.data for e in await log.read_feed("alice", "0", 10)] == [b'{"v":1}', b'{"v":2}']
+    assert [data for _, data in await log.read_feed("alice", "0", 10)] == [b'{"v":1}', b'{"v":2}']
     got = []
     with anyio.move_on_after(2):
         while len(got) < 3:
@@ -177,8 +176,8 @@ async def test_resume_replays_strictly_after_last_id(redis: Any, keys: Keys) -> 
     fanned = await log.fan_out([(f"e{i}", "u", str(i).encode()) for i in range(5)])
     ids = [f.feed_id for f in fanned]
     page = await log.resume("u", ids[1], count=2)
-    assert page.problem is None and [e.feed_id for e in page.entries] == ids[2:4]
-    assert [e.feed_id for e in await log.read_feed("u", ids[3], 10)] == ids[4:]
+    assert page.problem is None and [fid for fid, _ in page.entries] == ids[2:4]
+    assert [fid for fid, _ in await log.read_feed("u", ids[3], 10)] == ids[4:]
     assert (await log.resume("u", ids[4], 10)).entries == []
     assert await log.last_feed_id("u") == ids[4]
 
@@ -208,7 +207,7 @@ async def test_resume_from_the_start(request: pytest.FixtureRequest, redis_url: 
         ids = [f.feed_id for f in await log.fan_out([(f"e{i}", "u", b"{}") for i in range(5)])]
         whole = await log.resume("u", FEED_START, 3)
         assert whole == (([], "trimmed") if not exact else
-                         ([FeedEntry(i, b"{}") for i in ids[:3]], None))
+                         ([(i, b"{}") for i in ids[:3]], None))
         assert (await log.resume("u", "0", 10)).problem == whole.problem  # the same id
         # Trimmed from the head (MAXLEN, or any deletion): the start is gone.
         await log.fan_out([(f"e{i}", "u", b"{}") for i in range(5, 300)])
@@ -229,9 +228,9 @@ async def test_replay_pages_read_entries_as_redis_sent_them(redis: Any, keys: Ke
     odd = (await redis.xadd(keys.feed("alice"), {"note": "x", "data": b'{"n":3}'})).decode()
     ids = [f.feed_id for f in fanned] + [odd]
     assert await log.read_feed("alice", "0-0", 10) == [
-        FeedEntry(ids[0], b'{"n":1}'), FeedEntry(ids[1], b'{"n":2}'), FeedEntry(odd, b'{"n":3}')]
+        (ids[0], b'{"n":1}'), (ids[1], b'{"n":2}'), (odd, b'{"n":3}')]
     resumed = await log.resume("alice", ids[0], 10)
-    assert resumed.problem is None and [e.feed_id for e in resumed.entries] == ids[1:]
-    assert (await log.resume("alice", FEED_START, 1)).entries == [FeedEntry(ids[0], b'{"n":1}')]
+    assert resumed.problem is None and [fid for fid, _ in resumed.entries] == ids[1:]
+    assert (await log.resume("alice", FEED_START, 1)).entries == [(ids[0], b'{"n":1}')]
     # The parsing is skipped for these reads only: the shared client's XRANGE is as before.
     assert (await redis.xrange(keys.feed("alice"), count=1))[0][1] == {b"data": b'{"n":1}'}
