@@ -114,8 +114,14 @@ def frame_id(frame: bytes) -> str | None:
 _last_live: tuple[bytes, str | None, StreamId | None] = (b"", None, None)
 
 
+# The frame `_observe` saw last: the tabs of a user send the same one in a row.
+_last_observed = b""
+
+
 def _observe(parsed: StreamId, frame: bytes) -> None:
     """The delivery latency of a live frame, at its first send in this gateway."""
+    global _last_observed
+    _last_observed = frame
     if _observed.get(id(frame)) is not frame:
         if len(_observed) >= _OBSERVED_SIZE:
             del _observed[next(iter(_observed))]
@@ -219,8 +225,8 @@ class Session:
             return True
         except (OSError, RuntimeError):
             return False  # the session's task meets it again on the usual path
-        _SENT_EVENTS.inc()
-        if parsed is not None:
+        _SENT_EVENTS.value += 1
+        if parsed is not None and frame is not _last_observed:
             _observe(parsed, frame)
         return True
 

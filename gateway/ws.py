@@ -96,22 +96,26 @@ class _Encoded:
     user cost one encoding. Entries hold their key object, so an id is never reused while
     it is here; the oldest go first."""
 
-    __slots__ = ("_frames", "_size")
+    __slots__ = ("_frames", "_size", "_last")
 
     def __init__(self, size: int) -> None:
         self._frames: dict[int, tuple[bytes, bytes]] = {}
         self._size = size
+        self._last: tuple[bytes, bytes] = (b"", b"")  # asked for in a row by a user's tabs
 
     def __call__(self, frame: bytes) -> bytes:
+        last = self._last
+        if last[0] is frame:
+            return last[1]
         frames = self._frames
         hit = frames.get(id(frame))
-        if hit is not None and hit[0] is frame:
-            return hit[1]
-        encoded = ws_text_frame(frame)
-        if len(frames) >= self._size:
-            del frames[next(iter(frames))]
-        frames[id(frame)] = (frame, encoded)
-        return encoded
+        if hit is None or hit[0] is not frame:
+            hit = (frame, ws_text_frame(frame))
+            if len(frames) >= self._size:
+                del frames[next(iter(frames))]
+            frames[id(frame)] = hit
+        self._last = hit
+        return hit[1]
 
 
 # Frames in flight at once are a few per published event (the fan-out's rounds overlap).

@@ -190,6 +190,10 @@ def core_metric_labels() -> dict[str, set[str]]:
                 for name in sample_names(fam.name, fam.type):
                     out[name] = set(obj._labelnames) | ({"le"} if fam.type == "histogram"
                                                         else set())
+        elif isinstance(obj, lf_metrics.TallyCounter):
+            for fam in obj.describe():
+                for name in sample_names(fam.name, fam.type):
+                    out[name] = {obj.label}
     return out
 
 

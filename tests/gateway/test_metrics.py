@@ -101,3 +101,20 @@ async def test_metrics_are_not_public(settings_factory: Callable[..., Settings],
             assert r.headers["www-authenticate"] == "Bearer"
         # A token in the URL is no way in.
         assert (await client.get(f"/metrics?token={SCRAPE_TOKEN}")).status_code == 401
+
+
+def test_a_tally_counter_is_exposed_as_a_prometheus_counter() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from livefeed.core.metrics import TallyCounter
+
+    registry = CollectorRegistry()
+    counter = TallyCounter("t_frames", "Frames", "type", registry=registry)
+    assert "t_frames_total{" not in generate_latest(registry).decode()  # none counted
+    counter.labels("event").inc()
+    counter.labels("event").value += 2  # how the hot path counts
+    counter.labels("hello").inc()
+    text = generate_latest(registry).decode()
+    assert "# TYPE t_frames_total counter" in text  # as prometheus-client's own Counter
+    assert 't_frames_total{type="event"} 3.0' in text
+    assert 't_frames_total{type="hello"} 1.0' in text
