@@ -2,19 +2,22 @@
 process, and new connections per second per gateway process.
 
 The WebSocket and SSE handlers wrap a session in `connection(state, user, transport)`
-once they know the user; a refusal raises `Limited` before anything is read from Redis
-for the session: the WebSocket is accepted and closed with 4029 and the reason, SSE
-answers 429 with `Retry-After`. The per-user count is the user's presence
-(gateway/presence.py), checked and taken by one script.
+once they know the user; a refusal raises `Limited` before the session sends or replays
+anything: the WebSocket is accepted and closed with 4029 and the reason, SSE answers 429
+with `Retry-After`. The per-user count is the user's presence (gateway/presence.py),
+checked and taken by one script. For a WebSocket that script runs while the handshake
+completes and the session subscribes (its round trip was a fifth of a reconnect): the
+session awaits `admitted()` after subscribing, before it sends or replays anything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
 from livefeed.core import metrics
 from livefeed.core.errors import LivefeedError
@@ -71,22 +74,25 @@ class Limits:
         self.active = 0
 
     def connection(self, user: str, transport: Transport) -> _Held:
-        return _Held(self, user)
+        return _Held(self, user, late=transport == "ws")
 
 
 class _Held:
-    """One live connection of `user` held for the block; `Limited` on entry. A slotted
-    class rather than an async generator: it lives as long as the connection, and the
-    generator's frame and contextlib's wrapper cost about 1 KiB more per connection."""
+    """One live connection of `user` held for the block; `Limited` on entry, or with
+    `late` from `admitted()` (the user's count is then taken while the block starts). A
+    slotted class rather than an async generator: it lives as long as the connection, and
+    the generator's frame and contextlib's wrapper cost about 1 KiB more per connection."""
 
-    __slots__ = ("limits", "user", "member")
+    __slots__ = ("limits", "user", "member", "_join")
 
-    def __init__(self, limits: Limits, user: str) -> None:
+    def __init__(self, limits: Limits, user: str, *, late: bool = False) -> None:
         self.limits = limits
         self.user = user
         self.member: str | None = None
+        # The presence join while it runs (`late`); dropped once awaited.
+        self._join: asyncio.Task[str | None] | None = None if not late else _NOT_STARTED
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> _Held:
         lim = self.limits
         wait = lim.bucket.take()
         if wait:
@@ -96,22 +102,49 @@ class _Held:
             raise _refused(f"this gateway holds its limit of {lim.max_connections} "
                            "connections", COUNT_RETRY_S, "gateway_limit")
         lim.active += 1
+        if self._join is _NOT_STARTED:
+            self._join = asyncio.ensure_future(
+                lim.presence.join(self.user, lim.max_user_connections))
+            return self
         try:
-            self.member = await lim.presence.join(self.user, lim.max_user_connections)
+            await self.admitted()
         except BaseException:
             lim.active -= 1
             raise
+        return self
+
+    async def admitted(self) -> None:
+        """Return once the user's count admits this connection; `Limited` if it does not
+        (with `late`, the block then ends as for any error)."""
+        join, self._join = self._join, None
+        if join is not None:
+            self.member = await join
+        elif self.member is None:
+            lim = self.limits
+            self.member = await lim.presence.join(self.user, lim.max_user_connections)
         if self.member is None:
-            lim.active -= 1
+            lim = self.limits
             raise _refused(f"this user holds its limit of {lim.max_user_connections} "
                            "connections", COUNT_RETRY_S, "user_limit")
 
     async def __aexit__(self, *exc: object) -> None:
         try:
+            join, self._join = self._join, None
+            if join is not None:
+                # Never awaited (the block ended first): its entry is left, or ages out.
+                if not join.done():
+                    join.cancel()
+                await asyncio.wait((join,))
+                if not join.cancelled() and join.exception() is None:
+                    self.member = join.result()
             if self.member is not None:
                 await self.limits.presence.leave(self.user, self.member)
         finally:
             self.limits.active -= 1
+
+
+# A late join's placeholder until the block starts it.
+_NOT_STARTED: Any = object()
 
 
 def _refused(reason: str, retry_after_s: int, kind: str) -> Limited:

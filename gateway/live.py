@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, get_args
 
@@ -146,11 +147,14 @@ class Session:
     __slots__ = ("user", "log", "hub", "transport", "last_id", "mode", "page", "queue_size",
                  "coalesce", "close_code", "_out_events", "_pending", "_queued", "_waiter",
                  "_stopped", "_task", "_cancel_sent", "_prepared", "_recovery", "_out",
-                 "_out_bytes")
+                 "_out_bytes", "_admitted")
 
     def __init__(self, *, user: str, log: EventLog, hub: Subscriber, transport: Transport,
                  last_id: str | None, mode: Delivery = "streams", queue_size: int = 1000,
-                 page: int = PAGE, coalesce: int = 16) -> None:
+                 page: int = PAGE, coalesce: int = 16,
+                 admitted: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`admitted`: awaited after subscribing, before anything is sent or replayed (the
+        connection limits; it raises to refuse the session)."""
         self.user = user
         self.log = log
         self.hub = hub
@@ -176,6 +180,7 @@ class Session:
         self._cancel_sent = False  # a cancel sent by stop() not yet withdrawn
         self._prepared = False
         self._recovery = Recovery(queue_size, syncing=mode == "streams")
+        self._admitted = admitted
 
     # -- called by the hub (must not block) -----------------------------------------------
 
@@ -284,6 +289,9 @@ class Session:
                 self._check_stopped()
                 async with self.hub.subscribe(self.user, self):
                     try:
+                        admitted, self._admitted = self._admitted, None
+                        if admitted is not None:
+                            await admitted()
                         await self._start()
                         await self._deliver()
                     finally:

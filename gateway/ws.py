@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -458,20 +458,23 @@ async def serve(sock: LiveSocket, state: GatewayState) -> None:
         if claims is None:
             return
     try:
-        async with limits.connection(state, claims.user, "ws"):
-            await _live(sock, state, claims, accepted=accepted)
+        async with limits.connection(state, claims.user, "ws") as held:
+            await _live(sock, state, claims, accepted=accepted, admitted=held.admitted)
     except limits.Limited as refused:
         await sock.close(CloseCode.LIMITED, refused.reason)
 
 
 async def _live(sock: LiveSocket, state: GatewayState, claims: auth.Claims, *,
-                accepted: bool) -> None:
+                accepted: bool, admitted: Callable[[], Awaitable[None]]) -> None:
     settings = state.settings
     hub, sessions = state.live()
+    # The user's connection count is taken while the handshake completes and the session
+    # subscribes; the session awaits it before it sends anything (a refusal: 4029).
     session = Session(user=claims.user, log=state.log, hub=hub,
                       transport=sock.transport_for(settings),
                       last_id=sock.query_params.get("last_id"), mode=settings.delivery,
-                      queue_size=settings.send_queue, coalesce=settings.coalesce)
+                      queue_size=settings.send_queue, coalesce=settings.coalesce,
+                      admitted=admitted)
     if not accepted:
         # Before the handshake completes: what is published once the client sees itself
         # connected is delivered to it. (After an auth message: once `hello` arrives.)

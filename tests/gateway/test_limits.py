@@ -72,6 +72,7 @@ async def test_the_user_limit_refuses_the_next_connection_and_the_first_keep_wor
     first = [await connected(url, "alice") for _ in range(3)]
     code, reason = await refusal(url, "alice")
     assert (code, reason) == (4029, "this user holds its limit of 3 connections")
+    assert (await presence(url, "alice"))["connections"] == 3  # the refused one holds none
     async with sse(url, "alice") as r:
         assert r.status_code == 429
         assert int(r.headers["retry-after"]) >= 1
@@ -178,3 +179,60 @@ async def test_presence_is_for_admin_tokens_in_the_header(gateways: Gateways) ->
         assert (await http.get("/v1/presence?user=alice", headers=user)).status_code == 403
         assert (await http.get("/v1/presence?user=a%20b", headers=ADMIN)).status_code == 400
         assert (await http.get("/v1/presence", headers=ADMIN)).status_code == 400
+
+
+class SlowPresence:
+    """A presence whose join waits for `go`: admits until `limit` joins, then refuses."""
+
+    def __init__(self) -> None:
+        self.go = anyio.Event()
+        self.joined: list[str] = []
+        self.left: list[str] = []
+
+    async def join(self, user: str, limit: int) -> str | None:
+        await self.go.wait()
+        if len(self.joined) >= limit:
+            return None
+        self.joined.append(f"m{len(self.joined)}")
+        return self.joined[-1]
+
+    async def leave(self, user: str, member: str) -> None:
+        self.left.append(member)
+
+
+@pytest.mark.parametrize("ending", ["admitted", "refused", "gone before admission"])
+async def test_a_websocket_takes_its_place_while_its_session_starts(ending: str) -> None:
+    from livefeed.gateway.limits import Limited, Limits
+
+    presence = SlowPresence()
+    lim = Limits(presence, max_connections=10,  # type: ignore[arg-type]
+                 max_user_connections=0 if ending == "refused" else 1, connect_rate=100)
+    with anyio.fail_after(10):
+        async with lim.connection("alice", "ws") as held:
+            # Entered without waiting for the join: the handshake and subscribe go on.
+            assert lim.active == 1 and presence.joined == []
+            if ending == "gone before admission":
+                pass  # the block ends first: the join is cancelled, nothing is held
+            elif ending == "refused":
+                presence.go.set()
+                with pytest.raises(Limited, match="limit of 0"):
+                    await held.admitted()
+            else:
+                presence.go.set()
+                await held.admitted()
+                assert held.member == "m0"
+    assert lim.active == 0
+    assert presence.left == (["m0"] if ending == "admitted" else [])
+    assert presence.joined == (["m0"] if ending == "admitted" else [])
+
+
+async def test_sse_takes_its_place_before_its_block() -> None:
+    from livefeed.gateway.limits import Limits
+
+    presence = SlowPresence()
+    presence.go.set()
+    lim = Limits(presence, max_connections=10,  # type: ignore[arg-type]
+                 max_user_connections=1, connect_rate=100)
+    async with lim.connection("alice", "sse") as held:
+        assert held.member == "m0"
+    assert presence.left == ["m0"] and lim.active == 0
