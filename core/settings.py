@@ -83,6 +83,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_user_connections: int = 32  # live connections per user over all gateways
     connect_rate: float = 1_000.0  # new live connections per second per gateway process
     presence_ttl_s: float = 30.0  # a connection's presence entry lives this long unrenewed
+    # A user's live channel stays subscribed this long after its last session left here.
+    hub_linger_s: float = 5.0
     metrics_token: str | None = None  # bearer token for /metrics (else an admin token)
 
     def __repr__(self) -> str:
@@ -133,7 +135,7 @@ _ENV_NAMES = {"dedupe_ttl_s": "DEDUPE_TTL", "drain_timeout_s": "DRAIN_TIMEOUT",
               "signature_tolerance_s": "SIGNATURE_TOLERANCE", "auth_timeout_s": "AUTH_TIMEOUT",
               "token_grace_s": "TOKEN_GRACE", "keepalive_s": "KEEPALIVE",
               "header_timeout_s": "HEADER_TIMEOUT", "body_timeout_s": "BODY_TIMEOUT",
-              "presence_ttl_s": "PRESENCE_TTL"}
+              "presence_ttl_s": "PRESENCE_TTL", "hub_linger_s": "HUB_LINGER"}
 
 
 def env_name(field: str) -> str:
@@ -236,7 +238,7 @@ def validate(s: Settings) -> None:
     for name in ("auth_timeout_s", "keepalive_s"):
         if not getattr(s, name) > 0:
             raise SettingsError(f"{env_name(name)} must be a positive number of seconds")
-    for name in ("token_grace_s", "signature_tolerance_s"):
+    for name in ("token_grace_s", "signature_tolerance_s", "hub_linger_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{env_name(name)} must be 0 or more seconds")
     if s.signing_secret_previous and s.signing_secret_previous_file:

@@ -66,7 +66,7 @@ class Listener(Protocol):
 
 
 class _Sub:
-    __slots__ = ("user", "channel", "listeners", "confirmed", "resync", "link")
+    __slots__ = ("user", "channel", "listeners", "confirmed", "resync", "link", "idle_since")
 
     def __init__(self, user: str, channel: bytes) -> None:
         self.user = user
@@ -77,6 +77,7 @@ class _Sub:
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.resync = False
         self.link: _Link | None = None
+        self.idle_since = 0.0  # when its last listener left (a lingering channel)
 
 
 class StaleLink(Exception):
@@ -132,10 +133,12 @@ class _Link:
         return [group[i : i + SUBSCRIBE_BATCH] for group in by_slot.values()
                 for i in range(0, len(group), SUBSCRIBE_BATCH)]
 
-    async def unsubscribe(self, channel: bytes) -> None:
-        if self.pubsub is not None and self.healthy:
+    async def unsubscribe(self, subs: list[_Sub]) -> None:
+        if self.pubsub is None or not self.healthy:
+            return  # a link that reopens subscribes only the channels still in `subs`
+        for part in self._batches(subs):
             with contextlib.suppress(*_LINK_ERRORS):
-                await getattr(self.pubsub, self.unsubscribe_cmd)(channel)
+                await getattr(self.pubsub, self.unsubscribe_cmd)(*[s.channel for s in part])
 
     async def run(self) -> None:
         """Own the connection until closed: read, dispatch, reconnect with backoff."""
@@ -308,10 +311,15 @@ class Hub:
     def __init__(self, redis_url: str, keys: Keys, *, ping_interval_s: float = PING_INTERVAL_S,
                  name: str | None = None, cluster: bool = False,
                  channel: Callable[[str], str] | None = None,
-                 translate: Callable[[bytes], bytes | None] | None = None) -> None:
+                 translate: Callable[[bytes], bytes | None] | None = None,
+                 linger_s: float = 0.0) -> None:
         """`channel`: a user's channel name (default `keys.live`); `translate`: turns each
-        message into the frame the sessions get (None drops it)."""
+        message into the frame the sessions get (None drops it); `linger_s`: how long a
+        user's channel stays subscribed after its last session left (0: unsubscribed at
+        once), so a reconnect within it (a page load, a dropped network) subscribes
+        nothing."""
         self.keys = keys
+        self.linger_s = linger_s
         self.channel = channel or keys.live
         self.translate = translate
         self.ping_interval_s = ping_interval_s
@@ -331,6 +339,8 @@ class Hub:
                                       cluster=True, **options)
         self._links: dict[str, _Link] = {}
         self._subs: dict[str, _Sub] = {}
+        # The lingering subs (no listener), oldest first: unsubscribed once `linger_s` old.
+        self._idle: dict[str, _Sub] = {}
         self._lock = anyio.Lock()
         self._tg: Any = None
         self._moves: asyncio.Queue[tuple[_Link, _Sub]] = asyncio.Queue()
@@ -341,6 +351,11 @@ class Hub:
         return bool(self._links) and all(link.healthy for link in self._links.values())
 
     def local_users(self) -> int:
+        """Users with a session here (not counting the channels lingering after one)."""
+        return len(self._subs) - len(self._idle)
+
+    def channels(self) -> int:
+        """Channels subscribed, lingering ones included."""
         return len(self._subs)
 
     def listeners(self) -> int:
@@ -362,6 +377,8 @@ class Hub:
             if sub is None:
                 sub = self._subs[user] = _Sub(user, self.channel(user).encode())
                 await self._home(sub)
+            elif not sub.listeners:
+                self._idle.pop(user, None)  # lingering: subscribed already (or as the link reopens)
             sub.listeners.add(listener)
         if not sub.confirmed.done():
             # asyncio.wait: a timeout must not cancel the future other tabs wait on too.
@@ -376,11 +393,41 @@ class Hub:
             sub.listeners.discard(listener)
             if sub.listeners:
                 return
-            del self._subs[user]
+            if self.linger_s > 0:
+                sub.idle_since = time.monotonic()
+                self._idle[user] = sub
+                return
+            await self._unsubscribe([sub])
+
+    async def _unsubscribe(self, subs: list[_Sub]) -> None:
+        """Drop these users' channels (the hub's lock held)."""
+        by_link: dict[_Link, list[_Sub]] = {}
+        for sub in subs:
+            del self._subs[sub.user]
             link, sub.link = sub.link, None
             if link is not None:
                 link.subs.pop(sub.channel, None)
-                await link.unsubscribe(sub.channel)
+                by_link.setdefault(link, []).append(sub)
+        for link, part in by_link.items():
+            await link.unsubscribe(part)
+
+    async def _expire_idle(self) -> None:
+        """Unsubscribe the channels that lingered `linger_s` without a session, checked
+        every half of it: one timer for the hub, one UNSUBSCRIBE per batch of channels."""
+        while True:
+            await anyio.sleep(self.linger_s / 2)
+            if not self._idle:
+                continue
+            async with self._lock:
+                before = time.monotonic() - self.linger_s
+                expired = []
+                for sub in self._idle.values():
+                    if sub.idle_since > before:
+                        break  # oldest first: the rest are younger
+                    expired.append(sub)
+                for sub in expired:
+                    del self._idle[sub.user]
+                await self._unsubscribe(expired)
 
     # -- homing channels on nodes ---------------------------------------------------------
 
@@ -446,6 +493,8 @@ class Hub:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._handle_moves)
+            if self.linger_s > 0:
+                tg.start_soon(self._expire_idle)
             if self._topology is not None:
                 await self._start_cluster()
             else:
@@ -490,7 +539,8 @@ async def lifespan(state: GatewayState) -> AsyncIterator[None]:
     article = state.settings.delivery == "list"
     hub = Hub(state.settings.redis_url, state.keys, cluster=state.settings.redis_cluster,
               channel=state.keys.newsletters_channel if article else None,
-              translate=to_event_frame if article else None)
+              translate=to_event_frame if article else None,
+              linger_s=state.settings.hub_linger_s)
     sessions = Sessions()
     state.hub, state.sessions = hub, sessions
     try:

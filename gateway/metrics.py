@@ -102,7 +102,7 @@ def process_figures(state: GatewayState) -> None:
     if state.sessions is not None:
         metrics.GATEWAY_SESSIONS.set(len(state.sessions))
     if state.hub is not None:
-        metrics.HUB_CHANNELS.set(state.hub.local_users())
+        metrics.HUB_CHANNELS.set(state.hub.channels())
         metrics.HUB_LISTENERS.set(state.hub.listeners())
 
 

@@ -161,3 +161,88 @@ async def test_killed_link_reconnects_and_resyncs_without_loss(redis: Any, keys:
         tg.cancel_scope.cancel()
     assert_exact(rec.events(), first + gap + after)
     assert await numsub(redis, keys.live("alice")) == 0
+
+
+@contextlib.asynccontextmanager
+async def lingering_hub(redis_url: str, keys: Keys, linger_s: float) -> Any:
+    h = Hub(redis_url, keys, ping_interval_s=1.0, linger_s=linger_s)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.run)
+        with anyio.fail_after(10):
+            await h.connected_once.wait()
+        yield h
+        tg.cancel_scope.cancel()
+    await h.aclose()
+
+
+async def test_a_channel_lingers_after_its_last_session_then_is_dropped(
+        redis: Any, redis_url: str, keys: Keys) -> None:
+    async with lingering_hub(redis_url, keys, linger_s=1.0) as hub:
+        users = ["alice", "bob", "carol"]
+        async with contextlib.AsyncExitStack() as stack:
+            for user in users:
+                assert await stack.enter_async_context(hub.subscribe(user, Counting()))
+        assert hub.local_users() == 0 and hub.channels() == 3
+        for user in users:  # still subscribed: the sessions left a moment ago
+            assert await numsub(redis, keys.live(user)) == 1
+        await redis.publish(keys.live("alice"), b"to nobody")  # dropped, no error
+
+        (link,) = hub._links.values()
+        subscribes = 0
+        subscribe = link.subscribe
+
+        async def counted(subs: Any) -> None:
+            nonlocal subscribes
+            subscribes += 1
+            await subscribe(subs)
+
+        link.subscribe = counted  # type: ignore[method-assign]
+        back = Counting()
+        async with hub.subscribe("alice", back) as confirmed:
+            assert confirmed is True and subscribes == 0  # no SUBSCRIBE: it lingered
+            assert hub.local_users() == 1 and hub.channels() == 3
+            await redis.publish(keys.live("alice"), b"live")
+            await eventually(lambda: _true(back.frames == [b"live"]))
+            await anyio.sleep(1.6)  # past the linger: a channel in use is never dropped
+            assert await numsub(redis, keys.live("alice")) == 1
+            await redis.publish(keys.live("alice"), b"still")
+            await eventually(lambda: _true(back.frames == [b"live", b"still"]))
+        # One timer drops them all once they are a second idle, alice's a little later.
+        for user in users:
+            await eventually(lambda u=user: _eq(numsub(redis, keys.live(u)), 0), timeout=5)
+        assert hub.local_users() == hub.channels() == 0
+        assert subscribes == 0
+
+
+async def test_a_session_on_a_lingering_channel_gets_what_it_missed_once(
+        redis: Any, redis_url: str, keys: Keys) -> None:
+    """A reconnect finds its channel subscribed (frames published meanwhile went to nobody,
+    and a pub/sub link lost meanwhile came back): its replay fills the gap exactly."""
+    log = EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
+    async with lingering_hub(redis_url, keys, linger_s=30.0) as hub:
+        rec = Recorder()
+        session = Session(user="alice", log=log, hub=hub, transport=rec, last_id=None)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            await rec.until(lambda r: r.types() == ["hello"])
+            first = await publish(log, "alice", 10)
+            await rec.until(lambda r: len(r.events()) >= 10)
+            session.stop()
+        last_id = rec.events()[-1]
+        assert hub.channels() == 1 and hub.local_users() == 0
+        # Lingering, with no session: these reach the channel and go nowhere.
+        quiet = await publish(log, "alice", 15, start=10)
+        before = reconnects()
+        await kill_hub_link(redis, hub)
+        lost = await publish(log, "alice", 15, start=25)  # while the link is down
+        rec2 = Recorder()
+        again = Session(user="alice", log=log, hub=hub, transport=rec2, last_id=last_id)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(again.run)
+            await eventually(lambda: hub.healthy and reconnects() > before)
+            after = await publish(log, "alice", 10, start=40)
+            await rec2.until(lambda r: len(r.events()) >= 40)
+            await anyio.sleep(0.3)
+            tg.cancel_scope.cancel()
+    assert_exact(rec.events(), first)
+    assert_exact(rec2.events(), quiet + lost + after)

@@ -291,7 +291,7 @@ async def test_a_silent_pubsub_link_is_replaced_and_resynced(redis_url: str, red
 @pytest.mark.slow
 async def test_gateway_releases_the_channel_when_clients_leave(
         gateways: Gateways, redis: Any, keys: Keys) -> None:
-    _, url = gateways.start()
+    _, url = gateways.start(hub_linger_s=0.2)  # the channel lingers that long after
     ws = await WsClient.open(ws_url(url, "alice"))  # offers permessage-deflate
     await ws.until(lambda c: c.types() == ["hello"])
     # No compression: zlib state per connection would cost ~100 KiB per idle socket.
