@@ -2,12 +2,18 @@
 
 The baseline is the bare read of the same M feed entries with paged XRANGE from Python:
 what any replay has to do at least, without encoding or sending a frame.
+
+Every timed reconnect finds its user's channel unsubscribed (a gateway with
+`LIVEFEED_HUB_LINGER=0`), as a client back from a long absence does; one more row times a
+reconnect within the linger (the configured one), as after a page load.
 """
 
 from __future__ import annotations
 
 from statistics import median
 from typing import Any
+
+import msgspec
 
 from livefeed.core import auth, redis_client
 from livefeed.core.eventlog import EventLog
@@ -61,32 +67,34 @@ async def run(ctx: Context, result: BenchResult) -> None:
                       for m in sizes}
         finally:
             await redis.aclose()
-        with procs.gateway(s, ctx.workdir, "replay-gateway") as (gw, port):
-            url = f"ws://127.0.0.1:{port}/v1/ws"
-            secret = s.secret
+        secret = s.secret
 
-            async def reconnect(user: str, last_id: str, missed: int) -> float:
-                """Median seconds from connect to `recovered` over `runs` reconnects."""
-                spec = Spec(url, [auth.mint(secret, user)], last_id=last_id)
-                times = []
-                for _ in range(runs):
-                    async with loadgen.clients([spec]) as gens:
-                        outcome = await gens[0].stop()
-                    if outcome.events != missed or not outcome.recovered_s:
-                        raise RuntimeError(f"replay of {missed}: got {outcome.events} events, "
-                                           f"recovered frames {len(outcome.recovered_s)}")
-                    times.append(outcome.recovered_s[0])
-                return median(times)
+        async def reconnect(port: int, user: str, last_id: str, missed: int,
+                            count: int) -> float:
+            """Median seconds from connect to `recovered` over `count` reconnects."""
+            spec = Spec(f"ws://127.0.0.1:{port}/v1/ws", [auth.mint(secret, user)],
+                        last_id=last_id)
+            times = []
+            for _ in range(count):
+                async with loadgen.clients([spec]) as gens:
+                    outcome = await gens[0].stop()
+                if outcome.events != missed or not outcome.recovered_s:
+                    raise RuntimeError(f"replay of {missed}: got {outcome.events} events, "
+                                       f"recovered frames {len(outcome.recovered_s)}")
+                times.append(outcome.recovered_s[0])
+            return median(times)
 
+        cold = msgspec.structs.replace(s, hub_linger_s=0.0)
+        with procs.gateway(cold, ctx.workdir, "replay-gateway") as (gw, port):
             replays = {}
             for m in sizes:
                 with procs.profiled(gw.pid, ctx.profile_dir, f"replay-{m}"):
-                    replays[m] = await reconnect(f"replay{m}", anchors[m], m)
+                    replays[m] = await reconnect(port, f"replay{m}", anchors[m], m, runs)
                 result.rows.append(row(f"replay {m:,} missed events", replays[m] * 1000,
                                        "ms", f"paged XRANGE ({PAGE}) only",
                                        floors[m] * 1000, Goal("ratio", "<=", 2)))
             # What every reconnect costs before any replay: connect, auth, hello, one read.
-            fixed = await reconnect(f"replay{sizes[0]}", newest, 0)
+            fixed = await reconnect(port, f"replay{sizes[0]}", newest, 0, runs)
             result.rows.append(row("reconnect with nothing missed", fixed * 1000, "ms",
                                    f"paged XRANGE ({PAGE}) of {sizes[0]:,}",
                                    floors[sizes[0]] * 1000))
@@ -96,6 +104,16 @@ async def run(ctx: Context, result: BenchResult) -> None:
                 result.rows.append(row(f"replay {m:,} beyond the reconnect",
                                        max(0.0, replays[m] - fixed) * 1000, "ms",
                                        f"paged XRANGE ({PAGE}) only", floors[m] * 1000))
+        if s.hub_linger_s > 0:
+            with procs.gateway(s, ctx.workdir, "replay-gateway-linger") as (_, port):
+                user = f"replay{sizes[0]}"
+                await reconnect(port, user, newest, 0, 1)  # its channel lingers from here
+                warm = await reconnect(port, user, newest, 0, runs)
+            result.rows.append(row("reconnect with nothing missed, its channel lingering",
+                                   warm * 1000, "ms", "the same, channel unsubscribed",
+                                   fixed * 1000))
+        else:
+            ctx.note("LIVEFEED_HUB_LINGER=0: no row for a reconnect within the linger")
     ctx.note(f"time from the WebSocket connect (with last_id) to the `recovered` frame, "
              f"in a separate client process; includes connect, auth and hello; medians of "
              f"{runs} reconnects and of {runs} floor reads")
