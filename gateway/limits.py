@@ -2,12 +2,12 @@
 process, and new connections per second per gateway process.
 
 The WebSocket and SSE handlers wrap a session in `connection(state, user, transport)`
-once they know the user; a refusal raises `Limited` before the session sends or replays
-anything: the WebSocket is accepted and closed with 4029 and the reason, SSE answers 429
-with `Retry-After`. The per-user count is the user's presence (gateway/presence.py),
+once they know the user; a refusal raises `Limited` before the session sends anything:
+the WebSocket is accepted and closed with 4029 and the reason, SSE answers 429 with
+`Retry-After`. The per-user count is the user's presence (gateway/presence.py),
 checked and taken by one script. For a WebSocket that script runs while the handshake
-completes and the session subscribes (its round trip was a fifth of a reconnect): the
-session awaits `admitted()` after subscribing, before it sends or replays anything.
+completes, the session subscribes and reads its replay's first page (its round trip was a
+fifth of a reconnect): the session awaits `admitted()` before it sends anything.
 """
 
 from __future__ import annotations

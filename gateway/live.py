@@ -153,8 +153,9 @@ class Session:
                  last_id: str | None, mode: Delivery = "streams", queue_size: int = 1000,
                  page: int = PAGE, coalesce: int = 16,
                  admitted: Callable[[], Awaitable[None]] | None = None) -> None:
-        """`admitted`: awaited after subscribing, before anything is sent or replayed (the
-        connection limits; it raises to refuse the session)."""
+        """`admitted`: awaited before anything is sent (the connection limits; it raises
+        to refuse the session), after subscribing and the replay's first read, which
+        run meanwhile."""
         self.user = user
         self.log = log
         self.hub = hub
@@ -289,9 +290,6 @@ class Session:
                 self._check_stopped()
                 async with self.hub.subscribe(self.user, self):
                     try:
-                        admitted, self._admitted = self._admitted, None
-                        if admitted is not None:
-                            await admitted()
                         await self._start()
                         await self._deliver()
                     finally:
@@ -374,8 +372,13 @@ class Session:
                 await self._reset("unknown_id")
             else:
                 recovery.move_to(self.last_id)
+        # A new connection's first read runs while its admission is decided (no flush).
+        deciding = self._admitted is not None
         while True:
-            await self._flush()  # the page so far goes out while the next one is read
+            if deciding:
+                deciding = False
+            else:
+                await self._flush()  # the page so far goes out while the next one is read
             after = recovery.cursor_id
             if after is None:
                 entries, problem = await self.log.read_feed(self.user, FEED_START,
@@ -453,6 +456,9 @@ class Session:
         return len(entries)
 
     async def _flush(self) -> None:
+        if self._admitted is not None:  # nothing goes out before the connection is admitted
+            admitted, self._admitted = self._admitted, None
+            await admitted()
         out, self._out = self._out, []
         self._out_bytes = 0
         if self._out_events:

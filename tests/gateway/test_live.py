@@ -82,6 +82,55 @@ async def test_replays_missed_events_while_new_ones_arrive(redis: Any, keys: Key
     assert recovered["last_id"] == rec.events()[recovered["count"] - 1]
 
 
+@pytest.mark.parametrize("admission", ["admitted", "refused"])
+async def test_the_first_replay_read_runs_while_admission_is_decided_and_nothing_goes_out(
+        redis: Any, keys: Keys, hub: Hub, admission: str) -> None:
+    log = make_log(redis, keys)
+    seen = await publish(log, "alice", 3)
+    missed = await publish(log, "alice", 30, start=3)
+    reads: list[str] = []
+    resume = log.resume
+
+    async def counted(user: str, last_id: str, count: int) -> Any:
+        reads.append(last_id)
+        return await resume(user, last_id, count)
+
+    log.resume = counted  # type: ignore[method-assign]
+    decided = anyio.Event()
+
+    async def admitted() -> None:
+        await decided.wait()
+        if admission == "refused":
+            raise LookupError("refused")
+
+    rec = Recorder()
+    s = session(log, hub, rec, seen[-1], page=20, admitted=admitted)
+    outcome: list[object] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(await s.run())
+        except LookupError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await eventually(lambda: reads == [seen[-1]], what="the first page read")
+        await anyio.sleep(0.1)
+        assert reads == [seen[-1]] and rec.frames == []  # read, and nothing sent yet
+        decided.set()
+        if admission == "admitted":
+            await rec.until(lambda r: "recovered" in r.types())
+            tg.cancel_scope.cancel()
+        else:
+            await eventually(lambda: bool(outcome), what="the session's end")
+    if admission == "refused":
+        assert isinstance(outcome[0], LookupError) and rec.frames == []
+    else:
+        assert_exact(rec.events(), missed)
+        assert rec.types()[0] == "hello" and len(reads) == 2  # 30 in pages of 20
+
+
 async def test_without_last_id_starts_live_at_the_end(redis: Any, keys: Keys, hub: Hub) -> None:
     log = make_log(redis, keys)
     old = await publish(log, "alice", 5)
