@@ -185,7 +185,10 @@ async def test_a_channel_lingers_after_its_last_session_then_is_dropped(
         assert hub.local_users() == 0 and hub.channels() == 3
         for user in users:  # still subscribed: the sessions left a moment ago
             assert await numsub(redis, keys.live(user)) == 1
-        await redis.publish(keys.live("alice"), b"to nobody")  # dropped, no error
+        async with hub.subscribe("dave", marker := Counting()):
+            await redis.publish(keys.live("alice"), b"to nobody")  # dropped, no error
+            await redis.publish(keys.live("dave"), b"after it")  # read after it, in order
+            await eventually(lambda: _true(marker.frames == [b"after it"]))
 
         (link,) = hub._links.values()
         subscribes = 0
@@ -200,7 +203,7 @@ async def test_a_channel_lingers_after_its_last_session_then_is_dropped(
         back = Counting()
         async with hub.subscribe("alice", back) as confirmed:
             assert confirmed is True and subscribes == 0  # no SUBSCRIBE: it lingered
-            assert hub.local_users() == 1 and hub.channels() == 3
+            assert hub.local_users() == 1 and hub.channels() == 4
             await redis.publish(keys.live("alice"), b"live")
             await eventually(lambda: _true(back.frames == [b"live"]))
             await anyio.sleep(1.6)  # past the linger: a channel in use is never dropped
@@ -208,7 +211,7 @@ async def test_a_channel_lingers_after_its_last_session_then_is_dropped(
             await redis.publish(keys.live("alice"), b"still")
             await eventually(lambda: _true(back.frames == [b"live", b"still"]))
         # One timer drops them all once they are a second idle, alice's a little later.
-        for user in users:
+        for user in [*users, "dave"]:
             await eventually(lambda u=user: _eq(numsub(redis, keys.live(u)), 0), timeout=5)
         assert hub.local_users() == hub.channels() == 0
         assert subscribes == 0
@@ -246,3 +249,32 @@ async def test_a_session_on_a_lingering_channel_gets_what_it_missed_once(
             tg.cancel_scope.cancel()
     assert_exact(rec.events(), first)
     assert_exact(rec2.events(), quiet + lost + after)
+
+
+@pytest.mark.parametrize("linger_s", [0.0, 0.05])
+async def test_a_join_racing_the_last_leave_or_the_expiry_stays_subscribed(
+        redis: Any, redis_url: str, keys: Keys, linger_s: float) -> None:
+    """A join that lands while the last tab leaves (its UNSUBSCRIBE on the way) or while
+    the channel expires ends subscribed."""
+    async with lingering_hub(redis_url, keys, linger_s=linger_s) as hub:
+        for n in range(40):
+            old, new = Counting(), Counting()
+            leaving = hub.subscribe("alice", old)
+            assert await leaving.__aenter__()
+            if n % 2:
+                await anyio.sleep(0.06)  # with a linger: the sweep may run meanwhile
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(leaving.__aexit__, None, None, None)
+                if n % 3:
+                    await anyio.sleep(0)
+                tg.start_soon(_hold, hub, redis, new, n)
+        if not linger_s:
+            assert await numsub(redis, keys.live("alice")) == 0
+
+
+async def _hold(hub: Hub, redis: Any, tab: Counting, n: int) -> None:
+    async with hub.subscribe("alice", tab) as subscribed:
+        assert subscribed
+        message = f"m{n}".encode()
+        await redis.publish(hub.channel("alice"), message)
+        await eventually(lambda: _true(tab.frames == [message]), timeout=5)
