@@ -25,7 +25,8 @@ PREFIX = "bench t="
 class Spec(msgspec.Struct):
     url: str  # ws://host:port/v1/ws
     tokens: list[str]
-    mode: Literal["count", "latency"] = "count"
+    # reconnect: one connection at a time, each closed once recovered (`last_id`)
+    mode: Literal["count", "latency", "reconnect"] = "count"
     last_id: str | None = None
 
 
@@ -149,11 +150,21 @@ async def main() -> None:
     spec = msgspec.json.decode(await loop.run_in_executor(None, sys.stdin.readline), type=Spec)
     clients = Clients(spec)
     sem = asyncio.Semaphore(64)
-    opened = await asyncio.gather(*(clients.open(t, sem) for t in spec.tokens))
-    conns = [ws for ws in opened if ws is not None]
+    if spec.mode == "reconnect":
+        done = 0
+        for token in spec.tokens:
+            ws = await clients.open(token, sem)
+            if ws is not None:
+                done += 1
+                await ws.close()
+        conns: list[ClientConnection] = []
+    else:
+        opened = await asyncio.gather(*(clients.open(t, sem) for t in spec.tokens))
+        conns = [ws for ws in opened if ws is not None]
+        done = len(conns)
     if clients.errors:
         sys.stderr.write(f"clients: connect errors (retried) {clients.errors}\n")
-    _out(f"ready {len(conns)} {clients.failed}")
+    _out(f"ready {done} {clients.failed}")
     tasks = [asyncio.create_task(clients.listen(ws)) for ws in conns]
 
     async def progress() -> None:
