@@ -210,10 +210,10 @@ def make_log(redis: Any, keys: Keys, maxlen: int = 10_000) -> EventLog:
 
 # Fixtures shared by tests/gateway and tests/e2e (registered in tests/conftest.py).
 
-@pytest.fixture
-async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
-    """A running pub/sub hub of this test's prefix (pinging its link every second)."""
-    h = Hub(redis_url, keys, ping_interval_s=1.0)
+@contextlib.asynccontextmanager
+async def running_hub(redis_url: str, keys: Keys, **options: Any) -> AsyncIterator[Hub]:
+    """A running pub/sub hub of this prefix (pinging its link every second), connected."""
+    h = Hub(redis_url, keys, ping_interval_s=1.0, **options)
     async with anyio.create_task_group() as tg:
         tg.start_soon(h.run)
         with anyio.fail_after(10):
@@ -221,6 +221,12 @@ async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
         yield h
         tg.cancel_scope.cancel()
     await h.aclose()
+
+
+@pytest.fixture
+async def hub(redis_url: str, keys: Keys) -> AsyncIterator[Hub]:
+    async with running_hub(redis_url, keys) as h:
+        yield h
 
 
 @pytest.fixture

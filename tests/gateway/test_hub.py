@@ -13,7 +13,7 @@ from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub, buffered_replies
 from livefeed.gateway.live import Session
-from tests.gateway.livehelp import assert_exact, publish
+from tests.gateway.livehelp import assert_exact, publish, running_hub
 from tests.helpers.frames import Recorder
 from tests.helpers.waiting import eventually
 
@@ -163,16 +163,8 @@ async def test_killed_link_reconnects_and_resyncs_without_loss(redis: Any, keys:
     assert await numsub(redis, keys.live("alice")) == 0
 
 
-@contextlib.asynccontextmanager
-async def lingering_hub(redis_url: str, keys: Keys, linger_s: float) -> Any:
-    h = Hub(redis_url, keys, ping_interval_s=1.0, linger_s=linger_s)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(h.run)
-        with anyio.fail_after(10):
-            await h.connected_once.wait()
-        yield h
-        tg.cancel_scope.cancel()
-    await h.aclose()
+def lingering_hub(redis_url: str, keys: Keys, linger_s: float) -> Any:
+    return running_hub(redis_url, keys, linger_s=linger_s)
 
 
 async def test_a_channel_lingers_after_its_last_session_then_is_dropped(
