@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
+import redis.asyncio
 from redis.crc import key_slot
 
 from livefeed.core import redis_client
@@ -137,3 +138,49 @@ async def test_a_slot_moved_under_a_subscription_is_followed(
         await client.aclose()
     with redis.Redis(target.host, target.port) as t:
         assert t.execute_command("CLUSTER", "COUNTKEYSINSLOT", key_slot(channel.encode())) == 1
+
+
+async def test_lingering_channels_on_every_node_expire_together(
+        redis_cluster_url: str, redis_cluster: Any, keys: Keys) -> None:
+    """Channels of many slots on every primary linger, then go in one timer's batches:
+    one SUNSUBSCRIBE per slot (several slots in one would be refused), no link lost."""
+    from prometheus_client import REGISTRY
+
+    def reconnects() -> float:
+        return REGISTRY.get_sample_value("livefeed_pubsub_reconnects_total") or 0.0
+
+    async def shardnumsub(channel: str) -> int:
+        node = redis_cluster.get_node_from_key(channel)
+        async with redis.asyncio.Redis(host=node.host, port=node.port) as client:
+            reply = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+        return int(reply[1])
+
+    await redis_cluster.initialize()  # its slot map
+    users = [f"u{i}" for i in range(60)]
+    channels = [keys.live(u) for u in users]
+    assert len({redis_cluster.get_node_from_key(c).name for c in channels}) == 3
+    assert len({key_slot(c.encode()) for c in channels}) > 3
+    before = reconnects()
+    hub = Hub(redis_cluster_url, keys, cluster=True, ping_interval_s=1.0, linger_s=1.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hub.run)
+        with anyio.fail_after(30):
+            await hub.connected_once.wait()
+        async with contextlib.AsyncExitStack() as stack:
+            for user in users:
+                assert await stack.enter_async_context(hub.subscribe(user, Listener()))
+        assert hub.channels() == 60 and hub.local_users() == 0
+        assert [await shardnumsub(c) for c in channels] == [1] * 60
+        back = Listener()
+        async with hub.subscribe(users[7], back):
+            await redis_cluster.execute_command("SPUBLISH", channels[7], "again")
+            await eventually(lambda: back.frames == [b"again"], what="a live frame",
+                             timeout=10)
+
+        async def all_gone() -> bool:
+            return [await shardnumsub(c) for c in channels] == [0] * 60
+
+        await eventually(all_gone, what="every lingering channel dropped", timeout=10)
+        assert hub.channels() == 0 and reconnects() == before
+        tg.cancel_scope.cancel()
+    await hub.aclose()
