@@ -90,8 +90,9 @@ async def _senders(port: int) -> AsyncIterator[asyncio.Queue[Any]]:
 
 
 async def _mode(ctx: Context, s: Resolved, users: list[str], rate: int,
-                seconds: float) -> tuple[list[float], int, int]:
-    """(latencies µs, events sent, events received) for one delivery mode."""
+                seconds: float) -> tuple[list[float], int, int, list[float]]:
+    """(latencies µs, events sent, events received, POST round trips µs) for one delivery
+    mode."""
     assert s.secret and s.webhook_secret
     hook = s.webhook_secret
     with contextlib.ExitStack() as stack:
@@ -103,14 +104,16 @@ async def _mode(ctx: Context, s: Resolved, users: list[str], rate: int,
         specs = [Spec(url, part, mode="latency") for part in loadgen.split(tokens, CLIENT_PROCS)]
         sent = 0
         errors: dict[int, int] = {}
+        posts: list[float] = []  # from the first event's timestamp to the 202
         async with loadgen.clients(specs) as gens, _senders(port) as pool:
 
             async def send(tick: int, count: int, preview: str | None = None) -> None:
                 nonlocal sent
                 start = tick * count
                 picked = [users[(start + k) % len(users)] for k in range(count)]
+                stamp = time.monotonic_ns()
                 evs = data.events(count, picked, seed=tick + len(users) * 7919,
-                                  preview=preview or sent_at(time.monotonic_ns()))
+                                  preview=preview or sent_at(stamp))
                 body = msgspec.json.encode(evs)
                 request = httpload.post_request("/v1/events", body,
                                                 auth.signature_headers(hook, body))
@@ -120,7 +123,9 @@ async def _mode(ctx: Context, s: Resolved, users: list[str], rate: int,
                 finally:
                     pool.put_nowait(conn)
                 if status == 202:
-                    sent += count if preview is None else 0
+                    if preview is None:
+                        sent += count
+                        posts.append((time.monotonic_ns() - stamp) / 1000)
                 else:
                     errors[status] = errors.get(status, 0) + 1
 
@@ -144,7 +149,7 @@ async def _mode(ctx: Context, s: Resolved, users: list[str], rate: int,
         if errors:
             ctx.note(f"{s.delivery}: ingest answered non-202 statuses {errors}")
     latencies = [x for o in outcomes for x in o.latencies_us]
-    return latencies, sent, len(latencies)
+    return latencies, sent, len(latencies), posts
 
 
 async def run(ctx: Context, result: BenchResult) -> None:
@@ -155,9 +160,10 @@ async def run(ctx: Context, result: BenchResult) -> None:
     async with ctx.namespace() as s:
         floor = await _floor(s, rate, seconds)
     lat: dict[str, list[float]] = {}
+    posts: dict[str, list[float]] = {}
     for mode in ("streams", "pubsub"):
         async with ctx.namespace(delivery=mode) as s:
-            lat[mode], sent, got = await _mode(ctx, s, users, rate, seconds)
+            lat[mode], sent, got, posts[mode] = await _mode(ctx, s, users, rate, seconds)
         if got != sent:
             ctx.note(f"{mode}: {sent} events sent, {got} delivered to clients")
 
@@ -175,6 +181,11 @@ async def run(ctx: Context, result: BenchResult) -> None:
         row("pubsub p99", ms(lat["pubsub"], 99), "ms", "Redis PUBLISH floor p99",
             ms(floor, 99), Goal("value", "<", 5)),
     ]
+    # Where the time goes: the ingest POST's share (same clock, same timestamp).
+    for mode in ("streams", "pubsub"):
+        for q in (50, 99):
+            result.rows.append(row(f"{mode}: POST answered 202, p{q}", ms(posts[mode], q), "ms",
+                                   f"{mode} p{q}, POST to client", ms(lat[mode], q)))
     ctx.note(f"{rate} events/s for {seconds}s ({round(rate * TICK_S)} events per POST every "
              f"{TICK_S * 1000:.0f} ms, {SENDERS} keep-alive connections) to {n_clients} "
              f"clients (one user each) in {CLIENT_PROCS} client processes; gateway, fanout "
