@@ -413,9 +413,10 @@ class Hub:
 
     async def _expire_idle(self) -> None:
         """Unsubscribe the channels that lingered `linger_s` without a session, checked
-        every half of it: one timer for the hub, one UNSUBSCRIBE per batch of channels."""
+        every half of it (50 ms at least): one timer for the hub, one UNSUBSCRIBE per batch
+        of channels."""
         while True:
-            await anyio.sleep(self.linger_s / 2)
+            await anyio.sleep(max(self.linger_s / 2, 0.05))
             if not self._idle:
                 continue
             async with self._lock:
