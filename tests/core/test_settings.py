@@ -109,3 +109,11 @@ def test_token_settings(tmp_path: Path) -> None:
                        "LIVEFEED_SIGNING_SECRET_PREVIOUS")):
         with pytest.raises(SettingsError, match=name):
             settings_mod.load(env)
+
+
+def test_hub_linger_setting() -> None:
+    assert settings_mod.load({}).hub_linger_s == 5.0
+    assert settings_mod.load({"LIVEFEED_HUB_LINGER": "0"}).hub_linger_s == 0.0
+    assert settings_mod.load({"LIVEFEED_HUB_LINGER": "0.5"}).hub_linger_s == 0.5
+    with pytest.raises(SettingsError, match="LIVEFEED_HUB_LINGER must be 0 or more"):
+        settings_mod.load({"LIVEFEED_HUB_LINGER": "-1"})
