@@ -223,10 +223,9 @@ def _as_sent(response: Any, **kwargs: Any) -> Any:
     return response or []
 
 
-def _feed_data(fields: list[bytes]) -> bytes:
-    """The payload of a feed entry's fields as Redis sent them (`data` is the only one)."""
-    if len(fields) == 2 and fields[0] == FEED_DATA_KEY:
-        return fields[1]
+def _odd_feed_data(fields: list[bytes]) -> bytes:
+    """The payload of a feed entry whose fields, as Redis sent them, are not `data` alone
+    (`_page` takes the usual `[data, payload]` itself)."""
     return dict(zip(fields[::2], fields[1::2], strict=True))[FEED_DATA_KEY]
 
 
@@ -427,7 +426,7 @@ class EventLog:
             Any, await self._pages.xrange(key, min=start, count=count))
         # Inline: a call per entry (a decode helper, the field lookup) costs as much again.
         return [(sid.decode(), fields[1] if len(fields) == 2 and fields[0] == FEED_DATA_KEY
-                 else _feed_data(fields)) for sid, fields in reply]
+                 else _odd_feed_data(fields)) for sid, fields in reply]
 
     async def resume(self, user: str, last_id: str, count: int) -> Resume:
         """The first page after `last_id`, or the reason the gap cannot be filled.

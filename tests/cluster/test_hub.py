@@ -19,6 +19,7 @@ from livefeed.core import redis_client
 from livefeed.core.embedded_cluster import ClusterNode, EmbeddedCluster
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
+from tests.gateway.livehelp import reconnects
 from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -144,11 +145,6 @@ async def test_lingering_channels_on_every_node_expire_together(
         redis_cluster_url: str, redis_cluster: Any, keys: Keys) -> None:
     """Channels of many slots on every primary linger, then go in one timer's batches:
     one SUNSUBSCRIBE per slot (several slots in one would be refused), no link lost."""
-    from prometheus_client import REGISTRY
-
-    def reconnects() -> float:
-        return REGISTRY.get_sample_value("livefeed_pubsub_reconnects_total") or 0.0
-
     async def shardnumsub(channel: str) -> int:
         node = redis_cluster.get_node_from_key(channel)
         async with redis.asyncio.Redis(host=node.host, port=node.port) as client:

@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 import websockets
+from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
@@ -202,6 +203,16 @@ async def tells_an_intact_head(redis: Any) -> bool:
     resume from FEED_START replays; Redis 6.2 cannot tell and answers `trimmed`."""
     version = str((await redis.info("server"))["redis_version"])
     return int(version.split(".")[0]) >= 7
+
+
+async def numsub(redis: Any, channel: str) -> int:
+    """Subscribers of a (non-sharded) pub/sub channel."""
+    return int((await redis.pubsub_numsub(channel))[0][1])
+
+
+def reconnects() -> float:
+    """Pub/sub links this process's hubs have reopened."""
+    return REGISTRY.get_sample_value("livefeed_pubsub_reconnects_total") or 0.0
 
 
 def make_log(redis: Any, keys: Keys, maxlen: int = 10_000) -> EventLog:

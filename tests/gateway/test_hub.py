@@ -7,13 +7,12 @@ from typing import Any
 
 import anyio
 import pytest
-from prometheus_client import REGISTRY
 
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub, buffered_replies
 from livefeed.gateway.live import Session
-from tests.gateway.livehelp import assert_exact, publish, running_hub
+from tests.gateway.livehelp import assert_exact, numsub, publish, reconnects, running_hub
 from tests.helpers.frames import Recorder
 from tests.helpers.waiting import eventually
 
@@ -30,14 +29,6 @@ class Counting:
 
     def on_resync(self) -> None:
         self.resyncs += 1
-
-
-def reconnects() -> float:
-    return REGISTRY.get_sample_value("livefeed_pubsub_reconnects_total") or 0.0
-
-
-async def numsub(redis: Any, channel: str) -> int:
-    return int((await redis.pubsub_numsub(channel))[0][1])
 
 
 async def test_channel_is_subscribed_while_a_user_has_a_session(redis: Any, keys: Keys,

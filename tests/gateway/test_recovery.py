@@ -133,6 +133,6 @@ def test_a_replay_page_sends_what_is_after_the_cursor(
         cursor: str | None, ids: list[str], sent: list[str], moved_to: str) -> None:
     rec = Recovery(10)
     rec.move_to(cursor)
-    out = rec.replayed([(i, b"{}") for i in ids])
+    out = rec.replayed(entries(*ids))
     assert [fid for fid, _ in out] == sent
     assert rec.cursor_id == moved_to

@@ -16,7 +16,6 @@ import anyio
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
-from prometheus_client import REGISTRY
 
 from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
@@ -30,7 +29,9 @@ from tests.gateway.livehelp import (
     assert_exact,
     bearer,
     make_log,
+    numsub,
     publish,
+    reconnects,
     ws_url,
 )
 from tests.helpers.frames import Recorder
@@ -39,19 +40,11 @@ from tests.helpers.waiting import eventually
 pytestmark = pytest.mark.anyio
 
 
-async def numsub(redis: Any, channel: str) -> int:
-    return int((await redis.pubsub_numsub(channel))[0][1])
-
-
 async def until_numsub(redis: Any, channel: str, want: int) -> None:
     async def reached() -> bool:
         return await numsub(redis, channel) == want
 
     await eventually(reached, what=f"{want} subscribers of {channel}")
-
-
-def reconnects() -> float:
-    return REGISTRY.get_sample_value("livefeed_pubsub_reconnects_total") or 0.0
 
 
 async def test_drain_stops_sessions_even_while_blocked_on_a_stalled_client(
