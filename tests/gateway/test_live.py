@@ -313,7 +313,7 @@ async def test_a_replay_page_goes_to_the_transport_in_few_writes(
     seen = await publish(log, "alice", 1)
     missed = await publish(log, "alice", 300, start=1)
     rec = Recorder()
-    s = session(log, hub, rec, seen[-1], page=page)
+    s = session(log, hub, rec, seen[-1], page=page, page_max=page)
     async with anyio.create_task_group() as tg:
         tg.start_soon(s.run)
         await rec.until(lambda r: "recovered" in r.types())
@@ -325,6 +325,31 @@ async def test_a_replay_page_goes_to_the_transport_in_few_writes(
     # Pages of 40: each page is one write, flushed before the next page is read; the
     # last one carries `recovered`. One page of 300: writes of at most WRITE_FRAMES.
     assert rec.batch_sizes[: len(writes)] == writes
+
+
+async def test_replay_pages_double_up_to_the_largest_page(
+        redis: Any, keys: Keys, hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = make_log(redis, keys)
+    seen = await publish(log, "alice", 1)
+    missed = await publish(log, "alice", 700, start=1)
+    asked: list[int] = []
+    resume = log.resume
+
+    async def counting(user: str, last_id: str, count: int) -> Any:
+        asked.append(count)
+        return await resume(user, last_id, count)
+
+    monkeypatch.setattr(log, "resume", counting)
+    rec = Recorder()
+    s = session(log, hub, rec, seen[-1], page=40, page_max=300)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        await rec.until(lambda r: "recovered" in r.types())
+        tg.cancel_scope.cancel()
+    assert_exact(rec.events(), missed)
+    # 40 + 80 + 160 + 300 full pages, then 120 of 300: the last page read tells the end.
+    assert asked == [40, 80, 160, 300, 300]
+    assert rec.types()[701] == "recovered"
 
 
 async def test_a_write_holds_at_most_write_bytes_and_one_frame(
