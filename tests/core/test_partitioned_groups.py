@@ -196,24 +196,13 @@ async def test_a_burst_that_wakes_an_idle_consumer_comes_in_batches_of_the_batch
         assert (await redis.xpending(keys.ingest(p), GROUP))["pending"] == 0
 
 
-async def test_a_consumer_that_does_not_linger_reads_a_requests_other_partitions_meanwhile(
+async def test_a_consumer_that_does_not_linger_handles_a_requests_partitions_as_one_batch(
         redis: Any, keys: Keys) -> None:
     """One ingest request lands on several partitions at once; Redis answers the blocked
     read with the partition that woke it only. A consumer that does not linger (fanout)
-    reads the others while it handles that one, not a round trip after it."""
+    reads the others at once, without blocking, and handles the request as one batch."""
     log: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    read_meanwhile: list[bool] = []
-    woken = [-1]  # the index of the batch the wake-up brings
-
-    class Watching(Recorder):
-        async def handle(self, entries: Sequence[Entry]) -> dict[str, str]:
-            if self.batches == woken[0]:
-                with anyio.move_on_after(5):
-                    await until(lambda: run._next is not None)
-                read_meanwhile.append(run._next is not None)
-            return await super().handle(entries)
-
-    rec = Watching("c", log)
+    rec = Recorder("c", log)
     run = runner(redis, keys, "c", rec)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -222,17 +211,19 @@ async def test_a_consumer_that_does_not_linger_reads_a_requests_other_partitions
         await post(redis, keys, 1)  # first batches: the runner is healthy from then on
         await until(lambda: sum(len(v) for v in log.values()) == len(USERS))
         await anyio.sleep(0.2)  # blocked on an empty group
-        woken[0] = rec.batches
-        pipe = redis.pipeline(transaction=True)  # one request: every partition at once
-        for user in USERS:
+        woken = rec.batches
+        # One request of 10 events on 10 partitions, as ingest appends them: at once.
+        request = list({keys.partition_of(u): u for u in USERS}.values())[:10]
+        pipe = redis.pipeline(transaction=True)
+        for user in request:
             pipe.xadd(keys.ingest_of(user), {"event_id": f"{user}-1", "user": user,
                                              "data": b"{}"})
         await pipe.execute()
-        await until(lambda: sum(len(v) for v in log.values()) == 2 * len(USERS))
+        await until(lambda: sum(len(v) for v in log.values()) == len(USERS) + 10)
         stop.set()
-    check_each_once_in_order(log, 2)
-    assert rec.partitions_per_batch[woken[0]] == 1  # the wake-up brought one partition
-    assert read_meanwhile == [True]
+    assert all([e for e, _ in log[u]] == [f"{u}-0", f"{u}-1"] for u in request)
+    assert rec.sizes[woken:] == [10]  # one batch, not the woken partition and then the rest
+    assert rec.partitions_per_batch[woken] == 10
 
 
 async def test_a_read_says_whether_entries_are_left_waiting(redis: Any, keys: Keys) -> None:
