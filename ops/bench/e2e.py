@@ -1,8 +1,9 @@
 """`e2e`: latency from POST /v1/events to a connected WebSocket client, p50/p99.
 
 Both delivery modes run in the same run at the same fixed rate with the same clients
-(one user each, in separate client processes); the floor is bare Redis PUBLISH to a
-subscriber at the same rate. The send time travels in the event's `preview`
+(one user each, in separate client processes), both persisting every event to PostgreSQL
+(streams: the persist consumer; pubsub: the request itself); the floor is bare Redis
+PUBLISH to a subscriber at the same rate. The send time travels in the event's `preview`
 (CLOCK_MONOTONIC, which every process on the machine shares).
 """
 
@@ -97,6 +98,9 @@ async def _mode(ctx: Context, s: Resolved, users: list[str], rate: int,
     hook = s.webhook_secret
     with contextlib.ExitStack() as stack:
         if s.delivery == "streams":
+            # Persistence on, as in production (and as pubsub mode persists in the request):
+            # the PostgreSQL writer runs beside the fanout consumer.
+            stack.enter_context(procs.consumer(s, ctx.workdir, "persist"))
             stack.enter_context(procs.consumer(s, ctx.workdir, "fanout"))
         gw, port = stack.enter_context(procs.gateway(s, ctx.workdir, f"e2e-{s.delivery}"))
         url = f"ws://127.0.0.1:{port}/v1/ws"
@@ -189,4 +193,5 @@ async def run(ctx: Context, result: BenchResult) -> None:
     ctx.note(f"{rate} events/s for {seconds}s ({round(rate * TICK_S)} events per POST every "
              f"{TICK_S * 1000:.0f} ms, {SENDERS} keep-alive connections) to {n_clients} "
              f"clients (one user each) in {CLIENT_PROCS} client processes; gateway, fanout "
-             "consumer, clients, Redis, Postgres and the sender share the 2 cores")
+             "and persist consumers (streams), clients, Redis, Postgres and the sender share "
+             "the 2 cores")
