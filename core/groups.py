@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 # Failures that say nothing about the entries: retry the same batch later. The handler
 # says so with RetryBatch; Redis being away (fanout's handler talks to Redis) says it too.
 RETRY_LATER = (RetryBatch, *REDIS_UNAVAILABLE)
+# A lingering consumer (persist, LIVEFEED_FLUSH_MS) reads what arrived this often while its
+# partial batch fills: a batch that fills goes at most this much later.
+LINGER_POLL_S = 0.05
 
 
 _DOWN: Any = object()
@@ -449,16 +452,18 @@ class GroupRunner:
             return entries
         deadline = time.monotonic() + cfg.linger_ms / 1000
         while len(entries) < cfg.batch_size and not self._more and not self._stopping.is_set():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms < 1:
+            remaining = deadline - time.monotonic()
+            if remaining < 0.001:
                 break
+            # Every LINGER_POLL_S, not a blocking read: that one came back on every append
+            # (every ingest request), just when the gateway and fanout were busiest.
+            with anyio.move_on_after(min(remaining, LINGER_POLL_S)):
+                await self._stopping.wait()
             try:
-                more = await self._read(cfg.batch_size - len(entries), remaining_ms)
+                more = await self._read(cfg.batch_size - len(entries), None)
             except REDIS_UNAVAILABLE as exc:  # handle what we have; no entry is dropped
                 logger.warning("group %s: Redis unavailable while batching (%s)", self.group,
                                exc)
-                break
-            if not more:
                 break
             entries = entries + more
         return entries

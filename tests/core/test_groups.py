@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from livefeed.core import redis_client
 from livefeed.core.errors import RetryBatch
-from livefeed.core.groups import GroupRunner, RunnerConfig
+from livefeed.core.groups import LINGER_POLL_S, GroupRunner, RunnerConfig
 from livefeed.core.groupstream import Entry, parse_autoclaim, ref
 from livefeed.core.keys import Keys
 from tests.helpers.waiting import eventually
@@ -436,3 +436,37 @@ async def _true(value: bool) -> bool:
 
 async def _is(awaitable: Any, expected: Any) -> bool:
     return bool(await awaitable == expected)
+
+
+
+@both
+async def test_a_lingering_batch_is_polled_not_read_on_every_append(
+        r: Any, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """persist lingers for a partial batch to fill: it reads what arrived every
+    LINGER_POLL_S, not once per append (each ingest request), and a batch that fills goes
+    within a poll, long before the linger ends."""
+    await ensure(r, keys)
+    rec = Recorder()
+    run = runner(r, keys, rec, "me", batch_size=30, linger_ms=3000)
+    real = run.stream.ack_and_read
+    reads: list[float] = []
+
+    async def counted(*args: Any) -> Any:
+        reads.append(anyio.current_time())
+        return await real(*args)
+
+    monkeypatch.setattr(run.stream, "ack_and_read", counted)
+    async with anyio.create_task_group() as tg:
+        running = Running(run, tg)
+        await anyio.sleep(0.2)  # blocked on an empty group
+        start = anyio.current_time()
+        for i in range(30):  # one append every 10 ms, as ingest requests come
+            await add(r, keys, f"e{i}")
+            await anyio.sleep(0.01)
+        await eventually(lambda: _true(len(rec.handled) == 30))
+        took = anyio.current_time() - start
+        await running.stop()
+    assert rec.batches == [[f"e{i}" for i in range(30)]]
+    assert took < 2.0  # the full batch went within a poll, not after the 3 s linger
+    during = [t for t in reads if start <= t <= start + took]
+    assert len(during) <= took / LINGER_POLL_S + 3, (len(during), took)
