@@ -26,6 +26,19 @@ def session(log: EventLog, hub: Hub, rec: Recorder, last_id: str | None, **kw: A
     return Session(user="alice", log=log, hub=hub, transport=rec, last_id=last_id, **kw)
 
 
+def record_resumes(log: EventLog) -> list[tuple[str, int]]:
+    """Wrap `log.resume`: the (last id, count) of each call, in order."""
+    calls: list[tuple[str, int]] = []
+    resume = log.resume
+
+    async def recorded(user: str, last_id: str, count: int) -> Any:
+        calls.append((last_id, count))
+        return await resume(user, last_id, count)
+
+    log.resume = recorded  # type: ignore[method-assign]
+    return calls
+
+
 def test_frame_id_reads_the_published_frame() -> None:
     assert frame_id(event_frame("17-3", b'{"a":1}')) == "17-3"
     assert frame_id(b'{"id":"5-1","type":"event","data":{}}') == "5-1"
@@ -88,14 +101,7 @@ async def test_the_first_replay_read_runs_while_admission_is_decided_and_nothing
     log = make_log(redis, keys)
     seen = await publish(log, "alice", 3)
     missed = await publish(log, "alice", 30, start=3)
-    reads: list[str] = []
-    resume = log.resume
-
-    async def counted(user: str, last_id: str, count: int) -> Any:
-        reads.append(last_id)
-        return await resume(user, last_id, count)
-
-    log.resume = counted  # type: ignore[method-assign]
+    resumes = record_resumes(log)
     decided = anyio.Event()
 
     async def admitted() -> None:
@@ -115,9 +121,10 @@ async def test_the_first_replay_read_runs_while_admission_is_decided_and_nothing
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
-        await eventually(lambda: reads == [seen[-1]], what="the first page read")
+        await eventually(lambda: [i for i, _ in resumes] == [seen[-1]],
+                         what="the first page read")
         await anyio.sleep(0.1)
-        assert reads == [seen[-1]] and rec.frames == []  # read, and nothing sent yet
+        assert len(resumes) == 1 and rec.frames == []  # read, and nothing sent yet
         decided.set()
         if admission == "admitted":
             await rec.until(lambda r: "recovered" in r.types())
@@ -128,7 +135,7 @@ async def test_the_first_replay_read_runs_while_admission_is_decided_and_nothing
         assert isinstance(outcome[0], LookupError) and rec.frames == []
     else:
         assert_exact(rec.events(), missed)
-        assert rec.types()[0] == "hello" and len(reads) == 2  # 30 in pages of 20
+        assert rec.types()[0] == "hello" and len(resumes) == 2  # 30: a page of 20, then 10
 
 
 async def test_without_last_id_starts_live_at_the_end(redis: Any, keys: Keys, hub: Hub) -> None:
@@ -328,18 +335,11 @@ async def test_a_replay_page_goes_to_the_transport_in_few_writes(
 
 
 async def test_replay_pages_double_up_to_the_largest_page(
-        redis: Any, keys: Keys, hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+        redis: Any, keys: Keys, hub: Hub) -> None:
     log = make_log(redis, keys)
     seen = await publish(log, "alice", 1)
     missed = await publish(log, "alice", 700, start=1)
-    asked: list[int] = []
-    resume = log.resume
-
-    async def counting(user: str, last_id: str, count: int) -> Any:
-        asked.append(count)
-        return await resume(user, last_id, count)
-
-    monkeypatch.setattr(log, "resume", counting)
+    resumes = record_resumes(log)
     rec = Recorder()
     s = session(log, hub, rec, seen[-1], page=40, page_max=300)
     async with anyio.create_task_group() as tg:
@@ -348,7 +348,7 @@ async def test_replay_pages_double_up_to_the_largest_page(
         tg.cancel_scope.cancel()
     assert_exact(rec.events(), missed)
     # 40 + 80 + 160 + 300 full pages, then 120 of 300: the last page read tells the end.
-    assert asked == [40, 80, 160, 300, 300]
+    assert [n for _, n in resumes] == [40, 80, 160, 300, 300]
     assert rec.types()[701] == "recovered"
 
 
