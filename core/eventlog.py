@@ -317,7 +317,7 @@ class EventLog:
                 try:
                     results = [await self._run_on(node, source, sha,
                                                   [todo[p] for p in parts], replicas)]
-                except Exception as exc:  # noqa: BLE001 - sorted out below, as gather's
+                except Exception as exc:  # sorted out below, as gather returns it
                     results = [exc]
             else:
                 results = await asyncio.gather(

@@ -459,6 +459,8 @@ class GroupRunner:
             # (every ingest request), just when the gateway and fanout were busiest.
             with anyio.move_on_after(min(remaining, LINGER_POLL_S)):
                 await self._stopping.wait()
+            if self._stopping.is_set():
+                break  # the batch in hand goes; nothing more is read after a stop
             try:
                 more = await self._read(cfg.batch_size - len(entries), None)
             except REDIS_UNAVAILABLE as exc:  # handle what we have; no entry is dropped
