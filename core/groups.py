@@ -405,7 +405,10 @@ class GroupRunner:
         raws = self._take_carry(count)
         try:
             while len(raws) < count:
-                raws += await self._fetch(count - len(raws), None if raws else block_ms)
+                got = await self._fetch(count - len(raws), None if raws else block_ms)
+                if not got:
+                    break
+                raws += got
                 # A read that did not know where entries were shared its COUNT among every
                 # partition: if it left some waiting, read them now that it knows.
                 if self.stream.more and self.stream.blind:

@@ -234,6 +234,8 @@ class GroupStream:
         Returns (entries acked, entries read). Redis runs the XACKs before the read blocks.
         """
         if not self.owned:
+            # Nothing read: nothing woke us, nothing is left waiting for us.
+            self.woke = self.more = False
             acked = await self.ack(ack)
             if block_ms:
                 await anyio.sleep(min(block_ms / 1000, 0.5))

@@ -251,3 +251,30 @@ async def test_carried_entries_of_a_lost_lease_are_left_to_the_new_owner(
     assert [c.id for c in r._take_carry(2)] == ["0/1-0", "0/2-0"]
     assert [c.id for c in r._carry] == ["0/3-0"]
     assert r._held == {"0/1-0", "0/2-0", "0/3-0"}
+
+
+async def test_a_read_after_the_partitions_are_lost_returns_though_the_last_one_woke(
+        redis: Any, keys: Keys) -> None:
+    """fanout reads on after a read that woke from blocking. Once its leases are lost (a
+    Redis outage longer than a lease), a read has no partition to read and returns
+    nothing at once: it must not read on forever on the stale `woke` of the read before,
+    or the runner never gets back to winning its partitions again."""
+    log: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    run = GroupRunner(redis, keys, GROUP, Recorder("c", log), consumer="c",
+                      config=RunnerConfig(batch_size=50, block_ms=50, claim_idle_ms=60_000,
+                                          trim_every_s=None))
+    await run.stream.ensure_groups()
+    got: list[Any] = []
+    async with anyio.create_task_group() as tg:
+
+        async def woken_read() -> None:
+            got.extend(await run._read(50, 5_000))
+
+        tg.start_soon(woken_read)
+        await anyio.sleep(0.2)  # blocked
+        await post(redis, keys, 1)
+    assert got and run.stream.woke is False  # woke, then read on without blocking
+    run.stream.woke = True  # as after a woken read that took the whole request
+    run.stream.owned = []  # the leases lapsed
+    with anyio.fail_after(5):
+        assert await run._read(50, 50) == []
