@@ -8,11 +8,17 @@ from typing import Any
 import anyio
 import pytest
 
-from livefeed.core.eventlog import EventLog
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub, buffered_replies
 from livefeed.gateway.live import Session
-from tests.gateway.livehelp import assert_exact, numsub, publish, reconnects, running_hub
+from tests.gateway.livehelp import (
+    assert_exact,
+    make_log,
+    numsub,
+    publish,
+    reconnects,
+    running_hub,
+)
 from tests.helpers.frames import Recorder
 from tests.helpers.waiting import eventually
 
@@ -133,7 +139,7 @@ async def kill_hub_link(redis: Any, hub: Hub) -> None:
 
 async def test_killed_link_reconnects_and_resyncs_without_loss(redis: Any, keys: Keys,
                                                               hub: Hub) -> None:
-    log = EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
+    log = make_log(redis, keys)
     rec = Recorder()
     session = Session(user="alice", log=log, hub=hub, transport=rec, last_id=None)
     before = reconnects()
@@ -154,13 +160,9 @@ async def test_killed_link_reconnects_and_resyncs_without_loss(redis: Any, keys:
     assert await numsub(redis, keys.live("alice")) == 0
 
 
-def lingering_hub(redis_url: str, keys: Keys, linger_s: float) -> Any:
-    return running_hub(redis_url, keys, linger_s=linger_s)
-
-
 async def test_a_channel_lingers_after_its_last_session_then_is_dropped(
         redis: Any, redis_url: str, keys: Keys) -> None:
-    async with lingering_hub(redis_url, keys, linger_s=1.0) as hub:
+    async with running_hub(redis_url, keys, linger_s=1.0) as hub:
         users = ["alice", "bob", "carol"]
         async with contextlib.AsyncExitStack() as stack:
             for user in users:
@@ -204,8 +206,8 @@ async def test_a_session_on_a_lingering_channel_gets_what_it_missed_once(
         redis: Any, redis_url: str, keys: Keys) -> None:
     """A reconnect finds its channel subscribed (frames published meanwhile went to nobody,
     and a pub/sub link lost meanwhile came back): its replay fills the gap exactly."""
-    log = EventLog(redis, keys, feed_maxlen=10_000, dedupe_ttl_s=600)
-    async with lingering_hub(redis_url, keys, linger_s=30.0) as hub:
+    log = make_log(redis, keys)
+    async with running_hub(redis_url, keys, linger_s=30.0) as hub:
         rec = Recorder()
         session = Session(user="alice", log=log, hub=hub, transport=rec, last_id=None)
         async with anyio.create_task_group() as tg:
@@ -239,7 +241,7 @@ async def test_a_join_racing_the_last_leave_or_the_expiry_stays_subscribed(
         redis: Any, redis_url: str, keys: Keys, linger_s: float) -> None:
     """A join that lands while the last tab leaves (its UNSUBSCRIBE on the way) or while
     the channel expires ends subscribed."""
-    async with lingering_hub(redis_url, keys, linger_s=linger_s) as hub:
+    async with running_hub(redis_url, keys, linger_s=linger_s) as hub:
         for n in range(40):
             old, new = Counting(), Counting()
             leaving = hub.subscribe("alice", old)
