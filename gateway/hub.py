@@ -62,6 +62,11 @@ class Listener(Protocol):
 
     def on_live(self, frame: bytes) -> None: ...
 
+    def on_live_many(self, frames: list[bytes]) -> None:
+        """Several frames of the channel that arrived together, in order (one list for
+        every listener of the channel: never changed)."""
+        ...
+
     def on_resync(self) -> None: ...
 
 
@@ -210,12 +215,19 @@ class _Link:
                     # rest (confirmations, pongs, pushed unsubscribes).
                     reply = await pubsub.parse_response(block=True)
                     self.last_rx = time.monotonic()
+                    # The messages read off the socket together, delivered together (in
+                    # order, before any other reply): a channel's burst goes to each of
+                    # its sessions at once, which writes it as one message.
+                    burst: list[Any] = []
                     while True:
                         if type(reply) is list and reply[0] == data_kind:
-                            self._deliver(reply[1], reply[2])
-                        elif isinstance(reply, Exception):
-                            raise reply  # an error reply, as parse_response raises it
+                            burst.append(reply)
                         elif reply is not None:
+                            if burst:
+                                self._deliver_burst(burst)
+                                burst = []
+                            if isinstance(reply, Exception):
+                                raise reply  # an error reply, as parse_response raises it
                             msg = await pubsub.handle_message(reply)
                             if msg is not None:
                                 self._dispatch(msg)
@@ -227,6 +239,8 @@ class _Link:
                         reply = buffered()
                         if reply is NOT_ENOUGH_DATA:
                             break
+                    if burst:
+                        self._deliver_burst(burst)
             finally:
                 watchdog.cancel()
         raise failure[0] if failure else StaleLink("watchdog ended the read")
@@ -252,6 +266,35 @@ class _Link:
         except _LINK_ERRORS as exc:
             failure.append(exc)
         reader.cancel()
+
+    def _deliver_burst(self, burst: list[Any]) -> None:
+        """The data messages (`[kind, channel, data]`) of one read, in order."""
+        if len(burst) == 1:
+            self._deliver(burst[0][1], burst[0][2])
+            return
+        if len({reply[1] for reply in burst}) == len(burst):  # every channel once (users)
+            for reply in burst:
+                self._deliver(reply[1], reply[2])
+            return
+        by_channel: dict[bytes, list[bytes]] = {}
+        for reply in burst:
+            by_channel.setdefault(reply[1], []).append(reply[2])
+        for channel, frames in by_channel.items():
+            if len(frames) == 1:
+                self._deliver(channel, frames[0])
+            else:
+                self._deliver_many(channel, frames)
+
+    def _deliver_many(self, channel: bytes, frames: list[bytes]) -> None:
+        sub = self.subs.get(channel)
+        if sub is None:
+            return
+        if self.hub.translate is not None:  # `list` mode (comparison only): one by one
+            for data in frames:
+                self._deliver(channel, data)
+            return
+        for listener in sub.listeners:
+            listener.on_live_many(frames)
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         sub = self.subs.get(channel)

@@ -89,6 +89,11 @@ class Transport(Protocol):
         written) otherwise. May raise ClientTooSlow (the frame was written)."""
         ...
 
+    def send_now_many(self, frames: list[bytes]) -> bool:
+        """As `send_now`, several live event frames in order, in one write (WebSocket:
+        messages of up to LIVEFEED_COALESCE frames). `frames` is never changed."""
+        ...
+
 
 class Subscriber(Protocol):
     """What a session needs of the hub: its user's live frames while inside the block."""
@@ -121,6 +126,9 @@ _last_live: tuple[bytes, str | None, StreamId | None] = (b"", None, None)
 
 # The frame `_observe` saw last: the tabs of a user send the same one in a row.
 _last_observed = b""
+# The same for a burst (`on_live_many`): the list every tab of the user gets, and its ids.
+_last_burst: tuple[list[bytes] | None, list[tuple[str | None, StreamId | None]]] = (None, [])
+_last_observed_burst: list[bytes] | None = None
 
 
 def _observe(parsed: StreamId, frame: bytes) -> None:
@@ -132,6 +140,16 @@ def _observe(parsed: StreamId, frame: bytes) -> None:
             del _observed[next(iter(_observed))]
         _observed[id(frame)] = frame
         metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - parsed[0] / 1000))
+
+
+def _burst_ids(frames: list[bytes]) -> list[tuple[str | None, StreamId | None]]:
+    global _last_burst
+    last = _last_burst
+    if last[0] is frames:
+        return last[1]
+    ids = [_live_id(frame) for frame in frames]
+    _last_burst = (frames, ids)
+    return ids
 
 
 def _live_id(frame: bytes) -> tuple[str | None, StreamId | None]:
@@ -201,6 +219,28 @@ class Session:
         if self._recovery.live(parsed, fid, frame):
             self._enqueue((parsed, fid, frame))
 
+    def on_live_many(self, frames: list[bytes]) -> None:
+        """A burst: the frames that pass (as `on_live` lets them) go out in one write when
+        the session waits with nothing queued, else are queued one by one."""
+        items: list[tuple[StreamId | None, str | None, bytes]] = []
+        streams = self.mode == "streams"
+        for frame, (fid, parsed) in zip(frames, _burst_ids(frames), strict=True):
+            if not streams:
+                items.append((parsed, fid, frame))
+            elif fid is None or parsed is None:
+                logger.warning("dropping a live message of %s that is no event frame",
+                               self.user)
+            elif self._recovery.live(parsed, fid, frame):
+                items.append((parsed, fid, frame))
+        if not items or self._stopped:
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._send_now_many(
+                items, frames if len(items) == len(frames) else [f for _, _, f in items]):
+            return
+        for item in items:
+            self._queue(item)
+
     def on_resync(self) -> None:
         if self.mode != "streams":
             return
@@ -214,11 +254,17 @@ class Session:
         if item is not None and waiter is not None and not waiter.done() \
                 and self._send_now(item):
             return
+        self._queue(item)
+
+    def _queue(self, item: _Item) -> None:
+        if self._stopped:
+            return
         if self._queued >= self.queue_size:
             self._too_slow(f"{self.queue_size} frames queued")
             return
         self._pending.append(item)
         self._queued += 1
+        waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -239,6 +285,26 @@ class Session:
         _SENT_EVENTS.value += 1
         if parsed is not None and frame is not _last_observed:
             _observe(parsed, frame)
+        return True
+
+    def _send_now_many(self, items: list[tuple[StreamId | None, str | None, bytes]],
+                       frames: list[bytes]) -> bool:
+        """`_send_now` for a burst: its frames in one write."""
+        global _last_observed_burst
+        try:
+            if not self.transport.send_now_many(frames):
+                return False
+        except ClientTooSlow as slow:
+            self._too_slow(str(slow))
+            return True
+        except (OSError, RuntimeError):
+            return False  # the session's task meets it again on the usual path
+        _SENT_EVENTS.value += len(items)
+        if frames is not _last_observed_burst:
+            _last_observed_burst = frames
+            for parsed, _, frame in items:
+                if parsed is not None:
+                    _observe(parsed, frame)
         return True
 
     def _too_slow(self, why: str) -> None:

@@ -70,6 +70,9 @@ class _SseTransport:
     def send_now(self, frame: bytes) -> bool:
         return False  # every SSE write goes through the ASGI `send`: the session's task
 
+    def send_now_many(self, frames: list[bytes]) -> bool:
+        return False
+
 
 class SseStream(Response):
     """The event stream of one session, written straight to the ASGI `send`."""

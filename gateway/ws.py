@@ -96,12 +96,13 @@ class _Encoded:
     user cost one encoding. Entries hold their key object, so an id is never reused while
     it is here; the oldest go first."""
 
-    __slots__ = ("_frames", "_size", "_last")
+    __slots__ = ("_frames", "_size", "_last", "_last_many")
 
     def __init__(self, size: int) -> None:
         self._frames: dict[int, tuple[bytes, bytes]] = {}
         self._size = size
         self._last: tuple[bytes, bytes] = (b"", b"")  # asked for in a row by a user's tabs
+        self._last_many: tuple[list[bytes] | None, int, bytes] = (None, 0, b"")
 
     def __call__(self, frame: bytes) -> bytes:
         last = self._last
@@ -116,6 +117,17 @@ class _Encoded:
             frames[id(frame)] = hit
         self._last = hit
         return hit[1]
+
+    def many(self, frames: list[bytes], per_message: int) -> bytes:
+        """The WebSocket messages of `frames`, `per_message` frames each, encoded once for
+        the list a burst's sessions share (the last one asked for)."""
+        last = self._last_many
+        if last[0] is frames and last[1] == per_message:
+            return last[2]
+        data = b"".join([ws_text_frame(join_frames(frames[i : i + per_message]))
+                         for i in range(0, len(frames), per_message)])
+        self._last_many = (frames, per_message, data)
+        return data
 
 
 # Frames in flight at once are a few per published event (the fan-out's rounds overlap).
@@ -169,6 +181,19 @@ class WebSocketTransport:
         buffered = raw.write(encoded(frame))
         if buffered is None:
             return False  # not open: the session's own path sees the same and ends
+        self.last_sent = time.monotonic()
+        if buffered > self.max_buffered:
+            raise ClientTooSlow(f"{buffered} bytes buffered")
+        return True
+
+    def send_now_many(self, frames: list[bytes]) -> bool:
+        """`send_now` for a burst: messages of up to `coalesce` frames, one write."""
+        raw = self.raw
+        if raw is None or raw.paused:
+            return False
+        buffered = raw.write(encoded.many(frames, self.coalesce))
+        if buffered is None:
+            return False
         self.last_sent = time.monotonic()
         if buffered > self.max_buffered:
             raise ClientTooSlow(f"{buffered} bytes buffered")

@@ -19,22 +19,10 @@ from livefeed.core import redis_client
 from livefeed.core.embedded_cluster import ClusterNode, EmbeddedCluster
 from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub
-from tests.gateway.livehelp import reconnects
+from tests.gateway.livehelp import Counting, reconnects
 from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.resyncs = 0
-
-    def on_live(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def on_resync(self) -> None:
-        self.resyncs += 1
 
 
 def users_by_node(cluster: EmbeddedCluster, keys: Keys) -> dict[int, list[str]]:
@@ -53,12 +41,12 @@ def spublish(node: ClusterNode, channel: str, data: str) -> int:
 
 
 async def joined_hub(cluster: EmbeddedCluster, keys: Keys, users: list[str], tg: Any,
-                     stack: contextlib.AsyncExitStack) -> tuple[Hub, dict[str, Listener]]:
+                     stack: contextlib.AsyncExitStack) -> tuple[Hub, dict[str, Counting]]:
     hub = Hub(cluster.cluster_url, keys, cluster=True, ping_interval_s=1.0)
     tg.start_soon(hub.run)
     with anyio.fail_after(30):
         await hub.connected_once.wait()
-    listeners = {u: Listener() for u in users}
+    listeners = {u: Counting() for u in users}
     for user, listener in listeners.items():
         assert await stack.enter_async_context(hub.subscribe(user, listener))
     return hub, listeners
@@ -164,10 +152,10 @@ async def test_lingering_channels_on_every_node_expire_together(
             await hub.connected_once.wait()
         async with contextlib.AsyncExitStack() as stack:
             for user in users:
-                assert await stack.enter_async_context(hub.subscribe(user, Listener()))
+                assert await stack.enter_async_context(hub.subscribe(user, Counting()))
         assert hub.channels() == 60 and hub.local_users() == 0
         assert [await shardnumsub(c) for c in channels] == [1] * 60
-        back = Listener()
+        back = Counting()
         async with hub.subscribe(users[7], back):
             await redis_cluster.execute_command("SPUBLISH", channels[7], "again")
             await eventually(lambda: back.frames == [b"again"], what="a live frame",

@@ -215,6 +215,26 @@ def reconnects() -> float:
     return REGISTRY.get_sample_value("livefeed_pubsub_reconnects_total") or 0.0
 
 
+class Counting:
+    """A hub listener that keeps the live frames it got, and the size of each burst."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.bursts: list[int] = []
+        self.resyncs = 0
+
+    def on_live(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        self.bursts.append(1)
+
+    def on_live_many(self, frames: list[bytes]) -> None:
+        self.frames += frames
+        self.bursts.append(len(frames))
+
+    def on_resync(self) -> None:
+        self.resyncs += 1
+
+
 def make_log(redis: Any, keys: Keys, maxlen: int = 10_000) -> EventLog:
     return EventLog(redis, keys, feed_maxlen=maxlen, dedupe_ttl_s=600)
 

@@ -13,6 +13,7 @@ from livefeed.core.keys import FANOUT_GROUP, PERSIST_GROUP, Keys
 from livefeed.core.secretfile import signing_secret
 from livefeed.core.settings import Settings
 from livefeed.gateway import hub
+from tests.gateway.livehelp import Counting
 from tests.helpers.admin import MINE, app_client
 from tests.helpers.streams import groups, ingest, ingest_length, make_stale, poisoned, refs
 
@@ -144,14 +145,6 @@ async def test_dead_letters_over_http(settings: Settings, admin: dict[str, str],
         assert (await client.get("/admin/api/dead", headers=admin)).json()["total"] == 0
 
 
-class Listener:
-    def on_live(self, frame: bytes) -> None:
-        pass
-
-    def on_resync(self) -> None:
-        pass
-
-
 async def test_gateway_connections(settings: Settings, admin: dict[str, str],
                                    redis: Any) -> None:
     async with app_client(settings) as (client, _):
@@ -161,7 +154,7 @@ async def test_gateway_connections(settings: Settings, admin: dict[str, str],
             contextlib.AsyncExitStack() as subscribed:
         for user in ("alice", "bob", "carol", "alice"):  # two tabs of alice: one user
             assert await subscribed.enter_async_context(
-                app.state.lf.hub.subscribe(user, Listener()))
+                app.state.lf.hub.subscribe(user, Counting()))
         metrics.CLIENTS.labels("ws").inc(2)
         try:
             view = (await client.get("/admin/api/gateway", headers=admin)).json()

@@ -12,6 +12,7 @@ from livefeed.core.keys import Keys
 from livefeed.gateway.hub import Hub, buffered_replies
 from livefeed.gateway.live import Session
 from tests.gateway.livehelp import (
+    Counting,
     assert_exact,
     make_log,
     numsub,
@@ -23,18 +24,6 @@ from tests.helpers.frames import Recorder
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.anyio
-
-
-class Counting:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.resyncs = 0
-
-    def on_live(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def on_resync(self) -> None:
-        self.resyncs += 1
 
 
 async def test_channel_is_subscribed_while_a_user_has_a_session(redis: Any, keys: Keys,
@@ -80,6 +69,34 @@ async def test_a_subscription_ends_with_its_block_on_error_or_cancel(redis: Any,
         tg.cancel_scope.cancel()
     assert hub.local_users() == 0
     await eventually(lambda: _eq(numsub(redis, keys.live("alice")), 0))
+
+
+class Keeping(Counting):
+    """Also keeps the list object of each burst."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists: list[list[bytes]] = []
+
+    def on_live_many(self, frames: list[bytes]) -> None:
+        super().on_live_many(frames)
+        self.lists.append(frames)
+
+
+async def test_a_channels_messages_read_together_reach_its_tabs_as_one_burst(
+        redis: Any, keys: Keys, hub: Hub) -> None:
+    tab1, tab2, bob = Keeping(), Keeping(), Keeping()
+    async with hub.subscribe("alice", tab1), hub.subscribe("alice", tab2), \
+            hub.subscribe("bob", bob):
+        pipe = redis.pipeline(transaction=True)  # EXEC: Redis writes them all at once
+        for channel, data in [("alice", b"a1"), ("alice", b"a2"), ("bob", b"b1"),
+                              ("alice", b"a3")]:
+            pipe.publish(keys.live(channel), data)
+        await pipe.execute()
+        await eventually(lambda: _true(len(tab2.frames) == 3 and len(bob.frames) == 1))
+    assert tab1.frames == tab2.frames == [b"a1", b"a2", b"a3"]
+    assert tab1.bursts == tab2.bursts == [3] and tab1.lists[0] is tab2.lists[0]
+    assert bob.frames == [b"b1"] and bob.bursts == [1]  # alone on its channel: on_live
 
 
 async def test_a_burst_read_in_one_go_reaches_every_user_in_order(redis: Any, keys: Keys,

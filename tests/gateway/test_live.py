@@ -67,6 +67,46 @@ def test_a_live_frame_for_many_sessions_has_its_id_read_once(
                                                    ((5, 1), "5-1", same)]]
 
 
+def test_a_burst_for_many_sessions_has_its_ids_read_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[bytes] = []
+
+    def counting(frame: bytes) -> str | None:
+        read.append(frame)
+        return frame_id(frame)
+
+    monkeypatch.setattr(live, "frame_id", counting)
+    tabs = [Session(user="alice", log=None, hub=None, transport=Recorder(),  # type: ignore[arg-type]
+                    last_id=None, mode=mode) for mode in ("streams", "streams", "pubsub")]
+    burst = [event_frame(f"5-{i}", b"{}") for i in range(3)]
+    for tab in tabs:
+        tab.on_live_many(burst)
+    assert read == burst
+    # Not waiting (not started): queued one by one, in order.
+    assert tabs[2]._pending == [((5, i), f"5-{i}", burst[i]) for i in range(3)]
+
+
+async def test_a_burst_to_a_waiting_session_is_one_write_of_what_passes_the_cursor(
+        redis: Any, keys: Keys, hub: Hub) -> None:
+    log = make_log(redis, keys)
+    old = await publish(log, "alice", 2)
+    rec = Recorder()
+    s = session(log, hub, rec, None)
+    ms = int(old[-1].split("-")[0]) + 10
+    burst = [event_frame(f"{ms}-{i}", b"{}") for i in range(3)]
+    later = event_frame(f"{ms + 1}-0", b"{}")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        await rec.until(lambda r: r.types() == ["hello"])
+        await eventually(lambda: s._waiter is not None, what="the session waiting")
+        s.on_live_many(burst)  # as the hub's reader does: written at once, in one write
+        assert rec.bursts == [3] and rec.events() == [f"{ms}-{i}" for i in range(3)]
+        s.on_live_many([burst[2], later])  # the first was sent already: the cursor drops it
+        assert rec.bursts == [3, 1] and rec.events()[-1] == f"{ms + 1}-0"
+        tg.cancel_scope.cancel()
+    assert rec.written_now == 4 and len(rec.events()) == 4
+
+
 async def test_replays_missed_events_while_new_ones_arrive(redis: Any, keys: Keys,
                                                            hub: Hub) -> None:
     log = make_log(redis, keys)

@@ -210,6 +210,33 @@ async def test_a_live_frame_is_written_at_once_unless_the_transport_must_wait() 
     assert not transport(None).send_now(frame)  # Starlette's path: always the session's
 
 
+async def test_a_burst_is_one_write_of_coalesce_frame_messages_encoded_once_for_all_tabs(
+        ) -> None:
+    frames = [event_frame(f"{i}-0", b"{}") for i in range(5)]
+    raws = [FakeRaw() for _ in range(3)]
+    for raw in raws:
+        assert transport(raw, coalesce=2).send_now_many(frames)
+    first = raws[0].written[0]
+    assert first == b"".join(ws_text_frame(join_frames(frames[i : i + 2])) for i in (0, 2, 4))
+    assert all(raw.written == [first] and raw.written[0] is first for raw in raws)
+    # Another list (a session that dropped a frame of the burst) is encoded on its own.
+    other = FakeRaw()
+    assert transport(other, coalesce=2).send_now_many(frames[1:])
+    assert other.written == [ws_text_frame(join_frames(frames[1:3])) +
+                             ws_text_frame(join_frames(frames[3:]))]
+    raw = FakeRaw()
+    t = transport(raw, max_buffered=100)
+    raw.paused = True
+    assert not t.send_now_many(frames) and raw.written == []  # the session queues them
+    raw.paused, raw.buffered = False, 101
+    with pytest.raises(ClientTooSlow):
+        t.send_now_many(frames)
+    assert len(raw.written) == 1  # written, then too slow: the session ends with 4008
+    raw.open = False
+    assert not t.send_now_many(frames)
+    assert not transport(None).send_now_many(frames)  # Starlette's path: the session's
+
+
 async def test_writes_wait_for_a_paused_transport_and_refusals_end_the_session() -> None:
     raw = FakeRaw()
     t = transport(raw, max_buffered=100)
@@ -275,12 +302,29 @@ async def test_the_gateway_writes_raw_encoding_each_frame_once_for_all_tabs(
                 await tab.until_events(i + 1)
         for tab in tabs:
             assert_exact(tab.events(), live)
-            await tab.close()
         frames = [frame for frame in encodings if frame.startswith(b'{"type":"event"')]
         # Once per published frame for the four tabs (20 without the sharing); a tab whose
         # catch-up read after its `hello` raced the first publish got that one replayed,
         # in bytes of its own.
         assert len(live) <= len(frames) <= len(live) + len(tabs) - 1
+
+        # A burst (messages that reach the gateway in one read) goes to each tab as one
+        # message, encoded once for all four.
+        encodings.clear()
+        before = [tab.messages for tab in tabs]
+        burst = [event_frame(f"{9_000_000_000_000 + i}-0", b'{"user_id":"alice"}')
+                 for i in range(3)]
+        pipe = redis.pipeline(transaction=True)  # EXEC: Redis writes the three at once
+        for frame in burst:
+            pipe.publish(keys.live("alice"), frame)
+        await pipe.execute()
+        for tab, messages in zip(tabs, before, strict=True):
+            await tab.until_events(len(live) + 3)
+            assert tab.events()[-3:] == [f"{9_000_000_000_000 + i}-0" for i in range(3)]
+            assert tab.messages == messages + 1
+        assert encodings == [join_frames(burst)]
+        for tab in tabs:
+            await tab.close()
 
         # A replay goes out coalesced, each message encoded once.
         missed = await publish(log, "alice", 100, start=6)

@@ -23,6 +23,7 @@ class Recorder:
         self.batch_sizes: list[int] = []
         self.stalled = False
         self.written_now = 0  # live frames the hub's reader wrote itself (send_now)
+        self.bursts: list[int] = []  # the frames of each burst it wrote itself
 
     async def send(self, kind: FrameType, feed_id: str | None, frame: bytes) -> None:
         while self.stalled:
@@ -34,6 +35,16 @@ class Recorder:
             return False  # as a paused transport: the session queues it
         self.frames.append(("event", None, json.loads(frame)))
         self.written_now += 1
+        return True
+
+    def send_now_many(self, frames: list[bytes]) -> bool:
+        """A burst, frame by frame through `send_now` (all or, when the first is refused,
+        nothing); `bursts` keeps the size of each taken."""
+        for i, frame in enumerate(frames):
+            if not self.send_now(frame):
+                assert i == 0, "a burst is taken whole or not at all"
+                return False
+        self.bursts.append(len(frames))
         return True
 
     async def send_many(self, frames: list[tuple[FrameType, str | None, bytes]]) -> None:
