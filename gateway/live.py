@@ -274,14 +274,9 @@ class Session:
         without waiting, with no wake-up of the task (a task switch per frame was most of
         the cost of a frame to a user's only tab). False: queue it as usual."""
         parsed, _, frame = item
-        try:
-            if not self.transport.send_now(frame):
-                return False
-        except ClientTooSlow as slow:
-            self._too_slow(str(slow))
-            return True
-        except (OSError, RuntimeError):
-            return False  # the session's task meets it again on the usual path
+        wrote = self._try(self.transport.send_now, frame)
+        if not wrote:
+            return wrote is None
         _SENT_EVENTS.value += 1
         if parsed is not None and frame is not _last_observed:
             _observe(parsed, frame)
@@ -291,14 +286,9 @@ class Session:
                        frames: list[bytes]) -> bool:
         """`_send_now` for a burst: its frames in one write."""
         global _last_observed_burst
-        try:
-            if not self.transport.send_now_many(frames):
-                return False
-        except ClientTooSlow as slow:
-            self._too_slow(str(slow))
-            return True
-        except (OSError, RuntimeError):
-            return False  # the session's task meets it again on the usual path
+        wrote = self._try(self.transport.send_now_many, frames)
+        if not wrote:
+            return wrote is None
         _SENT_EVENTS.value += len(items)
         if frames is not _last_observed_burst:
             _last_observed_burst = frames
@@ -306,6 +296,17 @@ class Session:
                 if parsed is not None:
                     _observe(parsed, frame)
         return True
+
+    def _try(self, send: Callable[[Any], bool], what: Any) -> bool | None:
+        """A transport's `send_now` or `send_now_many`: True written, False not (queue
+        it), None written but the client is too slow (the session ends with 4008)."""
+        try:
+            return send(what)
+        except ClientTooSlow as slow:
+            self._too_slow(str(slow))
+            return None
+        except (OSError, RuntimeError):
+            return False  # the session's task meets it again on the usual path
 
     def _too_slow(self, why: str) -> None:
         logger.info("client of %s too slow (%s): closing", self.user, why)

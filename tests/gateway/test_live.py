@@ -45,8 +45,9 @@ def test_frame_id_reads_the_published_frame() -> None:
     assert frame_id(b"not json") is None
 
 
-def test_a_live_frame_for_many_sessions_has_its_id_read_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def ids_read(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The frames whose feed id the sessions read, in order."""
     read: list[bytes] = []
 
     def counting(frame: bytes) -> str | None:
@@ -54,34 +55,34 @@ def test_a_live_frame_for_many_sessions_has_its_id_read_once(
         return frame_id(frame)
 
     monkeypatch.setattr(live, "frame_id", counting)
-    tabs = [Session(user="alice", log=None, hub=None, transport=Recorder(),  # type: ignore[arg-type]
+    return read
+
+
+def unstarted_tabs() -> list[Session]:
+    """Two streams sessions of alice and a pubsub one, not started."""
+    return [Session(user="alice", log=None, hub=None, transport=Recorder(),  # type: ignore[arg-type]
                     last_id=None, mode=mode) for mode in ("streams", "streams", "pubsub")]
+
+
+def test_a_live_frame_for_many_sessions_has_its_id_read_once(ids_read: list[bytes]) -> None:
+    tabs = unstarted_tabs()
     frame = event_frame("5-1", b"{}")
     for tab in tabs:
         tab.on_live(frame)
     same = event_frame("5-1", b"{}")  # equal bytes, another object: read again
     for tab in tabs:
         tab.on_live(same)
-    assert read == [frame, same] and read[1] is same
+    assert ids_read == [frame, same] and ids_read[1] is same
     assert [tab._pending for tab in tabs[2:]] == [[((5, 1), "5-1", frame),
                                                    ((5, 1), "5-1", same)]]
 
 
-def test_a_burst_for_many_sessions_has_its_ids_read_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    read: list[bytes] = []
-
-    def counting(frame: bytes) -> str | None:
-        read.append(frame)
-        return frame_id(frame)
-
-    monkeypatch.setattr(live, "frame_id", counting)
-    tabs = [Session(user="alice", log=None, hub=None, transport=Recorder(),  # type: ignore[arg-type]
-                    last_id=None, mode=mode) for mode in ("streams", "streams", "pubsub")]
+def test_a_burst_for_many_sessions_has_its_ids_read_once(ids_read: list[bytes]) -> None:
+    tabs = unstarted_tabs()
     burst = [event_frame(f"5-{i}", b"{}") for i in range(3)]
     for tab in tabs:
         tab.on_live_many(burst)
-    assert read == burst
+    assert ids_read == burst
     # Not waiting (not started): queued one by one, in order.
     assert tabs[2]._pending == [((5, i), f"5-{i}", burst[i]) for i in range(3)]
 
