@@ -77,6 +77,35 @@ def verify(secrets: str | Sequence[str], token: str | None) -> Claims:
                   exp=float(exp) if isinstance(exp, int | float) else 0.0)
 
 
+class Verifier:
+    """`verify` with fixed secrets, keeping the last `size` tokens that verified: a token
+    that verified once verifies again, with the same claims, until its `exp` (the secrets
+    do not change), so a client that reconnects with it (a page load, a dropped network)
+    skips the signature check: ~25 µs in a loop, ~150 µs on a gateway between reconnects
+    (BENCHMARKS.md). Only tokens that verified are kept; one whose `exp` has passed is
+    checked anew, and refused as before. At most `size` entries, the oldest go first."""
+
+    __slots__ = ("secrets", "_seen", "_size")
+
+    def __init__(self, secrets: str | Sequence[str], size: int = 1024) -> None:
+        self.secrets = secrets
+        self._seen: dict[str, Claims] = {}
+        self._size = size
+
+    def __call__(self, token: str | None) -> Claims:
+        if token:
+            claims = self._seen.get(token)
+            if claims is not None and time.time() < claims.exp:
+                return claims
+        claims = verify(self.secrets, token)
+        assert token  # verify refused a missing one
+        seen = self._seen
+        if token not in seen and len(seen) >= self._size:
+            del seen[next(iter(seen))]
+        seen[token] = claims
+        return claims
+
+
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 

@@ -40,12 +40,16 @@ class GatewayState:
     presence: Presence | None = None  # gateway/presence.py
     limits: Limits | None = None  # gateway/limits.py
 
+    _verifier: auth.Verifier = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._verifier = auth.Verifier((self.signing_secret, self.previous_secret)
+                                       if self.previous_secret else self.signing_secret)
+
     def verify(self, token: str | None) -> auth.Claims:
-        """The claims of a token signed with the current or the previous secret; raises
-        auth.InvalidToken."""
-        if self.previous_secret:
-            return auth.verify((self.signing_secret, self.previous_secret), token)
-        return auth.verify(self.signing_secret, token)
+        """The claims of a token signed with the current or the previous secret (the last
+        1,024 that verified are remembered until they expire); raises auth.InvalidToken."""
+        return self._verifier(token)
 
     def live(self) -> tuple[Hub, Sessions]:
         """The hub and the live sessions' registry, for the WebSocket and SSE features."""

@@ -47,6 +47,50 @@ def test_a_previous_secret_verifies_during_rotation() -> None:
         auth.verify((current, previous), auth.mint(previous, "alice", ttl_s=-10))
 
 
+def test_a_verifier_remembers_tokens_that_verified_until_they_expire(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    current, previous = "c" * 40, "p" * 40
+    decoded: list[str] = []
+    decode = jwt.decode
+
+    def counting(token: str, *args: object, **kwargs: object) -> object:
+        decoded.append(token)
+        return decode(token, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    verify = auth.Verifier((current, previous), size=2)
+    alice, bob, carol = (auth.mint(previous, u, ttl_s=60) for u in ("alice", "bob", "carol"))
+    assert verify(alice) == verify(alice) == auth.verify(previous, alice)
+    assert decoded.count(alice) == 3  # twice here (current, then previous), once for ==
+    decoded.clear()
+    # Refusals are not remembered: checked (and refused) each time.
+    forged = auth.mint("f" * 40, "alice")
+    for _ in range(2):
+        with pytest.raises(auth.InvalidToken, match="Signature"):
+            verify(forged)
+        with pytest.raises(auth.InvalidToken, match="missing"):
+            verify(None)
+    assert decoded == [forged] * 4
+    # At most `size` tokens: the oldest goes first.
+    verify(bob)
+    verify(carol)
+    decoded.clear()
+    verify(carol)
+    verify(bob)
+    assert decoded == []
+    verify(alice)
+    assert decoded == [alice, alice]
+    # Once its exp has passed (by the verifier's clock), a remembered token is checked anew
+    # (and PyJWT, on its own clock, refuses it when it has expired: the test above).
+    decoded.clear()
+    verify(alice)
+    assert decoded == []
+    later = time.time() + 120
+    monkeypatch.setattr(time, "time", lambda: later)
+    verify(alice)
+    assert decoded == [alice, alice]
+
+
 def test_timestamped_signatures() -> None:
     body, now = b'{"x": 1}', 1_700_000_000
     headers = auth.signature_headers("k", body, now)
