@@ -528,7 +528,8 @@ def routes() -> list[BaseRoute]:
 CHANNELS = (
     Channel(
         "/v1/ws", "live",
-        "the same session as `/v1/sse`, one JSON frame per text message, resuming after "
+        "the same session as `/v1/sse`, JSON frames in text messages (one per line, up to "
+        "LIVEFEED_COALESCE in a message when several are ready at once), resuming after "
         "the `last_id` query parameter. The token goes as docs/design.md says (HTTP "
         "endpoints, WebSocket). Close codes (`CloseCode` in schemas/frames.py): 4001 bad "
         "or expired token (get a new one), 4003 token expired (get a new one, resume), "
