@@ -90,6 +90,12 @@ class RawWriter(Protocol):
     async def drain(self) -> None: ...
 
 
+def _messages(frames: list[bytes], per_message: int) -> list[bytes]:
+    """The payloads of WebSocket messages of up to `per_message` frames each, in order."""
+    return [join_frames(frames[i : i + per_message])
+            for i in range(0, len(frames), per_message)]
+
+
 class _Encoded:
     """The WebSocket frames of the last messages written, by the identity of their bytes:
     the hub hands one bytes object to every session of a user, so the thousand tabs of a
@@ -124,8 +130,7 @@ class _Encoded:
         last = self._last_many
         if last[0] is frames and last[1] == per_message:
             return last[2]
-        data = b"".join([ws_text_frame(join_frames(frames[i : i + per_message]))
-                         for i in range(0, len(frames), per_message)])
+        data = b"".join([ws_text_frame(m) for m in _messages(frames, per_message)])
         self._last_many = (frames, per_message, data)
         return data
 
@@ -162,9 +167,7 @@ class WebSocketTransport:
     async def send_many(self, frames: list[Out]) -> None:
         """Messages of up to `coalesce` frames each, written to the socket at once."""
         self.last_sent = time.monotonic()
-        n = self.coalesce
-        messages = [join_frames([frame for _, _, frame in frames[i : i + n]])
-                    for i in range(0, len(frames), n)]
+        messages = _messages([frame for _, _, frame in frames], self.coalesce)
         if self.raw is not None:
             # This session's own: encoded once, one write for them all.
             await self._write(b"".join([ws_text_frame(m) for m in messages]))
@@ -178,22 +181,18 @@ class WebSocketTransport:
         raw = self.raw
         if raw is None or raw.paused:
             return False
-        buffered = raw.write(encoded(frame))
-        if buffered is None:
-            return False  # not open: the session's own path sees the same and ends
-        self.last_sent = time.monotonic()
-        if buffered > self.max_buffered:
-            raise ClientTooSlow(f"{buffered} bytes buffered")
-        return True
+        return self._wrote_now(raw.write(encoded(frame)))
 
     def send_now_many(self, frames: list[bytes]) -> bool:
         """`send_now` for a burst: messages of up to `coalesce` frames, one write."""
         raw = self.raw
         if raw is None or raw.paused:
             return False
-        buffered = raw.write(encoded.many(frames, self.coalesce))
+        return self._wrote_now(raw.write(encoded.many(frames, self.coalesce)))
+
+    def _wrote_now(self, buffered: int | None) -> bool:
         if buffered is None:
-            return False
+            return False  # not open: the session's own path sees the same and ends
         self.last_sent = time.monotonic()
         if buffered > self.max_buffered:
             raise ClientTooSlow(f"{buffered} bytes buffered")
