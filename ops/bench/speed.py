@@ -10,11 +10,14 @@ Servers (`ops.bench.speedservers`): the livefeed gateway; the raw floor (asyncio
 pre-encoded frame (and plain `ws.send`); the plain Starlette app on uvicorn (wsproto,
 websockets-sansio), on granian, and its equivalent on picows. Per server: frames/s,
 server CPU per frame (summed over its process tree; the clients share the 2 cores, so
-CPU per frame is the steadier figure), and RSS per idle connection.
+CPU per frame is the steadier figure), and RSS per idle connection. For the gateway's
+cases also the client processes' CPU per frame and the rate it would allow them with every
+core of the machine to themselves: a ceiling on what this machine can show of any server.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +37,7 @@ from livefeed.schemas.frames import event_frame
 # (`users` shape) stays near 3 MB, under its 8 MB soft limit.
 WINDOW = 12_000
 ROOM = "room"
+GOAL_FRAMES_PER_S = 100_000
 
 # (server, shape) in the order they run; a server's memory comes from its first case.
 CASES: list[tuple[str, str]] = [
@@ -51,6 +55,7 @@ class Measured:
     cpu_us_per_frame: float
     kib_per_conn: float
     client_busy: float  # mean CPU share of one core per client process during the fan-out
+    client_us_per_frame: float  # the client processes' CPU, summed, per frame received
     kernel_share: float = 0.0  # of the server's CPU: system time (socket writes)
     closed: dict[str, int] = field(default_factory=dict)
 
@@ -75,13 +80,15 @@ async def measure(ctx: Context, name: str, pid: int, port: int, s: Resolved, sha
         times = cpu_times(pid)
         user, system = times[0] - times0[0], times[1] - times0[1]
         cpu = user + system
-        busy = (sum(cpu_s(p) for p in client_pids) - clients0) / seconds / len(client_pids)
+        client_cpu = sum(cpu_s(p) for p in client_pids) - clients0
+        busy = client_cpu / seconds / len(client_pids)
         closed: dict[str, int] = {}
         for g in gens:
             for code, count in (await g.stop()).closed.items():
                 closed[code] = closed.get(code, 0) + count
     return Measured(frames_per_s=total / seconds, cpu_us_per_frame=cpu / total * 1e6,
                     kib_per_conn=per_conn, client_busy=busy,
+                    client_us_per_frame=client_cpu / total * 1e6,
                     kernel_share=system / cpu if cpu else 0.0, closed=closed)
 
 
@@ -167,6 +174,19 @@ def _rows(result: BenchResult, m: dict[tuple[str, str], Measured], n: int) -> No
         for base in (raw_t, node_t):
             add(f"gateway frames/s, {text}", gw, base, "rate")
         add(f"gateway CPU per frame, {text}", gw, raw_t, "cpu")
+    # What the machine allows the harness: its clients' CPU per frame against every core
+    # of the machine, which the server, Redis and the publisher share with them. Below the
+    # goal, no server measured here can reach it (issue 13's notes).
+    cores = os.cpu_count() or 1
+    for gw, text in ((gw_u, f"{n} users"), (gw_t, f"{n} tabs of one user")):
+        if gw in m and m[gw].client_us_per_frame > 0:
+            got = m[gw]
+            result.rows.append(row(f"client harness CPU per frame, {text}",
+                                   got.client_us_per_frame, "µs/frame",
+                                   "gateway CPU per frame (same case)", got.cpu_us_per_frame))
+            result.rows.append(row(f"most frames/s the clients could take on all {cores} "
+                                   f"cores, {text}", cores * 1e6 / got.client_us_per_frame,
+                                   "frames/s", "issue 13's goal", GOAL_FRAMES_PER_S))
     add(f"gateway frames/s, {n} users", gw_u, ("wsproto", "users"), "rate")
     add(f"raw floor frames/s, {n} users", raw_u, raw_t, "rate")
     add("raw floor frames/s (tabs)", raw_t, node_t, "rate")

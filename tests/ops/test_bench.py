@@ -131,7 +131,8 @@ async def test_speed_baseline_measures(server: str, shape: str, redis_url: str,
     assert errors == []
     got = measured[server, shape]
     assert got.frames_per_s > 0
-    assert got.cpu_us_per_frame >= 0 and got.client_busy >= 0
+    # CPU is read in clock ticks: at this size it may round to 0.
+    assert got.cpu_us_per_frame >= 0 and got.client_busy >= 0 and got.client_us_per_frame >= 0
     assert math.isfinite(got.kib_per_conn)
     assert got.closed == {}
 
@@ -149,6 +150,28 @@ async def test_speed_gateway_tabs_holds_more_sockets_than_the_user_limit(
                                      [("gateway", "tabs")], n=n, rounds=2, errors=errors)
     assert errors == []
     assert measured["gateway", "tabs"].frames_per_s > 0
+
+
+def test_speed_reports_the_ceiling_the_clients_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from livefeed.ops.bench import speed
+    from livefeed.ops.bench.runner import BenchResult
+
+    monkeypatch.setattr(speed.os, "cpu_count", lambda: 2)
+    m = {("gateway", "users"): speed.Measured(frames_per_s=30_000, cpu_us_per_frame=20.0,
+                                              kib_per_conn=7.0, client_busy=0.4,
+                                              client_us_per_frame=25.0),
+         ("gateway", "tabs"): speed.Measured(frames_per_s=120_000, cpu_us_per_frame=5.0,
+                                             kib_per_conn=6.0, client_busy=0.6,
+                                             client_us_per_frame=10.0)}
+    result = BenchResult(name="speed")
+    speed._rows(result, m, 3000)
+    rows = {r.name: r for r in result.rows}
+    users = rows["most frames/s the clients could take on all 2 cores, 3000 users"]
+    assert (users.value, users.baseline, users.ratio) == (80_000, 100_000, 0.8)
+    tabs = rows["most frames/s the clients could take on all 2 cores, 3000 tabs of one user"]
+    assert tabs.value == 200_000
+    client = rows["client harness CPU per frame, 3000 users"]
+    assert (client.value, client.baseline) == (25.0, 20.0)
 
 
 def test_node_baseline_skips_cleanly_without_node(tmp_path: Path,
