@@ -151,6 +151,23 @@ def parse_autoclaim(reply: Sequence[Any], partition: int) -> Claimed:
     return Claimed(entries, cursor, deleted, nil_seen)
 
 
+async def answers_woken_reads_whole(redis: RedisClient) -> bool:
+    """Whether the server answers a blocked XREADGROUP that new entries woke with every
+    stream that has entries (Redis 7.2 and later run the command again; Valkey reports
+    itself as 7.2.4): Redis 7.0 answers with the stream that woke it only. A server that
+    refuses INFO is taken for the older kind: one read more, nothing missed."""
+    try:
+        info = await redis.info("server")
+    except ResponseError:
+        return False
+    parts = str(info.get("redis_version", "0")).split(".")
+    try:
+        version = (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
+    except ValueError:
+        return False
+    return version >= (7, 2)
+
+
 class GroupStream:
     """Commands of consumer `consumer` in group `group` on the owned partitions.
 
@@ -180,10 +197,18 @@ class GroupStream:
         # Whether the last read shared its COUNT among every owned partition for want of
         # knowing where entries were (the first read, and one that woke from blocking).
         self.blind = False
-        # Whether the last read of new entries blocked and came back with some: Redis
-        # answers a woken XREADGROUP with the stream that woke it only, so entries that
-        # landed on other partitions in the same instant (one ingest request) still wait.
+        # Whether the last read of new entries blocked and came back with some, from a
+        # server that answers a woken XREADGROUP with the stream that woke it only (Redis
+        # before 7.2): entries that landed on other partitions in the same instant (one
+        # ingest request) may still wait.
         self.woke = False
+        # Whether this server runs a woken XREADGROUP again in full (Redis 7.2 and later,
+        # Valkey), so its answer holds every stream with entries, as any read's does; set
+        # by `ensure_groups` from the server's version. (The answers cannot tell: a read
+        # sent with BLOCK while entries wait comes back with every such stream at once
+        # from Redis 7.0 too.) Unknown: a woken read is taken for a partial one.
+        self.whole_wakes = False
+        self._probed = False
         self._poll_s = POLL_MIN_S  # cluster: the next pause after an empty sweep
 
     def _per_stream(self, count: int) -> int:
@@ -221,6 +246,9 @@ class GroupStream:
         for reply in await pipe.execute(raise_on_error=False):
             if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
                 raise reply
+        if not self._probed and not self.cluster:  # a cluster's reads never block
+            self.whole_wakes = await answers_woken_reads_whole(self.reader)
+            self._probed = True
 
     async def read(self, cursor: str, count: int, block_ms: int | None) -> list[Raw]:
         """XREADGROUP on every owned partition: `>` for new entries (blocking up to
@@ -262,8 +290,9 @@ class GroupStream:
         counts: dict[int, int] = {}
         raws = parse_read(reply, self.keys, counts)
         if cursor == ">":
-            self._note_read(counts, per_stream, woke=blocking)
-            self.woke = blocking and bool(counts)
+            partial = blocking and not self.whole_wakes
+            self._note_read(counts, per_stream, woke=partial)
+            self.woke = partial and bool(counts)
         return sum(int(a) for a in acks), raws
 
     async def _sweep(self, ack: Sequence[str], cursor: str, count: int,

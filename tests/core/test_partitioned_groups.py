@@ -11,8 +11,9 @@ from typing import Any
 import anyio
 import pytest
 
+from livefeed.core import redis_client
 from livefeed.core.groups import GroupRunner, RunnerConfig
-from livefeed.core.groupstream import Entry, GroupStream, Raw
+from livefeed.core.groupstream import Entry, GroupStream, Raw, answers_woken_reads_whole
 from livefeed.core.keys import Keys
 from livefeed.core.leases import PartitionLeases, Refresh
 
@@ -224,6 +225,98 @@ async def test_a_consumer_that_does_not_linger_handles_a_requests_partitions_as_
     assert all([e for e, _ in log[u]] == [f"{u}-0", f"{u}-1"] for u in request)
     assert rec.sizes[woken:] == [10]  # one batch, not the woken partition and then the rest
     assert rec.partitions_per_batch[woken] == 10
+
+
+async def _woken_read_streams(url: str, r: Any, keys: Keys) -> int:
+    """How many streams the server puts in its answer to a blocked XREADGROUP on two
+    streams that one script wakes by appending to both."""
+    a, b = keys.ingest(0), keys.ingest(1)
+    for key in (a, b):
+        await r.xgroup_create(key, "probe", id="$", mkstream=True)
+    reader = redis_client.connect(url, blocking=True)
+    try:
+        async with anyio.create_task_group() as tg:
+            got: list[Any] = []
+
+            async def read() -> None:
+                got.extend(await reader.xreadgroup("probe", "c", {a: ">", b: ">"}, count=10,
+                                                   block=5_000))
+
+            tg.start_soon(read)
+            await anyio.sleep(0.2)  # blocked
+            await r.eval("redis.call('XADD', KEYS[1], '*', 'n', 1) "
+                         "redis.call('XADD', KEYS[2], '*', 'n', 2)", 2, a, b)
+    finally:
+        await reader.aclose()
+    await r.delete(a, b)
+    return len(got)
+
+
+@pytest.mark.parametrize("server", ["redis", "redis62", "valkey"])
+async def test_the_probe_says_how_the_server_answers_a_woken_read(
+        server: str, redis_url: str, keys: Keys, request: pytest.FixtureRequest) -> None:
+    """Redis 7.0 (and 6.2) answers a woken XREADGROUP with the stream that woke it only;
+    Redis 7.2 and Valkey run it again and answer with every stream that has entries. The
+    probe (the server's version) must say what the server does."""
+    url = redis_url if server == "redis" else request.getfixturevalue(f"{server}_url")
+    r = redis_client.connect(url)
+    try:
+        whole = await answers_woken_reads_whole(r)
+        streams = await _woken_read_streams(url, r, keys)
+    finally:
+        await redis_client.delete_keys(r, keys)
+        await r.aclose()
+    assert streams == (2 if whole else 1)
+    if server != "redis":  # the shared server is whichever answers: either kind
+        assert whole is (server == "valkey")
+
+
+@pytest.mark.parametrize("server", ["redis62", "valkey"])
+async def test_a_woken_read_is_read_on_only_where_the_server_answers_it_in_part(
+        server: str, keys: Keys, request: pytest.FixtureRequest) -> None:
+    """fanout reads the other partitions after a woken read (one request lands on several
+    at once) only where the server answered with the woken partition alone: on Valkey
+    (and Redis 7.2+) the woken answer holds the whole request, and a read more would only
+    delay its fan-out by a round trip. Either way the request is one batch."""
+    r = redis_client.connect(request.getfixturevalue(f"{server}_url"))
+    log: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    rec = Recorder("c", log)
+    run = runner(r, keys, "c", rec)
+    reads: list[tuple[int, int | None]] = []  # (batches handled, block_ms) per read of new
+    ack_and_read = run.stream.ack_and_read
+
+    async def counting(ack: Any, cursor: str, count: int, block_ms: int | None) -> Any:
+        if cursor == ">":
+            reads.append((rec.batches, block_ms))
+        return await ack_and_read(ack, cursor, count, block_ms)
+
+    run.stream.ack_and_read = counting  # type: ignore[method-assign]
+    stop = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run.run, stop)
+            await until(lambda: len(run.stream.owned) == 16)
+            await post(r, keys, 1)
+            await until(lambda: sum(len(v) for v in log.values()) == len(USERS))
+            await anyio.sleep(0.2)  # blocked on an empty group
+            woken = rec.batches
+            request = list({keys.partition_of(u): u for u in USERS}.values())[:10]
+            pipe = r.pipeline(transaction=True)
+            for user in request:
+                pipe.xadd(keys.ingest_of(user), {"event_id": f"{user}-1", "user": user,
+                                                 "data": b"{}"})
+            await pipe.execute()
+            await until(lambda: sum(len(v) for v in log.values()) == len(USERS) + 10)
+            stop.set()
+    finally:
+        await redis_client.delete_keys(r, keys)
+        await r.aclose()
+    assert rec.sizes[woken:] == [10]  # the request is one batch either way
+    assert run.stream.whole_wakes is (server == "valkey")
+    # Idle, the runner only blocks; the request woke one of those reads. Before its batch
+    # was handled, Redis 6.2's partial answer took one read more, without blocking.
+    read_on = [block for batches, block in reads if batches == woken and block is None]
+    assert read_on == ([] if server == "valkey" else [None])
 
 
 async def test_a_read_says_whether_entries_are_left_waiting(redis: Any, keys: Keys) -> None:
