@@ -195,7 +195,7 @@ class GroupStream:
         # entries are waiting, so the runner reads ahead instead of lingering for them.
         self.more = False
         # Whether the last read shared its COUNT among every owned partition for want of
-        # knowing where entries were (the first read, and one that woke from blocking).
+        # knowing where entries were (the first read, and one after a partial woken one).
         self.blind = False
         # Whether the last read of new entries blocked and came back with some, from a
         # server that answers a woken XREADGROUP with the stream that woke it only (Redis
@@ -234,7 +234,8 @@ class GroupStream:
 
     async def ensure_groups(self, partitions: Iterable[int] | None = None) -> None:
         """Create this group and every known group (retention needs all of them) at id 0
-        on each partition's stream."""
+        on each partition's stream; the first call also asks the server how it answers a
+        woken read (`whole_wakes`)."""
         names = tuple(dict.fromkeys((*GROUPS, self.group)))
         parts = sorted(self.owned if partitions is None else partitions)
         if not parts:
